@@ -1,0 +1,334 @@
+//! The device's HTTP side on port-16992 channels: digest authentication the way AMT does it
+//! (first request 401, nonces valid across channels, stale nonces re-challenged) and WS-Man
+//! answers in AMT's framing (chunked, upper-case 4-digit chunk sizes, ~0x300-byte chunks).
+
+use std::time::{Duration, Instant};
+
+use homeport_http1::Head;
+use openssl::hash::{hash, MessageDigest};
+
+use crate::identity::Identity;
+
+pub const SERVER_HEADER: &str = "Intel(R) Active Management Technology 15.0.23.1706";
+const NONCE_TTL: Duration = Duration::from_secs(300);
+const MAX_NONCES: usize = 4;
+const CHUNK: usize = 0x300;
+const UNAUTHORIZED_HTML: &str = "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01 Transitional//EN\" >\n<html><head><link rel=stylesheet href=/styles.css>\n<meta http-equiv=\"Content-Type\" content=\"text/html; charset=utf-8\">\n<title>Intel&reg; Active Management Technology</title></head>\n<body>\n<table class=header>\n<tr><td valign=top nowrap>\n<p class=top1>Intel<font class=r><sup>&reg;</sup></font> Active Management Technology\n</td></tr></table>\n<br>\n<h2 class=warn>Log on failed. Incorrect user name or password, or user account temporarily locked.</h2>\n\n<p>\n<form METHOD=\"GET\" action=\"index.htm\"><h2><input type=submit value=\"Try again\">\n</h2></form>\n<p>\n\n</body>\n</html>\n";
+
+const CIM: &str = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/";
+const AMT: &str = "http://intel.com/wbem/wscim/1/amt-schema/1/";
+const GET: &str = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Get";
+
+/// Mutable HTTP-side state of one device; small, it exists once per simulated device.
+#[derive(Default)]
+pub struct AmtState {
+    nonces: Vec<(String, Instant)>,
+    message_counter: u32,
+}
+
+/// Answers one complete HTTP request.
+pub fn respond(
+    id: &Identity,
+    state: &mut AmtState,
+    now: Instant,
+    head: &Head,
+    body: &[u8],
+) -> Vec<u8> {
+    state
+        .nonces
+        .retain(|(_, at)| now.duration_since(*at) < NONCE_TTL);
+    match authorize(id, state, head) {
+        Auth::Ok => {}
+        Auth::Missing => return unauthorized(id, state, now, false),
+        Auth::Stale => return unauthorized(id, state, now, true),
+    }
+    let xml = String::from_utf8_lossy(body);
+    let resource = element_text(&xml, "ResourceURI").unwrap_or_default();
+    let action = element_text(&xml, "Action").unwrap_or_default();
+    let relates_to = element_text(&xml, "MessageID")
+        .unwrap_or_default()
+        .to_string();
+    state.message_counter = state.message_counter.wrapping_add(1);
+    let message_id = format!(
+        "uuid:00000000-8086-8086-8086-{:012X}",
+        state.message_counter
+    );
+    let class = resource
+        .strip_prefix(AMT)
+        .or_else(|| resource.strip_prefix(CIM))
+        .unwrap_or(resource);
+    match (class, action) {
+        ("AMT_GeneralSettings", GET) => ok(&general_settings(id, &relates_to, &message_id)),
+        _ => bad_request(&destination_unreachable(&relates_to, &message_id)),
+    }
+}
+
+enum Auth {
+    Ok,
+    Missing,
+    Stale,
+}
+
+fn authorize(id: &Identity, state: &AmtState, head: &Head) -> Auth {
+    let Some(value) = head.header("authorization") else {
+        return Auth::Missing;
+    };
+    let Some(params) = value.strip_prefix("Digest ") else {
+        return Auth::Missing;
+    };
+    let p = parse_params(params);
+    let get = |k: &str| {
+        p.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
+    };
+    let (Some(user), Some(realm), Some(nonce), Some(uri), Some(response)) = (
+        get("username"),
+        get("realm"),
+        get("nonce"),
+        get("uri"),
+        get("response"),
+    ) else {
+        return Auth::Missing;
+    };
+    if user != "admin" || realm != id.realm {
+        return Auth::Missing;
+    }
+    let ha1 = md5_hex(&format!("admin:{}:{}", id.realm, id.amt_password.expose()));
+    let ha2 = md5_hex(&format!("{}:{uri}", head.first));
+    let expected = match (get("qop"), get("nc"), get("cnonce")) {
+        (Some(qop), Some(nc), Some(cnonce)) => {
+            md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"))
+        }
+        _ => md5_hex(&format!("{ha1}:{nonce}:{ha2}")),
+    };
+    if !openssl::memcmp::eq(expected.as_bytes(), response.as_bytes())
+        || expected.len() != response.len()
+    {
+        return Auth::Missing;
+    }
+    // Right password but a nonce we no longer know: AMT says stale so clients retry quietly.
+    if state.nonces.iter().any(|(n, _)| n == nonce) {
+        Auth::Ok
+    } else {
+        Auth::Stale
+    }
+}
+
+/// Splits `k=v, k="v",k=v` (quoted or not, with or without spaces), as AMT clients send them.
+fn parse_params(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let Some(eq) = rest.find('=') else { break };
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
+        rest = rest[eq + 1..].trim_start();
+        let value;
+        if let Some(stripped) = rest.strip_prefix('"') {
+            let end = stripped.find('"').unwrap_or(stripped.len());
+            value = stripped[..end].to_string();
+            rest = stripped.get(end + 1..).unwrap_or_default();
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            value = rest[..end].trim().to_string();
+            rest = &rest[end..];
+        }
+        rest = rest.trim_start().trim_start_matches(',').trim_start();
+        out.push((key, value));
+    }
+    out
+}
+
+fn md5_hex(s: &str) -> String {
+    match hash(MessageDigest::md5(), s.as_bytes()) {
+        Ok(d) => d.iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => String::new(),
+    }
+}
+
+fn unauthorized(id: &Identity, state: &mut AmtState, now: Instant, stale: bool) -> Vec<u8> {
+    let nonce = format!("{:032x}", fastrand::u128(..));
+    if state.nonces.len() >= MAX_NONCES {
+        state.nonces.remove(0);
+    }
+    state.nonces.push((nonce.clone(), now));
+    format!(
+        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm=\"{}\", nonce=\"{nonce}\",stale=\"{stale}\",qop=\"auth\"\r\nContent-Type: text/html\r\nServer: {SERVER_HEADER}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{UNAUTHORIZED_HTML}",
+        id.realm,
+        UNAUTHORIZED_HTML.len()
+    )
+    .into_bytes()
+}
+
+fn ok(xml: &str) -> Vec<u8> {
+    chunked("200 OK", xml, "")
+}
+
+fn bad_request(xml: &str) -> Vec<u8> {
+    chunked("400 Bad Request", xml, "Connection: close\r\n")
+}
+
+/// AMT's framing: chunked, chunk sizes as 4 upper-case hex digits, boundaries anywhere.
+fn chunked(status: &str, body: &str, extra: &str) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nServer: {SERVER_HEADER}\r\nX-Frame-Options: DENY\r\nContent-Type: application/soap+xml; charset=UTF-8\r\n{extra}Transfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in body.as_bytes().chunks(CHUNK) {
+        out.extend_from_slice(format!("{:04X}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+const ENVELOPE_NS: &str = r#"xmlns:a="http://www.w3.org/2003/05/soap-envelope" xmlns:b="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:c="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" xmlns:d="http://schemas.xmlsoap.org/ws/2005/02/trust" xmlns:e="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd" xmlns:f="http://schemas.dmtf.org/wbem/wsman/1/cimbinding.xsd""#;
+
+fn general_settings(id: &Identity, relates_to: &str, message_id: &str) -> String {
+    let ns = format!("{AMT}AMT_GeneralSettings");
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><a:Envelope {ENVELOPE_NS} xmlns:g="{ns}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><a:Header><b:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</b:To><b:RelatesTo>{relates_to}</b:RelatesTo><b:Action a:mustUnderstand="true">http://schemas.xmlsoap.org/ws/2004/09/transfer/GetResponse</b:Action><b:MessageID>{message_id}</b:MessageID><c:ResourceURI>{ns}</c:ResourceURI></a:Header><a:Body><g:AMT_GeneralSettings><g:AMTNetworkEnabled>1</g:AMTNetworkEnabled><g:DDNSPeriodicUpdateInterval>1440</g:DDNSPeriodicUpdateInterval><g:DDNSTTL>900</g:DDNSTTL><g:DDNSUpdateByDHCPServerEnabled>true</g:DDNSUpdateByDHCPServerEnabled><g:DDNSUpdateEnabled>false</g:DDNSUpdateEnabled><g:DHCPSyncRequiresHostname>1</g:DHCPSyncRequiresHostname><g:DHCPv6ConfigurationTimeout>0</g:DHCPv6ConfigurationTimeout><g:DigestRealm>{realm}</g:DigestRealm><g:DomainName>sim.homeport.test</g:DomainName><g:ElementName>Intel(r) AMT: General Settings</g:ElementName><g:HostName>{host}</g:HostName><g:HostOSFQDN>{host}.sim.homeport.test</g:HostOSFQDN><g:IdleWakeTimeout>65535</g:IdleWakeTimeout><g:InstanceID>Intel(r) AMT: General Settings</g:InstanceID><g:NetworkInterfaceEnabled>true</g:NetworkInterfaceEnabled><g:PingResponseEnabled>true</g:PingResponseEnabled><g:PowerSource>0</g:PowerSource><g:PreferredAddressFamily>0</g:PreferredAddressFamily><g:PresenceNotificationInterval>0</g:PresenceNotificationInterval><g:PrivacyLevel>0</g:PrivacyLevel><g:RmcpPingResponseEnabled>true</g:RmcpPingResponseEnabled><g:SharedFQDN>true</g:SharedFQDN><g:ThunderboltDockEnabled>0</g:ThunderboltDockEnabled><g:WsmanOnlyMode>false</g:WsmanOnlyMode></g:AMT_GeneralSettings></a:Body></a:Envelope>"#,
+        realm = id.realm,
+        host = id.hostname,
+    )
+}
+
+fn destination_unreachable(relates_to: &str, message_id: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><a:Envelope xmlns:a="http://www.w3.org/2003/05/soap-envelope" xmlns:b="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><a:Header><b:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</b:To><b:RelatesTo>{relates_to}</b:RelatesTo><b:Action a:mustUnderstand="true">http://schemas.xmlsoap.org/ws/2004/08/addressing/fault</b:Action><b:MessageID>{message_id}</b:MessageID></a:Header><a:Body><a:Fault><a:Code><a:Value>a:Sender</a:Value><a:Subcode><a:Value>b:DestinationUnreachable</a:Value></a:Subcode></a:Code><a:Reason><a:Text xml:lang="en-US">No route can be determined to reach the destination role defined by the WSAddressing To.</a:Text></a:Reason><a:Detail></a:Detail></a:Fault></a:Body></a:Envelope>"#
+    )
+}
+
+/// Text of the first element whose local name (prefix ignored) is `local`.
+pub fn element_text<'a>(xml: &'a str, local: &str) -> Option<&'a str> {
+    let mut rest = xml;
+    while let Some(lt) = rest.find('<') {
+        rest = &rest[lt + 1..];
+        let end = rest.find(|c: char| c == '>' || c.is_whitespace())?;
+        let name = &rest[..end];
+        let name = name.rsplit(':').next().unwrap_or(name);
+        if name == local && !rest.starts_with('/') {
+            let gt = rest.find('>')?;
+            if rest[..gt].ends_with('/') {
+                return Some("");
+            }
+            let text = &rest[gt + 1..];
+            let stop = text.find('<').unwrap_or(text.len());
+            return Some(text[..stop].trim());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GET_GS: &str = r#"<?xml version="1.0" encoding="utf-8"?><Envelope xmlns="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"><Header><a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Get</a:Action><a:To>/wsman</a:To><w:ResourceURI>http://intel.com/wbem/wscim/1/amt-schema/1/AMT_GeneralSettings</w:ResourceURI><a:MessageID>7</a:MessageID></Header><Body></Body></Envelope>"#;
+
+    fn head(auth: Option<String>) -> Head {
+        let mut raw = format!(
+            "POST /wsman HTTP/1.1\r\nHost: x:16992\r\nContent-Length: {}\r\n",
+            GET_GS.len()
+        );
+        if let Some(a) = auth {
+            raw.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        raw.push_str("\r\n");
+        homeport_http1::parse_head(raw.as_bytes()).unwrap().unwrap()
+    }
+
+    fn challenge(resp: &[u8]) -> (String, String) {
+        let c = homeport_http1::complete_response(resp, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.head.status(), Some(401));
+        let p = parse_params(
+            c.head
+                .header("www-authenticate")
+                .unwrap()
+                .strip_prefix("Digest ")
+                .unwrap(),
+        );
+        let get = |k: &str| p.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        (get("realm"), get("nonce"))
+    }
+
+    fn authorization(
+        id: &Identity,
+        realm: &str,
+        nonce: &str,
+        password: &str,
+        quoted: bool,
+    ) -> String {
+        let ha1 = md5_hex(&format!("admin:{realm}:{password}"));
+        let ha2 = md5_hex("POST:/wsman");
+        let r = md5_hex(&format!("{ha1}:{nonce}:00000001:abc:auth:{ha2}"));
+        let _ = id;
+        if quoted {
+            format!("Digest username=\"admin\",realm=\"{realm}\",nonce=\"{nonce}\",uri=\"/wsman\",qop=\"auth\",response=\"{r}\",nc=\"00000001\",cnonce=\"abc\"")
+        } else {
+            format!("Digest username=\"admin\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"/wsman\", response=\"{r}\", qop=auth, nc=00000001, cnonce=\"abc\"")
+        }
+    }
+
+    #[test]
+    fn digest_flow_like_amt() {
+        let id = Identity::derive(1, 1);
+        let mut st = AmtState::default();
+        let now = Instant::now();
+        let first = respond(&id, &mut st, now, &head(None), GET_GS.as_bytes());
+        let (realm, nonce) = challenge(&first);
+        assert_eq!(realm, id.realm);
+        assert!(String::from_utf8_lossy(&first).ends_with("</html>\n"));
+        for quoted in [true, false] {
+            let auth = authorization(&id, &realm, &nonce, id.amt_password.expose(), quoted);
+            let resp = respond(&id, &mut st, now, &head(Some(auth)), GET_GS.as_bytes());
+            let c = homeport_http1::complete_response(&resp, false)
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.head.status(), Some(200));
+            assert_eq!(c.head.header("transfer-encoding"), Some("chunked"));
+            let body = String::from_utf8(homeport_http1::body(&resp, &c).unwrap()).unwrap();
+            assert_eq!(element_text(&body, "RelatesTo"), Some("7"));
+            assert_eq!(element_text(&body, "DigestRealm"), Some(id.realm.as_str()));
+            assert!(body.len() > CHUNK, "body spans several chunks");
+        }
+        // Wrong password: a plain challenge. Expired nonce: stale="true".
+        let wrong = authorization(&id, &realm, &nonce, "nope", true);
+        let resp = respond(&id, &mut st, now, &head(Some(wrong)), GET_GS.as_bytes());
+        assert!(String::from_utf8_lossy(&resp).contains("stale=\"false\""));
+        let good = authorization(&id, &realm, &nonce, id.amt_password.expose(), true);
+        let later = now + NONCE_TTL + Duration::from_secs(1);
+        let resp = respond(&id, &mut st, later, &head(Some(good)), GET_GS.as_bytes());
+        assert!(String::from_utf8_lossy(&resp).contains("stale=\"true\""));
+    }
+
+    #[test]
+    fn unknown_class_is_destination_unreachable() {
+        let id = Identity::derive(1, 2);
+        let mut st = AmtState::default();
+        let now = Instant::now();
+        let (realm, nonce) = challenge(&respond(&id, &mut st, now, &head(None), b""));
+        let auth = authorization(&id, &realm, &nonce, id.amt_password.expose(), true);
+        let body = GET_GS.replace("AMT_GeneralSettings", "CIM_KVMRedirectionSAP");
+        let mut h = head(Some(auth));
+        h.headers.retain(|(n, _)| n != "Content-Length");
+        let resp = respond(&id, &mut st, now, &h, body.as_bytes());
+        let c = homeport_http1::complete_response(&resp, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.head.status(), Some(400));
+        let text = String::from_utf8(homeport_http1::body(&resp, &c).unwrap()).unwrap();
+        assert!(text.contains("b:DestinationUnreachable"));
+    }
+
+    #[test]
+    fn element_text_ignores_prefixes() {
+        assert_eq!(element_text("<a:X>1</a:X>", "X"), Some("1"));
+        assert_eq!(element_text("<Y/><X>2</X>", "X"), Some("2"));
+        assert_eq!(element_text("<X/>", "X"), Some(""));
+        assert_eq!(element_text("<Z>3</Z>", "X"), None);
+    }
+}

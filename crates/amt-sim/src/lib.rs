@@ -1,0 +1,325 @@
+//! amt-sim: thousands of simulated Intel AMT devices in one process, each with a real CIRA
+//! connection (TLS + APF) and an HTTP/WS-Man responder behind digest authentication.
+//!
+//! Identities are derived from a seed, so `enroll` (registering the devices and their secrets)
+//! and `run` can happen in different processes and agree.
+
+pub mod amt;
+mod device;
+pub mod identity;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use homeport_secrets::{DynSecretStore, SecretMap, SecretString};
+use homeport_store::{DeviceInfo, NewDevice, Store};
+use openssl::ssl::{SslConnector, SslMethod, SslMode, SslVerifyMode, SslVersion};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use identity::Identity;
+
+/// A misbehaviour injected into some devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Logs in with a wrong CIRA password.
+    WrongPassword,
+    /// Sends no keep-alives (the server's idle timeout must drop it).
+    SilentKeepalive,
+    /// Resets the TCP connection this long after becoming ready.
+    AbruptReset(Duration),
+    /// Writes its APF frames in pieces of 1-7 bytes.
+    SplitFrames,
+    /// Sends a CHANNEL_DATA frame claiming a 2 GiB payload once ready.
+    OversizedFrame,
+    /// Sends bytes that are no APF message once ready.
+    GarbageFrame,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "none" => Fault::None,
+            "wrong-password" => Fault::WrongPassword,
+            "silent" => Fault::SilentKeepalive,
+            "split" => Fault::SplitFrames,
+            "oversized" => Fault::OversizedFrame,
+            "garbage" => Fault::GarbageFrame,
+            other => match other.strip_prefix("reset:") {
+                Some(secs) => Fault::AbruptReset(Duration::from_secs(
+                    secs.parse().map_err(|_| format!("bad reset delay in {other:?}"))?,
+                )),
+                None => return Err(format!("unknown fault {other:?} (wrong-password, silent, reset:SECS, split, oversized, garbage)")),
+            },
+        })
+    }
+}
+
+/// TLS offered by the simulated devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimTls {
+    /// TLS 1.2/1.3 with the client library's defaults (current firmware).
+    Modern,
+    /// Only TLS 1.2 static-RSA suites, like older AMT firmware.
+    StaticRsa,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub server: SocketAddr,
+    /// SNI sent to the server.
+    pub server_name: String,
+    pub seed: u64,
+    pub first_index: u64,
+    pub devices: u64,
+    /// New connections per second across the fleet (0: unlimited).
+    pub ramp_per_second: u32,
+    /// Source addresses to spread connections over (each has ~28k ephemeral ports); empty: OS.
+    pub source_ips: Vec<IpAddr>,
+    pub tls: SimTls,
+    /// Verify the server against this CA; without it the device trusts any server.
+    pub ca_file: Option<PathBuf>,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Fraction of devices (0.0-1.0) that get each fault, chosen deterministically by index.
+    pub faults: Vec<(Fault, f64)>,
+}
+
+impl SimConfig {
+    pub fn new(server: SocketAddr, devices: u64) -> Self {
+        Self {
+            server,
+            server_name: "localhost".into(),
+            seed: 1,
+            first_index: 0,
+            devices,
+            ramp_per_second: 0,
+            source_ips: Vec::new(),
+            tls: SimTls::Modern,
+            ca_file: None,
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            faults: Vec::new(),
+        }
+    }
+
+    pub fn identities(&self) -> impl Iterator<Item = Identity> + '_ {
+        (self.first_index..self.first_index + self.devices).map(|i| Identity::derive(self.seed, i))
+    }
+
+    /// The fault of device `index`: faults claim consecutive slices of a per-device draw.
+    pub fn fault_for(&self, index: u64) -> Fault {
+        let draw = (index.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+        let mut acc = 0.0;
+        for (fault, share) in &self.faults {
+            acc += share;
+            if draw < acc {
+                return *fault;
+            }
+        }
+        Fault::None
+    }
+}
+
+/// Fleet-wide counters.
+#[derive(Debug, Default)]
+pub struct FleetStats {
+    pub attempts: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_failures: AtomicU64,
+    pub auth_failures: AtomicU64,
+    /// Devices whose session is ready right now.
+    pub connected: AtomicU64,
+    pub ready_total: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub server_disconnects: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub injected_faults: AtomicU64,
+}
+
+impl FleetStats {
+    pub fn connected(&self) -> u64 {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) struct FleetShared {
+    pub config: SimConfig,
+    pub connector: SslConnector,
+    pub stats: Arc<FleetStats>,
+    next_slot: Mutex<tokio::time::Instant>,
+}
+
+impl FleetShared {
+    /// Waits for this connection's slot when the fleet ramps up at a fixed rate.
+    pub async fn ramp(&self) {
+        if self.config.ramp_per_second == 0 {
+            return;
+        }
+        let gap = Duration::from_secs(1) / self.config.ramp_per_second;
+        let at = {
+            let mut next = self.next_slot.lock().await;
+            let now = tokio::time::Instant::now();
+            let at = (*next).max(now);
+            *next = at + gap;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("TLS setup: {0}")]
+    Tls(#[from] openssl::error::ErrorStack),
+    #[error("enrolment: {0}")]
+    Enroll(String),
+}
+
+fn connector(config: &SimConfig) -> Result<SslConnector, SimError> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    if config.tls == SimTls::StaticRsa {
+        b.set_max_proto_version(Some(SslVersion::TLS1_2))?;
+        b.set_cipher_list(
+            "AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA",
+        )?;
+    }
+    match &config.ca_file {
+        Some(ca) => {
+            b.set_ca_file(ca)?;
+            b.set_verify(SslVerifyMode::PEER);
+        }
+        None => b.set_verify(SslVerifyMode::NONE),
+    }
+    b.set_mode(SslMode::RELEASE_BUFFERS);
+    Ok(b.build())
+}
+
+/// A running fleet of simulated devices.
+pub struct Fleet {
+    shared: Arc<FleetShared>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    identities: Vec<Arc<Identity>>,
+}
+
+impl Fleet {
+    /// Starts every device's connection task.
+    pub fn start(config: SimConfig) -> Result<Fleet, SimError> {
+        let shared = Arc::new(FleetShared {
+            connector: connector(&config)?,
+            stats: Arc::new(FleetStats::default()),
+            next_slot: Mutex::new(tokio::time::Instant::now()),
+            config,
+        });
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let identities: Vec<Arc<Identity>> = shared.config.identities().map(Arc::new).collect();
+        for id in &identities {
+            let fault = shared.config.fault_for(id.index);
+            tasks.spawn(device::run(
+                shared.clone(),
+                id.clone(),
+                fault,
+                cancel.clone(),
+            ));
+        }
+        tasks.close();
+        Ok(Fleet {
+            shared,
+            cancel,
+            tasks,
+            identities,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<FleetStats> {
+        self.shared.stats.clone()
+    }
+
+    pub fn identities(&self) -> &[Arc<Identity>] {
+        &self.identities
+    }
+
+    /// Waits until `n` devices are connected, or `timeout` passes; returns the count reached.
+    pub async fn wait_connected(&self, n: u64, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let c = self.shared.stats.connected();
+            if c >= n || tokio::time::Instant::now() >= deadline {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Disconnects every device (APF DISCONNECT, TLS close) and waits for the tasks.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await;
+    }
+}
+
+/// Registers devices in the store and writes their secrets (MPS and AMT passwords).
+pub async fn enroll(
+    store: &Store,
+    secrets: &DynSecretStore,
+    identities: &[Identity],
+    tenant: &str,
+) -> Result<(), SimError> {
+    for batch in identities.chunks(5_000) {
+        let devices = batch
+            .iter()
+            .map(|id| NewDevice {
+                guid: id.guid.clone(),
+                tenant_id: tenant.to_string(),
+                hostname: Some(id.hostname.clone()),
+                friendly_name: Some(format!("Simulated device {}", id.index)),
+                tags: vec!["simulated".to_string()],
+                mps_username: id.mps_username.clone(),
+                device_info: Some(DeviceInfo {
+                    fw_version: Some("15.0.23".into()),
+                    fw_build: Some("1706".into()),
+                    fw_sku: Some("16392".into()),
+                    current_mode: Some("ACM".into()),
+                    ..DeviceInfo::default()
+                }),
+            })
+            .collect();
+        store
+            .bulk_upsert_devices(devices)
+            .await
+            .map_err(|e| SimError::Enroll(e.to_string()))?;
+        let entries = batch
+            .iter()
+            .map(|id| {
+                let mut m = SecretMap::new();
+                m.insert(
+                    homeport_secrets::MPS_PASSWORD.into(),
+                    id.mps_password.clone(),
+                );
+                m.insert(
+                    homeport_secrets::AMT_PASSWORD.into(),
+                    id.amt_password.clone(),
+                );
+                m.insert(
+                    homeport_secrets::MEBX_PASSWORD.into(),
+                    SecretString::new(format!("Mebx!{}", id.index)),
+                );
+                (homeport_secrets::device_path(&id.guid), m)
+            })
+            .collect();
+        secrets
+            .put_many(entries)
+            .await
+            .map_err(|e| SimError::Enroll(e.to_string()))?;
+    }
+    Ok(())
+}

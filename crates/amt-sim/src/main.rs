@@ -1,0 +1,204 @@
+//! `amt-sim`: enrol simulated AMT devices, and run them against a CIRA server.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use homeport_amt_sim::{enroll, Fault, Fleet, SimConfig, SimTls};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "amt-sim",
+    version,
+    about = "Simulated Intel AMT devices that connect over CIRA"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct FleetArgs {
+    /// Number of devices.
+    #[arg(long, default_value_t = 10)]
+    devices: u64,
+    /// Seed of the deterministic identities.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Index of the first device (to split one fleet across processes).
+    #[arg(long, default_value_t = 0)]
+    first_index: u64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Register the devices and their secrets in Homeport's store.
+    Enroll {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Tenant the devices belong to.
+        #[arg(long, default_value = "")]
+        tenant: String,
+        #[command(flatten)]
+        common: homeport_runtime::CommonArgs,
+    },
+    /// Connect the devices and keep them connected until interrupted.
+    Run {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// CIRA server address.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        server: SocketAddr,
+        /// New connections per second (0: as fast as possible).
+        #[arg(long, default_value_t = 500)]
+        ramp: u32,
+        /// Spread connections over this many loopback source addresses (127.0.1.1 upward).
+        #[arg(long, default_value_t = 0)]
+        source_ips: u32,
+        /// TLS offered: "modern" or "static-rsa" (TLS 1.2 static-RSA suites only, like older AMT).
+        #[arg(long, default_value = "modern")]
+        tls: String,
+        /// Verify the server certificate against this CA (PEM).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Inject a fault into a share of the devices, e.g. wrong-password=0.1, silent=0.05,
+        /// reset:30=0.01, split=0.2, oversized=0.01, garbage=0.01 (repeatable).
+        #[arg(long = "fault")]
+        faults: Vec<String>,
+        /// Stop after this many seconds (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        duration: u64,
+        /// Log filter.
+        #[arg(long, env = "HOMEPORT_LOG", default_value = "warn")]
+        log: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("amt-sim: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("amt-sim: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn parse_fault(s: &str) -> anyhow::Result<(Fault, f64)> {
+    let (name, share) = s
+        .rsplit_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--fault {s:?}: expected NAME=SHARE"))?;
+    let share: f64 = share
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--fault {s:?}: share must be a number"))?;
+    if !(0.0..=1.0).contains(&share) {
+        anyhow::bail!("--fault {s:?}: share must be between 0 and 1");
+    }
+    Ok((name.parse().map_err(anyhow::Error::msg)?, share))
+}
+
+/// Loopback source addresses 127.0.1.1, 127.0.1.2, …
+pub fn loopback_sources(n: u32) -> Vec<IpAddr> {
+    (0..n)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 1)) + i)))
+        .collect()
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Enroll {
+            fleet,
+            tenant,
+            common,
+        } => {
+            common.validate()?;
+            homeport_telemetry::init_logging(&common.log);
+            let store = common.open_store().await?;
+            let secrets = common.open_secrets().await?;
+            let mut cfg = SimConfig::new(SocketAddr::from(([127, 0, 0, 1], 4433)), fleet.devices);
+            cfg.seed = fleet.seed;
+            cfg.first_index = fleet.first_index;
+            let ids: Vec<_> = cfg.identities().collect();
+            let started = Instant::now();
+            enroll(&store, &secrets, &ids, &tenant).await?;
+            println!(
+                "enrolled {} devices (seed {}, first index {}) in {:.1}s",
+                ids.len(),
+                fleet.seed,
+                fleet.first_index,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Command::Run {
+            fleet,
+            server,
+            ramp,
+            source_ips,
+            tls,
+            ca_file,
+            faults,
+            duration,
+            log,
+        } => {
+            homeport_telemetry::init_logging(&log);
+            let mut cfg = SimConfig::new(server, fleet.devices);
+            cfg.seed = fleet.seed;
+            cfg.first_index = fleet.first_index;
+            cfg.ramp_per_second = ramp;
+            cfg.source_ips = loopback_sources(source_ips);
+            cfg.ca_file = ca_file;
+            cfg.tls = match tls.as_str() {
+                "modern" => SimTls::Modern,
+                "static-rsa" => SimTls::StaticRsa,
+                other => anyhow::bail!("--tls must be modern or static-rsa, not {other:?}"),
+            };
+            cfg.faults = faults
+                .iter()
+                .map(|f| parse_fault(f))
+                .collect::<anyhow::Result<_>>()?;
+            let fleet_size = cfg.devices;
+            let fleet = Fleet::start(cfg)?;
+            let stats = fleet.stats();
+            let started = Instant::now();
+            let stop = async {
+                if duration == 0 {
+                    homeport_runtime::shutdown_signal().await
+                } else {
+                    tokio::time::sleep(Duration::from_secs(duration)).await
+                }
+            };
+            tokio::pin!(stop);
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tick.tick() => {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        println!(
+                            "[{:>5.0}s] connected {}/{} ready_total {} auth_failures {} disconnects {} http_requests {}",
+                            started.elapsed().as_secs_f64(),
+                            stats.connected(),
+                            fleet_size,
+                            stats.ready_total.load(Relaxed),
+                            stats.auth_failures.load(Relaxed),
+                            stats.disconnects.load(Relaxed),
+                            stats.http_requests.load(Relaxed),
+                        );
+                    }
+                }
+            }
+            fleet.stop().await;
+            Ok(())
+        }
+    }
+}

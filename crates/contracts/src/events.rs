@@ -1,0 +1,282 @@
+//! Fleet events: envelope helpers, the JetStream stream, and a publisher that does not lose events.
+//!
+//! Producers hand events to [`EventPublisher`], which publishes them to JetStream with the event
+//! id as `Nats-Msg-Id` (so a retry is stored once) and waits for the stream's ack. While JetStream
+//! is unavailable events wait in a bounded buffer and are retried with backoff.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{proto, Names};
+
+/// Payload schema version of [`proto::Event`].
+pub const EVENT_VERSION: u32 = 1;
+
+/// A fresh event id: 128 random bits as 32 hex digits.
+pub fn new_event_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
+
+pub fn now_unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// An envelope with id, time and identity filled in; the caller sets the payload.
+pub fn envelope(tenant: &str, guid: &str, kind: &str, source: &str) -> proto::Event {
+    proto::Event {
+        id: new_event_id(),
+        time_unix_nanos: now_unix_nanos(),
+        tenant: tenant.to_string(),
+        device_guid: guid.to_string(),
+        kind: kind.to_string(),
+        source: source.to_string(),
+        actor: String::new(),
+        version: EVENT_VERSION,
+        payload: None,
+    }
+}
+
+/// Limits of the events stream; configuration, not code.
+#[derive(Clone, Debug)]
+pub struct StreamLimits {
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub replicas: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            max_bytes: -1,
+            replicas: 1,
+        }
+    }
+}
+
+/// Creates the events stream if it does not exist yet.
+pub async fn ensure_events_stream(
+    js: &jetstream::Context,
+    names: &Names,
+    limits: &StreamLimits,
+) -> Result<stream::Stream, String> {
+    js.get_or_create_stream(stream::Config {
+        name: names.events_stream(),
+        subjects: vec![names.events_subjects()],
+        max_age: limits.max_age,
+        max_bytes: limits.max_bytes,
+        num_replicas: limits.replicas,
+        duplicate_window: Duration::from_secs(120),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("events stream {}: {e}", names.events_stream()))
+}
+
+#[derive(Clone, Debug)]
+pub struct PublisherConfig {
+    /// Events waiting for JetStream, at most. When full, `publish` refuses and counts a drop.
+    pub buffer: usize,
+    /// Publishes awaiting their ack at once.
+    pub max_in_flight: usize,
+    pub max_backoff: Duration,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self {
+            buffer: 200_000,
+            max_in_flight: 512,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters a service exports as metrics.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    pub published: AtomicU64,
+    pub pending: AtomicU64,
+    pub retries: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("event buffer full ({0} events waiting for JetStream); event {1} dropped")]
+    BufferFull(usize, String),
+    #[error("event publisher stopped; event {0} dropped")]
+    Stopped(String),
+}
+
+struct Outgoing {
+    subject: String,
+    id: String,
+    payload: Bytes,
+}
+
+/// Handle to the background publishing task. Cheap to clone.
+#[derive(Clone)]
+pub struct EventPublisher {
+    tx: mpsc::Sender<Outgoing>,
+    stats: Arc<PublisherStats>,
+    buffer: usize,
+}
+
+impl EventPublisher {
+    /// Starts the publishing task; it runs until `cancel` fires and the buffer is empty or
+    /// `drain_timeout` has passed after cancellation.
+    pub fn start(
+        js: jetstream::Context,
+        config: PublisherConfig,
+        cancel: CancellationToken,
+        drain_timeout: Duration,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(config.buffer.max(1));
+        let stats = Arc::new(PublisherStats::default());
+        let task = tokio::spawn(run(
+            js,
+            config.clone(),
+            rx,
+            stats.clone(),
+            cancel,
+            drain_timeout,
+        ));
+        (
+            Self {
+                tx,
+                stats,
+                buffer: config.buffer,
+            },
+            task,
+        )
+    }
+
+    pub fn stats(&self) -> &Arc<PublisherStats> {
+        &self.stats
+    }
+
+    /// Queues an event for publishing on `subject`. Never waits.
+    pub fn publish(&self, subject: String, event: &proto::Event) -> Result<(), PublishError> {
+        let out = Outgoing {
+            subject,
+            id: event.id.clone(),
+            payload: Bytes::from(event.encode_to_vec()),
+        };
+        match self.tx.try_send(out) {
+            Ok(()) => {
+                self.stats.pending.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(o)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(PublishError::BufferFull(self.buffer, o.id))
+            }
+            Err(mpsc::error::TrySendError::Closed(o)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(PublishError::Stopped(o.id))
+            }
+        }
+    }
+
+    /// Waits until every queued event is acknowledged, or `timeout` passes. True when empty.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.stats.pending.load(Ordering::Relaxed) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
+async fn run(
+    js: jetstream::Context,
+    config: PublisherConfig,
+    mut rx: mpsc::Receiver<Outgoing>,
+    stats: Arc<PublisherStats>,
+    cancel: CancellationToken,
+    drain_timeout: Duration,
+) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut rx_open = true;
+    loop {
+        if drain_deadline.is_none() && cancel.is_cancelled() {
+            drain_deadline = Some(tokio::time::Instant::now() + drain_timeout);
+        }
+        if let Some(deadline) = drain_deadline {
+            if tokio::time::Instant::now() >= deadline {
+                let left = stats.pending.load(Ordering::Relaxed);
+                if left > 0 {
+                    tracing::error!(
+                        events = left,
+                        "event publisher stopped with unpublished events"
+                    );
+                }
+                return;
+            }
+        }
+        if !rx_open && in_flight.is_empty() {
+            return;
+        }
+        let can_take = rx_open && in_flight.len() < config.max_in_flight;
+        tokio::select! {
+            msg = rx.recv(), if can_take => match msg {
+                Some(out) => in_flight.push(publish_until_acked(js.clone(), out, stats.clone(), config.max_backoff)),
+                None => rx_open = false,
+            },
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {
+                stats.published.fetch_add(1, Ordering::Relaxed);
+                stats.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ = cancel.cancelled(), if drain_deadline.is_none() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)), if drain_deadline.is_some() => {
+                if stats.pending.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn publish_until_acked(
+    js: jetstream::Context,
+    out: Outgoing,
+    stats: Arc<PublisherStats>,
+    max_backoff: Duration,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let publish = PublishMessage::build()
+            .payload(out.payload.clone())
+            .message_id(out.id.as_str());
+        let result = match js.send_publish(out.subject.clone(), publish).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => return,
+            Err(error) => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(event = %out.id, subject = %out.subject, %error, "event not acknowledged by JetStream; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}

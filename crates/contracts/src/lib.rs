@@ -1,0 +1,141 @@
+//! Names and wire formats shared over NATS: subjects, streams, KV buckets, tunnel headers, events.
+//!
+//! Every name takes the deployment's subject prefix (`hp` in production) so that tests, each on
+//! its own prefix, can share one NATS server without seeing each other's traffic.
+
+pub mod events;
+pub mod presence;
+pub mod tunnel;
+
+pub use homeport_proto::events::v1 as proto;
+
+/// Default subject prefix of a production deployment.
+pub const DEFAULT_PREFIX: &str = "hp";
+
+/// Subject token used for devices that have no tenant (subject tokens cannot be empty).
+pub const NO_TENANT_TOKEN: &str = "_";
+
+/// All NATS names of one deployment, derived from its prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Names {
+    /// `prefix` must be a valid subject token: letters, digits, `_` and `-`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: token(prefix),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<p>.evt.<tenant>.device.<guid>.<kind>`: device lifecycle events.
+    pub fn device_event(&self, tenant: &str, guid: &str, kind: &str) -> String {
+        format!(
+            "{}.evt.{}.device.{}.{}",
+            self.prefix,
+            tenant_token(tenant),
+            token(guid),
+            token(kind)
+        )
+    }
+
+    /// Everything the events stream captures.
+    pub fn events_subjects(&self) -> String {
+        format!("{}.evt.>", self.prefix)
+    }
+
+    /// JetStream stream holding all events of this deployment.
+    pub fn events_stream(&self) -> String {
+        format!(
+            "{}_EVENTS",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// `<p>.cira.<guid>.http`: request/reply tunnel to a device's HTTP ports (only the owning
+    /// ingress subscribes, so "no responders" means "not connected").
+    pub fn cira_http(&self, guid: &str) -> String {
+        format!("{}.cira.{}.http", self.prefix, token(guid))
+    }
+
+    /// `<p>.cira.<guid>.supersede`: a new session of the device asks the old one to close.
+    pub fn cira_supersede(&self, guid: &str) -> String {
+        format!("{}.cira.{}.supersede", self.prefix, token(guid))
+    }
+
+    /// `<p>.cira.<guid>.*`: the one subscription a device session holds (http + supersede).
+    pub fn cira_device_wildcard(&self, guid: &str) -> String {
+        format!("{}.cira.{}.*", self.prefix, token(guid))
+    }
+
+    /// KV bucket: guid → presence of the device's current session.
+    pub fn presence_bucket(&self) -> String {
+        format!("{}_presence", self.prefix.replace('-', "_"))
+    }
+
+    /// KV bucket: node id → node heartbeat (entries expire when the node dies).
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}_nodes", self.prefix.replace('-', "_"))
+    }
+}
+
+fn tenant_token(tenant: &str) -> String {
+    if tenant.is_empty() {
+        NO_TENANT_TOKEN.to_string()
+    } else {
+        token(tenant)
+    }
+}
+
+/// Subject tokens must not contain separators or wildcards; anything else is replaced by `_`.
+fn token(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_taxonomy() {
+        let n = Names::new("t1");
+        let g = "4c4c4544-004b-4210-8033-b6c04f504633";
+        assert_eq!(
+            n.device_event("acme", g, "connected"),
+            format!("t1.evt.acme.device.{g}.connected")
+        );
+        assert_eq!(
+            n.device_event("", g, "disconnected"),
+            format!("t1.evt._.device.{g}.disconnected")
+        );
+        assert_eq!(n.cira_http(g), format!("t1.cira.{g}.http"));
+        assert_eq!(n.events_stream(), "T1_EVENTS");
+        assert_eq!(n.presence_bucket(), "t1_presence");
+    }
+
+    #[test]
+    fn hostile_tokens_cannot_widen_a_subject() {
+        let n = Names::default();
+        assert_eq!(n.cira_http("a.>*"), "hp.cira.a___.http");
+        assert_eq!(n.device_event("x.y", "g", "k"), "hp.evt.x_y.device.g.k");
+    }
+}

@@ -1,0 +1,78 @@
+//! Presence of devices and liveness of ingress nodes, kept in JetStream KV buckets.
+//!
+//! Invariant: steady-state liveness is O(nodes): a device writes its presence once per session,
+//! a node writes one heartbeat per interval; keep-alives never touch NATS or the database.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use serde::{Deserialize, Serialize};
+
+use crate::Names;
+
+/// Value of `<p>_presence/<guid>`: which node holds the device's current CIRA session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub node: String,
+    pub session: String,
+    pub tenant: String,
+    /// RFC 3339 UTC.
+    pub connected_at: String,
+    pub remote: String,
+}
+
+/// Value of `<p>_nodes/<node id>`: a node's heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHeartbeat {
+    pub node: String,
+    pub sessions: u64,
+    /// RFC 3339 UTC.
+    pub at: String,
+    pub draining: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    #[error("JetStream KV bucket {bucket}: {message}")]
+    Bucket { bucket: String, message: String },
+}
+
+/// Opens (creating if needed) the presence bucket.
+pub async fn presence_bucket(
+    js: &jetstream::Context,
+    names: &Names,
+) -> Result<kv::Store, PresenceError> {
+    open_bucket(js, names.presence_bucket(), Duration::ZERO).await
+}
+
+/// Opens (creating if needed) the node heartbeat bucket; entries expire after `ttl`, so a dead
+/// node disappears and its presence entries can be recognised as stale.
+pub async fn nodes_bucket(
+    js: &jetstream::Context,
+    names: &Names,
+    ttl: Duration,
+) -> Result<kv::Store, PresenceError> {
+    open_bucket(js, names.nodes_bucket(), ttl).await
+}
+
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: String,
+    max_age: Duration,
+) -> Result<kv::Store, PresenceError> {
+    if let Ok(store) = js.get_key_value(&bucket).await {
+        return Ok(store);
+    }
+    // Creating with an identical config is idempotent, so racing nodes agree.
+    js.create_key_value(kv::Config {
+        bucket: bucket.clone(),
+        history: 1,
+        max_age,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| PresenceError::Bucket {
+        bucket,
+        message: e.to_string(),
+    })
+}

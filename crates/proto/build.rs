@@ -1,0 +1,9 @@
+//! Compiles `proto/` with protox (pure Rust), so no system `protoc` is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    let files = ["homeport/events/v1/events.proto"];
+    let fds = protox::compile(files, [root])?;
+    prost_build::Config::new().compile_fds(fds)?;
+    println!("cargo:rerun-if-changed={root}");
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! What every Homeport binary shares: the common command-line/env configuration and the
+//! wiring from that configuration to ready-made parts (NATS client, store, secret store).
+//!
+//! Only binaries use this crate; service libraries take the parts, never the environment.
+
+pub mod io;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use homeport_secrets::DynSecretStore;
+
+/// Settings shared by every service. Each can be given as a flag or a `HOMEPORT_*` variable.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// NATS server URL.
+    #[arg(
+        long,
+        env = "HOMEPORT_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Prefix of every NATS subject, stream and bucket of this deployment.
+    #[arg(long, env = "HOMEPORT_SUBJECT_PREFIX", default_value = homeport_contracts::DEFAULT_PREFIX)]
+    pub subject_prefix: String,
+    /// Database URL: postgres://… in production, sqlite://path?mode=rwc embedded.
+    #[arg(
+        long,
+        env = "HOMEPORT_DATABASE_URL",
+        default_value = "sqlite://homeport-data/homeport.db?mode=rwc"
+    )]
+    pub database_url: String,
+    /// Database connection pool size.
+    #[arg(long, env = "HOMEPORT_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: u32,
+    /// Secret store: "local" (AES-GCM encrypted file) or "vault" (HashiCorp Vault KV v2).
+    #[arg(long, env = "HOMEPORT_SECRETS", default_value = "local")]
+    pub secrets: String,
+    /// Local secret store file.
+    #[arg(
+        long,
+        env = "HOMEPORT_SECRETS_FILE",
+        default_value = "homeport-data/secrets.enc"
+    )]
+    pub secrets_file: PathBuf,
+    /// Key of the local secret store (created on first use, mode 0600).
+    #[arg(
+        long,
+        env = "HOMEPORT_SECRETS_KEY_FILE",
+        default_value = "homeport-data/secrets.key"
+    )]
+    pub secrets_key_file: PathBuf,
+    /// Vault address, with --secrets vault.
+    #[arg(
+        long,
+        env = "HOMEPORT_VAULT_ADDR",
+        default_value = "http://127.0.0.1:8200"
+    )]
+    pub vault_addr: String,
+    /// Vault token, with --secrets vault. Prefer the environment variable over the flag.
+    #[arg(
+        long,
+        env = "HOMEPORT_VAULT_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub vault_token: String,
+    /// Vault KV v2 mount.
+    #[arg(long, env = "HOMEPORT_VAULT_MOUNT", default_value = "secret")]
+    pub vault_mount: String,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "HOMEPORT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl CommonArgs {
+    /// Checks what can be checked before any port is bound.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.secrets.as_str() {
+            "local" => {}
+            "vault" if self.vault_token.is_empty() => {
+                bail!("--secrets vault needs a token (HOMEPORT_VAULT_TOKEN)")
+            }
+            "vault" => {}
+            other => bail!("--secrets must be \"local\" or \"vault\", not {other:?}"),
+        }
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://")
+            || self.database_url.starts_with("sqlite:"))
+        {
+            bail!("--database-url must start with postgres:// or sqlite:");
+        }
+        Ok(())
+    }
+
+    pub fn names(&self) -> homeport_contracts::Names {
+        homeport_contracts::Names::new(&self.subject_prefix)
+    }
+
+    /// Opens the configured secret store.
+    pub async fn open_secrets(&self) -> anyhow::Result<DynSecretStore> {
+        match self.secrets.as_str() {
+            "vault" => {
+                let mut config = homeport_secrets::VaultConfig::new(
+                    self.vault_addr.clone(),
+                    homeport_secrets::SecretString::new(self.vault_token.clone()),
+                );
+                config.mount = self.vault_mount.clone();
+                let store = homeport_secrets::VaultStore::new(config).context("Vault client")?;
+                Ok(Arc::new(store))
+            }
+            _ => {
+                for p in [&self.secrets_file, &self.secrets_key_file] {
+                    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir)
+                            .with_context(|| format!("creating {}", dir.display()))?;
+                    }
+                }
+                let store =
+                    homeport_secrets::LocalFileStore::open(homeport_secrets::LocalFileConfig::new(
+                        self.secrets_file.clone(),
+                        self.secrets_key_file.clone(),
+                    ))
+                    .await
+                    .context("local secret store")?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+
+    /// Connects to the database (creating the SQLite directory) and applies migrations.
+    pub async fn open_store(&self) -> anyhow::Result<homeport_store::Store> {
+        if let Some(path) = self.database_url.strip_prefix("sqlite://") {
+            let file = path.split('?').next().unwrap_or_default();
+            if let Some(dir) = std::path::Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+        }
+        let mut config = homeport_store::StoreConfig::new(self.database_url.clone());
+        config.max_connections = self.database_pool;
+        homeport_store::Store::connect_with(config)
+            .await
+            .with_context(|| format!("database {}", redact_url(&self.database_url)))
+    }
+
+    /// Connects to NATS, retrying for up to `wait` while it is unreachable.
+    pub async fn connect_nats(
+        &self,
+        name: &str,
+        wait: Duration,
+    ) -> anyhow::Result<async_nats::Client> {
+        connect_nats(&self.nats_url, name, wait).await
+    }
+}
+
+/// Connects to NATS, retrying for up to `wait` while it is unreachable. After the first
+/// connection the client reconnects by itself forever.
+pub async fn connect_nats(
+    url: &str,
+    name: &str,
+    wait: Duration,
+) -> anyhow::Result<async_nats::Client> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let opts = async_nats::ConnectOptions::new()
+            .name(name)
+            // Device sessions hold one subscription each; a small per-subscription buffer keeps
+            // tens of thousands of them cheap (a device gets at most a few requests at once).
+            .subscription_capacity(64)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5));
+        match tokio::time::timeout(Duration::from_secs(5), opts.connect(url)).await {
+            Ok(Ok(client))
+                if client.connection_state() == async_nats::connection::State::Connected =>
+            {
+                return Ok(client)
+            }
+            Ok(Ok(client)) => {
+                // retry_on_initial_connect returns at once; wait for the first connection.
+                let until = tokio::time::Instant::now() + Duration::from_secs(5);
+                while tokio::time::Instant::now() < until.min(deadline) {
+                    if client.connection_state() == async_nats::connection::State::Connected {
+                        return Ok(client);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(url, error = %e, "NATS not reachable yet"),
+            Err(_) => tracing::warn!(url, "NATS connect timed out"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("NATS at {url} not reachable after {wait:?}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Hides a password in a database URL for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+}

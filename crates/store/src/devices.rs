@@ -1,0 +1,399 @@
+//! Devices: the domain types and the queries on the `devices` table.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sea_orm::sea_query::{Alias, Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::entity::device::{self, Column, Entity};
+use crate::{Store, StoreError};
+
+/// Rows per INSERT in bulk upserts: 11 columns × 500 stays far below both PostgreSQL's 65,535
+/// and SQLite's 32,766 bind-parameter limits, and keeps each statement quick.
+const BULK_CHUNK: usize = 500;
+
+/// A registered device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Canonical lowercase guid.
+    pub guid: String,
+    /// Owning tenant (`""` is the default tenant).
+    pub tenant_id: String,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Human-friendly name.
+    pub friendly_name: Option<String>,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+    /// CIRA user name.
+    pub mps_username: String,
+    /// AMT version, build, SKU and so on, when known.
+    pub device_info: Option<DeviceInfo>,
+    /// First registration.
+    pub created_at: DateTime<Utc>,
+    /// Last change of the registration data.
+    pub updated_at: DateTime<Utc>,
+    /// Start of the most recent CIRA session.
+    pub last_connected_at: Option<DateTime<Utc>>,
+    /// End of the most recent CIRA session.
+    pub last_disconnected_at: Option<DateTime<Utc>>,
+}
+
+/// What AMT reports about itself. Known fields are typed; anything else is kept in `extra`
+/// so newer writers do not lose data through older readers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Firmware version, e.g. `16.1.25`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fw_version: Option<String>,
+    /// Firmware build number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fw_build: Option<String>,
+    /// Firmware SKU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fw_sku: Option<String>,
+    /// Provisioning mode (e.g. `ACM`, `CCM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_mode: Option<String>,
+    /// AMT feature string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<String>,
+    /// Last known IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    /// Fields this version does not know.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A device to register or update. Timestamps are set by the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewDevice {
+    /// Any case; stored lowercase. Must be a UUID.
+    pub guid: String,
+    /// Owning tenant.
+    #[serde(default)]
+    pub tenant_id: String,
+    /// Host name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Human-friendly name.
+    #[serde(default)]
+    pub friendly_name: Option<String>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// CIRA user name.
+    pub mps_username: String,
+    /// What AMT reports about itself.
+    #[serde(default)]
+    pub device_info: Option<DeviceInfo>,
+}
+
+impl NewDevice {
+    /// A device in the default tenant with no optional data.
+    pub fn new(guid: impl Into<String>, mps_username: impl Into<String>) -> Self {
+        Self {
+            guid: guid.into(),
+            tenant_id: String::new(),
+            hostname: None,
+            friendly_name: None,
+            tags: Vec::new(),
+            mps_username: mps_username.into(),
+            device_info: None,
+        }
+    }
+}
+
+/// The canonical form of a device guid (lowercase UUID, `8-4-4-4-12` hex digits), or `None`
+/// if `guid` is not a UUID. Surrounding whitespace is ignored.
+pub fn canonical_guid(guid: &str) -> Option<String> {
+    let guid = guid.trim();
+    let groups: Vec<&str> = guid.split('-').collect();
+    let lengths_ok = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    lengths_ok.then(|| guid.to_ascii_lowercase())
+}
+
+fn require_guid(guid: &str) -> Result<String, StoreError> {
+    canonical_guid(guid)
+        .ok_or_else(|| StoreError::InvalidInput(format!("device guid {guid:?} is not a UUID")))
+}
+
+/// Timestamps are kept to microseconds, PostgreSQL's precision, so a device read back from
+/// either backend equals the one written.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn to_model(d: device::Model) -> Result<Device, StoreError> {
+    let tags = serde_json::from_value(d.tags).map_err(|_| {
+        StoreError::Corrupt(format!("tags of device {} are not a string array", d.guid))
+    })?;
+    let device_info = d
+        .device_info
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|_| StoreError::Corrupt(format!("device_info of device {} is invalid", d.guid)))?;
+    Ok(Device {
+        guid: d.guid,
+        tenant_id: d.tenant_id,
+        hostname: d.hostname,
+        friendly_name: d.friendly_name,
+        tags,
+        mps_username: d.mps_username,
+        device_info,
+        created_at: d.created_at,
+        updated_at: d.updated_at,
+        last_connected_at: d.last_connected_at,
+        last_disconnected_at: d.last_disconnected_at,
+    })
+}
+
+/// The row to insert, and its canonical guid.
+fn to_active(
+    new: NewDevice,
+    at: DateTime<Utc>,
+) -> Result<(String, device::ActiveModel), StoreError> {
+    let guid = require_guid(&new.guid)?;
+    let device_info = new
+        .device_info
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(|_| StoreError::InvalidInput(format!("device_info of {guid} is not JSON")))?;
+    let row = device::ActiveModel {
+        guid: Set(guid.clone()),
+        tenant_id: Set(new.tenant_id),
+        hostname: Set(new.hostname),
+        friendly_name: Set(new.friendly_name),
+        tags: Set(serde_json::Value::from(new.tags)),
+        mps_username: Set(new.mps_username),
+        device_info: Set(device_info),
+        created_at: Set(at),
+        updated_at: Set(at),
+        last_connected_at: NotSet,
+        last_disconnected_at: NotSet,
+    };
+    Ok((guid, row))
+}
+
+/// Insert, or update the registration data of an existing device of the same tenant.
+/// `created_at` and the connection times are kept. A device of another tenant is left alone
+/// (the WHERE on the update), so a tenant can never take over another tenant's device.
+fn upsert_on_conflict() -> OnConflict {
+    OnConflict::column(Column::Guid)
+        .update_columns([
+            Column::Hostname,
+            Column::FriendlyName,
+            Column::Tags,
+            Column::MpsUsername,
+            Column::DeviceInfo,
+            Column::UpdatedAt,
+        ])
+        .action_and_where(
+            Expr::col((Entity, Column::TenantId))
+                .equals((Alias::new("excluded"), Column::TenantId)),
+        )
+        .to_owned()
+}
+
+impl Store {
+    /// Registers a device or updates its registration data, returning the stored row.
+    /// Fails with [`StoreError::TenantConflict`] if the guid belongs to another tenant.
+    pub async fn upsert_device(&self, new: NewDevice) -> Result<Device, StoreError> {
+        let tenant = new.tenant_id.clone();
+        let (guid, active) = to_active(new, now())?;
+        Entity::insert(active)
+            .on_conflict(upsert_on_conflict())
+            .exec_without_returning(&self.db)
+            .await?;
+        match self.get_device(&guid).await? {
+            Some(device) if device.tenant_id == tenant => Ok(device),
+            Some(_) => Err(StoreError::TenantConflict { guid }),
+            // Deleted between the upsert and the read: report it as the race it is.
+            None => Err(StoreError::Db(sea_orm::DbErr::RecordNotFound(format!(
+                "device {guid} deleted concurrently"
+            )))),
+        }
+    }
+
+    /// Upserts many devices in one transaction, `BULK_CHUNK` rows per statement, as a
+    /// simulator enrolling tens of thousands of devices needs. Guids repeated in `devices`
+    /// keep the last entry. Devices that exist under another tenant are skipped. Returns the
+    /// number of rows inserted or updated.
+    pub async fn bulk_upsert_devices(&self, devices: Vec<NewDevice>) -> Result<u64, StoreError> {
+        let at = now();
+        // One statement must not touch a row twice (PostgreSQL refuses), so deduplicate first.
+        let mut order = Vec::with_capacity(devices.len());
+        let mut latest: HashMap<String, device::ActiveModel> =
+            HashMap::with_capacity(devices.len());
+        for new in devices {
+            let (guid, active) = to_active(new, at)?;
+            if latest.insert(guid.clone(), active).is_none() {
+                order.push(guid);
+            }
+        }
+        let rows: Vec<device::ActiveModel> = order
+            .into_iter()
+            .filter_map(|guid| latest.remove(&guid))
+            .collect();
+        let txn = self.db.begin().await?;
+        let mut written = 0;
+        for chunk in rows.chunks(BULK_CHUNK) {
+            written += Entity::insert_many(chunk.to_vec())
+                .on_conflict(upsert_on_conflict())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(written)
+    }
+
+    /// Reads a device of any tenant. Only for device login, which knows just the guid;
+    /// tenant-facing APIs use [`Store::get_device_for_tenant`].
+    pub async fn get_device(&self, guid: &str) -> Result<Option<Device>, StoreError> {
+        let Some(guid) = canonical_guid(guid) else {
+            return Ok(None);
+        };
+        Entity::find_by_id(guid)
+            .one(&self.db)
+            .await?
+            .map(to_model)
+            .transpose()
+    }
+
+    /// Reads a device if it belongs to `tenant`.
+    pub async fn get_device_for_tenant(
+        &self,
+        tenant: &str,
+        guid: &str,
+    ) -> Result<Option<Device>, StoreError> {
+        let Some(guid) = canonical_guid(guid) else {
+            return Ok(None);
+        };
+        Entity::find_by_id(guid)
+            .filter(Column::TenantId.eq(tenant))
+            .one(&self.db)
+            .await?
+            .map(to_model)
+            .transpose()
+    }
+
+    /// A page of `tenant`'s devices ordered by guid.
+    pub async fn list_devices(
+        &self,
+        tenant: &str,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<Device>, StoreError> {
+        Entity::find()
+            .filter(Column::TenantId.eq(tenant))
+            .order_by_asc(Column::Guid)
+            .limit(limit)
+            .offset(offset)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_model)
+            .collect()
+    }
+
+    /// How many devices `tenant` has.
+    pub async fn count_devices(&self, tenant: &str) -> Result<u64, StoreError> {
+        Ok(Entity::find()
+            .filter(Column::TenantId.eq(tenant))
+            .count(&self.db)
+            .await?)
+    }
+
+    /// Deletes a device of `tenant`; false if there was none (including one of another
+    /// tenant, which is left alone).
+    pub async fn delete_device(&self, tenant: &str, guid: &str) -> Result<bool, StoreError> {
+        let Some(guid) = canonical_guid(guid) else {
+            return Ok(false);
+        };
+        let result = Entity::delete_many()
+            .filter(Column::Guid.eq(guid))
+            .filter(Column::TenantId.eq(tenant))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected > 0)
+    }
+
+    /// Records the start of a CIRA session. Only moves forward: a late, older event (events
+    /// are delivered at least once, not in order) does not overwrite a newer time. Returns
+    /// whether the row changed.
+    pub async fn mark_connected(&self, guid: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.advance_timestamp(guid, Column::LastConnectedAt, at)
+            .await
+    }
+
+    /// Records the end of a CIRA session; same rules as [`Store::mark_connected`].
+    pub async fn mark_disconnected(
+        &self,
+        guid: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.advance_timestamp(guid, Column::LastDisconnectedAt, at)
+            .await
+    }
+
+    async fn advance_timestamp(
+        &self,
+        guid: &str,
+        column: Column,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let Some(guid) = canonical_guid(guid) else {
+            return Ok(false);
+        };
+        let at = at.trunc_subsecs(6);
+        let result = Entity::update_many()
+            .col_expr(column, Expr::value(at))
+            .filter(Column::Guid.eq(guid))
+            .filter(column.is_null().or(column.lt(at)))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guid_canonical_form() {
+        assert_eq!(
+            canonical_guid(" 12345678-9ABC-DEF0-1234-56789ABCDEF0 ").as_deref(),
+            Some("12345678-9abc-def0-1234-56789abcdef0")
+        );
+        for bad in [
+            "",
+            "1234",
+            "12345678-9abc-def0-1234-56789abcdef",
+            "12345678-9abc-def0-1234-56789abcdefg",
+            "123456789-abc-def0-1234-56789abcdef0",
+            "12345678-9abc-def0-1234-56789abcdef0-0",
+        ] {
+            assert_eq!(canonical_guid(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn device_info_keeps_unknown_fields() {
+        let json = serde_json::json!({"fw_version": "16.1", "future": {"x": 1}});
+        let info: DeviceInfo = serde_json::from_value(json.clone()).expect("decode");
+        assert_eq!(info.fw_version.as_deref(), Some("16.1"));
+        assert_eq!(serde_json::to_value(&info).expect("encode"), json);
+    }
+}

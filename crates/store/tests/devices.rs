@@ -1,0 +1,393 @@
+//! Device store tests, each run against a throwaway PostgreSQL database and a SQLite file.
+
+use chrono::{Duration, TimeZone, Utc};
+use homeport_store::testing::{with_temp_postgres, TempSqlite, DEFAULT_ADMIN_URL};
+use homeport_store::{DeviceInfo, NewDevice, Store, StoreConfig, StoreError};
+
+fn admin_url() -> String {
+    std::env::var("HOMEPORT_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+}
+
+/// Generates `<name>_postgres` and `<name>_sqlite` tests running the same scenario.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::with_temp_postgres(&super::admin_url(), stringify!($name), super::$name)
+                        .await
+                        .expect("temporary postgres database");
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::TempSqlite::new(stringify!($name));
+                    super::$name(db.url.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    migrations_are_idempotent,
+    upsert_get_list_count_delete,
+    tenant_isolation,
+    bulk_upsert_5000,
+    connection_timestamps,
+    invalid_guids,
+);
+
+fn guid(n: u32) -> String {
+    format!("{n:08x}-0000-4000-8000-{n:012x}")
+}
+
+fn device(n: u32, tenant: &str) -> NewDevice {
+    NewDevice {
+        tenant_id: tenant.to_owned(),
+        hostname: Some(format!("host-{n}")),
+        tags: vec!["sim".to_owned()],
+        ..NewDevice::new(guid(n), "admin")
+    }
+}
+
+async fn migrations_are_idempotent(url: String) {
+    let first = Store::connect(&url).await.expect("first connect");
+    first.upsert_device(device(1, "")).await.expect("upsert");
+    drop(first);
+    let second = Store::connect(&url).await.expect("second connect");
+    assert_eq!(second.count_devices("").await.expect("count"), 1);
+    // Several processes (here: pools) starting at once must not trip over each other.
+    let racers = (0..3).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { Store::connect(&url).await.map(drop) })
+    });
+    for racer in racers {
+        racer.await.expect("join").expect("concurrent connect");
+    }
+    second.ping().await.expect("ping");
+    if second.backend() == sea_orm::DatabaseBackend::Postgres {
+        let rows = sea_orm::ConnectionTrait::query_all(
+            second.connection(),
+            sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT column_name, data_type FROM information_schema.columns \
+                 WHERE table_name = 'devices' ORDER BY column_name",
+            ),
+        )
+        .await
+        .expect("columns");
+        let types: std::collections::BTreeMap<String, String> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get_by_index(0).expect("name"),
+                    r.try_get_by_index(1).expect("type"),
+                )
+            })
+            .collect();
+        assert_eq!(types["tags"], "jsonb");
+        assert_eq!(types["guid"], "text");
+        assert_eq!(types["last_connected_at"], "timestamp with time zone");
+    }
+    if second.backend() == sea_orm::DatabaseBackend::Sqlite {
+        // Other processes (simulator, all-in-one server) share the file: WAL must be on.
+        let row = sea_orm::ConnectionTrait::query_one(
+            second.connection(),
+            sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "PRAGMA journal_mode",
+            ),
+        )
+        .await
+        .expect("pragma")
+        .expect("row");
+        let mode: String = row.try_get_by_index(0).expect("mode");
+        assert_eq!(mode, "wal");
+    }
+}
+
+async fn upsert_get_list_count_delete(url: String) {
+    let store = Store::connect_with(StoreConfig {
+        max_connections: 2,
+        ..StoreConfig::new(&url)
+    })
+    .await
+    .expect("connect");
+    let upper = guid(7).to_uppercase();
+    let mut new = device(7, "t1");
+    new.guid = upper.clone();
+    new.device_info = Some(DeviceInfo {
+        fw_version: Some("16.1.25".into()),
+        fw_sku: Some("16392".into()),
+        ..DeviceInfo::default()
+    });
+    let created = store.upsert_device(new.clone()).await.expect("insert");
+    assert_eq!(created.guid, guid(7), "guid stored lowercase");
+    assert_eq!(created.tenant_id, "t1");
+    assert_eq!(created.tags, ["sim"]);
+    assert_eq!(created.device_info, new.device_info);
+    assert_eq!(created.created_at, created.updated_at);
+    assert_eq!(created.last_connected_at, None);
+
+    assert_eq!(
+        store.get_device(&upper).await.expect("get"),
+        Some(created.clone())
+    );
+    assert_eq!(
+        store
+            .get_device_for_tenant("t1", &guid(7))
+            .await
+            .expect("get"),
+        Some(created.clone())
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let mut changed = new.clone();
+    changed.friendly_name = Some("Front desk".into());
+    changed.tags = vec!["a".into(), "b".into()];
+    let updated = store.upsert_device(changed).await.expect("update");
+    assert_eq!(updated.friendly_name.as_deref(), Some("Front desk"));
+    assert_eq!(updated.tags, ["a", "b"]);
+    assert_eq!(updated.created_at, created.created_at, "created_at kept");
+    assert!(updated.updated_at > created.updated_at);
+
+    for n in [3, 1, 2] {
+        store.upsert_device(device(n, "t1")).await.expect("insert");
+    }
+    store.upsert_device(device(4, "t2")).await.expect("insert");
+    assert_eq!(store.count_devices("t1").await.expect("count"), 4);
+    assert_eq!(store.count_devices("t2").await.expect("count"), 1);
+    assert_eq!(store.count_devices("none").await.expect("count"), 0);
+    let page: Vec<_> = store
+        .list_devices("t1", 2, 1)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|d| d.guid)
+        .collect();
+    assert_eq!(page, [guid(2), guid(3)], "ordered by guid, paged");
+    assert_eq!(store.list_devices("t1", 10, 4).await.expect("list"), []);
+
+    assert!(store.delete_device("t1", &guid(7)).await.expect("delete"));
+    assert!(!store
+        .delete_device("t1", &guid(7))
+        .await
+        .expect("delete again"));
+    assert_eq!(store.get_device(&guid(7)).await.expect("get"), None);
+    assert_eq!(store.count_devices("t1").await.expect("count"), 3);
+}
+
+async fn tenant_isolation(url: String) {
+    let store = Store::connect(&url).await.expect("connect");
+    let b_device = store.upsert_device(device(1, "b")).await.expect("insert");
+
+    assert_eq!(
+        store
+            .get_device_for_tenant("a", &guid(1))
+            .await
+            .expect("get"),
+        None
+    );
+    assert!(!store.delete_device("a", &guid(1)).await.expect("delete"));
+    assert_eq!(store.list_devices("a", 100, 0).await.expect("list"), []);
+
+    // Tenant A cannot take over or change B's device by registering the same guid.
+    let mut hijack = device(1, "a");
+    hijack.hostname = Some("evil".into());
+    assert!(matches!(
+        store.upsert_device(hijack.clone()).await,
+        Err(StoreError::TenantConflict { .. })
+    ));
+    assert_eq!(
+        store.bulk_upsert_devices(vec![hijack]).await.expect("bulk"),
+        0
+    );
+    assert_eq!(
+        store.get_device(&guid(1)).await.expect("get"),
+        Some(b_device.clone())
+    );
+    // Device login (guid only) still finds it.
+    assert_eq!(
+        store
+            .get_device(&guid(1))
+            .await
+            .expect("get")
+            .map(|d| d.tenant_id),
+        Some("b".into())
+    );
+    assert!(store.delete_device("b", &guid(1)).await.expect("delete"));
+}
+
+async fn bulk_upsert_5000(url: String) {
+    let store = Store::connect(&url).await.expect("connect");
+    let started = std::time::Instant::now();
+    let devices: Vec<_> = (0..5000).map(|n| device(n, "bulk")).collect();
+    assert_eq!(
+        store
+            .bulk_upsert_devices(devices.clone())
+            .await
+            .expect("bulk insert"),
+        5000
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(store.count_devices("bulk").await.expect("count"), 5000);
+    assert!(
+        elapsed < std::time::Duration::from_secs(30),
+        "bulk insert took {elapsed:?}"
+    );
+
+    // Re-running updates in place; a duplicate guid in one batch keeps the last entry.
+    let mut again: Vec<_> = devices.into_iter().take(10).collect();
+    let mut renamed = device(3, "bulk");
+    renamed.hostname = Some("renamed".into());
+    again.push(renamed);
+    assert_eq!(store.bulk_upsert_devices(again).await.expect("bulk"), 10);
+    assert_eq!(store.count_devices("bulk").await.expect("count"), 5000);
+    let d3 = store.get_device(&guid(3)).await.expect("get").expect("d3");
+    assert_eq!(d3.hostname.as_deref(), Some("renamed"));
+    assert_eq!(
+        store.bulk_upsert_devices(Vec::new()).await.expect("empty"),
+        0
+    );
+}
+
+async fn connection_timestamps(url: String) {
+    let store = Store::connect(&url).await.expect("connect");
+    let created = store.upsert_device(device(1, "")).await.expect("insert");
+    let t1 = Utc
+        .with_ymd_and_hms(2025, 3, 1, 12, 0, 0)
+        .single()
+        .expect("t1")
+        + Duration::microseconds(123_456);
+    let t2 = t1 + Duration::seconds(90);
+
+    assert!(store.mark_connected(&guid(1), t1).await.expect("connected"));
+    assert!(store
+        .mark_disconnected(&guid(1), t2)
+        .await
+        .expect("disconnected"));
+    let d = store
+        .get_device(&guid(1))
+        .await
+        .expect("get")
+        .expect("device");
+    assert_eq!(d.last_connected_at, Some(t1));
+    assert_eq!(d.last_disconnected_at, Some(t2));
+    assert_eq!(
+        d.updated_at, created.updated_at,
+        "presence is not a config change"
+    );
+
+    // Older (redelivered, reordered) events do not move the times back.
+    assert!(!store
+        .mark_connected(&guid(1), t1 - Duration::milliseconds(1))
+        .await
+        .expect("old"));
+    assert!(!store.mark_connected(&guid(1), t1).await.expect("same"));
+    assert!(store
+        .mark_connected(&guid(1), t2 + Duration::seconds(1))
+        .await
+        .expect("newer"));
+    let d = store
+        .get_device(&guid(1))
+        .await
+        .expect("get")
+        .expect("device");
+    assert_eq!(d.last_connected_at, Some(t2 + Duration::seconds(1)));
+
+    // Re-registering keeps the connection times.
+    let again = store.upsert_device(device(1, "")).await.expect("upsert");
+    assert_eq!(again.last_connected_at, d.last_connected_at);
+
+    assert!(!store.mark_connected(&guid(99), t1).await.expect("unknown"));
+}
+
+async fn invalid_guids(url: String) {
+    let store = Store::connect(&url).await.expect("connect");
+    let bad = NewDevice::new("not-a-guid", "admin");
+    assert!(matches!(
+        store.upsert_device(bad.clone()).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        store.bulk_upsert_devices(vec![device(1, ""), bad]).await,
+        Err(StoreError::InvalidInput(_))
+    ));
+    assert_eq!(
+        store.count_devices("").await.expect("count"),
+        0,
+        "all or nothing"
+    );
+    assert_eq!(store.get_device("not-a-guid").await.expect("get"), None);
+    assert!(!store.delete_device("", "x").await.expect("delete"));
+}
+
+#[tokio::test]
+async fn unreachable_database_is_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = StoreConfig {
+        // sqlx retries refused connections until the acquire timeout.
+        acquire_timeout: std::time::Duration::from_millis(500),
+        ..StoreConfig::new(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+    };
+    let err = Store::connect_with(config)
+        .await
+        .expect_err("nothing listens there");
+    assert!(err.is_unavailable(), "{err}");
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_works() {
+    let store = Store::connect("sqlite::memory:").await.expect("connect");
+    store.upsert_device(device(1, "")).await.expect("insert");
+    assert_eq!(store.count_devices("").await.expect("count"), 1);
+}
+
+#[tokio::test]
+async fn unsupported_url_is_a_config_error() {
+    assert!(matches!(
+        Store::connect("mysql://root@localhost/test").await,
+        Err(StoreError::Config(_))
+    ));
+}
+
+#[tokio::test]
+async fn temp_postgres_is_dropped_even_when_the_test_panics() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen_in_test = seen.clone();
+    let outcome = tokio::spawn(async move {
+        with_temp_postgres(&admin_url(), "panics", move |url| async move {
+            *seen_in_test.lock().expect("lock") = url;
+            panic!("deliberate");
+        })
+        .await
+    })
+    .await;
+    assert!(outcome.expect_err("panic propagates").is_panic());
+    let url = seen.lock().expect("lock").clone();
+    let name = url.rsplit('/').next().expect("db name").to_owned();
+    assert!(name.starts_with("homeport_test_panics_"), "{name}");
+    // Plain connection: Store::connect would migrate the admin database.
+    let admin = sea_orm::Database::connect(admin_url())
+        .await
+        .expect("admin");
+    let rows = sea_orm::ConnectionTrait::query_all(
+        &admin,
+        sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT datname FROM pg_database WHERE datname = $1",
+            [name.into()],
+        ),
+    )
+    .await
+    .expect("query");
+    assert!(rows.is_empty(), "database left behind");
+}

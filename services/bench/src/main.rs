@@ -1,0 +1,422 @@
+//! `homeport-bench`: measures Homeport end to end on this machine, over real sockets, real
+//! TLS, real NATS and PostgreSQL, and prints one JSON line per run.
+//!
+//! `cira`: starts ingress node processes and simulator processes (one process holds at most
+//! `--per-process` connections, below the file-descriptor limit), connects N devices, then
+//! holds them with keep-alives and reports connect rate, CPU per handshake, memory per device
+//! and keep-alive CPU of the ingress processes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use homeport_amt_sim::SimConfig;
+use homeport_secrets::{DynSecretStore, LocalFileConfig, LocalFileStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "homeport-bench",
+    version,
+    about = "Homeport benchmarks; each prints one JSON line"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// CIRA ingress: connect N simulated devices and hold them.
+    Cira(CiraArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CiraArgs {
+    /// Simulated devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: u64,
+    /// Seconds to hold all devices connected with keep-alives after the last one connected.
+    #[arg(long, default_value_t = 60)]
+    hold: u64,
+    /// Most connections one process (ingress or simulator) holds.
+    #[arg(long, default_value_t = 18_000)]
+    per_process: u64,
+    /// Simulator connection rate, per second across all simulator processes (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    ramp: u32,
+    /// TLS offered by the simulated devices: modern or static-rsa.
+    #[arg(long, default_value = "modern")]
+    tls: String,
+    /// Keep-alive interval asked of devices, seconds.
+    #[arg(long, default_value_t = 30)]
+    keepalive: u64,
+    /// Give up waiting for all devices after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    connect_timeout: u64,
+    /// NATS server.
+    #[arg(
+        long,
+        env = "HOMEPORT_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// PostgreSQL admin URL (a throwaway database is created and dropped).
+    #[arg(long, env = "HOMEPORT_BENCH_PG_URL", default_value = homeport_store::testing::DEFAULT_ADMIN_URL)]
+    pg_admin_url: String,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    homeport_telemetry::init_logging("warn");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("homeport-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Cira(args) => cira(args).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("homeport-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A child process killed when dropped (a failed bench leaves nothing running).
+struct Child {
+    inner: tokio::process::Child,
+    name: String,
+}
+
+impl Child {
+    fn pid(&self) -> String {
+        self.inner.id().map(|p| p.to_string()).unwrap_or_default()
+    }
+
+    async fn terminate(mut self, grace: Duration) {
+        let pid = self.pid();
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await;
+        if tokio::time::timeout(grace, self.inner.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("{} did not stop within {grace:?}; killing", self.name);
+            let _ = self.inner.kill().await;
+        }
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .map(|d| d.join(name))
+        .context("binary directory")?;
+    if !path.exists() {
+        bail!(
+            "{} not found; build it first (cargo build --release --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+struct Node {
+    child: Child,
+    cira: SocketAddr,
+    health: SocketAddr,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, out))
+}
+
+/// Value of an un-labelled metric from a node's /metrics.
+async fn metric(node: &Node, name: &str) -> u64 {
+    let Ok((_, text)) = http_get(node.health, "/metrics").await else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+async fn total(nodes: &[Node], name: &str) -> u64 {
+    let mut sum = 0;
+    for n in nodes {
+        sum += metric(n, name).await;
+    }
+    sum
+}
+
+fn usage(nodes: &[Node]) -> (u64, Duration) {
+    nodes.iter().fold((0, Duration::ZERO), |(rss, cpu), n| {
+        let (r, c) = homeport_telemetry::usage_of(&n.child.pid()).unwrap_or((0, Duration::ZERO));
+        (rss + r, cpu + c)
+    })
+}
+
+/// Milliseconds of one RSA-2048 private-key operation (sign), like `openssl speed rsa2048`.
+fn rsa2048_sign_ms() -> anyhow::Result<f64> {
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048)?)?;
+    let data = [7u8; 32];
+    let rounds = 300;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)?;
+        signer.update(&data)?;
+        let _ = signer.sign_to_vec()?;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds))
+}
+
+async fn cira(args: CiraArgs) -> anyhow::Result<()> {
+    let ingress_bin = sibling("cira-ingress")?;
+    let sim_bin = sibling("amt-sim")?;
+    let rsa_ms = rsa2048_sign_ms()?;
+    let run = format!("bench{:06x}", fastrand::u32(..0xff_ffff));
+    let dir = std::env::temp_dir().join(format!("homeport-{run}"));
+    std::fs::create_dir_all(&dir)?;
+    let db = homeport_store::testing::temp_postgres(&args.pg_admin_url, "bench")
+        .await
+        .context("creating the bench database")?;
+    let result = cira_inner(&args, &run, &dir, &db.url, &ingress_bin, &sim_bin, rsa_ms).await;
+    let _ = db.drop_db().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Ok(nats) =
+        homeport_runtime::connect_nats(&args.nats_url, "bench-cleanup", Duration::from_secs(5))
+            .await
+    {
+        let js = async_nats::jetstream::new(nats);
+        let names = homeport_contracts::Names::new(&run);
+        let _ = js.delete_stream(names.events_stream()).await;
+        let _ = js.delete_key_value(names.presence_bucket()).await;
+        let _ = js.delete_key_value(names.nodes_bucket()).await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn cira_inner(
+    args: &CiraArgs,
+    run: &str,
+    dir: &Path,
+    db_url: &str,
+    ingress_bin: &Path,
+    sim_bin: &Path,
+    rsa_ms: f64,
+) -> anyhow::Result<()> {
+    let n = args.devices;
+    let per = args.per_process.max(1);
+    let processes = n.div_ceil(per).max(1);
+    let secrets_file = dir.join("secrets.enc");
+    let key_file = dir.join("secrets.key");
+    let secrets: DynSecretStore = Arc::new(
+        LocalFileStore::open(LocalFileConfig::new(secrets_file.clone(), key_file.clone())).await?,
+    );
+    let store = homeport_store::Store::connect(db_url).await?;
+    eprintln!("enrolling {n} devices…");
+    let enroll_started = Instant::now();
+    let mut cfg = SimConfig::new(SocketAddr::from(([127, 0, 0, 1], 4433)), n);
+    cfg.seed = 42;
+    let ids: Vec<_> = cfg.identities().collect();
+    homeport_amt_sim::enroll(&store, &secrets, &ids, "bench").await?;
+    let enroll_seconds = enroll_started.elapsed().as_secs_f64();
+    // Certificates once, before the nodes start.
+    homeport_cira_ingress::tls::load_or_generate(&secrets, "localhost", &[]).await?;
+    drop(ids);
+
+    eprintln!("starting {processes} ingress node(s)…");
+    let mut nodes = Vec::new();
+    for i in 0..processes {
+        let cira = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let child = tokio::process::Command::new(ingress_bin)
+            .env("HOMEPORT_NATS_URL", &args.nats_url)
+            .env("HOMEPORT_SUBJECT_PREFIX", run)
+            .env("HOMEPORT_DATABASE_URL", db_url)
+            .env("HOMEPORT_DATABASE_POOL", "8")
+            .env("HOMEPORT_SECRETS_FILE", &secrets_file)
+            .env("HOMEPORT_SECRETS_KEY_FILE", &key_file)
+            .env("HOMEPORT_CIRA_LISTEN", cira.to_string())
+            .env("HOMEPORT_HEALTH_LISTEN", health.to_string())
+            .env("HOMEPORT_NODE_ID", format!("bench-{i}"))
+            .env("HOMEPORT_KEEPALIVE_INTERVAL", args.keepalive.to_string())
+            .env("HOMEPORT_IDLE_TIMEOUT", (args.keepalive * 3).to_string())
+            .env("HOMEPORT_HANDSHAKE_TIMEOUT", "120")
+            .env("HOMEPORT_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting cira-ingress")?;
+        nodes.push(Node {
+            child: Child {
+                inner: child,
+                name: format!("cira-ingress bench-{i}"),
+            },
+            cira,
+            health,
+        });
+    }
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if matches!(http_get(node.health, "/readyz").await, Ok((200, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready after 60 s", node.child.name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_before, cpu_before) = usage(&nodes);
+
+    eprintln!("connecting {n} devices through {processes} simulator process(es)…");
+    let started = Instant::now();
+    let mut sims = Vec::new();
+    let source_ips = (n / 20_000 + 1).to_string();
+    for (i, node) in nodes.iter().enumerate() {
+        let first = i as u64 * per;
+        let count = per.min(n - first);
+        let ramp = if args.ramp == 0 {
+            0
+        } else {
+            (args.ramp / processes as u32).max(1)
+        };
+        let child = tokio::process::Command::new(sim_bin)
+            .args(["run", "--seed", "42"])
+            .args([
+                "--devices",
+                &count.to_string(),
+                "--first-index",
+                &first.to_string(),
+            ])
+            .args([
+                "--server",
+                &node.cira.to_string(),
+                "--ramp",
+                &ramp.to_string(),
+            ])
+            .args(["--source-ips", &source_ips, "--tls", &args.tls])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting amt-sim")?;
+        sims.push(Child {
+            inner: child,
+            name: format!("amt-sim {i}"),
+        });
+    }
+    let mut connected = 0;
+    let deadline = started + Duration::from_secs(args.connect_timeout);
+    let mut last_report = Instant::now();
+    while Instant::now() < deadline {
+        connected = total(&nodes, "homeport_cira_devices_connected").await;
+        if connected >= n {
+            break;
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "  {connected}/{n} connected after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connect_seconds = started.elapsed().as_secs_f64();
+    let (rss_after, cpu_after) = usage(&nodes);
+    let handshakes = total(&nodes, "homeport_cira_tls_handshakes_total")
+        .await
+        .max(1);
+
+    eprintln!(
+        "{connected}/{n} connected in {connect_seconds:.1} s; holding for {} s…",
+        args.hold
+    );
+    let hold_started = Instant::now();
+    let mut min_connected = connected;
+    while hold_started.elapsed() < Duration::from_secs(args.hold) {
+        tokio::time::sleep(Duration::from_secs(1).min(Duration::from_secs(args.hold))).await;
+        min_connected = min_connected.min(total(&nodes, "homeport_cira_devices_connected").await);
+    }
+    let hold_seconds = hold_started.elapsed().as_secs_f64();
+    let (rss_hold, cpu_hold) = usage(&nodes);
+    let final_connected = total(&nodes, "homeport_cira_devices_connected").await;
+    let idle_timeouts = total(&nodes, "homeport_cira_idle_timeouts_total").await;
+    let keepalives = total(&nodes, "homeport_cira_keepalives_total").await;
+    let reconnects = handshakes.saturating_sub(n);
+
+    for s in sims {
+        s.terminate(Duration::from_secs(20)).await;
+    }
+    for node in nodes {
+        node.child.terminate(Duration::from_secs(30)).await;
+    }
+
+    let cpu_connect_ms = cpu_after.saturating_sub(cpu_before).as_secs_f64() * 1000.0;
+    let per_handshake = cpu_connect_ms / handshakes as f64;
+    let line = serde_json::json!({
+        "bench": "cira",
+        "devices": n,
+        "connected": connected,
+        "ingress_processes": processes,
+        "tls": args.tls,
+        "enroll_seconds": round(enroll_seconds),
+        "seconds_to_all_connected": round(connect_seconds),
+        "handshakes_per_second": round(connected as f64 / connect_seconds),
+        "ingress_cpu_ms_per_handshake": round(per_handshake),
+        "rsa2048_sign_ms": round(rsa_ms),
+        "handshake_cpu_vs_rsa2048": round(per_handshake / rsa_ms),
+        "ingress_rss_bytes_per_device": rss_after.saturating_sub(rss_before) / connected.max(1),
+        "ingress_rss_bytes_total": rss_hold,
+        "hold_seconds": round(hold_seconds),
+        "keepalive_cpu_percent": round(cpu_hold.saturating_sub(cpu_after).as_secs_f64() / hold_seconds * 100.0),
+        "keepalives_answered": keepalives,
+        "min_connected_during_hold": min_connected,
+        "connected_at_end": final_connected,
+        "drops": n.saturating_sub(min_connected) + idle_timeouts,
+        "reconnects": reconnects,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,156 @@
+//! Device login: the guid must be a registered device, the user its mps username and the
+//! password its MPS_PASSWORD; repeated failures from one source address are slowed down.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use homeport_secrets::{device_path, DynSecretStore, MPS_PASSWORD};
+use homeport_store::Store;
+
+/// Why a login failed, as put in the auth-failure event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    UnknownDevice,
+    BadUsername,
+    BadPassword,
+    NoCredentials,
+    StoreUnavailable,
+}
+
+impl AuthFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::UnknownDevice => "unknown_device",
+            AuthFailure::BadUsername => "bad_username",
+            AuthFailure::BadPassword => "bad_password",
+            AuthFailure::NoCredentials => "no_credentials",
+            AuthFailure::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
+/// The device as far as the session needs it after a successful login.
+pub struct LoggedIn {
+    pub tenant: String,
+}
+
+/// A failed login, with the device's tenant when the device is known.
+pub struct Rejected {
+    pub why: AuthFailure,
+    pub tenant: String,
+}
+
+impl AuthFailure {
+    fn without_tenant(self) -> Rejected {
+        Rejected {
+            why: self,
+            tenant: String::new(),
+        }
+    }
+}
+
+pub async fn check(
+    store: &Store,
+    secrets: &DynSecretStore,
+    guid: &str,
+    username: &str,
+    password: &[u8],
+) -> Result<LoggedIn, Rejected> {
+    let device = match store.get_device(guid).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return Err(AuthFailure::UnknownDevice.without_tenant()),
+        Err(e) => {
+            tracing::warn!(device = %guid, error = %e, "device lookup failed during login");
+            return Err(AuthFailure::StoreUnavailable.without_tenant());
+        }
+    };
+    let reject = |why| Rejected {
+        why,
+        tenant: device.tenant_id.clone(),
+    };
+    let stored = match secrets.get(&device_path(guid)).await {
+        Ok(Some(map)) => map,
+        Ok(None) => return Err(reject(AuthFailure::NoCredentials)),
+        Err(e) => {
+            tracing::warn!(device = %guid, error = %e, "secret lookup failed during login");
+            return Err(reject(AuthFailure::StoreUnavailable));
+        }
+    };
+    let Some(expected) = stored.get(MPS_PASSWORD) else {
+        return Err(reject(AuthFailure::NoCredentials));
+    };
+    // Compare both before deciding, and in constant time, so timing tells nothing.
+    let user_ok = device.mps_username.as_bytes() == username.as_bytes();
+    let expected = expected.expose().as_bytes();
+    let pass_ok = expected.len() == password.len() && openssl::memcmp::eq(expected, password);
+    match (user_ok, pass_ok) {
+        (true, true) => Ok(LoggedIn {
+            tenant: device.tenant_id.clone(),
+        }),
+        (false, _) => Err(reject(AuthFailure::BadUsername)),
+        (true, false) => Err(reject(AuthFailure::BadPassword)),
+    }
+}
+
+/// Slows down sources that keep failing: after `FREE_FAILURES` failures within `WINDOW`, each
+/// further failure is answered after a delay that doubles up to `MAX_DELAY`.
+#[derive(Default)]
+pub struct FailureLimiter {
+    by_source: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+const FREE_FAILURES: u32 = 3;
+const WINDOW: Duration = Duration::from_secs(600);
+const MAX_DELAY: Duration = Duration::from_secs(10);
+const MAX_TRACKED: usize = 100_000;
+
+impl FailureLimiter {
+    /// Records a failure and returns how long to wait before answering it.
+    pub fn failure(&self, source: IpAddr, now: Instant) -> Duration {
+        let Ok(mut map) = self.by_source.lock() else {
+            return Duration::ZERO;
+        };
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, (_, at)| now.duration_since(*at) < WINDOW);
+        }
+        let entry = map.entry(source).or_insert((0, now));
+        if now.duration_since(entry.1) >= WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        delay_for(entry.0)
+    }
+}
+
+fn delay_for(failures: u32) -> Duration {
+    if failures <= FREE_FAILURES {
+        return Duration::ZERO;
+    }
+    let exp = (failures - FREE_FAILURES - 1).min(10);
+    (Duration::from_millis(250) * 2u32.pow(exp)).min(MAX_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_from_one_source_slow_down() {
+        let l = FailureLimiter::default();
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let other: IpAddr = "127.0.0.10".parse().unwrap();
+        let now = Instant::now();
+        let delays: Vec<_> = (0..8).map(|_| l.failure(ip, now)).collect();
+        assert_eq!(delays[..3], [Duration::ZERO; 3]);
+        assert_eq!(delays[3], Duration::from_millis(250));
+        assert_eq!(delays[4], Duration::from_millis(500));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(l.failure(other, now), Duration::ZERO);
+        assert_eq!(delay_for(100), MAX_DELAY);
+        // The window forgets old failures.
+        assert_eq!(l.failure(ip, now + WINDOW), Duration::ZERO);
+    }
+}

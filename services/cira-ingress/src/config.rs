@@ -1,0 +1,133 @@
+//! Configuration of the CIRA ingress, from flags or `HOMEPORT_*` variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::tls::TlsProfile;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct IngressConfig {
+    /// Address of the CIRA listener (TLS + APF).
+    #[arg(
+        long = "cira-listen",
+        env = "HOMEPORT_CIRA_LISTEN",
+        default_value = "0.0.0.0:4433"
+    )]
+    pub listen: SocketAddr,
+    /// Address of the health and metrics endpoint (/healthz, /readyz, /metrics).
+    #[arg(
+        long = "health-listen",
+        env = "HOMEPORT_HEALTH_LISTEN",
+        default_value = "127.0.0.1:9433"
+    )]
+    pub health_listen: SocketAddr,
+    /// This node's id in presence and events (default: host name plus a random suffix).
+    #[arg(long, env = "HOMEPORT_NODE_ID")]
+    pub node_id: Option<String>,
+    /// TLS profile: "default" (TLS 1.2/1.3 incl. static-RSA suites AMT offers), "legacy"
+    /// (adds TLS 1.0/1.1 at security level 0, for old firmware), "strict" (no static RSA).
+    #[arg(long, env = "HOMEPORT_TLS_PROFILE", default_value = "default")]
+    pub tls_profile: TlsProfile,
+    /// Server certificate chain (PEM). Without it a CA and server certificate are generated once
+    /// and kept in the secret store.
+    #[arg(long, env = "HOMEPORT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM), with --tls-cert.
+    #[arg(long, env = "HOMEPORT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Common name of a generated server certificate: the FQDN devices are configured with.
+    #[arg(long, env = "HOMEPORT_TLS_COMMON_NAME", default_value = "localhost")]
+    pub tls_common_name: String,
+    /// Extra DNS names or IP addresses of a generated server certificate (repeatable).
+    #[arg(long = "tls-san", env = "HOMEPORT_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+    /// Keep-alive interval asked of devices, seconds.
+    #[arg(long, env = "HOMEPORT_KEEPALIVE_INTERVAL", default_value_t = 30)]
+    pub keepalive_interval_secs: u64,
+    /// A session with no input for this long is dropped, seconds.
+    #[arg(long, env = "HOMEPORT_IDLE_TIMEOUT", default_value_t = 90)]
+    pub idle_timeout_secs: u64,
+    /// Time allowed from TCP accept to the end of the APF handshake, seconds.
+    #[arg(long, env = "HOMEPORT_HANDSHAKE_TIMEOUT", default_value_t = 30)]
+    pub handshake_timeout_secs: u64,
+    /// Failed logins in one session before it is disconnected.
+    #[arg(long, env = "HOMEPORT_MAX_AUTH_ATTEMPTS", default_value_t = 3)]
+    pub max_auth_attempts: u32,
+    /// Per-request deadline of a tunnelled HTTP request, milliseconds.
+    #[arg(long, env = "HOMEPORT_TUNNEL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub tunnel_timeout_ms: u64,
+    /// Tunnelled requests in flight per device; more are answered "busy".
+    #[arg(long, env = "HOMEPORT_TUNNEL_CONCURRENCY", default_value_t = 4)]
+    pub tunnel_concurrency: usize,
+    /// On SIGTERM, time given to sessions to end before the process exits, seconds.
+    #[arg(long, env = "HOMEPORT_DRAIN_GRACE", default_value_t = 10)]
+    pub drain_grace_secs: u64,
+    /// Connections held at once; more are refused at accept.
+    #[arg(long, env = "HOMEPORT_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Interval of this node's heartbeat in the nodes bucket, seconds.
+    #[arg(long, env = "HOMEPORT_HEARTBEAT_INTERVAL", default_value_t = 10)]
+    pub heartbeat_interval_secs: u64,
+}
+
+impl IngressConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.keepalive_interval_secs == 0 || self.keepalive_interval_secs > 3600 {
+            return Err("--keepalive-interval-secs must be 1..=3600".into());
+        }
+        if self.idle_timeout_secs <= self.keepalive_interval_secs {
+            return Err("--idle-timeout-secs must be longer than the keep-alive interval".into());
+        }
+        if self.tunnel_concurrency == 0 {
+            return Err("--tunnel-concurrency must be at least 1".into());
+        }
+        if self.max_auth_attempts == 0 {
+            return Err("--max-auth-attempts must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_secs(self.keepalive_interval_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+    pub fn tunnel_timeout(&self) -> Duration {
+        Duration::from_millis(self.tunnel_timeout_ms)
+    }
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_secs(self.drain_grace_secs)
+    }
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_secs.max(1))
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            health_listen: SocketAddr::from(([127, 0, 0, 1], 9433)),
+            node_id: None,
+            tls_profile: TlsProfile::Default,
+            tls_cert: None,
+            tls_key: None,
+            tls_common_name: "localhost".into(),
+            tls_sans: Vec::new(),
+            keepalive_interval_secs: 30,
+            idle_timeout_secs: 90,
+            handshake_timeout_secs: 30,
+            max_auth_attempts: 3,
+            tunnel_timeout_ms: 10_000,
+            tunnel_concurrency: 4,
+            drain_grace_secs: 10,
+            max_connections: 100_000,
+            heartbeat_interval_secs: 10,
+        }
+    }
+}

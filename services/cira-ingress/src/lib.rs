@@ -1,0 +1,271 @@
+//! The CIRA ingress: terminates TLS from AMT devices, drives one APF session per device,
+//! records presence, publishes device events and serves the device's HTTP tunnel over NATS.
+//!
+//! Invariant: this is the only component that holds device sockets.
+//! Invariant: keep-alives touch neither NATS nor the database; liveness work is one heartbeat
+//! per node per interval.
+
+pub mod auth;
+pub mod config;
+pub mod metrics;
+mod session;
+pub mod tls;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use homeport_contracts::events::{EventPublisher, PublisherConfig, StreamLimits};
+use homeport_contracts::presence::{self, NodeHeartbeat};
+use homeport_contracts::Names;
+use homeport_secrets::DynSecretStore;
+use homeport_store::Store;
+use openssl::ssl::SslAcceptor;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::IngressConfig;
+pub use metrics::{IngressObservable, Metrics};
+
+/// Everything the ingress needs, ready-made: tests build these without ports or environment.
+pub struct IngressParts {
+    pub config: IngressConfig,
+    pub node_id: String,
+    pub names: Names,
+    pub nats: async_nats::Client,
+    pub store: Store,
+    pub secrets: DynSecretStore,
+    pub tls: SslAcceptor,
+    pub stream_limits: StreamLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+pub(crate) struct Shared {
+    pub config: IngressConfig,
+    pub node_id: String,
+    pub source: String,
+    pub names: Names,
+    pub nats: async_nats::Client,
+    pub store: Store,
+    pub secrets: DynSecretStore,
+    pub tls: SslAcceptor,
+    pub events: EventPublisher,
+    pub presence: kv::Store,
+    pub metrics: Arc<Metrics>,
+    pub limiter: auth::FailureLimiter,
+    /// Fires when the node drains: sessions disconnect their devices.
+    pub drain: CancellationToken,
+}
+
+/// A running ingress. Dropping it does not stop it; call [`Ingress::shutdown`].
+pub struct Ingress {
+    shared: Arc<Shared>,
+    local_addr: std::net::SocketAddr,
+    stop_accept: CancellationToken,
+    sessions: TaskTracker,
+    background: TaskTracker,
+    stop_background: CancellationToken,
+    draining: Arc<AtomicBool>,
+    nodes: kv::Store,
+}
+
+impl Ingress {
+    /// Prepares the stream and buckets, then serves `listener` until [`Ingress::shutdown`].
+    pub async fn start(parts: IngressParts, listener: TcpListener) -> Result<Ingress, StartError> {
+        parts.config.validate().map_err(StartError::Config)?;
+        let js = jetstream::new(parts.nats.clone());
+        homeport_contracts::events::ensure_events_stream(&js, &parts.names, &parts.stream_limits)
+            .await
+            .map_err(StartError::JetStream)?;
+        let presence_kv = presence::presence_bucket(&js, &parts.names)
+            .await
+            .map_err(|e| StartError::JetStream(e.to_string()))?;
+        let heartbeat = parts.config.heartbeat_interval();
+        let nodes = presence::nodes_bucket(&js, &parts.names, heartbeat * 3)
+            .await
+            .map_err(|e| StartError::JetStream(e.to_string()))?;
+        let stop_background = CancellationToken::new();
+        let background = TaskTracker::new();
+        let (events, publisher_task) = EventPublisher::start(
+            js,
+            PublisherConfig::default(),
+            stop_background.clone(),
+            Duration::from_secs(5),
+        );
+        background.spawn(async move {
+            let _ = publisher_task.await;
+        });
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Config(format!("listener: {e}")))?;
+        let shared = Arc::new(Shared {
+            source: format!("cira-ingress/{}", parts.node_id),
+            config: parts.config,
+            node_id: parts.node_id,
+            names: parts.names,
+            nats: parts.nats,
+            store: parts.store,
+            secrets: parts.secrets,
+            tls: parts.tls,
+            events,
+            presence: presence_kv,
+            metrics: Arc::new(Metrics::default()),
+            limiter: auth::FailureLimiter::default(),
+            drain: CancellationToken::new(),
+        });
+        let draining = Arc::new(AtomicBool::new(false));
+        background.spawn(heartbeat_loop(
+            shared.clone(),
+            nodes.clone(),
+            heartbeat,
+            draining.clone(),
+            stop_background.clone(),
+        ));
+        let stop_accept = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        tokio::spawn(accept_loop(
+            shared.clone(),
+            listener,
+            stop_accept.clone(),
+            sessions.clone(),
+        ));
+        tracing::info!(node = %shared.node_id, addr = %local_addr, "CIRA ingress listening");
+        Ok(Ingress {
+            shared,
+            local_addr,
+            stop_accept,
+            sessions,
+            background,
+            stop_background,
+            draining,
+            nodes,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    pub fn observable(&self) -> Arc<IngressObservable> {
+        Arc::new(IngressObservable {
+            metrics: self.shared.metrics.clone(),
+            events: self.shared.events.stats().clone(),
+            nats: self.shared.nats.clone(),
+            draining: self.draining.clone(),
+        })
+    }
+
+    /// Graceful drain: stop accepting, disconnect every device with an APF DISCONNECT, wait
+    /// up to the grace period for sessions to end (releasing presence, publishing
+    /// `disconnected`), flush events, then remove this node's heartbeat.
+    pub async fn shutdown(self) {
+        let grace = self.shared.config.drain_grace();
+        self.draining.store(true, Ordering::Relaxed);
+        self.stop_accept.cancel();
+        self.shared.drain.cancel();
+        self.sessions.close();
+        let open = self.shared.metrics.connections_open.get();
+        tracing::info!(
+            sessions = open,
+            grace_secs = grace.as_secs(),
+            "draining CIRA sessions"
+        );
+        if tokio::time::timeout(grace, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.shared.metrics.connections_open.get(),
+                "drain grace period over; closing remaining sessions"
+            );
+        }
+        if !self.shared.events.flush(Duration::from_secs(5)).await {
+            tracing::warn!("some events were not acknowledged before exit");
+        }
+        self.stop_background.cancel();
+        self.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.background.wait()).await;
+        let _ = self.nodes.delete(&self.shared.node_id).await;
+        tracing::info!(node = %self.shared.node_id, "CIRA ingress stopped");
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    sessions: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    shared.metrics.connections_refused.inc();
+                    drop(tcp);
+                    continue;
+                };
+                let shared = shared.clone();
+                sessions.spawn(async move {
+                    session::handle_connection(shared, tcp, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    nodes: kv::Store,
+    every: Duration,
+    draining: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let beat = NodeHeartbeat {
+            node: shared.node_id.clone(),
+            sessions: u64::try_from(shared.metrics.sessions_connected.get()).unwrap_or(0),
+            at: chrono::Utc::now().to_rfc3339(),
+            draining: draining.load(Ordering::Relaxed),
+        };
+        let Ok(value) = serde_json::to_vec(&beat) else {
+            continue;
+        };
+        if let Err(e) = nodes.put(&shared.node_id, value.into()).await {
+            tracing::warn!(error = %e, "node heartbeat not written");
+        }
+    }
+}

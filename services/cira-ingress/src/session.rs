@@ -1,0 +1,703 @@
+//! One CIRA connection: TLS, the APF server session, login, presence, events and the tunnel.
+
+use std::future::pending;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{HeaderMap, Subject, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use homeport_apf::{ChannelId, DisconnectReason, ServerConfig, ServerEvent, ServerSession};
+use homeport_contracts::events::envelope;
+use homeport_contracts::presence::Presence;
+use homeport_contracts::proto::{self, event::Payload};
+use homeport_contracts::tunnel::{self, TunnelError};
+use homeport_runtime::io::read_some;
+use openssl::ssl::Ssl;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
+
+use crate::auth::{self, AuthFailure};
+use crate::Shared;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const SUPERSEDE_TIMEOUT: Duration = Duration::from_secs(3);
+const NATS_OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// What an HTTP `GET` on the CIRA port gets, like the reference MPS.
+const BANNER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n<!DOCTYPE html><html><head><title>Homeport</title></head><body>Homeport CIRA ingress.<br />Intel&reg; AMT computers must connect here using CIRA.</body></html>";
+
+/// Why a session ended; the `disconnected` event carries `code()`.
+#[derive(Debug)]
+enum End {
+    PeerClosed,
+    PeerDisconnect(DisconnectReason),
+    IdleTimeout,
+    HandshakeTimeout,
+    Superseded,
+    ProtocolError(String),
+    AuthFailed,
+    Drain,
+    HttpProbe,
+    Io(String),
+}
+
+impl End {
+    fn code(&self) -> &'static str {
+        match self {
+            End::PeerClosed => "peer_closed",
+            End::PeerDisconnect(_) => "peer_disconnect",
+            End::IdleTimeout => "idle_timeout",
+            End::HandshakeTimeout => "handshake_timeout",
+            End::Superseded => "superseded",
+            End::ProtocolError(_) => "protocol_error",
+            End::AuthFailed => "auth_failed",
+            End::Drain => "drain",
+            End::HttpProbe => "http_probe",
+            End::Io(_) => "io_error",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            End::PeerDisconnect(r) => format!("device sent DISCONNECT {r}"),
+            End::ProtocolError(e) | End::Io(e) => e.clone(),
+            other => other.code().replace('_', " "),
+        }
+    }
+}
+
+enum AuthOutcome {
+    Accepted { tenant: String, sub: Subscriber },
+    Rejected(auth::Rejected),
+}
+
+/// A tunnelled HTTP request waiting for its device's answer.
+struct Pending {
+    channel: ChannelId,
+    reply: Subject,
+    /// Sent once the channel is open.
+    request: Option<Vec<u8>>,
+    response: Vec<u8>,
+    started: Instant,
+    deadline: Instant,
+}
+
+enum Step {
+    Drain,
+    Input(std::io::Result<Vec<u8>>),
+    Auth(AuthOutcome),
+    Nats(Option<async_nats::Message>),
+    Timer,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    session: ServerSession,
+    session_id: String,
+    guid: Option<String>,
+    apf_version: (u32, u32),
+    tenant: String,
+    auth_attempt: u32,
+    /// The login in progress (a task: the session stays responsive while it runs).
+    auth: Option<tokio::task::JoinHandle<AuthOutcome>>,
+    sub: Option<Subscriber>,
+    ready_at: Option<Instant>,
+    presence_rev: Option<u64>,
+    pending: Vec<Pending>,
+    draining: bool,
+    end: Option<End>,
+}
+
+pub(crate) async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    shared.metrics.connections_total.inc();
+    shared.metrics.connections_open.inc();
+    let _ = tcp.set_nodelay(true);
+    if let Some(mut stream) = tls_accept(&shared, tcp, peer).await {
+        let mut conn = Conn::new(shared.clone(), peer);
+        conn.drive(&mut stream).await;
+        // close_notify, best effort: the device may already be gone.
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        conn.finish().await;
+    }
+    shared.metrics.connections_open.dec();
+}
+
+async fn tls_accept(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<SslStream<TcpStream>> {
+    let ssl = Ssl::new(shared.tls.context()).ok()?;
+    let mut stream = SslStream::new(ssl, tcp).ok()?;
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, Pin::new(&mut stream).accept()).await {
+        Ok(Ok(())) => {
+            shared.metrics.tls_handshakes.inc();
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            shared.metrics.tls_failures.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            shared.metrics.tls_failures.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+impl Conn {
+    fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        let c = &shared.config;
+        let config = ServerConfig {
+            keepalive_interval: c.keepalive_interval(),
+            idle_timeout: c.idle_timeout(),
+            handshake_timeout: c.handshake_timeout(),
+            max_auth_attempts: c.max_auth_attempts,
+            ..ServerConfig::default()
+        };
+        Self {
+            session: ServerSession::new(config, Instant::now()),
+            session_id: format!("{:016x}", fastrand::u64(..)),
+            shared,
+            peer,
+            guid: None,
+            apf_version: (0, 0),
+            tenant: String::new(),
+            auth_attempt: 0,
+            auth: None,
+            sub: None,
+            ready_at: None,
+            presence_rev: None,
+            pending: Vec::new(),
+            draining: false,
+            end: None,
+        }
+    }
+
+    async fn drive(&mut self, stream: &mut SslStream<TcpStream>) {
+        if !self.probe(stream).await {
+            return;
+        }
+        loop {
+            if let Some(out) = self.session.poll_transmit() {
+                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return self.set_end(End::Io(e.to_string())),
+                    Err(_) => return self.set_end(End::Io("write timed out".into())),
+                }
+            }
+            if self.end.is_some() || self.session.is_closed() {
+                return self.set_end(End::PeerClosed);
+            }
+            let deadline = self.next_deadline();
+            let step = tokio::select! {
+                _ = self.shared.drain.cancelled(), if !self.draining => Step::Drain,
+                r = read_some(stream) => Step::Input(r),
+                o = poll_auth(&mut self.auth), if self.auth.is_some() => Step::Auth(o),
+                m = next_message(&mut self.sub), if self.sub.is_some() => Step::Nats(m),
+                _ = tokio::time::sleep_until(deadline.into()) => Step::Timer,
+            };
+            match step {
+                Step::Drain => {
+                    self.draining = true;
+                    self.session.disconnect(DisconnectReason::BY_APPLICATION);
+                    self.set_end(End::Drain);
+                }
+                Step::Input(Ok(bytes)) if bytes.is_empty() => self.set_end(End::PeerClosed),
+                Step::Input(Ok(bytes)) => self.input(&bytes),
+                Step::Input(Err(e)) => self.set_end(End::Io(e.to_string())),
+                Step::Auth(outcome) => {
+                    self.auth = None;
+                    self.on_auth(outcome);
+                }
+                Step::Nats(Some(msg)) => self.on_nats(msg).await,
+                Step::Nats(None) => {
+                    tracing::warn!(device = ?self.guid, "device subscription ended");
+                    self.sub = None;
+                }
+                Step::Timer => {
+                    let now = Instant::now();
+                    self.session.handle_timeout(now);
+                    self.expire(now).await;
+                }
+            }
+            self.process_events().await;
+        }
+    }
+
+    /// Answers an HTTP `GET` on the CIRA port with a banner; false when the connection is done.
+    async fn probe(&mut self, stream: &mut SslStream<TcpStream>) -> bool {
+        let mut first = Vec::new();
+        while first.len() < 3 && b"GET".starts_with(&first) {
+            match tokio::time::timeout(self.shared.config.handshake_timeout(), read_some(stream))
+                .await
+            {
+                Ok(Ok(b)) if b.is_empty() => {
+                    self.set_end(End::PeerClosed);
+                    return false;
+                }
+                Ok(Ok(b)) => first.extend_from_slice(&b),
+                Ok(Err(e)) => {
+                    self.set_end(End::Io(e.to_string()));
+                    return false;
+                }
+                Err(_) => {
+                    self.set_end(End::HandshakeTimeout);
+                    return false;
+                }
+            }
+        }
+        if first.starts_with(b"GET") {
+            self.shared.metrics.http_probes.inc();
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(BANNER)).await;
+            self.set_end(End::HttpProbe);
+            return false;
+        }
+        self.input(&first);
+        true
+    }
+
+    fn set_end(&mut self, end: End) {
+        if self.end.is_none() {
+            self.end = Some(end);
+        }
+    }
+
+    fn input(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.session.handle_input(Instant::now(), bytes) {
+            self.shared.metrics.protocol_errors.inc();
+            tracing::info!(device = ?self.guid, peer = %self.peer, error = %e, "APF protocol error; disconnecting");
+            self.set_end(End::ProtocolError(e.to_string()));
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut d = self.session.poll_timeout().unwrap_or(far);
+        for p in &self.pending {
+            d = d.min(p.deadline);
+        }
+        d
+    }
+
+    async fn process_events(&mut self) {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                ServerEvent::ProtocolVersion { guid, major, minor } => {
+                    self.guid = Some(guid);
+                    self.apf_version = (major, minor);
+                }
+                ServerEvent::AuthRequest { username, password } => {
+                    self.auth_attempt += 1;
+                    let Some(guid) = self.guid.clone() else {
+                        self.session.reject_auth();
+                        continue;
+                    };
+                    let shared = self.shared.clone();
+                    let peer = self.peer;
+                    let session_id = self.session_id.clone();
+                    let password = password.expose().as_bytes().to_vec();
+                    self.auth = Some(tokio::spawn(login(
+                        shared, guid, username, password, peer, session_id,
+                    )));
+                }
+                ServerEvent::Ready { .. } => self.on_ready().await,
+                ServerEvent::KeepAlive => self.shared.metrics.keepalives.inc(),
+                ServerEvent::ChannelOpened { id } => {
+                    if let Some(p) = self.pending.iter_mut().find(|p| p.channel == id) {
+                        if let Some(req) = p.request.take() {
+                            let _ = self.session.send_data(id, &req);
+                        }
+                    }
+                }
+                ServerEvent::ChannelOpenFailed { id, reason } => {
+                    if let Some(i) = self.pending.iter().position(|p| p.channel == id) {
+                        let p = self.pending.swap_remove(i);
+                        self.fail(
+                            p,
+                            TunnelError::ChannelRefused,
+                            &format!("device refused the channel: {reason}"),
+                        )
+                        .await;
+                    }
+                }
+                ServerEvent::ChannelData { id, data } => self.on_channel_data(id, &data).await,
+                ServerEvent::ChannelClosed { id } => {
+                    if let Some(i) = self.pending.iter().position(|p| p.channel == id) {
+                        let p = self.pending.swap_remove(i);
+                        match homeport_http1::complete_response(&p.response, true) {
+                            Ok(Some(c)) => self.answer(p, c.len).await,
+                            _ => {
+                                self.fail(
+                                    p,
+                                    TunnelError::DeviceDropped,
+                                    "device closed the channel mid-response",
+                                )
+                                .await
+                            }
+                        }
+                    }
+                }
+                ServerEvent::PeerDisconnected { reason } => {
+                    self.set_end(End::PeerDisconnect(reason))
+                }
+                ServerEvent::IdleTimeout => {
+                    self.shared.metrics.idle_timeouts.inc();
+                    tracing::info!(device = ?self.guid, "session idle past the timeout; dropped");
+                    self.set_end(End::IdleTimeout);
+                }
+                ServerEvent::HandshakeTimeout => self.set_end(End::HandshakeTimeout),
+            }
+        }
+    }
+
+    fn on_auth(&mut self, outcome: AuthOutcome) {
+        match outcome {
+            AuthOutcome::Accepted { tenant, sub } => {
+                self.tenant = tenant;
+                self.sub = Some(sub);
+                self.session.accept_auth();
+            }
+            AuthOutcome::Rejected(r) => {
+                let m = &self.shared.metrics;
+                m.auth_failures.inc();
+                let guid = self.guid.clone().unwrap_or_default();
+                tracing::warn!(device = %guid, peer = %self.peer, reason = r.why.as_str(), attempt = self.auth_attempt, "device login refused");
+                let mut ev = envelope(&r.tenant, &guid, "auth_failed", &self.shared.source);
+                ev.payload = Some(Payload::DeviceAuthFailed(proto::DeviceAuthFailed {
+                    node: self.shared.node_id.clone(),
+                    remote_addr: self.peer.to_string(),
+                    reason: r.why.as_str().to_string(),
+                    attempt: self.auth_attempt,
+                }));
+                self.emit(&r.tenant, &guid, "auth_failed", &ev);
+                self.session.reject_auth();
+                if self.session.is_closed() {
+                    self.set_end(End::AuthFailed);
+                }
+            }
+        }
+    }
+
+    async fn on_ready(&mut self) {
+        let Some(guid) = self.guid.clone() else {
+            return;
+        };
+        let presence = Presence {
+            node: self.shared.node_id.clone(),
+            session: self.session_id.clone(),
+            tenant: self.tenant.clone(),
+            connected_at: chrono::Utc::now().to_rfc3339(),
+            remote: self.peer.to_string(),
+        };
+        if let Ok(value) = serde_json::to_vec(&presence) {
+            match tokio::time::timeout(
+                NATS_OP_TIMEOUT,
+                self.shared.presence.put(&guid, value.into()),
+            )
+            .await
+            {
+                Ok(Ok(rev)) => self.presence_rev = Some(rev),
+                Ok(Err(e)) => tracing::warn!(device = %guid, error = %e, "presence not recorded"),
+                Err(_) => tracing::warn!(device = %guid, "presence write timed out"),
+            }
+        }
+        let mut ev = envelope(&self.tenant, &guid, "connected", &self.shared.source);
+        ev.payload = Some(Payload::DeviceConnected(proto::DeviceConnected {
+            node: self.shared.node_id.clone(),
+            session: self.session_id.clone(),
+            remote_addr: self.peer.to_string(),
+            apf_major: self.apf_version.0,
+            apf_minor: self.apf_version.1,
+        }));
+        let tenant = self.tenant.clone();
+        self.emit(&tenant, &guid, "connected", &ev);
+        self.ready_at = Some(Instant::now());
+        self.shared.metrics.sessions_connected.inc();
+        tracing::debug!(device = %guid, peer = %self.peer, "device connected");
+    }
+
+    fn emit(&self, tenant: &str, guid: &str, kind: &str, ev: &proto::Event) {
+        let subject = self.shared.names.device_event(tenant, guid, kind);
+        if let Err(e) = self.shared.events.publish(subject, ev) {
+            tracing::error!(device = %guid, error = %e, "event not queued");
+        }
+    }
+
+    async fn on_nats(&mut self, msg: async_nats::Message) {
+        if msg.subject.as_str().ends_with(".supersede") {
+            // Leave the subjects first, so the new session is their only subscriber.
+            if let Some(mut sub) = self.sub.take() {
+                let _ = sub.unsubscribe().await;
+            }
+            if let Some(reply) = msg.reply {
+                let _ = self
+                    .shared
+                    .nats
+                    .publish(reply, Bytes::from_static(b"closing"))
+                    .await;
+            }
+            let _ = self.shared.nats.flush().await;
+            self.shared.metrics.superseded.inc();
+            tracing::info!(device = ?self.guid, "device reconnected elsewhere; closing this session");
+            self.session.disconnect(DisconnectReason::BY_APPLICATION);
+            self.set_end(End::Superseded);
+            return;
+        }
+        let Some(reply) = msg.reply else { return };
+        self.shared.metrics.tunnel_requests.inc();
+        if self.ready_at.is_none() || self.end.is_some() {
+            return self
+                .reply_error(
+                    reply,
+                    TunnelError::NotConnected,
+                    "device session is not ready",
+                )
+                .await;
+        }
+        let port = match msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(tunnel::PORT_HEADER))
+        {
+            None => tunnel::DEFAULT_PORT,
+            Some(v) => match v.as_str().parse::<u32>() {
+                Ok(p) if tunnel::ALLOWED_PORTS.contains(&p) => p,
+                _ => {
+                    return self
+                        .reply_error(
+                            reply,
+                            TunnelError::BadRequest,
+                            &format!("port {} not allowed", v.as_str()),
+                        )
+                        .await
+                }
+            },
+        };
+        if msg.payload.len() > tunnel::MAX_REQUEST_BYTES {
+            return self
+                .reply_error(reply, TunnelError::BadRequest, "request too large")
+                .await;
+        }
+        if self.pending.len() >= self.shared.config.tunnel_concurrency {
+            return self
+                .reply_error(
+                    reply,
+                    TunnelError::Busy,
+                    "too many requests in flight for this device",
+                )
+                .await;
+        }
+        match self.session.open_channel(port) {
+            Ok(channel) => {
+                self.shared.metrics.channel_opens.inc();
+                let now = Instant::now();
+                self.pending.push(Pending {
+                    channel,
+                    reply,
+                    request: Some(msg.payload.to_vec()),
+                    response: Vec::new(),
+                    started: now,
+                    deadline: now + self.shared.config.tunnel_timeout(),
+                });
+            }
+            Err(e) => {
+                self.reply_error(
+                    reply,
+                    TunnelError::NotConnected,
+                    &format!("cannot open channel: {e}"),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn on_channel_data(&mut self, id: ChannelId, data: &[u8]) {
+        let Some(i) = self.pending.iter().position(|p| p.channel == id) else {
+            return;
+        };
+        let p = &mut self.pending[i];
+        if p.response.len() + data.len() > tunnel::MAX_RESPONSE_BYTES {
+            let p = self.pending.swap_remove(i);
+            let _ = self.session.close_channel(id);
+            return self
+                .fail(p, TunnelError::BadResponse, "response too large")
+                .await;
+        }
+        p.response.extend_from_slice(data);
+        match homeport_http1::complete_response(&p.response, false) {
+            Ok(None) => {}
+            Ok(Some(c)) => {
+                let p = self.pending.swap_remove(i);
+                let _ = self.session.close_channel(id);
+                self.answer(p, c.len).await;
+            }
+            Err(e) => {
+                let p = self.pending.swap_remove(i);
+                let _ = self.session.close_channel(id);
+                self.fail(
+                    p,
+                    TunnelError::BadResponse,
+                    &format!("malformed HTTP from device: {e}"),
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn expire(&mut self, now: Instant) {
+        while let Some(i) = self.pending.iter().position(|p| p.deadline <= now) {
+            let p = self.pending.swap_remove(i);
+            let _ = self.session.close_channel(p.channel);
+            self.fail(p, TunnelError::Timeout, "device did not answer in time")
+                .await;
+        }
+    }
+
+    async fn answer(&self, mut p: Pending, len: usize) {
+        p.response.truncate(len);
+        self.shared
+            .metrics
+            .tunnel_latency
+            .observe(p.started.elapsed());
+        if let Err(e) = self.shared.nats.publish(p.reply, p.response.into()).await {
+            tracing::warn!(device = ?self.guid, error = %e, "tunnel reply not sent");
+        }
+    }
+
+    async fn fail(&self, p: Pending, error: TunnelError, detail: &str) {
+        self.reply_error(p.reply, error, detail).await;
+    }
+
+    async fn reply_error(&self, reply: Subject, error: TunnelError, detail: &str) {
+        self.shared.metrics.tunnel_errors.inc();
+        let mut headers = HeaderMap::new();
+        headers.insert(tunnel::ERROR_HEADER, error.code());
+        if let Err(e) = self
+            .shared
+            .nats
+            .publish_with_headers(reply, headers, Bytes::from(detail.to_string()))
+            .await
+        {
+            tracing::warn!(device = ?self.guid, error = %e, "tunnel error reply not sent");
+        }
+    }
+
+    /// Releases everything the session held: pending requests, subscription, presence, and
+    /// publishes `disconnected` for a session that was connected.
+    async fn finish(&mut self) {
+        let end = self.end.take().unwrap_or(End::PeerClosed);
+        if let Some(task) = self.auth.take() {
+            task.abort();
+        }
+        for p in std::mem::take(&mut self.pending) {
+            self.fail(p, TunnelError::DeviceDropped, "device disconnected")
+                .await;
+        }
+        if let Some(mut sub) = self.sub.take() {
+            let _ = sub.unsubscribe().await;
+        }
+        let (Some(guid), Some(ready_at)) = (self.guid.clone(), self.ready_at) else {
+            return;
+        };
+        self.shared.metrics.sessions_connected.dec();
+        if let Some(rev) = self.presence_rev {
+            // Only our own entry: a newer session of the device has a newer revision.
+            let _ = tokio::time::timeout(
+                NATS_OP_TIMEOUT,
+                self.shared
+                    .presence
+                    .delete_expect_revision(&guid, Some(rev)),
+            )
+            .await;
+        }
+        let mut ev = envelope(&self.tenant, &guid, "disconnected", &self.shared.source);
+        ev.payload = Some(Payload::DeviceDisconnected(proto::DeviceDisconnected {
+            node: self.shared.node_id.clone(),
+            session: self.session_id.clone(),
+            reason: end.code().to_string(),
+            detail: end.detail(),
+            duration_seconds: ready_at.elapsed().as_secs(),
+        }));
+        self.emit(&self.tenant, &guid, "disconnected", &ev);
+        tracing::debug!(device = %guid, reason = end.code(), "device disconnected");
+    }
+}
+
+async fn poll_auth(auth: &mut Option<tokio::task::JoinHandle<AuthOutcome>>) -> AuthOutcome {
+    match auth {
+        Some(task) => match task.await {
+            Ok(outcome) => outcome,
+            Err(_) => AuthOutcome::Rejected(auth::Rejected {
+                why: AuthFailure::StoreUnavailable,
+                tenant: String::new(),
+            }),
+        },
+        None => pending().await,
+    }
+}
+
+async fn next_message(sub: &mut Option<Subscriber>) -> Option<async_nats::Message> {
+    match sub {
+        Some(s) => s.next().await,
+        None => pending().await,
+    }
+}
+
+/// Checks the credentials; on success takes the device over from any older session (on any
+/// node) and subscribes to its subjects before the device is told it is logged in.
+async fn login(
+    shared: Arc<Shared>,
+    guid: String,
+    username: String,
+    password: Vec<u8>,
+    peer: SocketAddr,
+    session_id: String,
+) -> AuthOutcome {
+    match auth::check(&shared.store, &shared.secrets, &guid, &username, &password).await {
+        Ok(login) => {
+            let supersede = shared
+                .nats
+                .request(shared.names.cira_supersede(&guid), session_id.into());
+            match tokio::time::timeout(SUPERSEDE_TIMEOUT, supersede).await {
+                Ok(Ok(_)) => tracing::debug!(device = %guid, "older session closed"),
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(device = %guid, error = %e, "superseding older session failed")
+                }
+                Err(_) => tracing::warn!(device = %guid, "older session did not confirm closing"),
+            }
+            match shared
+                .nats
+                .subscribe(shared.names.cira_device_wildcard(&guid))
+                .await
+            {
+                Ok(sub) => AuthOutcome::Accepted {
+                    tenant: login.tenant,
+                    sub,
+                },
+                Err(e) => {
+                    tracing::warn!(device = %guid, error = %e, "cannot subscribe device subjects");
+                    AuthOutcome::Rejected(auth::Rejected {
+                        why: AuthFailure::StoreUnavailable,
+                        tenant: login.tenant,
+                    })
+                }
+            }
+        }
+        Err(rejected) => {
+            let delay = shared.limiter.failure(peer.ip(), Instant::now());
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            AuthOutcome::Rejected(rejected)
+        }
+    }
+}

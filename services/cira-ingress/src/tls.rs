@@ -1,0 +1,310 @@
+//! TLS for the CIRA port: OpenSSL profiles that real AMT firmware can speak, and the server
+//! certificate (from files, or generated once and kept in the secret store).
+
+use std::str::FromStr;
+
+use homeport_secrets::{DynSecretStore, SecretError, SecretString};
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::ssl::{
+    SslAcceptor, SslMethod, SslMode, SslOptions, SslSessionCacheMode, SslVerifyMode, SslVersion,
+};
+use openssl::x509::extension::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName, SubjectKeyIdentifier,
+};
+use openssl::x509::{X509NameBuilder, X509};
+
+/// Secret-store path of generated CIRA certificates.
+pub const CERT_PATH: &str = "certs/cira";
+const CA_CERT: &str = "CA_CERT";
+const CA_KEY: &str = "CA_KEY";
+const SERVER_CERT: &str = "SERVER_CERT";
+const SERVER_KEY: &str = "SERVER_KEY";
+
+/// TLS 1.2 suites AMT firmware offers: ECDHE first, then the static-RSA suites older firmware
+/// needs (rustls has none of these, hence OpenSSL).
+const DEFAULT_CIPHERS: &str = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-GCM-SHA256:AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA";
+const STRICT_CIPHERS: &str = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
+const LEGACY_CIPHERS: &str =
+    "HIGH:!aNULL:!eNULL:!EXPORT:!DES:!RC4:!MD5:!PSK:!SRP:!CAMELLIA:@SECLEVEL=0";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsProfile {
+    Default,
+    Legacy,
+    Strict,
+}
+
+impl FromStr for TlsProfile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "default" => Ok(Self::Default),
+            "legacy" => Ok(Self::Legacy),
+            "strict" => Ok(Self::Strict),
+            other => Err(format!(
+                "unknown TLS profile {other:?} (default, legacy, strict)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS: {0}")]
+    OpenSsl(#[from] openssl::error::ErrorStack),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("secret store unavailable for CIRA certificates (not regenerating): {0}")]
+    Store(#[from] SecretError),
+    #[error("stored CIRA certificates at {CERT_PATH} are incomplete; delete them to regenerate")]
+    Incomplete,
+}
+
+/// A server certificate chain and key, PEM.
+pub struct CertBundle {
+    pub chain_pem: Vec<u8>,
+    pub key_pem: SecretString,
+    /// The root CA that devices must trust (what `/api/v1/ciracert` serves in the reference).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for CertBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertBundle")
+            .field("key_pem", &"***")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the acceptor for a profile. Buffers are released while a connection is idle, which
+/// is most of a CIRA session's life.
+pub fn acceptor(profile: TlsProfile, bundle: &CertBundle) -> Result<SslAcceptor, TlsError> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    match profile {
+        TlsProfile::Default => {
+            b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+            b.set_cipher_list(DEFAULT_CIPHERS)?;
+        }
+        TlsProfile::Strict => {
+            b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
+            b.set_cipher_list(STRICT_CIPHERS)?;
+        }
+        TlsProfile::Legacy => {
+            b.set_min_proto_version(Some(SslVersion::TLS1))?;
+            b.set_cipher_list(LEGACY_CIPHERS)?;
+            b.clear_options(SslOptions::NO_TLSV1 | SslOptions::NO_TLSV1_1);
+        }
+    }
+    b.set_mode(SslMode::RELEASE_BUFFERS);
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_session_cache_mode(SslSessionCacheMode::SERVER);
+    let mut certs = X509::stack_from_pem(&bundle.chain_pem)?.into_iter();
+    let leaf = certs.next().ok_or(TlsError::Incomplete)?;
+    b.set_certificate(&leaf)?;
+    for c in certs {
+        b.add_extra_chain_cert(c)?;
+    }
+    let key = PKey::private_key_from_pem(bundle.key_pem.expose().as_bytes())?;
+    b.set_private_key(&key)?;
+    b.check_private_key()?;
+    Ok(b.build())
+}
+
+/// Loads the certificate from files.
+pub fn load_files(cert: &std::path::Path, key: &std::path::Path) -> Result<CertBundle, TlsError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| TlsError::Io {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let key_pem = String::from_utf8(read(key)?).map_err(|_| TlsError::Incomplete)?;
+    Ok(CertBundle {
+        chain_pem: read(cert)?,
+        key_pem: SecretString::new(key_pem),
+        ca_pem: None,
+    })
+}
+
+/// Returns the stored certificates, generating and storing them on first use. A store error
+/// is returned as is: only a definite "absent" leads to generation, so an outage can never
+/// replace the certificate devices already trust.
+pub async fn load_or_generate(
+    secrets: &DynSecretStore,
+    common_name: &str,
+    sans: &[String],
+) -> Result<CertBundle, TlsError> {
+    if let Some(found) = secrets.get(CERT_PATH).await? {
+        return from_map(&found);
+    }
+    let generated = generate(common_name, sans)?;
+    let mut map = homeport_secrets::SecretMap::new();
+    map.insert(CA_CERT.into(), SecretString::new(generated.ca_cert));
+    map.insert(CA_KEY.into(), generated.ca_key);
+    map.insert(SERVER_CERT.into(), SecretString::new(generated.server_cert));
+    map.insert(SERVER_KEY.into(), generated.server_key);
+    if !secrets.put_if_absent(CERT_PATH, map).await? {
+        tracing::info!("another node stored CIRA certificates first; using those");
+    } else {
+        tracing::info!(common_name, "generated CIRA root CA and server certificate");
+    }
+    let stored = secrets.get(CERT_PATH).await?.ok_or(TlsError::Incomplete)?;
+    from_map(&stored)
+}
+
+fn from_map(map: &homeport_secrets::SecretMap) -> Result<CertBundle, TlsError> {
+    let get = |k: &str| {
+        map.get(k)
+            .map(|v| v.expose().to_string())
+            .ok_or(TlsError::Incomplete)
+    };
+    let server = get(SERVER_CERT)?;
+    let ca = get(CA_CERT)?;
+    Ok(CertBundle {
+        chain_pem: format!("{server}{ca}").into_bytes(),
+        key_pem: SecretString::new(get(SERVER_KEY)?),
+        ca_pem: Some(ca.into_bytes()),
+    })
+}
+
+struct Generated {
+    ca_cert: String,
+    ca_key: SecretString,
+    server_cert: String,
+    server_key: SecretString,
+}
+
+fn pem_string(b: Vec<u8>) -> Result<String, TlsError> {
+    String::from_utf8(b).map_err(|_| TlsError::Incomplete)
+}
+
+/// A root CA (RSA-3072, SHA-384, like the reference) and a server certificate (RSA-2048: one
+/// private-key operation per handshake is the ingress' main CPU cost) for `common_name`.
+fn generate(common_name: &str, sans: &[String]) -> Result<Generated, TlsError> {
+    let ca_key = PKey::from_rsa(Rsa::generate(3072)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_text("CN", "Homeport CIRA Root")?;
+    name.append_entry_by_text("O", "Homeport")?;
+    let ca_name = name.build();
+    let mut ca = X509::builder()?;
+    ca.set_version(2)?;
+    let ca_serial = serial()?;
+    ca.set_serial_number(&ca_serial)?;
+    ca.set_subject_name(&ca_name)?;
+    ca.set_issuer_name(&ca_name)?;
+    ca.set_pubkey(&ca_key)?;
+    let (from, until) = (
+        Asn1Time::days_from_now(0)?,
+        Asn1Time::days_from_now(365 * 20)?,
+    );
+    ca.set_not_before(&from)?;
+    ca.set_not_after(&until)?;
+    ca.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+    ca.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()?,
+    )?;
+    let ski = SubjectKeyIdentifier::new().build(&ca.x509v3_context(None, None))?;
+    ca.append_extension(ski)?;
+    ca.sign(&ca_key, MessageDigest::sha384())?;
+    let ca_cert = ca.build();
+
+    let key = server_key()?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_text("CN", common_name)?;
+    let subject = name.build();
+    let mut cert = X509::builder()?;
+    cert.set_version(2)?;
+    let cert_serial = serial()?;
+    cert.set_serial_number(&cert_serial)?;
+    cert.set_subject_name(&subject)?;
+    cert.set_issuer_name(ca_cert.subject_name())?;
+    cert.set_pubkey(&key)?;
+    let (from, until) = (
+        Asn1Time::days_from_now(0)?,
+        Asn1Time::days_from_now(365 * 5)?,
+    );
+    cert.set_not_before(&from)?;
+    cert.set_not_after(&until)?;
+    cert.append_extension(BasicConstraints::new().build()?)?;
+    cert.append_extension(
+        KeyUsage::new()
+            .critical()
+            .digital_signature()
+            .key_encipherment()
+            .build()?,
+    )?;
+    cert.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
+    let mut san = SubjectAlternativeName::new();
+    let mut names: Vec<&str> = vec![common_name, "localhost"];
+    names.extend(sans.iter().map(String::as_str));
+    names.dedup();
+    for n in names {
+        if n.parse::<std::net::IpAddr>().is_ok() {
+            san.ip(n);
+        } else {
+            san.dns(n);
+        }
+    }
+    san.ip("127.0.0.1");
+    let san = san.build(&cert.x509v3_context(Some(&ca_cert), None))?;
+    cert.append_extension(san)?;
+    cert.sign(&ca_key, MessageDigest::sha256())?;
+    let server_cert = cert.build();
+
+    Ok(Generated {
+        ca_cert: pem_string(ca_cert.to_pem()?)?,
+        ca_key: SecretString::new(pem_string(ca_key.private_key_to_pem_pkcs8()?)?),
+        server_cert: pem_string(server_cert.to_pem()?)?,
+        server_key: SecretString::new(pem_string(key.private_key_to_pem_pkcs8()?)?),
+    })
+}
+
+fn server_key() -> Result<PKey<Private>, TlsError> {
+    Ok(PKey::from_rsa(Rsa::generate(2048)?)?)
+}
+
+fn serial() -> Result<openssl::asn1::Asn1Integer, TlsError> {
+    let mut bn = BigNum::new()?;
+    bn.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    Ok(bn.to_asn1_integer()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_chain_verifies_and_builds_every_profile() {
+        let g = generate("cira.example.com", &["10.0.0.5".into()]).expect("generate");
+        let ca = X509::from_pem(g.ca_cert.as_bytes()).unwrap();
+        let leaf = X509::from_pem(g.server_cert.as_bytes()).unwrap();
+        assert!(leaf.verify(&ca.public_key().unwrap()).unwrap());
+        let sans: Vec<String> = leaf
+            .subject_alt_names()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.dnsname().map(str::to_string))
+            .collect();
+        assert!(sans.contains(&"cira.example.com".to_string()), "{sans:?}");
+        let bundle = CertBundle {
+            chain_pem: format!("{}{}", g.server_cert, g.ca_cert).into_bytes(),
+            key_pem: g.server_key,
+            ca_pem: None,
+        };
+        for p in [TlsProfile::Default, TlsProfile::Legacy, TlsProfile::Strict] {
+            acceptor(p, &bundle).expect("acceptor");
+        }
+        assert!(!format!("{bundle:?}").contains("PRIVATE"));
+    }
+}

@@ -1,0 +1,299 @@
+//! Harness of the end-to-end tests: each test gets its own PostgreSQL database, NATS subject
+//! prefix, secret file and certificates, against the real NATS and PostgreSQL of the machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, kv};
+use futures_util::StreamExt;
+use homeport_amt_sim::SimConfig;
+use homeport_cira_ingress::{tls, Ingress, IngressConfig, IngressParts};
+use homeport_contracts::{proto, Names};
+use homeport_secrets::{DynSecretStore, LocalFileConfig, LocalFileStore};
+use homeport_store::testing::TempDatabase;
+use homeport_store::Store;
+use prost::Message as _;
+
+/// NATS the tests use (`HOMEPORT_TEST_NATS_URL`, default the machine's).
+pub fn nats_url() -> String {
+    std::env::var("HOMEPORT_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// PostgreSQL admin URL the tests create databases with (`HOMEPORT_TEST_PG_URL`).
+pub fn pg_admin_url() -> String {
+    std::env::var("HOMEPORT_TEST_PG_URL")
+        .unwrap_or_else(|_| homeport_store::testing::DEFAULT_ADMIN_URL.into())
+}
+
+pub struct TestEnv {
+    pub label: String,
+    pub names: Names,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub store: Store,
+    pub secrets: DynSecretStore,
+    pub dir: PathBuf,
+    db: Option<TempDatabase>,
+}
+
+impl TestEnv {
+    pub async fn new(label: &str) -> TestEnv {
+        let unique = format!("{label}{:08x}", fastrand::u32(..));
+        let prefix = format!("t{unique}");
+        let db = homeport_store::testing::temp_postgres(&pg_admin_url(), label)
+            .await
+            .expect("PostgreSQL for tests (is it running? scripts/test.sh starts it)");
+        let store = Store::connect(&db.url)
+            .await
+            .expect("connect test database");
+        let dir = std::env::temp_dir().join(format!("homeport-test-{unique}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let secrets: DynSecretStore = Arc::new(
+            LocalFileStore::open(LocalFileConfig::new(
+                dir.join("secrets.enc"),
+                dir.join("secrets.key"),
+            ))
+            .await
+            .expect("local secret store"),
+        );
+        let nats = homeport_runtime::connect_nats(
+            &nats_url(),
+            &format!("test-{label}"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("NATS for tests (is it running? scripts/test.sh starts it)");
+        TestEnv {
+            label: label.to_string(),
+            names: Names::new(&prefix),
+            js: jetstream::new(nats.clone()),
+            nats,
+            store,
+            secrets,
+            dir,
+            db: Some(db),
+        }
+    }
+
+    /// Settings for fast tests: short keep-alive and timeouts.
+    pub fn ingress_config() -> IngressConfig {
+        IngressConfig {
+            keepalive_interval_secs: 2,
+            idle_timeout_secs: 6,
+            handshake_timeout_secs: 10,
+            tunnel_timeout_ms: 3_000,
+            drain_grace_secs: 5,
+            heartbeat_interval_secs: 1,
+            ..IngressConfig::default()
+        }
+    }
+
+    /// Starts an ingress node on a loopback port.
+    pub async fn start_ingress(&self, node: &str, config: IngressConfig) -> Ingress {
+        let bundle = tls::load_or_generate(&self.secrets, "localhost", &[])
+            .await
+            .expect("certificates");
+        let acceptor = tls::acceptor(config.tls_profile, &bundle).expect("acceptor");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Ingress::start(
+            IngressParts {
+                config,
+                node_id: node.to_string(),
+                names: self.names.clone(),
+                nats: self.nats.clone(),
+                store: self.store.clone(),
+                secrets: self.secrets.clone(),
+                tls: acceptor,
+                stream_limits: Default::default(),
+            },
+            listener,
+        )
+        .await
+        .expect("ingress starts")
+    }
+
+    /// A simulator configuration for `devices` devices of `seed`, enrolled in `tenant`.
+    pub async fn enrolled_fleet(
+        &self,
+        server: SocketAddr,
+        devices: u64,
+        seed: u64,
+        tenant: &str,
+    ) -> SimConfig {
+        let mut cfg = SimConfig::new(server, devices);
+        cfg.seed = seed;
+        cfg.reconnect_min = Duration::from_millis(200);
+        cfg.reconnect_max = Duration::from_secs(2);
+        let ids: Vec<_> = cfg.identities().collect();
+        homeport_amt_sim::enroll(&self.store, &self.secrets, &ids, tenant)
+            .await
+            .expect("enroll");
+        cfg
+    }
+
+    pub async fn presence(&self) -> kv::Store {
+        homeport_contracts::presence::presence_bucket(&self.js, &self.names)
+            .await
+            .expect("presence bucket")
+    }
+
+    /// Presence entries right now: guid → decoded presence.
+    pub async fn presence_entries(&self) -> Vec<(String, homeport_contracts::presence::Presence)> {
+        let kv = self.presence().await;
+        let mut out = Vec::new();
+        let Ok(mut keys) = kv.keys().await else {
+            return out;
+        };
+        while let Some(Ok(k)) = keys.next().await {
+            if let Ok(Some(v)) = kv.get(&k).await {
+                if let Ok(p) = serde_json::from_slice(&v) {
+                    out.push((k, p));
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until `pred` holds for the presence entries, or panics after `timeout`.
+    pub async fn wait_presence<F>(&self, what: &str, timeout: Duration, pred: F)
+    where
+        F: Fn(&[(String, homeport_contracts::presence::Presence)]) -> bool,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let entries = self.presence_entries().await;
+            if pred(&entries) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for presence: {what}; have {} entries",
+                entries.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every event in the stream so far, decoded, in order.
+    pub async fn events(&self) -> Vec<(String, proto::Event)> {
+        let Ok(stream) = self.js.get_stream(self.names.events_stream()).await else {
+            return Vec::new();
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut out = Vec::new();
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(1000)
+                .expires(Duration::from_millis(300))
+                .messages()
+                .await
+                .expect("fetch");
+            let mut n = 0;
+            while let Some(Ok(m)) = batch.next().await {
+                n += 1;
+                let ev = proto::Event::decode(m.payload.clone()).expect("events decode");
+                out.push((m.subject.to_string(), ev));
+            }
+            if n == 0 {
+                return out;
+            }
+        }
+    }
+
+    /// Waits until at least `n` events of `kind` are in the stream; returns them.
+    pub async fn wait_events(
+        &self,
+        kind: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<(String, proto::Event)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<_> = self
+                .events()
+                .await
+                .into_iter()
+                .filter(|(_, e)| e.kind == kind)
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} {kind} events; have {}",
+                found.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes the test's stream, buckets, database and files.
+    pub async fn cleanup(mut self) {
+        let _ = self.js.delete_stream(self.names.events_stream()).await;
+        let _ = self.js.delete_key_value(self.names.presence_bucket()).await;
+        let _ = self.js.delete_key_value(self.names.nodes_bucket()).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(db) = self.db.take() {
+            drop(self.store);
+            let _ = db.drop_db().await;
+        }
+    }
+}
+
+/// Sends one tunnelled HTTP request to a device.
+pub async fn tunnel(
+    nats: &async_nats::Client,
+    names: &Names,
+    guid: &str,
+    request: Vec<u8>,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    nats.request(names.cira_http(guid), request.into()).await
+}
+
+/// A WS-Man Get of AMT_GeneralSettings, optionally with a digest Authorization header.
+pub fn general_settings_request(guid: &str, authorization: Option<&str>) -> Vec<u8> {
+    let body = r#"<?xml version="1.0" encoding="utf-8"?><Envelope xmlns="http://www.w3.org/2003/05/soap-envelope" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"><Header><a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Get</a:Action><a:To>/wsman</a:To><w:ResourceURI>http://intel.com/wbem/wscim/1/amt-schema/1/AMT_GeneralSettings</w:ResourceURI><a:MessageID>1</a:MessageID><a:ReplyTo><a:Address>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:Address></a:ReplyTo><w:OperationTimeout>PT60S</w:OperationTimeout></Header><Body></Body></Envelope>"#;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /wsman HTTP/1.1\r\n{auth}Host: {guid}:16992\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The digest Authorization header MPS would send for a challenge.
+pub fn digest_authorization(realm: &str, nonce: &str, password: &str, nc: u32) -> String {
+    let md5 = |s: String| {
+        openssl::hash::hash(openssl::hash::MessageDigest::md5(), s.as_bytes())
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            .unwrap_or_default()
+    };
+    let ha1 = md5(format!("admin:{realm}:{password}"));
+    let ha2 = md5("POST:/wsman".to_string());
+    let nc = format!("{nc:08x}");
+    let cnonce = "k3j4h5";
+    let response = md5(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    format!("Digest username=\"admin\",realm=\"{realm}\",nonce=\"{nonce}\",uri=\"/wsman\",qop=\"auth\",response=\"{response}\",nc=\"{nc}\",cnonce=\"{cnonce}\"")
+}
+
+/// Reads `name="value"` from a WWW-Authenticate header.
+pub fn challenge_param(header: &str, name: &str) -> Option<String> {
+    let start = header.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = header[start..].find('"')? + start;
+    Some(header[start..end].to_string())
+}

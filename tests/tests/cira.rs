@@ -1,0 +1,515 @@
+//! End-to-end CIRA tests: simulated devices → real TLS → cira-ingress → real NATS/JetStream,
+//! with the device registry in a real PostgreSQL database.
+
+use std::time::Duration;
+
+use homeport_amt_sim::{Fault, Fleet, SimTls};
+use homeport_cira_ingress::tls::TlsProfile;
+use homeport_contracts::proto::event::Payload;
+use homeport_contracts::tunnel::{self, TunnelError};
+use homeport_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_connect_are_present_and_publish_connected_events() {
+    let env = TestEnv::new("connect").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let cfg = env
+        .enrolled_fleet(ingress.local_addr(), 20, 11, "acme")
+        .await;
+    let fleet = Fleet::start(cfg).unwrap();
+    assert_eq!(fleet.wait_connected(20, WAIT).await, 20);
+    env.wait_presence("20 devices on node-a", WAIT, |p| {
+        p.len() == 20
+            && p.iter()
+                .all(|(_, e)| e.node == "node-a" && e.tenant == "acme")
+    })
+    .await;
+    let events = env.wait_events("connected", 20, WAIT).await;
+    let guids: std::collections::HashSet<_> =
+        fleet.identities().iter().map(|i| i.guid.clone()).collect();
+    for (subject, ev) in &events {
+        assert!(
+            guids.contains(&ev.device_guid),
+            "unexpected device {}",
+            ev.device_guid
+        );
+        assert_eq!(
+            subject,
+            &env.names.device_event("acme", &ev.device_guid, "connected")
+        );
+        assert!(matches!(ev.payload, Some(Payload::DeviceConnected(ref c)) if c.node == "node-a"));
+    }
+    // Keep-alives flow and nobody is dropped over a few keep-alive intervals.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        ingress.metrics().keepalives.get() >= 20,
+        "keep-alives answered"
+    );
+    assert_eq!(fleet.stats().connected(), 20);
+    assert_eq!(ingress.metrics().idle_timeouts.get(), 0);
+    fleet.stop().await;
+    env.wait_presence("all gone after devices disconnect", WAIT, |p| p.is_empty())
+        .await;
+    let gone = env.wait_events("disconnected", 20, WAIT).await;
+    assert!(gone.iter().all(|(_, e)| matches!(e.payload, Some(Payload::DeviceDisconnected(ref d)) if d.reason == "peer_disconnect" || d.reason == "peer_closed")));
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_refused_audited_and_disconnected() {
+    let env = TestEnv::new("authfail").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let mut cfg = env
+        .enrolled_fleet(ingress.local_addr(), 1, 12, "acme")
+        .await;
+    cfg.faults = vec![(Fault::WrongPassword, 1.0)];
+    let fleet = Fleet::start(cfg).unwrap();
+    let failures = env.wait_events("auth_failed", 3, WAIT).await;
+    let guid = &fleet.identities()[0].guid;
+    for (subject, ev) in &failures {
+        assert_eq!(
+            subject,
+            &env.names.device_event("acme", guid, "auth_failed")
+        );
+        match &ev.payload {
+            Some(Payload::DeviceAuthFailed(f)) => assert_eq!(f.reason, "bad_password"),
+            other => panic!("unexpected payload {other:?}"),
+        }
+    }
+    // The event carries no secret.
+    let raw = format!("{failures:?}");
+    assert!(!raw.contains(fleet.identities()[0].mps_password.expose()));
+    assert_eq!(fleet.stats().connected(), 0);
+    assert!(env.presence_entries().await.is_empty());
+    // After max_auth_attempts the server disconnects; the device's retry loop reconnects.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        fleet
+            .stats()
+            .attempts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2,
+        "server closed the session after repeated failures"
+    );
+    assert!(ingress.metrics().auth_failures.get() >= 3);
+    fleet.stop().await;
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_device_is_refused() {
+    let env = TestEnv::new("unknown").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    // Not enrolled.
+    let cfg = homeport_amt_sim::SimConfig::new(ingress.local_addr(), 1);
+    let fleet = Fleet::start(cfg).unwrap();
+    let failures = env.wait_events("auth_failed", 1, WAIT).await;
+    assert!(
+        matches!(&failures[0].1.payload, Some(Payload::DeviceAuthFailed(f)) if f.reason == "unknown_device")
+    );
+    assert_eq!(fleet.stats().connected(), 0);
+    fleet.stop().await;
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_device_is_dropped_after_the_idle_timeout() {
+    let env = TestEnv::new("idle").await;
+    let mut config = TestEnv::ingress_config();
+    config.keepalive_interval_secs = 1;
+    config.idle_timeout_secs = 3;
+    let ingress = env.start_ingress("node-a", config).await;
+    let mut cfg = env.enrolled_fleet(ingress.local_addr(), 2, 13, "").await;
+    // Device 0 or 1 silent depends on the draw; make both kinds explicit with two fleets.
+    cfg.devices = 1;
+    let healthy = Fleet::start(cfg.clone()).unwrap();
+    let mut silent_cfg = cfg.clone();
+    silent_cfg.first_index = 1;
+    silent_cfg.faults = vec![(Fault::SilentKeepalive, 1.0)];
+    silent_cfg.reconnect_min = Duration::from_secs(60);
+    silent_cfg.reconnect_max = Duration::from_secs(60);
+    let silent = Fleet::start(silent_cfg).unwrap();
+    assert_eq!(silent.wait_connected(1, WAIT).await, 1);
+    let silent_guid = silent.identities()[0].guid.clone();
+    let gone = env.wait_events("disconnected", 1, WAIT).await;
+    let (_, ev) = &gone[0];
+    assert_eq!(ev.device_guid, silent_guid);
+    match &ev.payload {
+        Some(Payload::DeviceDisconnected(d)) => {
+            assert_eq!(d.reason, "idle_timeout");
+            assert!(
+                d.duration_seconds <= 5,
+                "dropped after about 3 s, not {}",
+                d.duration_seconds
+            );
+        }
+        other => panic!("unexpected payload {other:?}"),
+    }
+    assert_eq!(ingress.metrics().idle_timeouts.get(), 1);
+    // The healthy device, answering keep-alives, stays.
+    assert_eq!(healthy.stats().connected(), 1);
+    let healthy_guid = healthy.identities()[0].guid.clone();
+    env.wait_presence("only the healthy device", WAIT, |p| {
+        p.len() == 1 && p[0].0 == healthy_guid
+    })
+    .await;
+    silent.stop().await;
+    healthy.stop().await;
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_on_another_node_supersedes_the_old_session() {
+    let env = TestEnv::new("supersede").await;
+    let a = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let b = env.start_ingress("node-b", TestEnv::ingress_config()).await;
+    let mut cfg = env.enrolled_fleet(a.local_addr(), 1, 14, "acme").await;
+    cfg.reconnect_min = Duration::from_secs(60);
+    cfg.reconnect_max = Duration::from_secs(60);
+    let first = Fleet::start(cfg.clone()).unwrap();
+    assert_eq!(first.wait_connected(1, WAIT).await, 1);
+    env.wait_presence("device on node-a", WAIT, |p| {
+        p.len() == 1 && p[0].1.node == "node-a"
+    })
+    .await;
+    let old_session = env.presence_entries().await[0].1.session.clone();
+
+    // The same device (same identity) connects to node-b.
+    let mut again = cfg.clone();
+    again.server = b.local_addr();
+    let second = Fleet::start(again).unwrap();
+    assert_eq!(second.wait_connected(1, WAIT).await, 1);
+    env.wait_presence("device moved to node-b", WAIT, |p| {
+        p.len() == 1 && p[0].1.node == "node-b" && p[0].1.session != old_session
+    })
+    .await;
+    // node-a closed its socket: the first simulator saw the server end its session.
+    let deadline = std::time::Instant::now() + WAIT;
+    while first.stats().connected() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old session still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.metrics().superseded.get(), 1);
+    let gone = env.wait_events("disconnected", 1, WAIT).await;
+    assert!(
+        matches!(&gone[0].1.payload, Some(Payload::DeviceDisconnected(d)) if d.reason == "superseded" && d.node == "node-a")
+    );
+    // Exactly one node answers the device's tunnel now.
+    let guid = second.identities()[0].guid.clone();
+    let reply = tunnel(
+        &env.nats,
+        &env.names,
+        &guid,
+        general_settings_request(&guid, None),
+    )
+    .await
+    .unwrap();
+    assert!(reply.payload.starts_with(b"HTTP/1.1 401"));
+    assert_eq!(b.metrics().channel_opens.get(), 1);
+    assert_eq!(a.metrics().channel_opens.get(), 0);
+    first.stop().await;
+    second.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_reaches_the_simulator_with_digest_auth() {
+    let env = TestEnv::new("tunnel").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let cfg = env
+        .enrolled_fleet(ingress.local_addr(), 3, 15, "acme")
+        .await;
+    let fleet = Fleet::start(cfg).unwrap();
+    assert_eq!(fleet.wait_connected(3, WAIT).await, 3);
+    let id = fleet.identities()[1].clone();
+    // First request: AMT's digest challenge (401 with an HTML body and Content-Length).
+    let reply = tunnel(
+        &env.nats,
+        &env.names,
+        &id.guid,
+        general_settings_request(&id.guid, None),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&reply.payload).to_string();
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.ends_with("</html>\n"));
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("WWW-Authenticate"))
+        .unwrap()
+        .to_string();
+    let realm = challenge_param(&header, "realm").unwrap();
+    let nonce = challenge_param(&header, "nonce").unwrap();
+    assert_eq!(realm, id.realm);
+    // With the AMT password: a chunked 200 with the device's settings. The nonce is reused
+    // across channels with an increasing nc, as MPS does.
+    for nc in 1..=3 {
+        let auth = digest_authorization(&realm, &nonce, id.amt_password.expose(), nc);
+        let reply = tunnel(
+            &env.nats,
+            &env.names,
+            &id.guid,
+            general_settings_request(&id.guid, Some(&auth)),
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&reply.payload).to_string();
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(text.contains("Transfer-Encoding: chunked"));
+        assert!(text.ends_with("0\r\n\r\n"));
+        assert!(
+            text.contains(&id.hostname),
+            "the answer comes from the right device"
+        );
+    }
+    assert_eq!(ingress.metrics().channel_opens.get(), 4);
+    // A port outside the AMT set is refused by the ingress itself.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(tunnel::PORT_HEADER, "22");
+    let reply = env
+        .nats
+        .request_with_headers(
+            env.names.cira_http(&id.guid),
+            headers,
+            general_settings_request(&id.guid, None).into(),
+        )
+        .await
+        .unwrap();
+    let code = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(tunnel::ERROR_HEADER))
+        .map(|v| v.to_string());
+    assert_eq!(code.as_deref(), Some(TunnelError::BadRequest.code()));
+    // A port the device does not accept: the channel is refused and the caller told so.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(tunnel::PORT_HEADER, "16994");
+    let reply = env
+        .nats
+        .request_with_headers(
+            env.names.cira_http(&id.guid),
+            headers,
+            general_settings_request(&id.guid, None).into(),
+        )
+        .await
+        .unwrap();
+    let code = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(tunnel::ERROR_HEADER))
+        .map(|v| v.to_string());
+    assert_eq!(code.as_deref(), Some(TunnelError::ChannelRefused.code()));
+    fleet.stop().await;
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_to_a_device_that_is_not_connected_fails_at_once() {
+    let env = TestEnv::new("notconn").await;
+    let started = std::time::Instant::now();
+    let err = tunnel(
+        &env.nats,
+        &env.names,
+        "4c4c4544-004b-4210-8033-b6c04f504633",
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "immediate, not a timeout"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_dropping_mid_request_gets_a_clear_error() {
+    let env = TestEnv::new("drop").await;
+    let mut config = TestEnv::ingress_config();
+    config.tunnel_timeout_ms = 2_000;
+    let ingress = env.start_ingress("node-a", config).await;
+    let cfg = env.enrolled_fleet(ingress.local_addr(), 1, 16, "").await;
+    let fleet = Fleet::start(cfg).unwrap();
+    assert_eq!(fleet.wait_connected(1, WAIT).await, 1);
+    let guid = fleet.identities()[0].guid.clone();
+    // An incomplete request: the device waits for the rest, so the ingress' deadline fires.
+    let partial = b"POST /wsman HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc".to_vec();
+    let started = std::time::Instant::now();
+    let reply = tunnel(&env.nats, &env.names, &guid, partial).await.unwrap();
+    let code = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(tunnel::ERROR_HEADER))
+        .map(|v| v.to_string());
+    assert_eq!(code.as_deref(), Some(TunnelError::Timeout.code()));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // The device is still served afterwards.
+    let reply = tunnel(
+        &env.nats,
+        &env.names,
+        &guid,
+        general_settings_request(&guid, None),
+    )
+    .await
+    .unwrap();
+    assert!(reply.payload.starts_with(b"HTTP/1.1 401"));
+    fleet.stop().await;
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_end_only_that_session() {
+    let env = TestEnv::new("frames").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let mut cfg = env.enrolled_fleet(ingress.local_addr(), 6, 17, "").await;
+    cfg.devices = 3;
+    let healthy = Fleet::start(cfg.clone()).unwrap();
+    assert_eq!(healthy.wait_connected(3, WAIT).await, 3);
+    let mut bad = cfg.clone();
+    bad.first_index = 3;
+    bad.devices = 1;
+    bad.faults = vec![(Fault::OversizedFrame, 1.0)];
+    bad.reconnect_min = Duration::from_secs(60);
+    bad.reconnect_max = Duration::from_secs(60);
+    let oversized = Fleet::start(bad.clone()).unwrap();
+    bad.first_index = 4;
+    bad.faults = vec![(Fault::GarbageFrame, 1.0)];
+    let garbage = Fleet::start(bad.clone()).unwrap();
+    // Split frames are reassembled: this device connects normally.
+    bad.first_index = 5;
+    bad.faults = vec![(Fault::SplitFrames, 1.0)];
+    let split = Fleet::start(bad).unwrap();
+    assert_eq!(split.wait_connected(1, WAIT).await, 1);
+    let errors = env.wait_events("disconnected", 2, WAIT).await;
+    assert!(errors.iter().all(|(_, e)| matches!(&e.payload, Some(Payload::DeviceDisconnected(d)) if d.reason == "protocol_error")));
+    assert_eq!(ingress.metrics().protocol_errors.get(), 2);
+    assert_eq!(healthy.stats().connected(), 3);
+    env.wait_presence("healthy and split devices remain", WAIT, |p| p.len() == 4)
+        .await;
+    let guid = split.identities()[0].guid.clone();
+    let reply = tunnel(
+        &env.nats,
+        &env.names,
+        &guid,
+        general_settings_request(&guid, None),
+    )
+    .await
+    .unwrap();
+    assert!(reply.payload.starts_with(b"HTTP/1.1 401"));
+    for f in [healthy, oversized, garbage, split] {
+        f.stop().await;
+    }
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_rsa_only_firmware_connects_unless_strict() {
+    let env = TestEnv::new("tls").await;
+    let default = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let mut strict_cfg = TestEnv::ingress_config();
+    strict_cfg.tls_profile = TlsProfile::Strict;
+    let strict = env.start_ingress("node-b", strict_cfg).await;
+    let mut cfg = env.enrolled_fleet(default.local_addr(), 2, 18, "").await;
+    cfg.tls = SimTls::StaticRsa;
+    cfg.devices = 1;
+    let old = Fleet::start(cfg.clone()).unwrap();
+    assert_eq!(old.wait_connected(1, WAIT).await, 1);
+    cfg.first_index = 1;
+    cfg.server = strict.local_addr();
+    let refused = Fleet::start(cfg).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(refused.stats().connected(), 0);
+    assert!(
+        refused
+            .stats()
+            .tls_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert!(strict.metrics().tls_failures.get() >= 1);
+    old.stop().await;
+    refused.stop().await;
+    default.shutdown().await;
+    strict.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_get_on_the_cira_port_gets_the_banner() {
+    let env = TestEnv::new("probe").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let tcp = tokio::net::TcpStream::connect(ingress.local_addr())
+        .await
+        .unwrap();
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).unwrap();
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let ssl = b
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("localhost")
+        .unwrap();
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    std::pin::Pin::new(&mut s).connect().await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("must connect here using CIRA"));
+    assert_eq!(ingress.metrics().http_probes.get(), 1);
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_disconnects_devices_and_releases_presence() {
+    let env = TestEnv::new("drain").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let mut cfg = env.enrolled_fleet(ingress.local_addr(), 5, 19, "").await;
+    cfg.reconnect_min = Duration::from_secs(60);
+    cfg.reconnect_max = Duration::from_secs(60);
+    let fleet = Fleet::start(cfg).unwrap();
+    assert_eq!(fleet.wait_connected(5, WAIT).await, 5);
+    env.wait_presence("5 present", WAIT, |p| p.len() == 5).await;
+    let started = std::time::Instant::now();
+    ingress.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "drain finishes within the grace period"
+    );
+    assert!(env.presence_entries().await.is_empty(), "presence released");
+    let gone = env.wait_events("disconnected", 5, WAIT).await;
+    assert!(gone.iter().all(
+        |(_, e)| matches!(&e.payload, Some(Payload::DeviceDisconnected(d)) if d.reason == "drain")
+    ));
+    assert_eq!(
+        fleet
+            .stats()
+            .server_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5,
+        "each device got an APF DISCONNECT"
+    );
+    fleet.stop().await;
+    env.cleanup().await;
+}
