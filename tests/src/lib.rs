@@ -77,6 +77,11 @@ impl TestEnv {
         }
     }
 
+    /// URL of this test's own database.
+    pub fn database_url(&self) -> &str {
+        self.db.as_ref().map(|d| d.url.as_str()).unwrap_or_default()
+    }
+
     /// Settings for fast tests: short keep-alive and timeouts.
     pub fn ingress_config() -> IngressConfig {
         IngressConfig {

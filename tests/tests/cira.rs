@@ -122,7 +122,9 @@ async fn unknown_device_is_refused() {
 async fn silent_device_is_dropped_after_the_idle_timeout() {
     let env = TestEnv::new("idle").await;
     let mut config = TestEnv::ingress_config();
-    config.keepalive_interval_secs = 1;
+    // The silent device itself gives up after 3 keep-alive intervals without input (6 s);
+    // the server's idle timeout must fire first.
+    config.keepalive_interval_secs = 2;
     config.idle_timeout_secs = 3;
     let ingress = env.start_ingress("node-a", config).await;
     let mut cfg = env.enrolled_fleet(ingress.local_addr(), 2, 13, "").await;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream};
 use serde::{Deserialize, Serialize};
 
 use crate::Names;
@@ -60,19 +60,30 @@ async fn open_bucket(
     bucket: String,
     max_age: Duration,
 ) -> Result<kv::Store, PresenceError> {
+    let err = |e: &dyn std::fmt::Display| PresenceError::Bucket {
+        bucket: bucket.clone(),
+        message: e.to_string(),
+    };
     if let Ok(store) = js.get_key_value(&bucket).await {
         return Ok(store);
     }
-    // Creating with an identical config is idempotent, so racing nodes agree.
-    js.create_key_value(kv::Config {
-        bucket: bucket.clone(),
-        history: 1,
+    // The bucket's stream is created directly, with the layout the KV API expects: the
+    // client's own create_key_value first reads account info in a shape NATS 2.9 (Debian's
+    // package) does not send. Creating with an identical config is idempotent.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
         max_age,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        storage: stream::StorageType::File,
         ..Default::default()
     })
     .await
-    .map_err(|e| PresenceError::Bucket {
-        bucket,
-        message: e.to_string(),
-    })
+    .map_err(|e| err(&e))?;
+    js.get_key_value(&bucket).await.map_err(|e| err(&e))
 }
