@@ -205,10 +205,13 @@ pub fn element_text<'a>(xml: &'a str, local: &str) -> Option<&'a str> {
     let mut rest = xml;
     while let Some(lt) = rest.find('<') {
         rest = &rest[lt + 1..];
-        let end = rest.find(|c: char| c == '>' || c.is_whitespace())?;
+        if rest.starts_with('/') {
+            continue;
+        }
+        let end = rest.find(|c: char| c == '>' || c == '/' || c.is_whitespace())?;
         let name = &rest[..end];
         let name = name.rsplit(':').next().unwrap_or(name);
-        if name == local && !rest.starts_with('/') {
+        if name == local {
             let gt = rest.find('>')?;
             if rest[..gt].ends_with('/') {
                 return Some("");
