@@ -515,3 +515,45 @@ async fn drain_disconnects_devices_and_releases_presence() {
     fleet.stop().await;
     env.cleanup().await;
 }
+
+/// Connects with OpenSSL defaults or static-RSA suites only; returns the server's key type.
+async fn server_key_type(addr: std::net::SocketAddr, static_rsa: bool) -> openssl::pkey::Id {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).unwrap();
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    if static_rsa {
+        b.set_max_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))
+            .unwrap();
+        b.set_cipher_list("AES128-GCM-SHA256:AES256-SHA").unwrap();
+    }
+    let ssl = b
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("localhost")
+        .unwrap();
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    std::pin::Pin::new(&mut s).connect().await.unwrap();
+    s.ssl()
+        .peer_certificate()
+        .unwrap()
+        .public_key()
+        .unwrap()
+        .id()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modern_clients_get_ecdsa_and_static_rsa_firmware_gets_rsa() {
+    let env = TestEnv::new("certs").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    assert_eq!(
+        server_key_type(ingress.local_addr(), false).await,
+        openssl::pkey::Id::EC
+    );
+    assert_eq!(
+        server_key_type(ingress.local_addr(), true).await,
+        openssl::pkey::Id::RSA
+    );
+    ingress.shutdown().await;
+    env.cleanup().await;
+}

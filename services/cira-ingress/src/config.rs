@@ -36,6 +36,12 @@ pub struct IngressConfig {
     /// Server private key (PEM), with --tls-cert.
     #[arg(long, env = "HOMEPORT_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Optional ECDSA server certificate chain (PEM), served to clients that offer ECDSA.
+    #[arg(long, env = "HOMEPORT_TLS_EC_CERT", requires = "tls_ec_key")]
+    pub tls_ec_cert: Option<PathBuf>,
+    /// ECDSA private key (PEM), with --tls-ec-cert.
+    #[arg(long, env = "HOMEPORT_TLS_EC_KEY", requires = "tls_ec_cert")]
+    pub tls_ec_key: Option<PathBuf>,
     /// Common name of a generated server certificate: the FQDN devices are configured with.
     #[arg(long, env = "HOMEPORT_TLS_COMMON_NAME", default_value = "localhost")]
     pub tls_common_name: String,
@@ -72,6 +78,21 @@ pub struct IngressConfig {
 }
 
 impl IngressConfig {
+    /// The server certificates: from files when configured, else generated once and kept in
+    /// the secret store.
+    pub async fn certificates(
+        &self,
+        secrets: &homeport_secrets::DynSecretStore,
+    ) -> Result<crate::tls::CertBundle, crate::tls::TlsError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let ec = self.tls_ec_cert.as_deref().zip(self.tls_ec_key.as_deref());
+                crate::tls::load_files(cert, key, ec)
+            }
+            _ => crate::tls::load_or_generate(secrets, &self.tls_common_name, &self.tls_sans).await,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.keepalive_interval_secs == 0 || self.keepalive_interval_secs > 3600 {
             return Err("--keepalive-interval-secs must be 1..=3600".into());
@@ -117,6 +138,8 @@ impl Default for IngressConfig {
             tls_profile: TlsProfile::Default,
             tls_cert: None,
             tls_key: None,
+            tls_ec_cert: None,
+            tls_ec_key: None,
             tls_common_name: "localhost".into(),
             tls_sans: Vec::new(),
             keepalive_interval_secs: 30,

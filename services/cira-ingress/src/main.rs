@@ -49,17 +49,7 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let node_id = cli.ingress.node_id.clone().unwrap_or_else(default_node_id);
     let secrets = cli.common.open_secrets().await?;
-    let bundle = match (&cli.ingress.tls_cert, &cli.ingress.tls_key) {
-        (Some(cert), Some(key)) => tls::load_files(cert, key)?,
-        _ => {
-            tls::load_or_generate(
-                &secrets,
-                &cli.ingress.tls_common_name,
-                &cli.ingress.tls_sans,
-            )
-            .await?
-        }
-    };
+    let bundle = cli.ingress.certificates(&secrets).await?;
     let acceptor = tls::acceptor(cli.ingress.tls_profile, &bundle)?;
     let store = cli.common.open_store().await?;
     let nats = cli

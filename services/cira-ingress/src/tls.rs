@@ -23,6 +23,8 @@ const CA_CERT: &str = "CA_CERT";
 const CA_KEY: &str = "CA_KEY";
 const SERVER_CERT: &str = "SERVER_CERT";
 const SERVER_KEY: &str = "SERVER_KEY";
+const SERVER_EC_CERT: &str = "SERVER_EC_CERT";
+const SERVER_EC_KEY: &str = "SERVER_EC_KEY";
 
 /// TLS 1.2 suites AMT firmware offers: ECDHE first, then the static-RSA suites older firmware
 /// needs (rustls has none of these, hence OpenSSL).
@@ -67,10 +69,14 @@ pub enum TlsError {
     Incomplete,
 }
 
-/// A server certificate chain and key, PEM.
+/// Server certificate chains and keys, PEM: an RSA one for every client, and optionally an
+/// ECDSA one that clients offering ECDSA get instead (its handshake costs a fraction of an
+/// RSA private-key operation; firmware with only static-RSA suites still gets RSA).
 pub struct CertBundle {
     pub chain_pem: Vec<u8>,
     pub key_pem: SecretString,
+    /// ECDSA P-256 chain and key.
+    pub ec: Option<(Vec<u8>, SecretString)>,
     /// The root CA that devices must trust (what `/api/v1/ciracert` serves in the reference).
     pub ca_pem: Option<Vec<u8>>,
 }
@@ -114,21 +120,45 @@ pub fn acceptor(profile: TlsProfile, bundle: &CertBundle) -> Result<SslAcceptor,
     let key = PKey::private_key_from_pem(bundle.key_pem.expose().as_bytes())?;
     b.set_private_key(&key)?;
     b.check_private_key()?;
+    if let Some((chain, key)) = &bundle.ec {
+        // OpenSSL keeps one certificate per key type and picks by what the client offers.
+        let leaf = X509::stack_from_pem(chain)?
+            .into_iter()
+            .next()
+            .ok_or(TlsError::Incomplete)?;
+        b.set_certificate(&leaf)?;
+        let key = PKey::private_key_from_pem(key.expose().as_bytes())?;
+        b.set_private_key(&key)?;
+        b.check_private_key()?;
+    }
     Ok(b.build())
 }
 
-/// Loads the certificate from files.
-pub fn load_files(cert: &std::path::Path, key: &std::path::Path) -> Result<CertBundle, TlsError> {
+/// Loads the certificates from files: an RSA chain and key, and optionally an ECDSA pair.
+pub fn load_files(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ec: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<CertBundle, TlsError> {
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|source| TlsError::Io {
             path: p.display().to_string(),
             source,
         })
     };
-    let key_pem = String::from_utf8(read(key)?).map_err(|_| TlsError::Incomplete)?;
+    let secret = |p: &std::path::Path| {
+        String::from_utf8(read(p)?)
+            .map(SecretString::new)
+            .map_err(|_| TlsError::Incomplete)
+    };
+    let ec = match ec {
+        Some((c, k)) => Some((read(c)?, secret(k)?)),
+        None => None,
+    };
     Ok(CertBundle {
         chain_pem: read(cert)?,
-        key_pem: SecretString::new(key_pem),
+        key_pem: secret(key)?,
+        ec,
         ca_pem: None,
     })
 }
@@ -141,7 +171,20 @@ pub async fn load_or_generate(
     common_name: &str,
     sans: &[String],
 ) -> Result<CertBundle, TlsError> {
-    if let Some(found) = secrets.get(CERT_PATH).await? {
+    if let Some(mut found) = secrets.get(CERT_PATH).await? {
+        if !found.contains_key(SERVER_EC_CERT) {
+            // Stored by an older version: add the ECDSA leaf under the same root.
+            let ca_cert = X509::from_pem(get(&found, CA_CERT)?.as_bytes())?;
+            let ca_key = PKey::private_key_from_pem(get(&found, CA_KEY)?.as_bytes())?;
+            let (cert, key) = issue_leaf(&ca_cert, &ca_key, ec_key()?, common_name, sans)?;
+            found.insert(SERVER_EC_CERT.into(), SecretString::new(cert));
+            found.insert(SERVER_EC_KEY.into(), key);
+            secrets.put(CERT_PATH, found.clone()).await?;
+            tracing::info!(
+                common_name,
+                "added an ECDSA server certificate to the stored CIRA certificates"
+            );
+        }
         return from_map(&found);
     }
     let generated = generate(common_name, sans)?;
@@ -150,6 +193,11 @@ pub async fn load_or_generate(
     map.insert(CA_KEY.into(), generated.ca_key);
     map.insert(SERVER_CERT.into(), SecretString::new(generated.server_cert));
     map.insert(SERVER_KEY.into(), generated.server_key);
+    map.insert(
+        SERVER_EC_CERT.into(),
+        SecretString::new(generated.server_ec_cert),
+    );
+    map.insert(SERVER_EC_KEY.into(), generated.server_ec_key);
     if !secrets.put_if_absent(CERT_PATH, map).await? {
         tracing::info!("another node stored CIRA certificates first; using those");
     } else {
@@ -159,17 +207,23 @@ pub async fn load_or_generate(
     from_map(&stored)
 }
 
+fn get(map: &homeport_secrets::SecretMap, key: &str) -> Result<String, TlsError> {
+    map.get(key)
+        .map(|v| v.expose().to_string())
+        .ok_or(TlsError::Incomplete)
+}
+
 fn from_map(map: &homeport_secrets::SecretMap) -> Result<CertBundle, TlsError> {
-    let get = |k: &str| {
-        map.get(k)
-            .map(|v| v.expose().to_string())
-            .ok_or(TlsError::Incomplete)
+    let ca = get(map, CA_CERT)?;
+    let server = get(map, SERVER_CERT)?;
+    let ec = match (map.get(SERVER_EC_CERT), map.get(SERVER_EC_KEY)) {
+        (Some(c), Some(k)) => Some((format!("{}{ca}", c.expose()).into_bytes(), k.clone())),
+        _ => None,
     };
-    let server = get(SERVER_CERT)?;
-    let ca = get(CA_CERT)?;
     Ok(CertBundle {
         chain_pem: format!("{server}{ca}").into_bytes(),
-        key_pem: SecretString::new(get(SERVER_KEY)?),
+        key_pem: SecretString::new(get(map, SERVER_KEY)?),
+        ec,
         ca_pem: Some(ca.into_bytes()),
     })
 }
@@ -179,6 +233,8 @@ struct Generated {
     ca_key: SecretString,
     server_cert: String,
     server_key: SecretString,
+    server_ec_cert: String,
+    server_ec_key: SecretString,
 }
 
 fn pem_string(b: Vec<u8>) -> Result<String, TlsError> {
@@ -219,7 +275,27 @@ fn generate(common_name: &str, sans: &[String]) -> Result<Generated, TlsError> {
     ca.sign(&ca_key, MessageDigest::sha384())?;
     let ca_cert = ca.build();
 
-    let key = server_key()?;
+    let (server_cert, server_key) = issue_leaf(&ca_cert, &ca_key, rsa_key()?, common_name, sans)?;
+    let (server_ec_cert, server_ec_key) =
+        issue_leaf(&ca_cert, &ca_key, ec_key()?, common_name, sans)?;
+    Ok(Generated {
+        ca_cert: pem_string(ca_cert.to_pem()?)?,
+        ca_key: SecretString::new(pem_string(ca_key.private_key_to_pem_pkcs8()?)?),
+        server_cert,
+        server_key,
+        server_ec_cert,
+        server_ec_key,
+    })
+}
+
+/// A server certificate for `key`, signed by the root; returns (certificate PEM, key PEM).
+fn issue_leaf(
+    ca_cert: &X509,
+    ca_key: &PKey<Private>,
+    key: PKey<Private>,
+    common_name: &str,
+    sans: &[String],
+) -> Result<(String, SecretString), TlsError> {
     let mut name = X509NameBuilder::new()?;
     name.append_entry_by_text("CN", common_name)?;
     let subject = name.build();
@@ -237,13 +313,13 @@ fn generate(common_name: &str, sans: &[String]) -> Result<Generated, TlsError> {
     cert.set_not_before(&from)?;
     cert.set_not_after(&until)?;
     cert.append_extension(BasicConstraints::new().build()?)?;
-    cert.append_extension(
-        KeyUsage::new()
-            .critical()
-            .digital_signature()
-            .key_encipherment()
-            .build()?,
-    )?;
+    let mut usage = KeyUsage::new();
+    usage.critical().digital_signature();
+    if key.rsa().is_ok() {
+        // Static-RSA key exchange encrypts the premaster secret to this key.
+        usage.key_encipherment();
+    }
+    cert.append_extension(usage.build()?)?;
     cert.append_extension(ExtendedKeyUsage::new().server_auth().build()?)?;
     let mut san = SubjectAlternativeName::new();
     let mut names: Vec<&str> = vec![common_name, "localhost"];
@@ -257,20 +333,22 @@ fn generate(common_name: &str, sans: &[String]) -> Result<Generated, TlsError> {
         }
     }
     san.ip("127.0.0.1");
-    let san = san.build(&cert.x509v3_context(Some(&ca_cert), None))?;
+    let san = san.build(&cert.x509v3_context(Some(ca_cert), None))?;
     cert.append_extension(san)?;
-    cert.sign(&ca_key, MessageDigest::sha256())?;
-    let server_cert = cert.build();
-
-    Ok(Generated {
-        ca_cert: pem_string(ca_cert.to_pem()?)?,
-        ca_key: SecretString::new(pem_string(ca_key.private_key_to_pem_pkcs8()?)?),
-        server_cert: pem_string(server_cert.to_pem()?)?,
-        server_key: SecretString::new(pem_string(key.private_key_to_pem_pkcs8()?)?),
-    })
+    cert.sign(ca_key, MessageDigest::sha256())?;
+    let cert = cert.build();
+    Ok((
+        pem_string(cert.to_pem()?)?,
+        SecretString::new(pem_string(key.private_key_to_pem_pkcs8()?)?),
+    ))
 }
 
-fn server_key() -> Result<PKey<Private>, TlsError> {
+fn ec_key() -> Result<PKey<Private>, TlsError> {
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)?;
+    Ok(PKey::from_ec_key(openssl::ec::EcKey::generate(&group)?)?)
+}
+
+fn rsa_key() -> Result<PKey<Private>, TlsError> {
     Ok(PKey::from_rsa(Rsa::generate(2048)?)?)
 }
 
@@ -297,9 +375,13 @@ mod tests {
             .filter_map(|n| n.dnsname().map(str::to_string))
             .collect();
         assert!(sans.contains(&"cira.example.com".to_string()), "{sans:?}");
+        let ec_leaf = X509::from_pem(g.server_ec_cert.as_bytes()).unwrap();
+        assert!(ec_leaf.verify(&ca.public_key().unwrap()).unwrap());
+        assert!(ec_leaf.public_key().unwrap().ec_key().is_ok());
         let bundle = CertBundle {
             chain_pem: format!("{}{}", g.server_cert, g.ca_cert).into_bytes(),
             key_pem: g.server_key,
+            ec: Some((g.server_ec_cert.into_bytes(), g.server_ec_key)),
             ca_pem: None,
         };
         for p in [TlsProfile::Default, TlsProfile::Legacy, TlsProfile::Strict] {

@@ -86,17 +86,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", cli.data_dir.display()))?;
     let _nats_server = nats::ensure(&mut cli.common, &cli.embedded_nats, &cli.data_dir).await?;
     let secrets = cli.common.open_secrets().await?;
-    let bundle = match (&cli.ingress.tls_cert, &cli.ingress.tls_key) {
-        (Some(c), Some(k)) => tls::load_files(c, k)?,
-        _ => {
-            tls::load_or_generate(
-                &secrets,
-                &cli.ingress.tls_common_name,
-                &cli.ingress.tls_sans,
-            )
-            .await?
-        }
-    };
+    let bundle = cli.ingress.certificates(&secrets).await?;
     let acceptor = tls::acceptor(cli.ingress.tls_profile, &bundle)?;
     let store = cli.common.open_store().await?;
     let nats = cli
