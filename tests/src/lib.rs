@@ -140,6 +140,13 @@ impl TestEnv {
         cfg
     }
 
+    /// A tunnel client of this test's deployment.
+    pub async fn tunnel(&self) -> homeport_contracts::tunnel::TunnelClient {
+        homeport_contracts::tunnel::TunnelClient::new(self.nats.clone(), self.names.clone())
+            .await
+            .expect("tunnel client")
+    }
+
     pub async fn presence(&self) -> kv::Store {
         homeport_contracts::presence::presence_bucket(&self.js, &self.names)
             .await
@@ -256,16 +263,6 @@ impl TestEnv {
             let _ = db.drop_db().await;
         }
     }
-}
-
-/// Sends one tunnelled HTTP request to a device.
-pub async fn tunnel(
-    nats: &async_nats::Client,
-    names: &Names,
-    guid: &str,
-    request: Vec<u8>,
-) -> Result<async_nats::Message, async_nats::RequestError> {
-    nats.request(names.cira_http(guid), request.into()).await
 }
 
 /// A WS-Man Get of AMT_GeneralSettings, optionally with a digest Authorization header.

@@ -1,12 +1,14 @@
 //! End-to-end CIRA tests: simulated devices → real TLS → cira-ingress → real NATS/JetStream,
 //! with the device registry in a real PostgreSQL database.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::time::Duration;
 
 use homeport_amt_sim::{Fault, Fleet, SimTls};
 use homeport_cira_ingress::tls::TlsProfile;
 use homeport_contracts::proto::event::Payload;
-use homeport_contracts::tunnel::{self, TunnelError};
+use homeport_contracts::tunnel::{TunnelCallError, TunnelError};
 use homeport_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -208,15 +210,17 @@ async fn reconnect_on_another_node_supersedes_the_old_session() {
     );
     // Exactly one node answers the device's tunnel now.
     let guid = second.identities()[0].guid.clone();
-    let reply = tunnel(
-        &env.nats,
-        &env.names,
-        &guid,
-        general_settings_request(&guid, None),
-    )
-    .await
-    .unwrap();
-    assert!(reply.payload.starts_with(b"HTTP/1.1 401"));
+    let client = env.tunnel().await;
+    let reply = client
+        .request(
+            &guid,
+            None,
+            general_settings_request(&guid, None).into(),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(reply.starts_with(b"HTTP/1.1 401"));
     assert_eq!(b.metrics().channel_opens.get(), 1);
     assert_eq!(a.metrics().channel_opens.get(), 0);
     first.stop().await;
@@ -235,17 +239,16 @@ async fn tunnel_reaches_the_simulator_with_digest_auth() {
         .await;
     let fleet = Fleet::start(cfg).unwrap();
     assert_eq!(fleet.wait_connected(3, WAIT).await, 3);
+    env.wait_presence("3 present", WAIT, |p| p.len() == 3).await;
+    let client = env.tunnel().await;
     let id = fleet.identities()[1].clone();
+    let get = |auth: Option<String>| general_settings_request(&id.guid, auth.as_deref()).into();
     // First request: AMT's digest challenge (401 with an HTML body and Content-Length).
-    let reply = tunnel(
-        &env.nats,
-        &env.names,
-        &id.guid,
-        general_settings_request(&id.guid, None),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&reply.payload).to_string();
+    let reply = client
+        .request(&id.guid, None, get(None), WAIT)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply).to_string();
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     assert!(text.ends_with("</html>\n"));
     let header = text
@@ -260,15 +263,11 @@ async fn tunnel_reaches_the_simulator_with_digest_auth() {
     // across channels with an increasing nc, as MPS does.
     for nc in 1..=3 {
         let auth = digest_authorization(&realm, &nonce, id.amt_password.expose(), nc);
-        let reply = tunnel(
-            &env.nats,
-            &env.names,
-            &id.guid,
-            general_settings_request(&id.guid, Some(&auth)),
-        )
-        .await
-        .unwrap();
-        let text = String::from_utf8_lossy(&reply.payload).to_string();
+        let reply = client
+            .request(&id.guid, None, get(Some(auth)), WAIT)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&reply).to_string();
         assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
         assert!(text.contains("Transfer-Encoding: chunked"));
         assert!(text.ends_with("0\r\n\r\n"));
@@ -279,41 +278,17 @@ async fn tunnel_reaches_the_simulator_with_digest_auth() {
     }
     assert_eq!(ingress.metrics().channel_opens.get(), 4);
     // A port outside the AMT set is refused by the ingress itself.
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(tunnel::PORT_HEADER, "22");
-    let reply = env
-        .nats
-        .request_with_headers(
-            env.names.cira_http(&id.guid),
-            headers,
-            general_settings_request(&id.guid, None).into(),
-        )
-        .await
-        .unwrap();
-    let code = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(tunnel::ERROR_HEADER))
-        .map(|v| v.to_string());
-    assert_eq!(code.as_deref(), Some(TunnelError::BadRequest.code()));
+    match client.request(&id.guid, Some(22), get(None), WAIT).await {
+        Err(TunnelCallError::Failed { error, .. }) => assert_eq!(error, TunnelError::BadRequest),
+        other => panic!("unexpected {other:?}"),
+    }
     // A port the device does not accept: the channel is refused and the caller told so.
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(tunnel::PORT_HEADER, "16994");
-    let reply = env
-        .nats
-        .request_with_headers(
-            env.names.cira_http(&id.guid),
-            headers,
-            general_settings_request(&id.guid, None).into(),
-        )
-        .await
-        .unwrap();
-    let code = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(tunnel::ERROR_HEADER))
-        .map(|v| v.to_string());
-    assert_eq!(code.as_deref(), Some(TunnelError::ChannelRefused.code()));
+    match client.request(&id.guid, Some(16994), get(None), WAIT).await {
+        Err(TunnelCallError::Failed { error, .. }) => {
+            assert_eq!(error, TunnelError::ChannelRefused)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
     fleet.stop().await;
     ingress.shutdown().await;
     env.cleanup().await;
@@ -322,25 +297,43 @@ async fn tunnel_reaches_the_simulator_with_digest_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_to_a_device_that_is_not_connected_fails_at_once() {
     let env = TestEnv::new("notconn").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let client = env.tunnel().await;
+    let guid = "4c4c4544-004b-4210-8033-b6c04f504633";
+    let req = || bytes::Bytes::from_static(b"POST /wsman HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    // No presence at all.
     let started = std::time::Instant::now();
-    let err = tunnel(
-        &env.nats,
-        &env.names,
-        "4c4c4544-004b-4210-8033-b6c04f504633",
-        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
+    let err = client.request(guid, None, req(), WAIT).await.unwrap_err();
+    assert!(matches!(err, TunnelCallError::NotConnected(_)), "{err:?}");
+    // Stale presence naming a node that is gone: NATS has no responders.
+    let kv = env.presence().await;
+    let stale = |node: &str| {
+        serde_json::to_vec(&homeport_contracts::presence::Presence {
+            node: node.into(),
+            session: "0".into(),
+            tenant: String::new(),
+            connected_at: String::new(),
+            remote: String::new(),
+        })
+        .unwrap()
+    };
+    kv.put(guid, stale("ghost-node").into()).await.unwrap();
+    let err = client.request(guid, None, req(), WAIT).await.unwrap_err();
+    assert!(matches!(err, TunnelCallError::NotConnected(_)), "{err:?}");
+    // Presence naming a live node that does not hold the device: the node says so.
+    kv.put(guid, stale("node-a").into()).await.unwrap();
+    let err = client.request(guid, None, req(), WAIT).await.unwrap_err();
+    assert!(matches!(err, TunnelCallError::NotConnected(_)), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
-        "immediate, not a timeout"
+        "immediate, never a timeout"
     );
+    ingress.shutdown().await;
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn device_dropping_mid_request_gets_a_clear_error() {
+async fn device_not_answering_gets_a_clear_error_within_the_deadline() {
     let env = TestEnv::new("drop").await;
     let mut config = TestEnv::ingress_config();
     config.tunnel_timeout_ms = 2_000;
@@ -348,28 +341,66 @@ async fn device_dropping_mid_request_gets_a_clear_error() {
     let cfg = env.enrolled_fleet(ingress.local_addr(), 1, 16, "").await;
     let fleet = Fleet::start(cfg).unwrap();
     assert_eq!(fleet.wait_connected(1, WAIT).await, 1);
+    env.wait_presence("present", WAIT, |p| p.len() == 1).await;
+    let client = env.tunnel().await;
     let guid = fleet.identities()[0].guid.clone();
     // An incomplete request: the device waits for the rest, so the ingress' deadline fires.
-    let partial = b"POST /wsman HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc".to_vec();
+    let partial = bytes::Bytes::from_static(
+        b"POST /wsman HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+    );
     let started = std::time::Instant::now();
-    let reply = tunnel(&env.nats, &env.names, &guid, partial).await.unwrap();
-    let code = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(tunnel::ERROR_HEADER))
-        .map(|v| v.to_string());
-    assert_eq!(code.as_deref(), Some(TunnelError::Timeout.code()));
+    match client.request(&guid, None, partial, WAIT).await {
+        Err(TunnelCallError::Failed { error, .. }) => assert_eq!(error, TunnelError::Timeout),
+        other => panic!("unexpected {other:?}"),
+    }
     assert!(started.elapsed() < Duration::from_secs(4));
     // The device is still served afterwards.
-    let reply = tunnel(
-        &env.nats,
-        &env.names,
-        &guid,
-        general_settings_request(&guid, None),
-    )
-    .await
-    .unwrap();
-    assert!(reply.payload.starts_with(b"HTTP/1.1 401"));
+    let reply = client
+        .request(
+            &guid,
+            None,
+            general_settings_request(&guid, None).into(),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(reply.starts_with(b"HTTP/1.1 401"));
+    fleet.stop().await;
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_dropping_mid_request_gets_device_dropped() {
+    let env = TestEnv::new("reset").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let mut cfg = env.enrolled_fleet(ingress.local_addr(), 1, 22, "").await;
+    // The device resets its TCP connection 2 s after it is up.
+    cfg.faults = vec![(Fault::AbruptReset(Duration::from_secs(2)), 1.0)];
+    cfg.reconnect_min = Duration::from_secs(60);
+    cfg.reconnect_max = Duration::from_secs(60);
+    let fleet = Fleet::start(cfg).unwrap();
+    assert_eq!(fleet.wait_connected(1, WAIT).await, 1);
+    env.wait_presence("present", WAIT, |p| p.len() == 1).await;
+    let client = env.tunnel().await;
+    let guid = fleet.identities()[0].guid.clone();
+    // A request the device will never complete, in flight when the reset comes.
+    let partial = bytes::Bytes::from_static(
+        b"POST /wsman HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+    );
+    let started = std::time::Instant::now();
+    match client.request(&guid, None, partial, WAIT).await {
+        Err(TunnelCallError::Failed { error, .. }) => assert_eq!(error, TunnelError::DeviceDropped),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered when the device dropped, not at the deadline"
+    );
+    let gone = env.wait_events("disconnected", 1, WAIT).await;
+    assert!(
+        matches!(&gone[0].1.payload, Some(Payload::DeviceDisconnected(d)) if d.reason == "io_error" || d.reason == "peer_closed")
+    );
     fleet.stop().await;
     ingress.shutdown().await;
     env.cleanup().await;
@@ -405,15 +436,17 @@ async fn malformed_and_oversized_frames_end_only_that_session() {
     env.wait_presence("healthy and split devices remain", WAIT, |p| p.len() == 4)
         .await;
     let guid = split.identities()[0].guid.clone();
-    let reply = tunnel(
-        &env.nats,
-        &env.names,
-        &guid,
-        general_settings_request(&guid, None),
-    )
-    .await
-    .unwrap();
-    assert!(reply.payload.starts_with(b"HTTP/1.1 401"));
+    let client = env.tunnel().await;
+    let reply = client
+        .request(
+            &guid,
+            None,
+            general_settings_request(&guid, None).into(),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    assert!(reply.starts_with(b"HTTP/1.1 401"));
     for f in [healthy, oversized, garbage, split] {
         f.stop().await;
     }

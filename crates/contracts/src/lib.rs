@@ -15,6 +15,13 @@ pub const DEFAULT_PREFIX: &str = "hp";
 /// Subject token used for devices that have no tenant (subject tokens cannot be empty).
 pub const NO_TENANT_TOKEN: &str = "_";
 
+/// What a request on a node's subject asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeOp {
+    Http,
+    Supersede,
+}
+
 /// All NATS names of one deployment, derived from its prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
@@ -63,20 +70,48 @@ impl Names {
         )
     }
 
-    /// `<p>.cira.<guid>.http`: request/reply tunnel to a device's HTTP ports (only the owning
-    /// ingress subscribes, so "no responders" means "not connected").
-    pub fn cira_http(&self, guid: &str) -> String {
-        format!("{}.cira.{}.http", self.prefix, token(guid))
+    /// `<p>.cira.node.<node>.>`: the one subscription an ingress node holds for all of its
+    /// devices (one per node, not one per device: see ARCHITECTURE.md, "Tunnel routing").
+    pub fn cira_node_wildcard(&self, node: &str) -> String {
+        format!("{}.cira.node.{}.>", self.prefix, token(node))
     }
 
-    /// `<p>.cira.<guid>.supersede`: a new session of the device asks the old one to close.
-    pub fn cira_supersede(&self, guid: &str) -> String {
-        format!("{}.cira.{}.supersede", self.prefix, token(guid))
+    /// `<p>.cira.node.<node>.http.<guid>`: request/reply tunnel to a device's HTTP ports on the
+    /// node that holds it (callers find the node in presence; see [`tunnel::TunnelClient`]).
+    pub fn cira_node_http(&self, node: &str, guid: &str) -> String {
+        format!(
+            "{}.cira.node.{}.http.{}",
+            self.prefix,
+            token(node),
+            token(guid)
+        )
     }
 
-    /// `<p>.cira.<guid>.*`: the one subscription a device session holds (http + supersede).
-    pub fn cira_device_wildcard(&self, guid: &str) -> String {
-        format!("{}.cira.{}.*", self.prefix, token(guid))
+    /// `<p>.cira.node.<node>.supersede.<guid>`: a new session of the device asks the old one,
+    /// on whichever node, to close.
+    pub fn cira_node_supersede(&self, node: &str, guid: &str) -> String {
+        format!(
+            "{}.cira.node.{}.supersede.{}",
+            self.prefix,
+            token(node),
+            token(guid)
+        )
+    }
+
+    /// Splits a subject received on [`Names::cira_node_wildcard`] into operation and guid.
+    pub fn parse_node_subject<'a>(
+        &self,
+        node: &str,
+        subject: &'a str,
+    ) -> Option<(NodeOp, &'a str)> {
+        let rest = subject.strip_prefix(&format!("{}.cira.node.{}.", self.prefix, token(node)))?;
+        let (op, guid) = rest.split_once('.')?;
+        let op = match op {
+            "http" => NodeOp::Http,
+            "supersede" => NodeOp::Supersede,
+            _ => return None,
+        };
+        (!guid.is_empty() && !guid.contains('.')).then_some((op, guid))
     }
 
     /// KV bucket: guid → presence of the device's current session.
@@ -127,15 +162,49 @@ mod tests {
             n.device_event("", g, "disconnected"),
             format!("t1.evt._.device.{g}.disconnected")
         );
-        assert_eq!(n.cira_http(g), format!("t1.cira.{g}.http"));
+        assert_eq!(
+            n.cira_node_http("n-1", g),
+            format!("t1.cira.node.n-1.http.{g}")
+        );
+        assert_eq!(
+            n.cira_node_supersede("n-1", g),
+            format!("t1.cira.node.n-1.supersede.{g}")
+        );
+        assert_eq!(n.cira_node_wildcard("n-1"), "t1.cira.node.n-1.>");
         assert_eq!(n.events_stream(), "T1_EVENTS");
         assert_eq!(n.presence_bucket(), "t1_presence");
     }
 
     #[test]
+    fn node_subjects_parse_back() {
+        let n = Names::new("t1");
+        let g = "4c4c4544-004b-4210-8033-b6c04f504633";
+        assert_eq!(
+            n.parse_node_subject("n-1", &n.cira_node_http("n-1", g)),
+            Some((NodeOp::Http, g))
+        );
+        assert_eq!(
+            n.parse_node_subject("n-1", &n.cira_node_supersede("n-1", g)),
+            Some((NodeOp::Supersede, g))
+        );
+        assert_eq!(
+            n.parse_node_subject("n-2", &n.cira_node_http("n-1", g)),
+            None
+        );
+        assert_eq!(
+            n.parse_node_subject("n-1", "t1.cira.node.n-1.other.x"),
+            None
+        );
+        assert_eq!(
+            n.parse_node_subject("n-1", "t1.cira.node.n-1.http.a.b"),
+            None
+        );
+    }
+
+    #[test]
     fn hostile_tokens_cannot_widen_a_subject() {
         let n = Names::default();
-        assert_eq!(n.cira_http("a.>*"), "hp.cira.a___.http");
+        assert_eq!(n.cira_node_http("x", "a.>*"), "hp.cira.node.x.http.a___");
         assert_eq!(n.device_event("x.y", "g", "k"), "hp.evt.x_y.device.g.k");
     }
 }

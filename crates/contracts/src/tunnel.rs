@@ -82,3 +82,113 @@ mod tests {
         assert_eq!(TunnelError::from_code("nope"), None);
     }
 }
+
+/// Why a tunnel call failed, as a caller sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelCallError {
+    /// No session: no presence entry, a dead node, or a node that no longer holds the device.
+    #[error("device {0} is not connected")]
+    NotConnected(String),
+    /// The ingress or the device failed the request.
+    #[error("device {guid}: {error}: {detail}")]
+    Failed {
+        guid: String,
+        error: TunnelError,
+        detail: String,
+    },
+    /// No answer within the caller's deadline.
+    #[error("device {0}: no answer in time")]
+    Timeout(String),
+    /// NATS itself failed (disconnected, bucket unavailable).
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+/// Sends HTTP requests to devices through whichever ingress node holds them: the node is read
+/// from the presence bucket, the request goes to that node's subject.
+#[derive(Clone)]
+pub struct TunnelClient {
+    nats: async_nats::Client,
+    names: crate::Names,
+    presence: async_nats::jetstream::kv::Store,
+}
+
+impl TunnelClient {
+    pub async fn new(
+        nats: async_nats::Client,
+        names: crate::Names,
+    ) -> Result<Self, crate::presence::PresenceError> {
+        let js = async_nats::jetstream::new(nats.clone());
+        let presence = crate::presence::presence_bucket(&js, &names).await?;
+        Ok(Self {
+            nats,
+            names,
+            presence,
+        })
+    }
+
+    /// Where the device's current session is, if it has one.
+    pub async fn locate(
+        &self,
+        guid: &str,
+    ) -> Result<Option<crate::presence::Presence>, TunnelCallError> {
+        match self.presence.get(guid).await {
+            Ok(Some(v)) => Ok(serde_json::from_slice(&v).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(TunnelCallError::Nats(e.to_string())),
+        }
+    }
+
+    /// Sends `http` (a complete HTTP/1.1 request) to `port` of the device (default
+    /// [`DEFAULT_PORT`]) and returns the device's complete HTTP response.
+    pub async fn request(
+        &self,
+        guid: &str,
+        port: Option<u32>,
+        http: bytes::Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<bytes::Bytes, TunnelCallError> {
+        let Some(presence) = self.locate(guid).await? else {
+            return Err(TunnelCallError::NotConnected(guid.to_string()));
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(port) = port {
+            headers.insert(PORT_HEADER, port.to_string().as_str());
+        }
+        let subject = self.names.cira_node_http(&presence.node, guid);
+        let call = self.nats.request_with_headers(subject, headers, http);
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(TunnelCallError::Timeout(guid.to_string())),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                // The node in presence is gone.
+                return Err(TunnelCallError::NotConnected(guid.to_string()));
+            }
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                return Err(TunnelCallError::Timeout(guid.to_string()))
+            }
+            Ok(Err(e)) => return Err(TunnelCallError::Nats(e.to_string())),
+            Ok(Ok(reply)) => reply,
+        };
+        let code = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ERROR_HEADER))
+            .map(|v| v.as_str().to_string());
+        match code {
+            None => Ok(reply.payload),
+            Some(code) => match TunnelError::from_code(&code) {
+                Some(TunnelError::NotConnected) => {
+                    Err(TunnelCallError::NotConnected(guid.to_string()))
+                }
+                Some(error) => Err(TunnelCallError::Failed {
+                    guid: guid.to_string(),
+                    error,
+                    detail: String::from_utf8_lossy(&reply.payload).into_owned(),
+                }),
+                None => Err(TunnelCallError::Nats(format!(
+                    "unknown tunnel error {code:?}"
+                ))),
+            },
+        }
+    }
+}

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod config;
 pub mod metrics;
+mod registry;
 mod session;
 pub mod tls;
 
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     pub presence: kv::Store,
     pub metrics: Arc<Metrics>,
     pub limiter: auth::FailureLimiter,
+    /// Live sessions of this node, by device guid.
+    pub sessions: registry::Registry,
     /// Fires when the node drains: sessions disconnect their devices.
     pub drain: CancellationToken,
 }
@@ -77,6 +80,7 @@ pub struct Ingress {
     stop_background: CancellationToken,
     draining: Arc<AtomicBool>,
     nodes: kv::Store,
+    dispatcher: tokio::task::JoinHandle<()>,
 }
 
 impl Ingress {
@@ -121,8 +125,15 @@ impl Ingress {
             presence: presence_kv,
             metrics: Arc::new(Metrics::default()),
             limiter: auth::FailureLimiter::default(),
+            sessions: registry::Registry::default(),
             drain: CancellationToken::new(),
         });
+        let node_sub = shared
+            .nats
+            .subscribe(shared.names.cira_node_wildcard(&shared.node_id))
+            .await
+            .map_err(|e| StartError::JetStream(format!("subscribing the node subject: {e}")))?;
+        let dispatcher = tokio::spawn(registry::dispatch(shared.clone(), node_sub));
         let draining = Arc::new(AtomicBool::new(false));
         background.spawn(heartbeat_loop(
             shared.clone(),
@@ -149,6 +160,7 @@ impl Ingress {
             stop_background,
             draining,
             nodes,
+            dispatcher,
         })
     }
 
@@ -197,6 +209,7 @@ impl Ingress {
                 "drain grace period over; closing remaining sessions"
             );
         }
+        self.dispatcher.abort();
         if !self.shared.events.flush(Duration::from_secs(5)).await {
             tracing::warn!("some events were not acknowledged before exit");
         }

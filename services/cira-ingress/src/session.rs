@@ -6,9 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::{HeaderMap, Subject, Subscriber};
+use async_nats::Subject;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use homeport_apf::{ChannelId, DisconnectReason, ServerConfig, ServerEvent, ServerSession};
 use homeport_contracts::events::envelope;
 use homeport_contracts::presence::Presence;
@@ -18,9 +17,11 @@ use homeport_runtime::io::read_some;
 use openssl::ssl::Ssl;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_openssl::SslStream;
 
 use crate::auth::{self, AuthFailure};
+use crate::registry::{reply_error, SessionCmd};
 use crate::Shared;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,7 +72,10 @@ impl End {
 }
 
 enum AuthOutcome {
-    Accepted { tenant: String, sub: Subscriber },
+    Accepted {
+        tenant: String,
+        rx: mpsc::Receiver<SessionCmd>,
+    },
     Rejected(auth::Rejected),
 }
 
@@ -90,7 +94,7 @@ enum Step {
     Drain,
     Input(std::io::Result<Vec<u8>>),
     Auth(AuthOutcome),
-    Nats(Option<async_nats::Message>),
+    Cmd(Option<SessionCmd>),
     Timer,
 }
 
@@ -98,14 +102,16 @@ struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     session: ServerSession,
-    session_id: String,
+    session_id: u64,
     guid: Option<String>,
     apf_version: (u32, u32),
     tenant: String,
     auth_attempt: u32,
     /// The login in progress (a task: the session stays responsive while it runs).
     auth: Option<tokio::task::JoinHandle<AuthOutcome>>,
-    sub: Option<Subscriber>,
+    /// Commands from the node's dispatcher, once logged in.
+    rx: Option<mpsc::Receiver<SessionCmd>>,
+    registered: bool,
     ready_at: Option<Instant>,
     presence_rev: Option<u64>,
     pending: Vec<Pending>,
@@ -164,7 +170,7 @@ impl Conn {
         };
         Self {
             session: ServerSession::new(config, Instant::now()),
-            session_id: format!("{:016x}", fastrand::u64(..)),
+            session_id: fastrand::u64(..),
             shared,
             peer,
             guid: None,
@@ -172,7 +178,8 @@ impl Conn {
             tenant: String::new(),
             auth_attempt: 0,
             auth: None,
-            sub: None,
+            rx: None,
+            registered: false,
             ready_at: None,
             presence_rev: None,
             pending: Vec::new(),
@@ -201,7 +208,7 @@ impl Conn {
                 _ = self.shared.drain.cancelled(), if !self.draining => Step::Drain,
                 r = read_some(stream) => Step::Input(r),
                 o = poll_auth(&mut self.auth), if self.auth.is_some() => Step::Auth(o),
-                m = next_message(&mut self.sub), if self.sub.is_some() => Step::Nats(m),
+                c = next_cmd(&mut self.rx), if self.rx.is_some() => Step::Cmd(c),
                 _ = tokio::time::sleep_until(deadline.into()) => Step::Timer,
             };
             match step {
@@ -217,11 +224,9 @@ impl Conn {
                     self.auth = None;
                     self.on_auth(outcome);
                 }
-                Step::Nats(Some(msg)) => self.on_nats(msg).await,
-                Step::Nats(None) => {
-                    tracing::warn!(device = ?self.guid, "device subscription ended");
-                    self.sub = None;
-                }
+                Step::Cmd(Some(SessionCmd::Http(msg))) => self.on_http(*msg).await,
+                Step::Cmd(Some(SessionCmd::Supersede(reply))) => self.on_supersede(*reply).await,
+                Step::Cmd(None) => self.rx = None,
                 Step::Timer => {
                     let now = Instant::now();
                     self.session.handle_timeout(now);
@@ -302,7 +307,7 @@ impl Conn {
                     };
                     let shared = self.shared.clone();
                     let peer = self.peer;
-                    let session_id = self.session_id.clone();
+                    let session_id = self.session_id;
                     let password = password.expose().as_bytes().to_vec();
                     self.auth = Some(tokio::spawn(login(
                         shared, guid, username, password, peer, session_id,
@@ -360,9 +365,10 @@ impl Conn {
 
     fn on_auth(&mut self, outcome: AuthOutcome) {
         match outcome {
-            AuthOutcome::Accepted { tenant, sub } => {
+            AuthOutcome::Accepted { tenant, rx } => {
                 self.tenant = tenant;
-                self.sub = Some(sub);
+                self.rx = Some(rx);
+                self.registered = true;
                 self.session.accept_auth();
             }
             AuthOutcome::Rejected(r) => {
@@ -392,7 +398,7 @@ impl Conn {
         };
         let presence = Presence {
             node: self.shared.node_id.clone(),
-            session: self.session_id.clone(),
+            session: format!("{:016x}", self.session_id),
             tenant: self.tenant.clone(),
             connected_at: chrono::Utc::now().to_rfc3339(),
             remote: self.peer.to_string(),
@@ -412,7 +418,7 @@ impl Conn {
         let mut ev = envelope(&self.tenant, &guid, "connected", &self.shared.source);
         ev.payload = Some(Payload::DeviceConnected(proto::DeviceConnected {
             node: self.shared.node_id.clone(),
-            session: self.session_id.clone(),
+            session: format!("{:016x}", self.session_id),
             remote_addr: self.peer.to_string(),
             apf_major: self.apf_version.0,
             apf_minor: self.apf_version.1,
@@ -431,26 +437,33 @@ impl Conn {
         }
     }
 
-    async fn on_nats(&mut self, msg: async_nats::Message) {
-        if msg.subject.as_str().ends_with(".supersede") {
-            // Leave the subjects first, so the new session is their only subscriber.
-            if let Some(mut sub) = self.sub.take() {
-                let _ = sub.unsubscribe().await;
-            }
-            if let Some(reply) = msg.reply {
-                let _ = self
-                    .shared
-                    .nats
-                    .publish(reply, Bytes::from_static(b"closing"))
-                    .await;
-            }
+    async fn on_supersede(&mut self, reply: Option<Subject>) {
+        // Leave the registry first, so the new session is the only one requests reach.
+        self.deregister();
+        if let Some(reply) = reply {
+            let _ = self
+                .shared
+                .nats
+                .publish(reply, Bytes::from_static(b"closing"))
+                .await;
             let _ = self.shared.nats.flush().await;
-            self.shared.metrics.superseded.inc();
-            tracing::info!(device = ?self.guid, "device reconnected elsewhere; closing this session");
-            self.session.disconnect(DisconnectReason::BY_APPLICATION);
-            self.set_end(End::Superseded);
-            return;
         }
+        self.shared.metrics.superseded.inc();
+        tracing::info!(device = ?self.guid, "device reconnected; closing this older session");
+        self.session.disconnect(DisconnectReason::BY_APPLICATION);
+        self.set_end(End::Superseded);
+    }
+
+    fn deregister(&mut self) {
+        if self.registered {
+            self.registered = false;
+            if let Some(guid) = &self.guid {
+                self.shared.sessions.deregister(guid, self.session_id);
+            }
+        }
+    }
+
+    async fn on_http(&mut self, msg: async_nats::Message) {
         let Some(reply) = msg.reply else { return };
         self.shared.metrics.tunnel_requests.inc();
         if self.ready_at.is_none() || self.end.is_some() {
@@ -577,32 +590,34 @@ impl Conn {
     }
 
     async fn reply_error(&self, reply: Subject, error: TunnelError, detail: &str) {
-        self.shared.metrics.tunnel_errors.inc();
-        let mut headers = HeaderMap::new();
-        headers.insert(tunnel::ERROR_HEADER, error.code());
-        if let Err(e) = self
-            .shared
-            .nats
-            .publish_with_headers(reply, headers, Bytes::from(detail.to_string()))
-            .await
-        {
-            tracing::warn!(device = ?self.guid, error = %e, "tunnel error reply not sent");
-        }
+        reply_error(&self.shared, reply, error, detail).await;
     }
 
-    /// Releases everything the session held: pending requests, subscription, presence, and
+    /// Releases everything the session held: registry entry, pending requests, presence, and
     /// publishes `disconnected` for a session that was connected.
     async fn finish(&mut self) {
         let end = self.end.take().unwrap_or(End::PeerClosed);
         if let Some(task) = self.auth.take() {
             task.abort();
         }
+        // Unconditionally: a login task aborted mid-way may have registered already.
+        self.registered = true;
+        self.deregister();
         for p in std::mem::take(&mut self.pending) {
             self.fail(p, TunnelError::DeviceDropped, "device disconnected")
                 .await;
         }
-        if let Some(mut sub) = self.sub.take() {
-            let _ = sub.unsubscribe().await;
+        if let Some(mut rx) = self.rx.take() {
+            // Requests queued behind the end of the session get a clear answer.
+            rx.close();
+            while let Ok(cmd) = rx.try_recv() {
+                if let SessionCmd::Http(msg) = cmd {
+                    if let Some(reply) = msg.reply {
+                        self.reply_error(reply, TunnelError::DeviceDropped, "device disconnected")
+                            .await;
+                    }
+                }
+            }
         }
         let (Some(guid), Some(ready_at)) = (self.guid.clone(), self.ready_at) else {
             return;
@@ -621,7 +636,7 @@ impl Conn {
         let mut ev = envelope(&self.tenant, &guid, "disconnected", &self.shared.source);
         ev.payload = Some(Payload::DeviceDisconnected(proto::DeviceDisconnected {
             node: self.shared.node_id.clone(),
-            session: self.session_id.clone(),
+            session: format!("{:016x}", self.session_id),
             reason: end.code().to_string(),
             detail: end.detail(),
             duration_seconds: ready_at.elapsed().as_secs(),
@@ -644,52 +659,38 @@ async fn poll_auth(auth: &mut Option<tokio::task::JoinHandle<AuthOutcome>>) -> A
     }
 }
 
-async fn next_message(sub: &mut Option<Subscriber>) -> Option<async_nats::Message> {
-    match sub {
-        Some(s) => s.next().await,
+async fn next_cmd(rx: &mut Option<mpsc::Receiver<SessionCmd>>) -> Option<SessionCmd> {
+    match rx {
+        Some(rx) => rx.recv().await,
         None => pending().await,
     }
 }
 
 /// Checks the credentials; on success takes the device over from any older session (on any
-/// node) and subscribes to its subjects before the device is told it is logged in.
+/// node) and registers with the node's dispatcher before the device is told it is logged in.
 async fn login(
     shared: Arc<Shared>,
     guid: String,
     username: String,
     password: Vec<u8>,
     peer: SocketAddr,
-    session_id: String,
+    session_id: u64,
 ) -> AuthOutcome {
     match auth::check(&shared.store, &shared.secrets, &guid, &username, &password).await {
         Ok(login) => {
-            let supersede = shared
-                .nats
-                .request(shared.names.cira_supersede(&guid), session_id.into());
-            match tokio::time::timeout(SUPERSEDE_TIMEOUT, supersede).await {
-                Ok(Ok(_)) => tracing::debug!(device = %guid, "older session closed"),
-                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(device = %guid, error = %e, "superseding older session failed")
-                }
-                Err(_) => tracing::warn!(device = %guid, "older session did not confirm closing"),
+            supersede_recorded(&shared, &guid, session_id).await;
+            let (tx, rx) = mpsc::channel(shared.config.tunnel_concurrency + 2);
+            if let Some(older) = shared.sessions.register(&guid, session_id, tx) {
+                // An older session on this node that had not recorded presence yet.
+                let _ = tokio::time::timeout(
+                    SUPERSEDE_TIMEOUT,
+                    older.send(SessionCmd::Supersede(Box::new(None))),
+                )
+                .await;
             }
-            match shared
-                .nats
-                .subscribe(shared.names.cira_device_wildcard(&guid))
-                .await
-            {
-                Ok(sub) => AuthOutcome::Accepted {
-                    tenant: login.tenant,
-                    sub,
-                },
-                Err(e) => {
-                    tracing::warn!(device = %guid, error = %e, "cannot subscribe device subjects");
-                    AuthOutcome::Rejected(auth::Rejected {
-                        why: AuthFailure::StoreUnavailable,
-                        tenant: login.tenant,
-                    })
-                }
+            AuthOutcome::Accepted {
+                tenant: login.tenant,
+                rx,
             }
         }
         Err(rejected) => {
@@ -699,5 +700,32 @@ async fn login(
             }
             AuthOutcome::Rejected(rejected)
         }
+    }
+}
+
+/// Asks the session recorded in presence, if it is not this one, to close, and waits for it
+/// (a dead node answers "no responders" at once).
+async fn supersede_recorded(shared: &Shared, guid: &str, session_id: u64) {
+    let recorded = match tokio::time::timeout(NATS_OP_TIMEOUT, shared.presence.get(guid)).await {
+        Ok(Ok(Some(v))) => serde_json::from_slice::<Presence>(&v).ok(),
+        _ => None,
+    };
+    let Some(old) = recorded else { return };
+    if old.session == format!("{session_id:016x}") {
+        return;
+    }
+    let subject = shared.names.cira_node_supersede(&old.node, guid);
+    match tokio::time::timeout(
+        SUPERSEDE_TIMEOUT,
+        shared.nats.request(subject, Bytes::new()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => tracing::debug!(device = %guid, node = %old.node, "older session closed"),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+        Ok(Err(e)) => {
+            tracing::warn!(device = %guid, error = %e, "superseding the older session failed")
+        }
+        Err(_) => tracing::warn!(device = %guid, "older session did not confirm closing"),
     }
 }

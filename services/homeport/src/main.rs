@@ -227,27 +227,34 @@ async fn probe_tunnel(nats: &async_nats::Client, names: &homeport_contracts::Nam
     let Some(id) = fleet.identities().first() else {
         return;
     };
+    let client =
+        match homeport_contracts::tunnel::TunnelClient::new(nats.clone(), names.clone()).await {
+            Ok(c) => c,
+            Err(e) => return println!("Tunnel check failed: {e}"),
+        };
     let request = format!(
         "POST /wsman HTTP/1.1\r\nHost: {}:16992\r\nContent-Length: 0\r\n\r\n",
         id.guid
     );
     let started = Instant::now();
-    match tokio::time::timeout(
-        Duration::from_secs(10),
-        nats.request(names.cira_http(&id.guid), request.into_bytes().into()),
-    )
-    .await
+    match client
+        .request(
+            &id.guid,
+            None,
+            request.into_bytes().into(),
+            Duration::from_secs(10),
+        )
+        .await
     {
-        Ok(Ok(reply)) => {
-            let text = String::from_utf8_lossy(&reply.payload);
+        Ok(reply) => {
+            let text = String::from_utf8_lossy(&reply);
             let status = text.lines().next().unwrap_or_default();
             println!(
-                "Tunnel check: device {} answered \"{status}\" through NATS → ingress → APF channel in {:.1} ms",
+                "Tunnel check: device {} answered \"{status}\" (NATS → ingress → APF channel → device) in {:.1} ms",
                 id.guid,
                 started.elapsed().as_secs_f64() * 1000.0
             );
         }
-        Ok(Err(e)) => println!("Tunnel check failed: {e}"),
-        Err(_) => println!("Tunnel check timed out"),
+        Err(e) => println!("Tunnel check failed: {e}"),
     }
 }

@@ -1,0 +1,171 @@
+//! The node's table of live device sessions, and the dispatcher that routes the node's one
+//! NATS subscription (`<p>.cira.node.<node>.>`) to them.
+//!
+//! One subscription per node instead of one per device: an async-nats subscription costs about
+//! 6 KiB of client memory (a 32-slot channel block of 184-byte messages), a session's entry
+//! here about half a KiB.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::{HeaderMap, Subject, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use homeport_contracts::tunnel::{self, TunnelError};
+use homeport_contracts::NodeOp;
+use tokio::sync::mpsc;
+
+use crate::Shared;
+
+/// What the dispatcher hands a session. Both variants are boxed so a channel slot is small.
+pub(crate) enum SessionCmd {
+    /// A tunnel request.
+    Http(Box<async_nats::Message>),
+    /// A newer session of the device asks this one to close; reply (if any) once closed.
+    Supersede(Box<Option<Subject>>),
+}
+
+struct Entry {
+    session: u64,
+    tx: mpsc::Sender<SessionCmd>,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    inner: Mutex<HashMap<String, Entry>>,
+}
+
+impl Registry {
+    /// Registers a session; returns the previous session of the same device on this node.
+    pub fn register(
+        &self,
+        guid: &str,
+        session: u64,
+        tx: mpsc::Sender<SessionCmd>,
+    ) -> Option<mpsc::Sender<SessionCmd>> {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(guid.to_string(), Entry { session, tx })
+            .filter(|old| old.session != session)
+            .map(|old| old.tx)
+    }
+
+    /// Removes the device's entry if it is still this session's.
+    pub fn deregister(&self, guid: &str, session: u64) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(guid).is_some_and(|e| e.session == session) {
+            map.remove(guid);
+        }
+    }
+
+    fn sender(&self, guid: &str) -> Option<mpsc::Sender<SessionCmd>> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(guid).map(|e| e.tx.clone())
+    }
+}
+
+/// Routes the node's subject to sessions until the subscription ends.
+pub(crate) async fn dispatch(shared: Arc<Shared>, mut sub: Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Some((op, guid)) = shared
+            .names
+            .parse_node_subject(&shared.node_id, msg.subject.as_str())
+        else {
+            continue;
+        };
+        let sender = shared.sessions.sender(guid);
+        match (op, sender) {
+            (NodeOp::Http, Some(tx)) => {
+                let reply = msg.reply.clone();
+                match tx.try_send(SessionCmd::Http(Box::new(msg))) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if let Some(r) = reply {
+                            reply_error(
+                                &shared,
+                                r,
+                                TunnelError::Busy,
+                                "too many requests queued for this device",
+                            )
+                            .await;
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        if let Some(r) = reply {
+                            reply_error(
+                                &shared,
+                                r,
+                                TunnelError::NotConnected,
+                                "device session ended",
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+            (NodeOp::Http, None) => {
+                shared.metrics.tunnel_requests.inc();
+                if let Some(r) = msg.reply {
+                    reply_error(
+                        &shared,
+                        r,
+                        TunnelError::NotConnected,
+                        "this node holds no session of the device",
+                    )
+                    .await;
+                }
+            }
+            (NodeOp::Supersede, Some(tx)) => {
+                // Rare; never let it block the dispatcher.
+                tokio::spawn(async move {
+                    let _ = tx.send(SessionCmd::Supersede(Box::new(msg.reply))).await;
+                });
+            }
+            (NodeOp::Supersede, None) => {
+                if let Some(r) = msg.reply {
+                    let _ = shared
+                        .nats
+                        .publish(r, Bytes::from_static(b"no session"))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Answers a tunnel request with an error code and a human-readable detail.
+pub(crate) async fn reply_error(shared: &Shared, reply: Subject, error: TunnelError, detail: &str) {
+    shared.metrics.tunnel_errors.inc();
+    let mut headers = HeaderMap::new();
+    headers.insert(tunnel::ERROR_HEADER, error.code());
+    if let Err(e) = shared
+        .nats
+        .publish_with_headers(reply, headers, Bytes::from(detail.to_string()))
+        .await
+    {
+        tracing::warn!(error = %e, "tunnel error reply not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_session_replaces_and_older_cannot_remove_it() {
+        let r = Registry::default();
+        let (a, _ra) = mpsc::channel(1);
+        let (b, _rb) = mpsc::channel(1);
+        assert!(r.register("g", 1, a).is_none());
+        assert!(
+            r.register("g", 2, b).is_some(),
+            "the older session is handed back"
+        );
+        r.deregister("g", 1);
+        assert!(
+            r.sender("g").is_some(),
+            "the old session's exit keeps the new entry"
+        );
+        r.deregister("g", 2);
+        assert!(r.sender("g").is_none());
+    }
+}
