@@ -31,6 +31,9 @@ use tokio_util::task::TaskTracker;
 pub use config::IngressConfig;
 pub use metrics::{IngressObservable, Metrics};
 
+/// TLS handshakes in progress at once per node.
+const MAX_CONCURRENT_HANDSHAKES: usize = 64;
+
 /// Everything the ingress needs, ready-made: tests build these without ports or environment.
 pub struct IngressParts {
     pub config: IngressConfig,
@@ -66,6 +69,9 @@ pub(crate) struct Shared {
     pub limiter: auth::FailureLimiter,
     /// Live sessions of this node, by device guid.
     pub sessions: registry::Registry,
+    /// TLS handshakes in progress at once: bounds the CPU and transient memory of reconnect
+    /// storms; waiting connections hold only a socket.
+    pub handshakes: Semaphore,
     /// Fires when the node drains: sessions disconnect their devices.
     pub drain: CancellationToken,
 }
@@ -126,6 +132,7 @@ impl Ingress {
             metrics: Arc::new(Metrics::default()),
             limiter: auth::FailureLimiter::default(),
             sessions: registry::Registry::default(),
+            handshakes: Semaphore::new(MAX_CONCURRENT_HANDSHAKES),
             drain: CancellationToken::new(),
         });
         let node_sub = shared

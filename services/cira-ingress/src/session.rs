@@ -138,6 +138,7 @@ async fn tls_accept(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Option<SslStream<TcpStream>> {
+    let _permit = shared.handshakes.acquire().await.ok()?;
     let ssl = Ssl::new(shared.tls.context()).ok()?;
     let mut stream = SslStream::new(ssl, tcp).ok()?;
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, Pin::new(&mut stream).accept()).await {
