@@ -590,3 +590,44 @@ async fn modern_clients_get_ecdsa_and_static_rsa_firmware_gets_rsa() {
     ingress.shutdown().await;
     env.cleanup().await;
 }
+
+/// Whether a TLS 1.0-only client (firmware of the AMT 6–9 era) completes a handshake.
+async fn tls10_handshake(addr: std::net::SocketAddr) -> bool {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client()).unwrap();
+    b.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    b.set_min_proto_version(Some(openssl::ssl::SslVersion::TLS1))
+        .unwrap();
+    b.set_max_proto_version(Some(openssl::ssl::SslVersion::TLS1))
+        .unwrap();
+    b.set_cipher_list("AES128-SHA:AES256-SHA:@SECLEVEL=0")
+        .unwrap();
+    let ssl = b
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("localhost")
+        .unwrap();
+    let mut s = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    std::pin::Pin::new(&mut s).connect().await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_0_only_behind_the_legacy_switch() {
+    let env = TestEnv::new("legacy").await;
+    let default = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let mut legacy_cfg = TestEnv::ingress_config();
+    legacy_cfg.tls_profile = TlsProfile::Legacy;
+    let legacy = env.start_ingress("node-b", legacy_cfg).await;
+    assert!(
+        !tls10_handshake(default.local_addr()).await,
+        "default profile refuses TLS 1.0"
+    );
+    assert!(
+        tls10_handshake(legacy.local_addr()).await,
+        "legacy profile accepts TLS 1.0"
+    );
+    default.shutdown().await;
+    legacy.shutdown().await;
+    env.cleanup().await;
+}

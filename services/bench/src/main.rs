@@ -325,7 +325,10 @@ async fn cira_inner(
     eprintln!("connecting {n} devices through {processes} simulator process(es)…");
     let started = Instant::now();
     let mut sims = Vec::new();
-    let source_ips = (n / 20_000 + 1).to_string();
+    // Each simulator process dials one node, so the kernel picks ports per destination and
+    // one process stays under the ~28k ephemeral ports of a 4-tuple. Binding source addresses
+    // is only needed beyond that, and costs the kernel a port search per bind.
+    let source_ips = if per > 25_000 { per.div_ceil(4_000) } else { 0 }.to_string();
     for (i, node) in nodes.iter().enumerate() {
         let first = i as u64 * per;
         let count = per.min(n - first);

@@ -393,4 +393,39 @@ mod tests {
         }
         assert!(!format!("{bundle:?}").contains("PRIVATE"));
     }
+
+    #[tokio::test]
+    async fn certificates_are_generated_once_and_never_over_an_unreadable_store() {
+        let dir = std::env::temp_dir().join(format!("homeport-tls-{:x}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = homeport_secrets::LocalFileConfig::new(dir.join("s.enc"), dir.join("s.key"));
+        let store: DynSecretStore = std::sync::Arc::new(
+            homeport_secrets::LocalFileStore::open(config.clone())
+                .await
+                .unwrap(),
+        );
+        let first = load_or_generate(&store, "cira.test", &[]).await.unwrap();
+        let again = load_or_generate(&store, "cira.test", &[]).await.unwrap();
+        assert_eq!(
+            first.chain_pem, again.chain_pem,
+            "generated once, then reused"
+        );
+        assert!(first.ec.is_some());
+        // The store becomes unreadable (tampered file): an error, not a new certificate.
+        let stored = std::fs::read(dir.join("s.enc")).unwrap();
+        let mut tampered = stored.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0xff;
+        std::fs::write(dir.join("s.enc"), &tampered).unwrap();
+        assert!(matches!(
+            load_or_generate(&store, "cira.test", &[]).await,
+            Err(TlsError::Store(_))
+        ));
+        assert_eq!(
+            std::fs::read(dir.join("s.enc")).unwrap(),
+            tampered,
+            "nothing was written"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
