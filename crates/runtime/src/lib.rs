@@ -71,7 +71,7 @@ pub struct CommonArgs {
     #[arg(long, env = "HOMEPORT_VAULT_MOUNT", default_value = "secret")]
     pub vault_mount: String,
     /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "HOMEPORT_LOG", default_value = "info")]
+    #[arg(long, env = "HOMEPORT_LOG", default_value = "info,async_nats=warn,sqlx=warn,sea_orm_migration=warn")]
     pub log: String,
 }
 
