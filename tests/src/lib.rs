@@ -140,6 +140,44 @@ impl TestEnv {
         cfg
     }
 
+    /// Starts `cfg`'s devices and waits until all are connected and present.
+    pub async fn start_connected(
+        &self,
+        cfg: SimConfig,
+        timeout: Duration,
+    ) -> homeport_amt_sim::Fleet {
+        let n = cfg.devices;
+        let fleet = homeport_amt_sim::Fleet::start(cfg).expect("fleet starts");
+        assert_eq!(
+            fleet.wait_connected(n, timeout).await,
+            n,
+            "devices connected"
+        );
+        self.wait_presence("every device present", timeout, |p| p.len() as u64 >= n)
+            .await;
+        fleet
+    }
+
+    /// Asserts that the device answers through the tunnel (with AMT's digest challenge).
+    pub async fn assert_reachable(&self, guid: &str) {
+        let reply = self
+            .tunnel()
+            .await
+            .request(
+                guid,
+                None,
+                general_settings_request(guid, None).into(),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("tunnel request");
+        assert!(
+            reply.starts_with(b"HTTP/1.1 401"),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+
     /// A tunnel client of this test's deployment.
     pub async fn tunnel(&self) -> homeport_contracts::tunnel::TunnelClient {
         homeport_contracts::tunnel::TunnelClient::new(self.nats.clone(), self.names.clone())
@@ -264,6 +302,10 @@ impl TestEnv {
         }
     }
 }
+
+/// An HTTP request whose body never arrives in full: a device waits for the rest forever.
+pub const INCOMPLETE_REQUEST: &[u8] =
+    b"POST /wsman HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc";
 
 /// A WS-Man Get of AMT_GeneralSettings, optionally with a digest Authorization header.
 pub fn general_settings_request(guid: &str, authorization: Option<&str>) -> Vec<u8> {

@@ -210,17 +210,7 @@ async fn reconnect_on_another_node_supersedes_the_old_session() {
     );
     // Exactly one node answers the device's tunnel now.
     let guid = second.identities()[0].guid.clone();
-    let client = env.tunnel().await;
-    let reply = client
-        .request(
-            &guid,
-            None,
-            general_settings_request(&guid, None).into(),
-            WAIT,
-        )
-        .await
-        .unwrap();
-    assert!(reply.starts_with(b"HTTP/1.1 401"));
+    env.assert_reachable(&guid).await;
     assert_eq!(b.metrics().channel_opens.get(), 1);
     assert_eq!(a.metrics().channel_opens.get(), 0);
     first.stop().await;
@@ -339,15 +329,11 @@ async fn device_not_answering_gets_a_clear_error_within_the_deadline() {
     config.tunnel_timeout_ms = 2_000;
     let ingress = env.start_ingress("node-a", config).await;
     let cfg = env.enrolled_fleet(ingress.local_addr(), 1, 16, "").await;
-    let fleet = Fleet::start(cfg).unwrap();
-    assert_eq!(fleet.wait_connected(1, WAIT).await, 1);
-    env.wait_presence("present", WAIT, |p| p.len() == 1).await;
+    let fleet = env.start_connected(cfg, WAIT).await;
     let client = env.tunnel().await;
     let guid = fleet.identities()[0].guid.clone();
-    // An incomplete request: the device waits for the rest, so the ingress' deadline fires.
-    let partial = bytes::Bytes::from_static(
-        b"POST /wsman HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
-    );
+    // The device waits for the rest of the request, so the ingress' deadline fires.
+    let partial = bytes::Bytes::from_static(INCOMPLETE_REQUEST);
     let started = std::time::Instant::now();
     match client.request(&guid, None, partial, WAIT).await {
         Err(TunnelCallError::Failed { error, .. }) => assert_eq!(error, TunnelError::Timeout),
@@ -379,15 +365,11 @@ async fn device_dropping_mid_request_gets_device_dropped() {
     cfg.faults = vec![(Fault::AbruptReset(Duration::from_secs(2)), 1.0)];
     cfg.reconnect_min = Duration::from_secs(60);
     cfg.reconnect_max = Duration::from_secs(60);
-    let fleet = Fleet::start(cfg).unwrap();
-    assert_eq!(fleet.wait_connected(1, WAIT).await, 1);
-    env.wait_presence("present", WAIT, |p| p.len() == 1).await;
+    let fleet = env.start_connected(cfg, WAIT).await;
     let client = env.tunnel().await;
     let guid = fleet.identities()[0].guid.clone();
     // A request the device will never complete, in flight when the reset comes.
-    let partial = bytes::Bytes::from_static(
-        b"POST /wsman HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
-    );
+    let partial = bytes::Bytes::from_static(INCOMPLETE_REQUEST);
     let started = std::time::Instant::now();
     match client.request(&guid, None, partial, WAIT).await {
         Err(TunnelCallError::Failed { error, .. }) => assert_eq!(error, TunnelError::DeviceDropped),
@@ -436,17 +418,7 @@ async fn malformed_and_oversized_frames_end_only_that_session() {
     env.wait_presence("healthy and split devices remain", WAIT, |p| p.len() == 4)
         .await;
     let guid = split.identities()[0].guid.clone();
-    let client = env.tunnel().await;
-    let reply = client
-        .request(
-            &guid,
-            None,
-            general_settings_request(&guid, None).into(),
-            WAIT,
-        )
-        .await
-        .unwrap();
-    assert!(reply.starts_with(b"HTTP/1.1 401"));
+    env.assert_reachable(&guid).await;
     for f in [healthy, oversized, garbage, split] {
         f.stop().await;
     }

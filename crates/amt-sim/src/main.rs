@@ -77,20 +77,15 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("amt-sim: {e}");
-            std::process::exit(1);
-        }
+    let log = match &cli.command {
+        Command::Enroll { common, .. } => common.log.clone(),
+        Command::Run { log, .. } => log.clone(),
     };
-    if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("amt-sim: {e:#}");
-        std::process::exit(1);
-    }
+    let valid = match &cli.command {
+        Command::Enroll { common, .. } => common.validate(),
+        Command::Run { .. } => Ok(()),
+    };
+    homeport_runtime::run_main("amt-sim", valid, &log, || run(cli));
 }
 
 fn parse_fault(s: &str) -> anyhow::Result<(Fault, f64)> {
@@ -148,9 +143,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ca_file,
             faults,
             duration,
-            log,
+            log: _,
         } => {
-            homeport_telemetry::init_logging(&log);
             let mut cfg = SimConfig::new(server, fleet.devices);
             cfg.seed = fleet.seed;
             cfg.first_index = fleet.first_index;
@@ -170,13 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let fleet = Fleet::start(cfg)?;
             let stats = fleet.stats();
             let started = Instant::now();
-            let stop = async {
-                if duration == 0 {
-                    homeport_runtime::shutdown_signal().await
-                } else {
-                    tokio::time::sleep(Duration::from_secs(duration)).await
-                }
-            };
+            let stop = homeport_runtime::stop_after(duration);
             tokio::pin!(stop);
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {

@@ -71,7 +71,11 @@ pub struct CommonArgs {
     #[arg(long, env = "HOMEPORT_VAULT_MOUNT", default_value = "secret")]
     pub vault_mount: String,
     /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "HOMEPORT_LOG", default_value = "info,async_nats=warn,sqlx=warn,sea_orm_migration=warn")]
+    #[arg(
+        long,
+        env = "HOMEPORT_LOG",
+        default_value = "info,async_nats=warn,sqlx=warn,sea_orm_migration=warn"
+    )]
     pub log: String,
 }
 
@@ -214,6 +218,44 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+/// The common `main` of every binary: exits 2 when the configuration is invalid (before any
+/// port is bound), starts logging and a multi-threaded runtime, runs `body`, and exits 1 with
+/// one line on error.
+pub fn run_main<F, Fut>(name: &str, valid: anyhow::Result<()>, log_filter: &str, body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let Err(e) = valid {
+        eprintln!("{name}: {e:#}");
+        std::process::exit(2);
+    }
+    homeport_telemetry::init_logging(log_filter);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(body()) {
+        eprintln!("{name}: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Resolves after `seconds`, or on SIGTERM or Ctrl-C when `seconds` is 0.
+pub async fn stop_after(seconds: u64) {
+    if seconds == 0 {
+        shutdown_signal().await
+    } else {
+        tokio::time::sleep(Duration::from_secs(seconds)).await
     }
 }
 

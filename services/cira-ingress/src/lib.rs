@@ -6,6 +6,7 @@
 //! per node per interval.
 
 pub mod auth;
+pub mod bootstrap;
 pub mod config;
 pub mod metrics;
 mod registry;

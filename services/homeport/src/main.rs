@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use homeport_amt_sim::{Fleet, SimConfig};
-use homeport_cira_ingress::{tls, Ingress, IngressConfig, IngressParts};
+use homeport_cira_ingress::{bootstrap, IngressConfig};
 use homeport_contracts::presence::Presence;
 
 #[derive(Parser, Debug)]
@@ -52,7 +52,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let checked = cli
+    let valid = cli
         .common
         .validate()
         .and_then(|()| cli.ingress.validate().map_err(anyhow::Error::msg))
@@ -60,70 +60,27 @@ fn main() {
             "auto" | "always" | "never" => Ok(()),
             other => anyhow::bail!("--embedded-nats must be auto, always or never, not {other:?}"),
         });
-    if let Err(e) = checked {
-        eprintln!("homeport: {e:#}");
-        std::process::exit(2);
-    }
-    homeport_telemetry::init_logging(&cli.common.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("homeport: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = rt.block_on(run(cli)) {
-        eprintln!("homeport: {e:#}");
-        std::process::exit(1);
-    }
+    let log = cli.common.log.clone();
+    homeport_runtime::run_main("homeport", valid, &log, || run(cli));
 }
 
 async fn run(mut cli: Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.data_dir)
         .with_context(|| format!("creating {}", cli.data_dir.display()))?;
     let _nats_server = nats::ensure(&mut cli.common, &cli.embedded_nats, &cli.data_dir).await?;
-    let secrets = cli.common.open_secrets().await?;
-    let bundle = cli.ingress.certificates(&secrets).await?;
-    let acceptor = tls::acceptor(cli.ingress.tls_profile, &bundle)?;
-    let store = cli.common.open_store().await?;
-    let nats = cli
-        .common
-        .connect_nats("homeport", Duration::from_secs(30))
-        .await?;
-    let listener = tokio::net::TcpListener::bind(cli.ingress.listen)
-        .await
-        .with_context(|| format!("binding CIRA port {}", cli.ingress.listen))?;
-    let health = tokio::net::TcpListener::bind(cli.ingress.health_listen)
-        .await
-        .with_context(|| format!("binding health port {}", cli.ingress.health_listen))?;
+    let node_id = cli
+        .ingress
+        .node_id
+        .clone()
+        .unwrap_or_else(|| "homeport".into());
+    let served = bootstrap::serve(&cli.common, &cli.ingress, node_id).await?;
+    let (ingress, store, secrets, nats) = (
+        &served.ingress,
+        &served.store,
+        &served.secrets,
+        &served.nats,
+    );
     let names = cli.common.names();
-    let ingress = Ingress::start(
-        IngressParts {
-            config: cli.ingress.clone(),
-            node_id: cli
-                .ingress
-                .node_id
-                .clone()
-                .unwrap_or_else(|| "homeport".into()),
-            names: names.clone(),
-            nats: nats.clone(),
-            store: store.clone(),
-            secrets: secrets.clone(),
-            tls: acceptor,
-            stream_limits: Default::default(),
-        },
-        listener,
-    )
-    .await?;
-    let stop_health = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(homeport_telemetry::serve_health(
-        health,
-        ingress.observable(),
-        stop_health.clone(),
-    ));
     println!(
         "Homeport is running: CIRA on {}, health and metrics on http://{}/metrics, NATS {}, database {}",
         ingress.local_addr(),
@@ -140,7 +97,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             let mut cfg = SimConfig::new(cira_target(ingress.local_addr()), devices);
             cfg.ramp_per_second = 200;
             let ids: Vec<_> = cfg.identities().collect();
-            homeport_amt_sim::enroll(&store, &secrets, &ids, "demo").await?;
+            homeport_amt_sim::enroll(store, secrets, &ids, "demo").await?;
             println!("Enrolled {devices} simulated devices (tenant \"demo\"); connecting them over CIRA…");
             let fleet = Fleet::start(cfg)?;
             let presence = homeport_contracts::presence::presence_bucket(
@@ -149,13 +106,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             let started = Instant::now();
-            let stop = async {
-                if duration == 0 {
-                    homeport_runtime::shutdown_signal().await
-                } else {
-                    tokio::time::sleep(Duration::from_secs(duration)).await
-                }
-            };
+            let stop = homeport_runtime::stop_after(duration);
             tokio::pin!(stop);
             let mut tick = tokio::time::interval(Duration::from_secs(3));
             let mut shown = false;
@@ -168,7 +119,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                         if connected == devices && !shown {
                             shown = true;
                             print_presence(&presence).await;
-                            probe_tunnel(&nats, &names, &fleet).await;
+                            probe_tunnel(nats, &names, &fleet).await;
                             println!("Press Ctrl-C to stop.");
                         }
                     }
@@ -178,8 +129,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
     }
     println!("Shutting down: draining CIRA sessions…");
-    ingress.shutdown().await;
-    stop_health.cancel();
+    served.shutdown().await;
     Ok(())
 }
 

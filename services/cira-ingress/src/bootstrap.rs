@@ -1,0 +1,77 @@
+//! Starting an ingress from configuration, for the binaries that run one (`cira-ingress`,
+//! the all-in-one `homeport`): secrets, certificates, database, NATS, listeners, health.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use homeport_runtime::CommonArgs;
+use homeport_secrets::DynSecretStore;
+use homeport_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::{tls, Ingress, IngressConfig, IngressParts};
+
+/// A running ingress with the parts it was built from.
+pub struct Served {
+    pub ingress: Ingress,
+    pub store: Store,
+    pub secrets: DynSecretStore,
+    pub nats: async_nats::Client,
+    stop_health: CancellationToken,
+}
+
+impl Served {
+    /// Drains the ingress, then stops the health endpoint.
+    pub async fn shutdown(self) {
+        self.ingress.shutdown().await;
+        self.stop_health.cancel();
+    }
+}
+
+/// Connects every dependency and starts the ingress and its health endpoint.
+pub async fn serve(
+    common: &CommonArgs,
+    config: &IngressConfig,
+    node_id: String,
+) -> anyhow::Result<Served> {
+    let secrets = common.open_secrets().await?;
+    let bundle = config.certificates(&secrets).await?;
+    let acceptor = tls::acceptor(config.tls_profile, &bundle)?;
+    let store = common.open_store().await?;
+    let nats = common
+        .connect_nats(&format!("cira-ingress/{node_id}"), Duration::from_secs(30))
+        .await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding CIRA port {}", config.listen))?;
+    let health = tokio::net::TcpListener::bind(config.health_listen)
+        .await
+        .with_context(|| format!("binding health port {}", config.health_listen))?;
+    let ingress = Ingress::start(
+        IngressParts {
+            config: config.clone(),
+            node_id,
+            names: common.names(),
+            nats: nats.clone(),
+            store: store.clone(),
+            secrets: secrets.clone(),
+            tls: acceptor,
+            stream_limits: Default::default(),
+        },
+        listener,
+    )
+    .await?;
+    let stop_health = CancellationToken::new();
+    tokio::spawn(homeport_telemetry::serve_health(
+        health,
+        ingress.observable(),
+        stop_health.clone(),
+    ));
+    Ok(Served {
+        ingress,
+        store,
+        secrets,
+        nats,
+        stop_health,
+    })
+}
