@@ -249,10 +249,11 @@ async fn accept_loop(
                     continue;
                 };
                 let shared = shared.clone();
-                sessions.spawn(async move {
+                let fut = async move {
                     session::handle_connection(shared, tcp, peer).await;
                     drop(permit);
-                });
+                };
+                sessions.spawn(fut);
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

@@ -123,12 +123,12 @@ pub(crate) async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer:
     shared.metrics.connections_total.inc();
     shared.metrics.connections_open.inc();
     let _ = tcp.set_nodelay(true);
-    if let Some(mut stream) = tls_accept(&shared, tcp, peer).await {
+    if let Some(mut stream) = Box::pin(tls_accept(&shared, tcp, peer)).await {
         let mut conn = Conn::new(shared.clone(), peer);
         conn.drive(&mut stream).await;
         // close_notify, best effort: the device may already be gone.
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-        conn.finish().await;
+        Box::pin(conn.finish()).await;
     }
     shared.metrics.connections_open.dec();
 }
@@ -190,7 +190,7 @@ impl Conn {
     }
 
     async fn drive(&mut self, stream: &mut SslStream<TcpStream>) {
-        if !self.probe(stream).await {
+        if !Box::pin(self.probe(stream)).await {
             return;
         }
         loop {
@@ -225,16 +225,19 @@ impl Conn {
                     self.auth = None;
                     self.on_auth(outcome);
                 }
-                Step::Cmd(Some(SessionCmd::Http(msg))) => self.on_http(*msg).await,
-                Step::Cmd(Some(SessionCmd::Supersede(reply))) => self.on_supersede(*reply).await,
+                Step::Cmd(Some(SessionCmd::Http(msg))) => Box::pin(self.on_http(*msg)).await,
+                Step::Cmd(Some(SessionCmd::Supersede(reply))) => {
+                    Box::pin(self.on_supersede(*reply)).await
+                }
                 Step::Cmd(None) => self.rx = None,
                 Step::Timer => {
                     let now = Instant::now();
                     self.session.handle_timeout(now);
-                    self.expire(now).await;
+                    Box::pin(self.expire(now)).await;
                 }
             }
-            self.process_events().await;
+            // Boxed: what runs only now and then stays out of every session's resident task.
+            Box::pin(self.process_events()).await;
         }
     }
 

@@ -111,10 +111,11 @@ pub fn acceptor(profile: TlsProfile, bundle: &CertBundle) -> Result<SslAcceptor,
     b.set_mode(SslMode::RELEASE_BUFFERS);
     b.set_verify(SslVerifyMode::NONE);
     // No TLS 1.3 session tickets: encrypting and sending two per handshake costs CPU, and a
-    // ticket is only good on the node that issued it, which a reconnect after a node failure
-    // does not reach anyway.
+    // ticket is only good on the node that issued it, which a device reconnecting after that
+    // node failed does not reach anyway.
     b.set_num_tickets(0)?;
-    b.set_session_cache_mode(SslSessionCacheMode::SERVER);
+    // Likewise no session-id cache for TLS 1.2 devices: it would hold a session per device.
+    b.set_session_cache_mode(SslSessionCacheMode::OFF);
     let mut certs = X509::stack_from_pem(&bundle.chain_pem)?.into_iter();
     let leaf = certs.next().ok_or(TlsError::Incomplete)?;
     b.set_certificate(&leaf)?;
