@@ -40,6 +40,11 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new(label: &str) -> TestEnv {
+        Self::with_nats(label, &nats_url()).await
+    }
+
+    /// Like [`TestEnv::new`], against the NATS server at `url`.
+    pub async fn with_nats(label: &str, url: &str) -> TestEnv {
         let unique = format!("{label}{:08x}", fastrand::u32(..));
         let prefix = format!("t{unique}");
         let db = homeport_store::testing::temp_postgres(&pg_admin_url(), label)
@@ -58,13 +63,10 @@ impl TestEnv {
             .await
             .expect("local secret store"),
         );
-        let nats = homeport_runtime::connect_nats(
-            &nats_url(),
-            &format!("test-{label}"),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("NATS for tests (is it running? scripts/test.sh starts it)");
+        let nats =
+            homeport_runtime::connect_nats(url, &format!("test-{label}"), Duration::from_secs(10))
+                .await
+                .expect("NATS for tests (is it running? scripts/test.sh starts it)");
         TestEnv {
             label: label.to_string(),
             names: Names::new(&prefix),
@@ -340,4 +342,77 @@ pub fn challenge_param(header: &str, name: &str) -> Option<String> {
     let start = header.find(&format!("{name}=\""))? + name.len() + 2;
     let end = header[start..].find('"')? + start;
     Some(header[start..end].to_string())
+}
+
+/// A NATS server of the test's own (JetStream on a free loopback port, data in a temp dir),
+/// which the test can stop and start again to play an outage. Killed when dropped.
+pub struct PrivateNats {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateNats {
+    pub fn start() -> PrivateNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let dir =
+            std::env::temp_dir().join(format!("homeport-nats-{port}-{:x}", fastrand::u32(..)));
+        let mut nats = PrivateNats {
+            child: None,
+            port,
+            dir,
+        };
+        nats.restart();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (no goodbye to clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server on PATH (scripts/ensure-services.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

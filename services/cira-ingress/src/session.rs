@@ -28,6 +28,8 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const SUPERSEDE_TIMEOUT: Duration = Duration::from_secs(3);
 const NATS_OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Interval between attempts to record presence while NATS is unreachable.
+const PRESENCE_RETRY: Duration = Duration::from_secs(3);
 /// What an HTTP `GET` on the CIRA port gets, like the reference MPS.
 const BANNER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n<!DOCTYPE html><html><head><title>Homeport</title></head><body>Homeport CIRA ingress.<br />Intel&reg; AMT computers must connect here using CIRA.</body></html>";
 
@@ -114,6 +116,9 @@ struct Conn {
     registered: bool,
     ready_at: Option<Instant>,
     presence_rev: Option<u64>,
+    /// Set while the presence write has to be retried.
+    presence_retry_at: Option<Instant>,
+    connected_at: String,
     pending: Vec<Pending>,
     draining: bool,
     end: Option<End>,
@@ -183,6 +188,8 @@ impl Conn {
             registered: false,
             ready_at: None,
             presence_rev: None,
+            presence_retry_at: None,
+            connected_at: String::new(),
             pending: Vec::new(),
             draining: false,
             end: None,
@@ -234,6 +241,9 @@ impl Conn {
                     let now = Instant::now();
                     self.session.handle_timeout(now);
                     Box::pin(self.expire(now)).await;
+                    if self.presence_retry_at.is_some_and(|at| at <= now) {
+                        Box::pin(self.write_presence()).await;
+                    }
                 }
             }
             // Boxed: what runs only now and then stays out of every session's resident task.
@@ -290,6 +300,9 @@ impl Conn {
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut d = self.session.poll_timeout().unwrap_or(far);
+        if let Some(at) = self.presence_retry_at {
+            d = d.min(at);
+        }
         for p in &self.pending {
             d = d.min(p.deadline);
         }
@@ -400,25 +413,8 @@ impl Conn {
         let Some(guid) = self.guid.clone() else {
             return;
         };
-        let presence = Presence {
-            node: self.shared.node_id.clone(),
-            session: format!("{:016x}", self.session_id),
-            tenant: self.tenant.clone(),
-            connected_at: chrono::Utc::now().to_rfc3339(),
-            remote: self.peer.to_string(),
-        };
-        if let Ok(value) = serde_json::to_vec(&presence) {
-            match tokio::time::timeout(
-                NATS_OP_TIMEOUT,
-                self.shared.presence.put(&guid, value.into()),
-            )
-            .await
-            {
-                Ok(Ok(rev)) => self.presence_rev = Some(rev),
-                Ok(Err(e)) => tracing::warn!(device = %guid, error = %e, "presence not recorded"),
-                Err(_) => tracing::warn!(device = %guid, "presence write timed out"),
-            }
-        }
+        self.connected_at = chrono::Utc::now().to_rfc3339();
+        self.write_presence().await;
         let mut ev = envelope(&self.tenant, &guid, "connected", &self.shared.source);
         ev.payload = Some(Payload::DeviceConnected(proto::DeviceConnected {
             node: self.shared.node_id.clone(),
@@ -432,6 +428,53 @@ impl Conn {
         self.ready_at = Some(Instant::now());
         self.shared.metrics.sessions_connected.inc();
         tracing::debug!(device = %guid, peer = %self.peer, "device connected");
+    }
+
+    /// The revision of the device's presence entry if it is this session's.
+    async fn own_presence_revision(&self, guid: &str) -> Option<u64> {
+        let entry = tokio::time::timeout(NATS_OP_TIMEOUT, self.shared.presence.entry(guid))
+            .await
+            .ok()?
+            .ok()??;
+        let recorded: Presence = serde_json::from_slice(&entry.value).ok()?;
+        (recorded.session == format!("{:016x}", self.session_id)).then_some(entry.revision)
+    }
+
+    /// Records this session in the presence bucket. While NATS is unreachable the device stays
+    /// connected but cannot be found by callers, so a failed write is retried until it lands.
+    async fn write_presence(&mut self) {
+        let Some(guid) = self.guid.clone() else {
+            return;
+        };
+        let presence = Presence {
+            node: self.shared.node_id.clone(),
+            session: format!("{:016x}", self.session_id),
+            tenant: self.tenant.clone(),
+            connected_at: self.connected_at.clone(),
+            remote: self.peer.to_string(),
+        };
+        let Ok(value) = serde_json::to_vec(&presence) else {
+            return;
+        };
+        let written = tokio::time::timeout(
+            NATS_OP_TIMEOUT,
+            self.shared.presence.put(&guid, value.into()),
+        )
+        .await;
+        match written {
+            Ok(Ok(rev)) => {
+                if self.presence_retry_at.take().is_some() {
+                    tracing::info!(device = %guid, "presence recorded after retrying");
+                }
+                self.presence_rev = Some(rev);
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(device = %guid, error = %e, "presence not recorded; will retry")
+            }
+            Err(_) => tracing::warn!(device = %guid, "presence write timed out; will retry"),
+        }
+        self.presence_retry_at = Some(Instant::now() + PRESENCE_RETRY);
     }
 
     fn emit(&self, tenant: &str, guid: &str, kind: &str, ev: &proto::Event) {
@@ -627,7 +670,12 @@ impl Conn {
             return;
         };
         self.shared.metrics.sessions_connected.dec();
-        if let Some(rev) = self.presence_rev {
+        // A write whose answer was lost (NATS outage) may still have landed: find our own entry.
+        let rev = match self.presence_rev {
+            Some(rev) => Some(rev),
+            None => self.own_presence_revision(&guid).await,
+        };
+        if let Some(rev) = rev {
             // Only our own entry: a newer session of the device has a newer revision.
             let _ = tokio::time::timeout(
                 NATS_OP_TIMEOUT,
