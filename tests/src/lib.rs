@@ -299,8 +299,26 @@ impl TestEnv {
         let _ = self.js.delete_key_value(self.names.nodes_bucket()).await;
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(db) = self.db.take() {
-            drop(self.store);
             let _ = db.drop_db().await;
+        }
+    }
+}
+
+/// A test that panics before `cleanup` still drops its database.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            // Not inside the test's runtime (it may be gone): a thread with its own.
+            let _ = std::thread::spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    let _ = rt.block_on(db.drop_db());
+                }
+            })
+            .join();
         }
     }
 }
