@@ -423,6 +423,7 @@ async fn cira_inner(
         "rsa2048_sign_ms": round(rsa_ms),
         "handshake_cpu_vs_rsa2048": round(per_handshake / rsa_ms),
         "ingress_rss_bytes_per_device": rss_after.saturating_sub(rss_before) / connected.max(1),
+        "ingress_rss_bytes_per_device_after_hold": rss_hold.saturating_sub(rss_before) / connected.max(1),
         "ingress_rss_bytes_total": rss_hold,
         "hold_seconds": round(hold_seconds),
         "keepalive_cpu_percent": round(cpu_hold.saturating_sub(cpu_after).as_secs_f64() / hold_seconds * 100.0),
