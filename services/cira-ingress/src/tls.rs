@@ -109,6 +109,9 @@ pub fn acceptor(profile: TlsProfile, bundle: &CertBundle) -> Result<SslAcceptor,
         }
     }
     b.set_mode(SslMode::RELEASE_BUFFERS);
+    // Read whole available input at once: one recv per APF message instead of one for the
+    // record header and one for its body.
+    b.set_read_ahead(true);
     b.set_verify(SslVerifyMode::NONE);
     // No TLS 1.3 session tickets: encrypting and sending two per handshake costs CPU, and a
     // ticket is only good on the node that issued it, which a device reconnecting after that
