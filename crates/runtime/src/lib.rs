@@ -245,9 +245,23 @@ where
         }
     };
     if let Err(e) = rt.block_on(body()) {
-        eprintln!("{name}: {e:#}");
+        eprintln!("{name}: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes on one line, skipping causes whose text is already there (library
+/// errors often repeat their source in their own message).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Resolves after `seconds`, or on SIGTERM or Ctrl-C when `seconds` is 0.
@@ -280,6 +294,17 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let inner = std::io::Error::other("pool timed out");
+        let outer = anyhow::Error::new(inner).context("database error: pool timed out");
+        let e = outer.context("database postgres://x");
+        assert_eq!(
+            one_line(&e),
+            "database postgres://x: database error: pool timed out"
+        );
+    }
 
     #[test]
     fn passwords_are_redacted() {
