@@ -1,4 +1,5 @@
-//! The `<p>.cira.<guid>.http` request/reply contract.
+//! The device tunnel: request/reply on `<p>.cira.node.<node>.http.<guid>`, and
+//! [`TunnelClient`], which finds the node in presence.
 //!
 //! Request: payload = raw HTTP/1.1 request bytes; header [`PORT_HEADER`] picks the device port
 //! (default [`DEFAULT_PORT`]). Reply: payload = raw HTTP/1.1 response bytes, or, on failure, a

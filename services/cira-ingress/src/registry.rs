@@ -74,44 +74,28 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut sub: Subscriber) {
         };
         let sender = shared.sessions.sender(guid);
         match (op, sender) {
-            (NodeOp::Http, Some(tx)) => {
-                let reply = msg.reply.clone();
-                match tx.try_send(SessionCmd::Http(Box::new(msg))) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        if let Some(r) = reply {
-                            reply_error(
-                                &shared,
-                                r,
-                                TunnelError::Busy,
-                                "too many requests queued for this device",
-                            )
-                            .await;
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        if let Some(r) = reply {
-                            reply_error(
-                                &shared,
-                                r,
-                                TunnelError::NotConnected,
-                                "device session ended",
-                            )
-                            .await;
-                        }
-                    }
-                }
-            }
-            (NodeOp::Http, None) => {
+            (NodeOp::Http, sender) => {
+                // Counted here, once per request, whatever becomes of it.
                 shared.metrics.tunnel_requests.inc();
-                if let Some(r) = msg.reply {
-                    reply_error(
-                        &shared,
-                        r,
+                let reply = msg.reply.clone();
+                let refused = match sender {
+                    None => Some((
                         TunnelError::NotConnected,
                         "this node holds no session of the device",
-                    )
-                    .await;
+                    )),
+                    Some(tx) => match tx.try_send(SessionCmd::Http(Box::new(msg))) {
+                        Ok(()) => None,
+                        Err(mpsc::error::TrySendError::Full(_)) => Some((
+                            TunnelError::Busy,
+                            "too many requests queued for this device",
+                        )),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            Some((TunnelError::NotConnected, "device session ended"))
+                        }
+                    },
+                };
+                if let (Some((error, detail)), Some(r)) = (refused, reply) {
+                    reply_error(&shared, r, error, detail).await;
                 }
             }
             (NodeOp::Supersede, Some(tx)) => {

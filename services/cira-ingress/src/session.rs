@@ -512,15 +512,14 @@ impl Conn {
 
     async fn on_http(&mut self, msg: async_nats::Message) {
         let Some(reply) = msg.reply else { return };
-        self.shared.metrics.tunnel_requests.inc();
         if self.ready_at.is_none() || self.end.is_some() {
-            return self
-                .reply_error(
-                    reply,
-                    TunnelError::NotConnected,
-                    "device session is not ready",
-                )
-                .await;
+            return reply_error(
+                &self.shared,
+                reply,
+                TunnelError::NotConnected,
+                "device session is not ready",
+            )
+            .await;
         }
         let port = match msg
             .headers
@@ -531,29 +530,33 @@ impl Conn {
             Some(v) => match v.as_str().parse::<u32>() {
                 Ok(p) if tunnel::ALLOWED_PORTS.contains(&p) => p,
                 _ => {
-                    return self
-                        .reply_error(
-                            reply,
-                            TunnelError::BadRequest,
-                            &format!("port {} not allowed", v.as_str()),
-                        )
-                        .await
+                    return reply_error(
+                        &self.shared,
+                        reply,
+                        TunnelError::BadRequest,
+                        &format!("port {} not allowed", v.as_str()),
+                    )
+                    .await
                 }
             },
         };
         if msg.payload.len() > tunnel::MAX_REQUEST_BYTES {
-            return self
-                .reply_error(reply, TunnelError::BadRequest, "request too large")
-                .await;
+            return reply_error(
+                &self.shared,
+                reply,
+                TunnelError::BadRequest,
+                "request too large",
+            )
+            .await;
         }
         if self.pending.len() >= self.shared.config.tunnel_concurrency {
-            return self
-                .reply_error(
-                    reply,
-                    TunnelError::Busy,
-                    "too many requests in flight for this device",
-                )
-                .await;
+            return reply_error(
+                &self.shared,
+                reply,
+                TunnelError::Busy,
+                "too many requests in flight for this device",
+            )
+            .await;
         }
         match self.session.open_channel(port) {
             Ok(channel) => {
@@ -569,7 +572,8 @@ impl Conn {
                 });
             }
             Err(e) => {
-                self.reply_error(
+                reply_error(
+                    &self.shared,
                     reply,
                     TunnelError::NotConnected,
                     &format!("cannot open channel: {e}"),
@@ -633,11 +637,7 @@ impl Conn {
     }
 
     async fn fail(&self, p: Pending, error: TunnelError, detail: &str) {
-        self.reply_error(p.reply, error, detail).await;
-    }
-
-    async fn reply_error(&self, reply: Subject, error: TunnelError, detail: &str) {
-        reply_error(&self.shared, reply, error, detail).await;
+        reply_error(&self.shared, p.reply, error, detail).await;
     }
 
     /// Releases everything the session held: registry entry, pending requests, presence, and
@@ -660,8 +660,13 @@ impl Conn {
             while let Ok(cmd) = rx.try_recv() {
                 if let SessionCmd::Http(msg) = cmd {
                     if let Some(reply) = msg.reply {
-                        self.reply_error(reply, TunnelError::DeviceDropped, "device disconnected")
-                            .await;
+                        reply_error(
+                            &self.shared,
+                            reply,
+                            TunnelError::DeviceDropped,
+                            "device disconnected",
+                        )
+                        .await;
                     }
                 }
             }
