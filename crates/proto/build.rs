@@ -1,9 +1,12 @@
 //! Compiles `proto/` with protox (pure Rust), so no system `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
-    let files = ["homeport/events/v1/events.proto"];
+    let files = [
+        "homeport/events/v1/events.proto",
+        "homeport/device/v1/device.proto",
+    ];
     let fds = protox::compile(files, [root])?;
-    prost_build::Config::new().compile_fds(fds)?;
+    tonic_prost_build::configure().compile_fds(fds)?;
     println!("cargo:rerun-if-changed={root}");
     Ok(())
 }

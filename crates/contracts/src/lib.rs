@@ -57,6 +57,22 @@ impl Names {
         )
     }
 
+    /// `<p>.evt.<tenant>.command.<guid>.<action>`: a device command and its result.
+    pub fn command_event(&self, tenant: &str, guid: &str, action: &str) -> String {
+        format!(
+            "{}.evt.{}.command.{}.{}",
+            self.prefix,
+            tenant_token(tenant),
+            token(guid),
+            token(action)
+        )
+    }
+
+    /// `<p>.evt.*.device.*.*`: every device lifecycle and registry event of every tenant.
+    pub fn device_events_wildcard(&self) -> String {
+        format!("{}.evt.*.device.*.*", self.prefix)
+    }
+
     /// Everything the events stream captures.
     pub fn events_subjects(&self) -> String {
         format!("{}.evt.>", self.prefix)

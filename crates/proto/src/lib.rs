@@ -1,8 +1,14 @@
-//! Generated protobuf types for Homeport's published contracts (`proto/`).
+//! Generated protobuf types and gRPC stubs for Homeport's published contracts (`proto/`).
 #![allow(clippy::all)]
 
 pub mod events {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/homeport.events.v1.rs"));
+    }
+}
+
+pub mod device {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/homeport.device.v1.rs"));
     }
 }

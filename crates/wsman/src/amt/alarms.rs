@@ -1,0 +1,181 @@
+//! Alarm clock occurrences (reference §2.10): list, add, delete; Datetime and Interval values.
+
+use super::*;
+use crate::envelope::COMMON;
+use crate::response::{boolean, string};
+use crate::xml::escape;
+use crate::Request;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alarm {
+    pub instance_id: String,
+    pub element_name: String,
+    /// Unix seconds.
+    pub start_time: i64,
+    pub interval_minutes: u32,
+    pub delete_on_completion: bool,
+}
+
+pub fn alarms(items: &[&Element]) -> Result<Vec<Alarm>, ResponseError> {
+    items
+        .iter()
+        .filter(|i| i.name == "IPS_AlarmClockOccurrence")
+        .map(|e| {
+            let start = e
+                .path(&["StartTime", "Datetime"])
+                .map(|d| d.text.trim())
+                .unwrap_or_default();
+            let interval = e
+                .path(&["Interval", "Interval"])
+                .map(|d| d.text.trim())
+                .unwrap_or_default();
+            Ok(Alarm {
+                instance_id: string(e, "InstanceID"),
+                element_name: string(e, "ElementName"),
+                start_time: parse_datetime(start).ok_or_else(|| ResponseError::Invalid {
+                    field: "StartTime".into(),
+                    value: start.chars().take(32).collect(),
+                })?,
+                interval_minutes: if interval.is_empty() {
+                    0
+                } else {
+                    parse_interval(interval).ok_or_else(|| ResponseError::Invalid {
+                        field: "Interval".into(),
+                        value: interval.chars().take(32).collect(),
+                    })?
+                },
+                delete_on_completion: boolean(e, "DeleteOnCompletion"),
+            })
+        })
+        .collect()
+}
+
+/// AddAlarm with an embedded IPS_AlarmClockOccurrence template.
+pub fn add_alarm(name: &str, start_time: i64, interval_minutes: u32, delete_on_completion: bool) -> Request {
+    let ns = ALARM_CLOCK_OCCURRENCE.uri();
+    let name = escape(name);
+    let mut t = format!(
+        r#"<r:InstanceID xmlns:r="{ns}">{name}</r:InstanceID><r:ElementName xmlns:r="{ns}">{name}</r:ElementName><r:StartTime xmlns:r="{ns}"><p:Datetime xmlns:p="{COMMON}">{}</p:Datetime></r:StartTime>"#,
+        format_datetime(start_time)
+    );
+    if interval_minutes > 0 {
+        t.push_str(&format!(
+            r#"<r:Interval xmlns:r="{ns}"><p:Interval xmlns:p="{COMMON}">{}</p:Interval></r:Interval>"#,
+            format_interval(interval_minutes)
+        ));
+    }
+    t.push_str(&format!(
+        r#"<r:DeleteOnCompletion xmlns:r="{ns}">{delete_on_completion}</r:DeleteOnCompletion>"#
+    ));
+    Request::invoke(ALARM_CLOCK_SERVICE, "AddAlarm", &[("AlarmTemplate", t)])
+}
+
+/// InstanceID of the alarm AddAlarm created (from the AlarmClock EPR).
+pub fn added_alarm_id(out: &Element) -> Option<String> {
+    let set = out.find("SelectorSet")?;
+    set.children_named("Selector")
+        .find(|s| s.attribute("Name") == Some("InstanceID"))
+        .map(|s| s.text.trim().to_string())
+}
+
+pub fn delete_alarm(instance_id: &str) -> Request {
+    Request::delete(ALARM_CLOCK_OCCURRENCE).with_selector("InstanceID", instance_id)
+}
+
+/// `P<d>DT<h>H<m>M` (and the general xs:duration forms AMT might send) → minutes.
+pub fn parse_interval(s: &str) -> Option<u32> {
+    let rest = s.strip_prefix('P')?;
+    let (date, time) = rest.split_once('T').unwrap_or((rest, ""));
+    let mut minutes: u64 = 0;
+    let mut take = |part: &str, units: &[(char, u64)]| -> Option<()> {
+        let mut num = String::new();
+        for c in part.chars() {
+            if c.is_ascii_digit() {
+                num.push(c);
+            } else {
+                let mult = units.iter().find(|(u, _)| *u == c)?.1;
+                minutes = minutes.checked_add(num.parse::<u64>().ok()?.checked_mul(mult)?)?;
+                num.clear();
+            }
+        }
+        num.is_empty().then_some(())
+    };
+    take(date, &[('D', 1440)])?;
+    take(time, &[('H', 60), ('M', 1), ('S', 0)])?;
+    u32::try_from(minutes).ok()
+}
+
+pub fn format_interval(minutes: u32) -> String {
+    format!("P{}DT{}H{}M", minutes / 1440, minutes % 1440 / 60, minutes % 60)
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` (UTC) → Unix seconds.
+pub fn parse_datetime(s: &str) -> Option<i64> {
+    let s = s.strip_suffix('Z').unwrap_or(s);
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next().flatten().unwrap_or(0));
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    Some(days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+pub fn format_datetime(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+// Howard Hinnant's days-from-civil algorithms (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetimes_and_intervals() {
+        assert_eq!(parse_datetime("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_datetime("2021-07-23T00:00:00Z"), Some(1_626_998_400));
+        assert_eq!(format_datetime(1_626_998_400), "2021-07-23T00:00:00Z");
+        for t in [0, 951_782_400, 4_102_444_800] {
+            assert_eq!(parse_datetime(&format_datetime(t)), Some(t));
+        }
+        assert_eq!(parse_datetime("2021-13-01T00:00:00Z"), None);
+        assert_eq!(parse_datetime("garbage"), None);
+        assert_eq!(parse_interval("P1DT2H3M"), Some(1440 + 123));
+        assert_eq!(parse_interval("P0DT0H0M"), Some(0));
+        assert_eq!(parse_interval("PT90M"), Some(90));
+        assert_eq!(parse_interval("P1X"), None);
+        assert_eq!(parse_interval(&format_interval(1503)), Some(1503));
+    }
+}

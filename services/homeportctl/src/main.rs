@@ -1,0 +1,2 @@
+//! homeportctl: the operator CLI.
+fn main() {}

@@ -1,0 +1,1 @@
+//! mps-command: the device-management gRPC API.

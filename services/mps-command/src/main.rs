@@ -1,0 +1,2 @@
+//! mps-command binary.
+fn main() {}
