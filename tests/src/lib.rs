@@ -1,6 +1,8 @@
 //! Harness of the end-to-end tests: each test gets its own PostgreSQL database, NATS subject
 //! prefix, secret file and certificates, against the real NATS and PostgreSQL of the machine.
 
+pub mod command;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -146,25 +146,40 @@ mod tests {
         assert_eq!(c.realm, "Digest:727734D63A1FC0423736E48DA554E462");
         assert_eq!(c.nonce, "B9AX94iAAAAAAAAAx6rrSfPHGUrx/3uA");
         assert!(!c.stale && c.qop_auth);
-        assert!(Challenge::parse(r#"Digest realm="r",nonce="n",stale="true",qop="auth""#).unwrap().stale);
-        assert_eq!(Challenge::parse("Basic realm=x"), Err(DigestError::NotDigest));
-        assert_eq!(Challenge::parse("Digest realm=x"), Err(DigestError::Missing("nonce")));
+        assert!(
+            Challenge::parse(r#"Digest realm="r",nonce="n",stale="true",qop="auth""#)
+                .unwrap()
+                .stale
+        );
+        assert_eq!(
+            Challenge::parse("Basic realm=x"),
+            Err(DigestError::NotDigest)
+        );
+        assert_eq!(
+            Challenge::parse("Digest realm=x"),
+            Err(DigestError::Missing("nonce"))
+        );
     }
 
     #[test]
     fn response_is_rfc2617_and_nc_increments() {
-        let c = Challenge::parse(r#"Digest realm="R", nonce="N",stale="false",qop="auth""#).unwrap();
+        let c =
+            Challenge::parse(r#"Digest realm="R", nonce="N",stale="false",qop="auth""#).unwrap();
         let mut s = DigestSession::new(c);
         let a1 = s.authorize("admin", "P@ss", "POST", "/wsman");
         let a2 = s.authorize("admin", "P@ss", "POST", "/wsman");
         let p1 = params(a1.strip_prefix("Digest ").unwrap());
         let p2 = params(a2.strip_prefix("Digest ").unwrap());
-        let get = |p: &[(String, String)], k: &str| p.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        let get =
+            |p: &[(String, String)], k: &str| p.iter().find(|(n, _)| n == k).unwrap().1.clone();
         assert_eq!(get(&p1, "nc"), "00000001");
         assert_eq!(get(&p2, "nc"), "00000002");
         let ha1 = md5_hex("admin:R:P@ss");
         let ha2 = md5_hex("POST:/wsman");
-        let expected = md5_hex(&format!("{ha1}:N:00000001:{}:auth:{ha2}", get(&p1, "cnonce")));
+        let expected = md5_hex(&format!(
+            "{ha1}:N:00000001:{}:auth:{ha2}",
+            get(&p1, "cnonce")
+        ));
         assert_eq!(get(&p1, "response"), expected);
     }
 

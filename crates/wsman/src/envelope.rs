@@ -195,8 +195,13 @@ mod tests {
         );
         assert_eq!(header.text_of("MessageID"), Some("42"));
         let sel = header.path(&["SelectorSet", "Selector"]).unwrap();
-        assert_eq!((sel.attribute("Name"), sel.text.as_str()), (Some("Name"), "a<b"));
-        let input = doc.path(&["Body", "RequestPowerStateChange_INPUT"]).unwrap();
+        assert_eq!(
+            (sel.attribute("Name"), sel.text.as_str()),
+            (Some("Name"), "a<b")
+        );
+        let input = doc
+            .path(&["Body", "RequestPowerStateChange_INPUT"])
+            .unwrap();
         assert_eq!(input.text_of("PowerState"), Some("8"));
     }
 }

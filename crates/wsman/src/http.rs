@@ -70,8 +70,14 @@ mod tests {
         let r = parse_reply(raw).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.body, b"<a:Env/>");
-        assert_eq!(parse_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab").unwrap_err(), HttpError::Incomplete);
-        assert!(matches!(parse_reply(b"garbage\r\n\r\n"), Err(HttpError::Malformed(_))));
+        assert_eq!(
+            parse_reply(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab").unwrap_err(),
+            HttpError::Incomplete
+        );
+        assert!(matches!(
+            parse_reply(b"garbage\r\n\r\n"),
+            Err(HttpError::Malformed(_))
+        ));
     }
 
     #[test]

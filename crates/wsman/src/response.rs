@@ -88,7 +88,9 @@ pub fn parse(doc: &[u8]) -> Result<Response, ResponseError> {
         .position(|c| c.name == "Body")
         .ok_or(ResponseError::NotSoap("no Body"))?;
     let body = root.children.swap_remove(body_pos);
-    let header = root.child("Header").ok_or(ResponseError::NotSoap("no Header"))?;
+    let header = root
+        .child("Header")
+        .ok_or(ResponseError::NotSoap("no Header"))?;
     let text = |n: &str| header.text_of(n).unwrap_or_default().to_string();
     if let Some(f) = body.child("Fault") {
         let value = |path: &[&str]| {
@@ -103,10 +105,7 @@ pub fn parse(doc: &[u8]) -> Result<Response, ResponseError> {
                 .path(&["Reason", "Text"])
                 .map(|e| e.text.trim().to_string())
                 .unwrap_or_default(),
-            detail: f
-                .child("Detail")
-                .map(flatten_text)
-                .unwrap_or_default(),
+            detail: f.child("Detail").map(flatten_text).unwrap_or_default(),
         }));
     }
     Ok(Response {
@@ -151,7 +150,10 @@ pub fn number<T: std::str::FromStr>(e: &Element, name: &str) -> Result<T, Respon
 }
 
 /// An optional number: absent or empty is `None`, garbage is an error.
-pub fn opt_number<T: std::str::FromStr>(e: &Element, name: &str) -> Result<Option<T>, ResponseError> {
+pub fn opt_number<T: std::str::FromStr>(
+    e: &Element,
+    name: &str,
+) -> Result<Option<T>, ResponseError> {
     match e.text_of(name) {
         None | Some("") => Ok(None),
         Some(_) => number(e, name).map(Some),
@@ -187,6 +189,9 @@ mod tests {
     #[test]
     fn not_soap() {
         assert!(matches!(parse(b"<x/>"), Err(ResponseError::NotSoap(_))));
-        assert!(matches!(parse(b"<Envelope><Header/></Envelope>"), Err(ResponseError::NotSoap(_))));
+        assert!(matches!(
+            parse(b"<Envelope><Header/></Envelope>"),
+            Err(ResponseError::NotSoap(_))
+        ));
     }
 }

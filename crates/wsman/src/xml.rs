@@ -152,7 +152,9 @@ pub fn parse(doc: &[u8]) -> Result<Element, XmlError> {
                     None => {
                         let name = r.decode().map_err(syntax)?;
                         quick_xml::escape::resolve_predefined_entity(&name)
-                            .ok_or_else(|| XmlError::UnknownEntity(name.chars().take(32).collect()))?
+                            .ok_or_else(|| {
+                                XmlError::UnknownEntity(name.chars().take(32).collect())
+                            })?
                             .to_string()
                     }
                 };
@@ -214,7 +216,10 @@ mod tests {
         assert_eq!(parse(deep.as_bytes()), Err(XmlError::TooDeep));
         let bomb = br#"<!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;</x>"#;
         assert_eq!(parse(bomb), Err(XmlError::DocType));
-        assert!(matches!(parse(b"<x>&a;</x>"), Err(XmlError::UnknownEntity(_))));
+        assert!(matches!(
+            parse(b"<x>&a;</x>"),
+            Err(XmlError::UnknownEntity(_))
+        ));
         assert!(matches!(parse(b"<x><y></x>"), Err(XmlError::Syntax(_))));
         assert!(matches!(parse(b"<x>"), Err(XmlError::Syntax(_))));
         assert_eq!(parse(b"  "), Err(XmlError::Empty));

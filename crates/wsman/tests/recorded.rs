@@ -1,6 +1,8 @@
 //! The parser and the typed models against recorded AMT responses (`test_data/amt-responses`,
 //! Apache-2.0, see its NOTICE.md).
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::path::{Path, PathBuf};
 
 use homeport_wsman::amt::{self, features, hardware, logs, power, settings};
@@ -30,7 +32,11 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn every_recorded_response_parses_or_is_a_typed_fault() {
     let mut all = Vec::new();
     files(&data(), &mut all);
-    assert!(all.len() >= 200, "expected the recorded set, found {}", all.len());
+    assert!(
+        all.len() >= 200,
+        "expected the recorded set, found {}",
+        all.len()
+    );
     let mut faults = 0;
     for p in &all {
         let bytes = std::fs::read(p).unwrap();
@@ -83,7 +89,10 @@ fn hardware_classes() {
     let b = hardware::board(&load("cim/card/get.xml")).unwrap();
     assert!(!b.model.is_empty());
     let bios = hardware::bios(&load("cim/bios/element/get.xml")).unwrap();
-    assert!(!bios.version.is_empty() && bios.release_date.contains('T'), "{bios:?}");
+    assert!(
+        !bios.version.is_empty() && bios.release_date.contains('T'),
+        "{bios:?}"
+    );
     let r = load("cim/physical/processor/pull.xml");
     let cpus = hardware::processors(&amt::pull_page(&r).unwrap().items).unwrap();
     assert!(!cpus.is_empty() && cpus[0].max_clock_mhz > 0, "{cpus:?}");
@@ -92,8 +101,15 @@ fn hardware_classes() {
     assert!(mem.iter().all(|m| m.capacity_bytes > 0), "{mem:?}");
     let media = load("cim/mediaaccess/pull.xml");
     let pkgs = load("cim/physical/package/pull.xml");
-    let disks = hardware::storage(&amt::pull_page(&media).unwrap().items, &amt::pull_page(&pkgs).unwrap().items).unwrap();
-    assert!(!disks.is_empty() && disks[0].max_media_size_kb > 0, "{disks:?}");
+    let disks = hardware::storage(
+        &amt::pull_page(&media).unwrap().items,
+        &amt::pull_page(&pkgs).unwrap().items,
+    )
+    .unwrap();
+    assert!(
+        !disks.is_empty() && disks[0].max_media_size_kb > 0,
+        "{disks:?}"
+    );
 }
 
 #[test]

@@ -1,2 +1,96 @@
-//! mps-command binary.
-fn main() {}
+//! `mps-command`: parses configuration, connects the dependencies, serves gRPC until SIGTERM.
+
+use anyhow::Context as _;
+use clap::Parser;
+use homeport_mps_command::{Authenticator, CommandConfig, CommandParts, Key, MpsCommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mps-command",
+    version,
+    about = "Homeport device-management gRPC API"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: homeport_runtime::CommonArgs,
+    #[command(flatten)]
+    command: CommandConfig,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let valid = cli
+        .common
+        .validate()
+        .and_then(|()| cli.command.validate().map_err(anyhow::Error::msg));
+    let log = cli.common.log.clone();
+    homeport_runtime::run_main("mps-command", valid, &log, || run(cli));
+}
+
+/// Reads the configured token keys.
+pub fn authenticator(config: &CommandConfig) -> anyhow::Result<Authenticator> {
+    let mut keys = Vec::new();
+    if let Some(f) = &config.jwt_hs256_secret_file {
+        let s = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let s = s.strip_suffix(b"\n").unwrap_or(&s).to_vec();
+        anyhow::ensure!(
+            s.len() >= 32,
+            "{}: an HS256 secret needs at least 32 bytes",
+            f.display()
+        );
+        keys.push(Key::Hs256(s));
+    }
+    if let Some(f) = &config.jwt_rs256_public_key_file {
+        let pem = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let key = openssl::pkey::PKey::public_key_from_pem(&pem)
+            .with_context(|| format!("{}: not a PEM public key", f.display()))?;
+        keys.push(Key::Rs256(key));
+    }
+    Ok(Authenticator::new(keys, &config.jwt_tenant_claim)
+        .with_audience(config.jwt_audience.clone(), config.jwt_issuer.clone()))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let auth = authenticator(&cli.command)?;
+    let instance = format!("{:08x}", fastrand::u32(..));
+    let secrets = cli.common.open_secrets().await?;
+    let store = cli.common.open_store().await?;
+    let nats = cli
+        .common
+        .connect_nats(
+            &format!("mps-command/{instance}"),
+            std::time::Duration::from_secs(30),
+        )
+        .await?;
+    let listener = tokio::net::TcpListener::bind(cli.command.grpc_listen)
+        .await
+        .with_context(|| format!("binding gRPC port {}", cli.command.grpc_listen))?;
+    let health = tokio::net::TcpListener::bind(cli.command.health_listen)
+        .await
+        .with_context(|| format!("binding health port {}", cli.command.health_listen))?;
+    let service = MpsCommand::start(CommandParts {
+        config: cli.command.clone(),
+        instance,
+        names: cli.common.names(),
+        nats,
+        store,
+        secrets,
+        auth,
+    })
+    .await?;
+    let stop_health = CancellationToken::new();
+    tokio::spawn(homeport_telemetry::serve_health(
+        health,
+        service.observable(),
+        stop_health.clone(),
+    ));
+    tracing::info!(listen = %cli.command.grpc_listen, "serving gRPC");
+    service
+        .serve(listener, homeport_runtime::shutdown_signal())
+        .await?;
+    tracing::info!("shutdown requested");
+    service.shutdown().await;
+    stop_health.cancel();
+    Ok(())
+}

@@ -51,7 +51,12 @@ pub fn alarms(items: &[&Element]) -> Result<Vec<Alarm>, ResponseError> {
 }
 
 /// AddAlarm with an embedded IPS_AlarmClockOccurrence template.
-pub fn add_alarm(name: &str, start_time: i64, interval_minutes: u32, delete_on_completion: bool) -> Request {
+pub fn add_alarm(
+    name: &str,
+    start_time: i64,
+    interval_minutes: u32,
+    delete_on_completion: bool,
+) -> Request {
     let ns = ALARM_CLOCK_OCCURRENCE.uri();
     let name = escape(name);
     let mut t = format!(
@@ -106,7 +111,12 @@ pub fn parse_interval(s: &str) -> Option<u32> {
 }
 
 pub fn format_interval(minutes: u32) -> String {
-    format!("P{}DT{}H{}M", minutes / 1440, minutes % 1440 / 60, minutes % 60)
+    format!(
+        "P{}DT{}H{}M",
+        minutes / 1440,
+        minutes % 1440 / 60,
+        minutes % 60
+    )
 }
 
 /// `YYYY-MM-DDThh:mm:ssZ` (UTC) → Unix seconds.

@@ -63,7 +63,11 @@ pub fn boot_plan(action: u32) -> Option<BootPlan> {
         ider_boot_device: u32::from(matches!(action, 202 | 203)),
         secure_erase: action == 104,
         source: matches!(action, 400 | 401).then_some("Intel(r) AMT: Force PXE Boot"),
-        power: if matches!(action, 101 | 200 | 202 | 301 | 400) { 10 } else { 2 },
+        power: if matches!(action, 101 | 200 | 202 | 301 | 400) {
+            10
+        } else {
+            2
+        },
     })
 }
 
@@ -88,7 +92,10 @@ pub fn set_boot_config_role() -> Request {
         &[
             (
                 "BootConfigSetting",
-                epr(BOOT_CONFIG_SETTING, &[("InstanceID", "Intel(r) AMT: Boot Configuration 0")]),
+                epr(
+                    BOOT_CONFIG_SETTING,
+                    &[("InstanceID", "Intel(r) AMT: Boot Configuration 0")],
+                ),
             ),
             ("Role", "1".into()),
         ],
@@ -132,9 +139,19 @@ pub fn boot_capabilities(r: &Response) -> Result<BootCapabilities, ResponseError
 
 /// Power and boot actions the device supports, by name (like MPS's capabilities map).
 pub fn power_capabilities(amt_major: u32, caps: &BootCapabilities) -> Vec<(&'static str, u32)> {
-    let mut v = vec![("Power up", 2), ("Power cycle", 5), ("Power down", 8), ("Reset", 10)];
+    let mut v = vec![
+        ("Power up", 2),
+        ("Power cycle", 5),
+        ("Power down", 8),
+        ("Reset", 10),
+    ];
     if amt_major > 9 {
-        v.extend([("Soft-off", 12), ("Soft-reset", 14), ("Sleep", 4), ("Hibernate", 7)]);
+        v.extend([
+            ("Soft-off", 12),
+            ("Soft-reset", 14),
+            ("Sleep", 4),
+            ("Hibernate", 7),
+        ]);
     }
     if caps.bios_setup {
         v.extend([("Power up to BIOS", 100), ("Reset to BIOS", 101)]);
@@ -149,7 +166,10 @@ pub fn power_capabilities(amt_major: u32, caps: &BootCapabilities) -> Vec<(&'sta
         ("Power on to IDE-R CD-ROM", 203),
     ]);
     if caps.force_diagnostic_boot {
-        v.extend([("Power on to diagnostic", 300), ("Reset to diagnostic", 301)]);
+        v.extend([
+            ("Power on to diagnostic", 300),
+            ("Reset to diagnostic", 301),
+        ]);
     }
     v.extend([("Reset to PXE", 400), ("Power on to PXE", 401)]);
     v
@@ -165,12 +185,18 @@ mod tests {
         assert!(bios.bios_setup && !bios.use_ider && bios.source.is_none());
         assert_eq!(bios.power, 2);
         let pxe = boot_plan(400).unwrap();
-        assert_eq!((pxe.source, pxe.power), (Some("Intel(r) AMT: Force PXE Boot"), 10));
+        assert_eq!(
+            (pxe.source, pxe.power),
+            (Some("Intel(r) AMT: Force PXE Boot"), 10)
+        );
         let cd = boot_plan(202).unwrap();
         assert!(cd.use_ider);
         assert_eq!((cd.ider_boot_device, cd.power), (1, 10));
         assert!(boot_plan(7).is_none());
-        let current = Properties(vec![("BIOSSetup".into(), "false".into()), ("UseSOL".into(), "true".into())]);
+        let current = Properties(vec![
+            ("BIOSSetup".into(), "false".into()),
+            ("UseSOL".into(), "true".into()),
+        ]);
         let p = planned_boot_settings(&current, &bios, false);
         assert_eq!(p.get("BIOSSetup"), Some("true"));
         assert_eq!(p.get("UseSOL"), Some("false"));

@@ -26,7 +26,11 @@ pub fn redirection(r: &Response) -> Result<Redirection, ResponseError> {
 
 pub fn redirection_state_change(sol: bool, ider: bool) -> Request {
     let state = 32768 + u32::from(ider) + 2 * u32::from(sol);
-    Request::invoke(REDIRECTION_SERVICE, "RequestStateChange", &[("RequestedState", state.to_string())])
+    Request::invoke(
+        REDIRECTION_SERVICE,
+        "RequestStateChange",
+        &[("RequestedState", state.to_string())],
+    )
 }
 
 /// CIM_KVMRedirectionSAP EnabledState: 2 enabled, 6 enabled but offline (idle), 3 disabled.
@@ -89,7 +93,11 @@ pub fn start_opt_in() -> Request {
 }
 
 pub fn send_opt_in_code(code: u32) -> Request {
-    Request::invoke(OPT_IN_SERVICE, "SendOptInCode", &[("OptInCode", code.to_string())])
+    Request::invoke(
+        OPT_IN_SERVICE,
+        "SendOptInCode",
+        &[("OptInCode", code.to_string())],
+    )
 }
 
 pub fn cancel_opt_in() -> Request {

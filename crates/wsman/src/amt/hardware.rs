@@ -20,7 +20,10 @@ pub fn chassis(r: &Response) -> Result<Chassis, ResponseError> {
 }
 
 pub fn platform_guid(r: &Response) -> Result<String, ResponseError> {
-    Ok(string(instance(r, COMPUTER_SYSTEM_PACKAGE)?, "PlatformGUID"))
+    Ok(string(
+        instance(r, COMPUTER_SYSTEM_PACKAGE)?,
+        "PlatformGUID",
+    ))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -147,8 +150,12 @@ pub fn storage(media: &[&Element], packages: &[&Element]) -> Result<Vec<Storage>
             let pkg = pkgs.get(n);
             Ok(Storage {
                 device_id: string(e, "DeviceID"),
-                model: pkg.map(|p| string(p, "Model").trim().to_string()).unwrap_or_default(),
-                serial_number: pkg.map(|p| string(p, "SerialNumber").trim().to_string()).unwrap_or_default(),
+                model: pkg
+                    .map(|p| string(p, "Model").trim().to_string())
+                    .unwrap_or_default(),
+                serial_number: pkg
+                    .map(|p| string(p, "SerialNumber").trim().to_string())
+                    .unwrap_or_default(),
                 max_media_size_kb: opt_number(e, "MaxMediaSize")?.unwrap_or(0),
             })
         })

@@ -22,7 +22,11 @@ pub fn get_records(iteration: u32, max: u32) -> Request {
 }
 
 pub fn read_audit_records(start_index: u32) -> Request {
-    Request::invoke(AUDIT_LOG, "ReadRecords", &[("StartIndex", start_index.to_string())])
+    Request::invoke(
+        AUDIT_LOG,
+        "ReadRecords",
+        &[("StartIndex", start_index.to_string())],
+    )
 }
 
 fn b64(s: &str, field: &str) -> Result<Vec<u8>, ResponseError> {
@@ -160,10 +164,12 @@ pub fn event_page(r: &Response) -> Result<(EventPage, u32), ResponseError> {
     let mut records = Vec::new();
     for s in out.texts_of("RecordArray") {
         let bytes = b64(s, "RecordArray")?;
-        records.push(EventRecord::decode(&bytes).ok_or_else(|| ResponseError::Invalid {
-            field: "RecordArray".into(),
-            value: format!("{} bytes", bytes.len()),
-        })?);
+        records.push(
+            EventRecord::decode(&bytes).ok_or_else(|| ResponseError::Invalid {
+                field: "RecordArray".into(),
+                value: format!("{} bytes", bytes.len()),
+            })?,
+        );
     }
     Ok((
         EventPage {
@@ -205,7 +211,8 @@ impl<'a> Cursor<'a> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn short_bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.u8()?;
@@ -307,10 +314,12 @@ pub fn audit_page(r: &Response) -> Result<(u32, Vec<AuditRecord>, u32), Response
     let mut records = Vec::new();
     for s in out.texts_of("EventRecords") {
         let bytes = b64(s, "EventRecords")?;
-        records.push(AuditRecord::decode(&bytes).ok_or_else(|| ResponseError::Invalid {
-            field: "EventRecords".into(),
-            value: format!("{} bytes", bytes.len()),
-        })?);
+        records.push(
+            AuditRecord::decode(&bytes).ok_or_else(|| ResponseError::Invalid {
+                field: "EventRecords".into(),
+                value: format!("{} bytes", bytes.len()),
+            })?,
+        );
     }
     let _ = number::<u32>;
     Ok((total, records, rv))
@@ -335,7 +344,10 @@ mod tests {
 
     #[test]
     fn event_record_round_trips() {
-        let raw = [0x10, 0, 0, 0, 0xFF, 0x0F, 0x6F, 0x02, 0x68, 0x01, 0xFF, 34, 0, 0x40, 6, 0, 0, 0, 0, 0, 0];
+        let raw = [
+            0x10, 0, 0, 0, 0xFF, 0x0F, 0x6F, 0x02, 0x68, 0x01, 0xFF, 34, 0, 0x40, 6, 0, 0, 0, 0, 0,
+            0,
+        ];
         let r = EventRecord::decode(&raw).unwrap();
         assert_eq!(r.time, 16);
         assert_eq!(r.entity_text(), "BIOS");

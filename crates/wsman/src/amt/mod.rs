@@ -43,7 +43,7 @@ pub const ALARM_CLOCK_OCCURRENCE: Class = Class::ips("IPS_AlarmClockOccurrence")
 pub const ALARM_CLOCK_SERVICE: Class = Class::amt("AMT_AlarmClockService");
 
 /// The instance element of a Get/Put response (named after the class).
-pub fn instance<'a>(r: &'a Response, class: Class) -> Result<&'a Element, ResponseError> {
+pub fn instance(r: &Response, class: Class) -> Result<&Element, ResponseError> {
     r.output(class.name)
 }
 
@@ -94,7 +94,10 @@ impl Properties {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets an existing property or appends it.

@@ -34,7 +34,10 @@ pub fn power_status(page: &PullPage<'_>) -> Result<PowerStatus, ResponseError> {
 
 /// OSPowerSavingState of IPS_PowerManagementService (absent while the host is off).
 pub fn os_power_saving_state(r: &Response) -> Result<Option<u32>, ResponseError> {
-    opt_number(instance(r, IPS_POWER_MANAGEMENT_SERVICE)?, "OSPowerSavingState")
+    opt_number(
+        instance(r, IPS_POWER_MANAGEMENT_SERVICE)?,
+        "OSPowerSavingState",
+    )
 }
 
 /// Codes RequestPowerStateChange accepts (DMTF; MPS accepts 2-8 and 10-17).
@@ -69,7 +72,10 @@ pub fn request_power_state_change(state: u32) -> Request {
                 "ManagedElement",
                 epr(
                     COMPUTER_SYSTEM,
-                    &[("CreationClassName", "CIM_ComputerSystem"), ("Name", "ManagedSystem")],
+                    &[
+                        ("CreationClassName", "CIM_ComputerSystem"),
+                        ("Name", "ManagedSystem"),
+                    ],
                 ),
             ),
         ],

@@ -1,0 +1,302 @@
+//! Bearer JWT verification (HS256 or RS256, with OpenSSL) and the caller it yields.
+//!
+//! Every gRPC call passes through [`Authenticator::interceptor`]; the verified [`Caller`] is
+//! put into the request's extensions, and handlers scope everything to `caller.tenant`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Public};
+use openssl::sign::{Signer, Verifier};
+use serde_json::Value;
+use tonic::{Request, Status};
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECS: i64 = 60;
+/// Longest token accepted; real tokens are a few hundred bytes.
+const MAX_TOKEN_BYTES: usize = 8192;
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: String,
+    pub tenant: String,
+}
+
+pub enum Key {
+    Hs256(Vec<u8>),
+    Rs256(PKey<Public>),
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Key::Hs256(_) => "Hs256(***)",
+            Key::Rs256(_) => "Rs256(public key)",
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct Authenticator {
+    keys: Vec<Key>,
+    tenant_claim: String,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("malformed token")]
+    Malformed,
+    #[error("unsupported token algorithm {0:?}")]
+    Algorithm(String),
+    #[error("bad token signature")]
+    Signature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token lacks the {0:?} claim")]
+    Claim(String),
+    #[error("token audience or issuer does not match")]
+    Audience,
+}
+
+fn b64(s: &str) -> Result<Vec<u8>, AuthError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| AuthError::Malformed)
+}
+
+impl Authenticator {
+    pub fn new(keys: Vec<Key>, tenant_claim: &str) -> Authenticator {
+        Authenticator {
+            keys,
+            tenant_claim: tenant_claim.to_string(),
+            audience: None,
+            issuer: None,
+        }
+    }
+
+    pub fn with_audience(mut self, audience: Option<String>, issuer: Option<String>) -> Self {
+        self.audience = audience;
+        self.issuer = issuer;
+        self
+    }
+
+    /// Verifies a compact JWT and returns its caller.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        let header: Value = serde_json::from_slice(&b64(h)?).map_err(|_| AuthError::Malformed)?;
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let signature = b64(s)?;
+        let signed = &token.as_bytes()[..h.len() + 1 + c.len()];
+        let ok = self.keys.iter().any(|k| match (k, alg) {
+            (Key::Hs256(secret), "HS256") => PKey::hmac(secret)
+                .and_then(|key| {
+                    let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
+                    signer.update(signed)?;
+                    signer.sign_to_vec()
+                })
+                .is_ok_and(|mac| {
+                    mac.len() == signature.len() && openssl::memcmp::eq(&mac, &signature)
+                }),
+            (Key::Rs256(key), "RS256") => Verifier::new(MessageDigest::sha256(), key)
+                .and_then(|mut v| {
+                    v.update(signed)?;
+                    v.verify(&signature)
+                })
+                .unwrap_or(false),
+            _ => false,
+        });
+        if !ok {
+            let known = self.keys.iter().any(|k| {
+                matches!(
+                    (k, alg),
+                    (Key::Hs256(_), "HS256") | (Key::Rs256(_), "RS256")
+                )
+            });
+            return Err(if known {
+                AuthError::Signature
+            } else {
+                AuthError::Algorithm(alg.chars().take(16).collect())
+            });
+        }
+        let claims: Value = serde_json::from_slice(&b64(c)?).map_err(|_| AuthError::Malformed)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        match claims.get("exp").and_then(Value::as_i64) {
+            Some(exp) if exp + LEEWAY_SECS < now => return Err(AuthError::Expired),
+            Some(_) => {}
+            None => return Err(AuthError::Claim("exp".into())),
+        }
+        if claims
+            .get("nbf")
+            .and_then(Value::as_i64)
+            .is_some_and(|nbf| nbf - LEEWAY_SECS > now)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(aud) = &self.audience {
+            let matches = match claims.get("aud") {
+                Some(Value::String(a)) => a == aud,
+                Some(Value::Array(v)) => v.iter().any(|a| a.as_str() == Some(aud)),
+                _ => false,
+            };
+            if !matches {
+                return Err(AuthError::Audience);
+            }
+        }
+        if let Some(iss) = &self.issuer {
+            if claims.get("iss").and_then(Value::as_str) != Some(iss) {
+                return Err(AuthError::Audience);
+            }
+        }
+        let tenant = claims
+            .get(&self.tenant_claim)
+            .and_then(Value::as_str)
+            .ok_or_else(|| AuthError::Claim(self.tenant_claim.clone()))?;
+        Ok(Caller {
+            subject: claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            tenant: tenant.to_string(),
+        })
+    }
+
+    /// A tonic interceptor: verifies `authorization: Bearer …` and stores the [`Caller`].
+    pub fn interceptor(
+        self: Arc<Self>,
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+        move |mut req: Request<()>| {
+            let token = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .ok_or_else(|| Status::unauthenticated(AuthError::Missing.to_string()))?;
+            let caller = self
+                .verify(token.trim())
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            req.extensions_mut().insert(caller);
+            Ok(req)
+        }
+    }
+}
+
+/// The caller of a request that passed the interceptor.
+pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no verified caller"))
+}
+
+/// Mints an HS256 token (tests, the demo, `homeportctl token`).
+pub fn mint_hs256(
+    secret: &[u8],
+    subject: &str,
+    tenant: &str,
+    ttl_secs: i64,
+) -> Result<String, openssl::error::ErrorStack> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+        .unwrap_or(0);
+    let e = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let header = e(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = e(
+        serde_json::json!({"sub": subject, "tenant": tenant, "iat": now, "exp": now + ttl_secs})
+            .to_string()
+            .as_bytes(),
+    );
+    let key = PKey::hmac(secret)?;
+    let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
+    signer.update(format!("{header}.{claims}").as_bytes())?;
+    Ok(format!("{header}.{claims}.{}", e(&signer.sign_to_vec()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openssl::rsa::Rsa;
+
+    #[test]
+    fn hs256_round_trip_and_failures() {
+        let a = Authenticator::new(vec![Key::Hs256(b"s3cret".to_vec())], "tenant");
+        let t = mint_hs256(b"s3cret", "alice", "acme", 60).unwrap();
+        assert_eq!(
+            a.verify(&t).unwrap(),
+            Caller {
+                subject: "alice".into(),
+                tenant: "acme".into()
+            }
+        );
+        let other = mint_hs256(b"other", "alice", "acme", 60).unwrap();
+        assert_eq!(a.verify(&other), Err(AuthError::Signature));
+        let expired = mint_hs256(b"s3cret", "alice", "acme", -3600).unwrap();
+        assert_eq!(a.verify(&expired), Err(AuthError::Expired));
+        // Tampered claims (tenant switched) keep the old signature: refused.
+        let mut parts: Vec<String> = t.split('.').map(str::to_string).collect();
+        parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"alice","tenant":"evil","exp":99999999999}"#);
+        assert_eq!(a.verify(&parts.join(".")), Err(AuthError::Signature));
+        // alg=none is never accepted.
+        let none = format!(
+            "{}.{}.",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+            parts[1]
+        );
+        assert!(matches!(
+            a.verify(&none),
+            Err(AuthError::Algorithm(_)) | Err(AuthError::Malformed)
+        ));
+        assert_eq!(a.verify("a.b"), Err(AuthError::Malformed));
+        let a2 = Authenticator::new(vec![Key::Hs256(b"s3cret".to_vec())], "org");
+        assert_eq!(a2.verify(&t), Err(AuthError::Claim("org".into())));
+    }
+
+    #[test]
+    fn rs256_verifies_and_rejects_hs256_confusion() {
+        let rsa = Rsa::generate(2048).unwrap();
+        let private = PKey::from_rsa(rsa.clone()).unwrap();
+        let public = PKey::public_key_from_pem(&rsa.public_key_to_pem().unwrap()).unwrap();
+        let e = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let header = e(br#"{"alg":"RS256"}"#);
+        let claims = e(br#"{"sub":"svc","tenant":"t1","exp":99999999999}"#);
+        let mut signer = Signer::new(MessageDigest::sha256(), &private).unwrap();
+        signer
+            .update(format!("{header}.{claims}").as_bytes())
+            .unwrap();
+        let token = format!("{header}.{claims}.{}", e(&signer.sign_to_vec().unwrap()));
+        let a = Authenticator::new(vec![Key::Rs256(public)], "tenant");
+        assert_eq!(a.verify(&token).unwrap().tenant, "t1");
+        // An HS256 token "signed" with the public key must not pass an RS256-only verifier.
+        let pem = rsa.public_key_to_pem().unwrap();
+        let forged = mint_hs256(&pem, "svc", "t1", 60).unwrap();
+        assert!(matches!(a.verify(&forged), Err(AuthError::Algorithm(_))));
+    }
+}

@@ -1,0 +1,230 @@
+//! The path to a device's AMT: WS-Man envelopes, signed with HTTP digest using the device's
+//! AMT credentials, sent through the CIRA tunnel, answers parsed.
+//!
+//! Credentials are cached per device and dropped when a registry event says the device's
+//! secrets changed (or it was deleted); a digest rejection also re-reads them once. Digest
+//! state (realm, nonce, nc) is cached per device so later calls authenticate pre-emptively,
+//! like MPS does, instead of paying a 401 round trip each time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use homeport_contracts::tunnel::TunnelClient;
+use homeport_secrets::{DeviceSecrets, DynSecretStore, SecretString};
+use homeport_wsman::digest::{Challenge, DigestSession};
+use homeport_wsman::{amt, http, response, Class, Request, Response};
+
+use crate::error::CommandError;
+
+/// AMT's admin account, the one Homeport manages devices with.
+pub const AMT_USER: &str = "admin";
+/// 401s accepted within one exchange before giving up (MPS gives up at the 4th).
+const MAX_CHALLENGES: usize = 3;
+/// Most Pull rounds of one enumeration (AMT classes fit in a few).
+const MAX_PULLS: usize = 32;
+
+#[derive(Default)]
+pub struct LinkStats {
+    pub exchanges: AtomicU64,
+    pub challenges: AtomicU64,
+}
+
+pub struct DeviceLink {
+    tunnel: TunnelClient,
+    secrets: DynSecretStore,
+    passwords: Mutex<HashMap<String, SecretString>>,
+    digests: Mutex<HashMap<String, DigestSession>>,
+    timeout: Duration,
+    next_id: AtomicU64,
+    pub stats: LinkStats,
+}
+
+impl DeviceLink {
+    pub fn new(tunnel: TunnelClient, secrets: DynSecretStore, timeout: Duration) -> DeviceLink {
+        DeviceLink {
+            tunnel,
+            secrets,
+            passwords: Mutex::new(HashMap::new()),
+            digests: Mutex::new(HashMap::new()),
+            timeout,
+            next_id: AtomicU64::new(fastrand::u64(..1 << 40)),
+            stats: LinkStats::default(),
+        }
+    }
+
+    pub fn tunnel(&self) -> &TunnelClient {
+        &self.tunnel
+    }
+
+    /// Forgets what is cached about `guid` (its secrets changed or it was deleted).
+    pub fn forget(&self, guid: &str) {
+        lock(&self.passwords).remove(guid);
+        lock(&self.digests).remove(guid);
+    }
+
+    async fn password(&self, guid: &str, fresh: bool) -> Result<SecretString, CommandError> {
+        if !fresh {
+            if let Some(p) = lock(&self.passwords).get(guid) {
+                return Ok(p.clone());
+            }
+        }
+        let secrets = DeviceSecrets::load(self.secrets.as_ref(), guid)
+            .await
+            .map_err(|e| CommandError::Unavailable(format!("secret store: {e}")))?;
+        let password = secrets
+            .and_then(|s| s.amt_password)
+            .ok_or_else(|| CommandError::NoCredentials(guid.to_string()))?;
+        lock(&self.passwords).insert(guid.to_string(), password.clone());
+        Ok(password)
+    }
+
+    /// Starts a conversation with `guid`'s AMT.
+    pub async fn open(&self, guid: &str) -> Result<Call<'_>, CommandError> {
+        Ok(Call {
+            link: self,
+            guid: guid.to_string(),
+            password: self.password(guid, false).await?,
+            refetched: false,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One command's conversation with one device.
+pub struct Call<'a> {
+    link: &'a DeviceLink,
+    pub guid: String,
+    password: SecretString,
+    refetched: bool,
+}
+
+impl Call<'_> {
+    /// One WS-Man exchange, authenticating as needed.
+    pub async fn exchange(&mut self, req: &Request) -> Result<Response, CommandError> {
+        let link = self.link;
+        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+        let envelope = req.to_xml(id);
+        let host = format!("{}:16992", self.guid);
+        let mut challenges = 0;
+        loop {
+            link.stats.exchanges.fetch_add(1, Ordering::Relaxed);
+            let authorization = lock(&link.digests)
+                .get_mut(&self.guid)
+                .map(|d| d.authorize(AMT_USER, self.password.expose(), "POST", "/wsman"));
+            let bytes = http::request(&host, authorization.as_deref(), &envelope);
+            let raw = link
+                .tunnel
+                .request(&self.guid, None, bytes.into(), link.timeout)
+                .await
+                .map_err(|e| CommandError::from_tunnel(&self.guid, e))?;
+            let reply =
+                http::parse_reply(&raw).map_err(|e| CommandError::BadReply(e.to_string()))?;
+            match reply.status {
+                200 | 400 => {
+                    let r = response::parse(&reply.body)?;
+                    if reply.status == 400 {
+                        return Err(CommandError::BadReply(
+                            "HTTP 400 without a SOAP fault".into(),
+                        ));
+                    }
+                    if r.relates_to != id.to_string() {
+                        return Err(CommandError::BadReply(format!(
+                            "reply relates to message {:?}, not {id}",
+                            r.relates_to.chars().take(40).collect::<String>()
+                        )));
+                    }
+                    return Ok(r);
+                }
+                401 => {
+                    link.stats.challenges.fetch_add(1, Ordering::Relaxed);
+                    challenges += 1;
+                    let challenge = reply
+                        .www_authenticate
+                        .as_deref()
+                        .map(Challenge::parse)
+                        .transpose()
+                        .map_err(|e| CommandError::BadReply(format!("401 challenge: {e}")))?
+                        .ok_or_else(|| CommandError::BadReply("401 without a challenge".into()))?;
+                    let stale = challenge.stale;
+                    lock(&link.digests).insert(self.guid.clone(), DigestSession::new(challenge));
+                    if authorization.is_some() && !stale {
+                        // The device refused our password: maybe it changed since we cached it.
+                        if self.refetched {
+                            return Err(CommandError::AuthFailed(self.guid.clone()));
+                        }
+                        self.refetched = true;
+                        self.password = link.password(&self.guid, true).await?;
+                    }
+                    if challenges > MAX_CHALLENGES {
+                        return Err(CommandError::AuthFailed(self.guid.clone()));
+                    }
+                }
+                s => {
+                    return Err(CommandError::BadReply(format!(
+                        "unexpected HTTP status {s}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The instance a Get returns.
+    pub async fn get(&mut self, class: Class) -> Result<Response, CommandError> {
+        self.exchange(&Request::get(class)).await
+    }
+
+    /// A method call; a non-zero ReturnValue is returned, not an error.
+    pub async fn invoke(
+        &mut self,
+        req: &Request,
+        method: &str,
+    ) -> Result<(Response, u32), CommandError> {
+        let r = self.exchange(req).await?;
+        let (_, rv) = r.method_output(method)?;
+        Ok((r, rv))
+    }
+
+    /// A method call that must succeed (ReturnValue 0).
+    pub async fn invoke_ok(
+        &mut self,
+        req: &Request,
+        method: &str,
+    ) -> Result<Response, CommandError> {
+        let (r, rv) = self.invoke(req, method).await?;
+        if rv != 0 {
+            return Err(CommandError::ReturnValue {
+                method: method.to_string(),
+                value: rv,
+            });
+        }
+        Ok(r)
+    }
+
+    /// Enumerate + Pull until EndOfSequence; every item, in order.
+    pub async fn enumerate(
+        &mut self,
+        class: Class,
+    ) -> Result<Vec<homeport_wsman::xml::Element>, CommandError> {
+        let r = self.exchange(&Request::enumerate(class)).await?;
+        let mut context = amt::enumeration_context(&r)?;
+        let mut items = Vec::new();
+        for _ in 0..MAX_PULLS {
+            let r = self.exchange(&Request::pull(class, &context)).await?;
+            let page = amt::pull_page(&r)?;
+            items.extend(page.items.into_iter().cloned());
+            match (page.end_of_sequence, page.context) {
+                (false, Some(next)) => context = next,
+                _ => return Ok(items),
+            }
+        }
+        Err(CommandError::BadReply(format!(
+            "{} enumeration did not end after {MAX_PULLS} pulls",
+            class.name
+        )))
+    }
+}

@@ -1,0 +1,309 @@
+//! DeviceRegistry: devices of the caller's tenant, with their connection status from presence.
+//! Credentials given at creation go to the secret store only. Every change emits an event,
+//! which also tells every replica to drop what it cached about the device.
+
+use std::sync::Arc;
+
+use homeport_contracts::events::envelope;
+use homeport_proto::device::v1 as pb;
+use homeport_proto::device::v1::device_registry_server::DeviceRegistry;
+use homeport_proto::events::v1 as ev;
+use homeport_secrets::{DeviceSecrets, SecretString};
+use homeport_store::{canonical_guid, Device, NewDevice, StoreError};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{caller, Caller};
+use crate::error::CommandError;
+use crate::Inner;
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+const SCAN_BATCH: u64 = 500;
+
+pub struct RegistryApi {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn db(e: StoreError) -> CommandError {
+    match e {
+        StoreError::InvalidInput(m) => CommandError::InvalidArgument(m),
+        other => CommandError::Unavailable(format!("database: {other}")),
+    }
+}
+
+fn guid_of(s: &str) -> Result<String, CommandError> {
+    canonical_guid(s)
+        .ok_or_else(|| CommandError::InvalidArgument(format!("{s:?} is not a device GUID")))
+}
+
+fn unix(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp()
+}
+
+impl Inner {
+    async fn to_pb(&self, d: Device) -> pb::Device {
+        let presence = self.link.tunnel().locate(&d.guid).await.ok().flatten();
+        let info = d.device_info.unwrap_or_default();
+        pb::Device {
+            status: if presence.is_some() {
+                pb::ConnectionStatus::Connected
+            } else {
+                pb::ConnectionStatus::Disconnected
+            } as i32,
+            node: presence
+                .as_ref()
+                .map(|p| p.node.clone())
+                .unwrap_or_default(),
+            connected_since: presence
+                .and_then(|p| chrono::DateTime::parse_from_rfc3339(&p.connected_at).ok())
+                .map(|t| t.timestamp())
+                .unwrap_or(0),
+            guid: d.guid,
+            tenant: d.tenant_id,
+            hostname: d.hostname.unwrap_or_default(),
+            friendly_name: d.friendly_name.unwrap_or_default(),
+            tags: d.tags,
+            mps_username: d.mps_username,
+            created_at: unix(d.created_at),
+            updated_at: unix(d.updated_at),
+            fw_version: info.fw_version.unwrap_or_default(),
+            fw_build: info.fw_build.unwrap_or_default(),
+            fw_sku: info.fw_sku.unwrap_or_default(),
+            control_mode: info.current_mode.unwrap_or_default(),
+        }
+    }
+
+    fn registry_event(&self, caller: &Caller, guid: &str, change: &str, fields: Vec<String>) {
+        let mut e = envelope(&caller.tenant, guid, change, &self.source);
+        e.actor = caller.subject.clone();
+        e.payload = Some(ev::event::Payload::DeviceRegistryChanged(
+            ev::DeviceRegistryChanged {
+                change: change.to_string(),
+                fields,
+            },
+        ));
+        let subject = self.names.device_event(&caller.tenant, guid, change);
+        if let Err(err) = self.events.publish(subject, &e) {
+            tracing::error!(device = %guid, error = %err, "registry event not queued");
+        }
+        self.forget(guid);
+    }
+}
+
+/// Deletes a device of the caller's tenant and its secrets.
+pub(crate) async fn remove_device(
+    inner: &Inner,
+    caller: &Caller,
+    guid: &str,
+) -> Result<(), CommandError> {
+    let guid = guid_of(guid)?;
+    if !inner
+        .store
+        .delete_device(&caller.tenant, &guid)
+        .await
+        .map_err(db)?
+    {
+        return Err(CommandError::NotFound(guid));
+    }
+    inner
+        .secrets
+        .delete(&homeport_secrets::device_path(&guid))
+        .await
+        .map_err(|e| CommandError::Unavailable(format!("secret store: {e}")))?;
+    inner.registry_event(caller, &guid, "deleted", Vec::new());
+    Ok(())
+}
+
+fn secret(s: &str) -> Option<SecretString> {
+    (!s.is_empty()).then(|| SecretString::new(s))
+}
+
+#[tonic::async_trait]
+impl DeviceRegistry for RegistryApi {
+    async fn create_device(
+        &self,
+        req: Request<pb::CreateDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let guid = guid_of(&r.guid)?;
+        if r.mps_username.trim().is_empty() {
+            return Err(CommandError::InvalidArgument("mps_username is required".into()).into());
+        }
+        let inner = &self.inner;
+        if inner.store.get_device(&guid).await.map_err(db)?.is_some() {
+            return Err(Status::already_exists(format!(
+                "device {guid} is already registered"
+            )));
+        }
+        let secrets = DeviceSecrets {
+            amt_password: secret(&r.amt_password),
+            mebx_password: secret(&r.mebx_password),
+            mps_password: secret(&r.mps_password),
+        };
+        if secrets != DeviceSecrets::default() {
+            secrets
+                .save(inner.secrets.as_ref(), &guid)
+                .await
+                .map_err(|e| CommandError::Unavailable(format!("secret store: {e}")))?;
+        }
+        let device = inner
+            .store
+            .upsert_device(NewDevice {
+                guid: guid.clone(),
+                tenant_id: c.tenant.clone(),
+                hostname: Some(r.hostname).filter(|h| !h.is_empty()),
+                friendly_name: Some(r.friendly_name).filter(|h| !h.is_empty()),
+                tags: r.tags,
+                mps_username: r.mps_username,
+                device_info: None,
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::TenantConflict { guid } => {
+                    Status::already_exists(format!("device {guid} is already registered"))
+                }
+                other => db(other).into(),
+            })?;
+        inner.registry_event(&c, &guid, "created", Vec::new());
+        Ok(Response::new(inner.to_pb(device).await))
+    }
+
+    async fn get_device(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let c = caller(&req)?;
+        let guid = guid_of(&req.into_inner().guid)?;
+        let d = self
+            .inner
+            .store
+            .get_device_for_tenant(&c.tenant, &guid)
+            .await
+            .map_err(db)?
+            .ok_or(CommandError::NotFound(guid))?;
+        Ok(Response::new(self.inner.to_pb(d).await))
+    }
+
+    async fn update_device(
+        &self,
+        req: Request<pb::UpdateDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let guid = guid_of(&r.guid)?;
+        let inner = &self.inner;
+        let d = inner
+            .store
+            .get_device_for_tenant(&c.tenant, &guid)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| CommandError::NotFound(guid.clone()))?;
+        let all = r.update_mask.is_empty();
+        let wants = |f: &str| all || r.update_mask.iter().any(|m| m == f);
+        for m in &r.update_mask {
+            if !matches!(m.as_str(), "hostname" | "friendly_name" | "tags") {
+                return Err(
+                    CommandError::InvalidArgument(format!("cannot update field {m:?}")).into(),
+                );
+            }
+        }
+        let mut changed = Vec::new();
+        let mut new = NewDevice {
+            guid: guid.clone(),
+            tenant_id: c.tenant.clone(),
+            hostname: d.hostname.clone(),
+            friendly_name: d.friendly_name.clone(),
+            tags: d.tags.clone(),
+            mps_username: d.mps_username.clone(),
+            device_info: d.device_info.clone(),
+        };
+        if wants("hostname") {
+            new.hostname = Some(r.hostname).filter(|h| !h.is_empty());
+            changed.push("hostname".to_string());
+        }
+        if wants("friendly_name") {
+            new.friendly_name = Some(r.friendly_name).filter(|h| !h.is_empty());
+            changed.push("friendly_name".to_string());
+        }
+        if wants("tags") {
+            new.tags = r.tags;
+            changed.push("tags".to_string());
+        }
+        let d = inner.store.upsert_device(new).await.map_err(db)?;
+        inner.registry_event(&c, &guid, "updated", changed);
+        Ok(Response::new(inner.to_pb(d).await))
+    }
+
+    async fn delete_device(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::DeleteDeviceResponse>, Status> {
+        let c = caller(&req)?;
+        remove_device(&self.inner, &c, &req.into_inner().guid).await?;
+        Ok(Response::new(pb::DeleteDeviceResponse {}))
+    }
+
+    async fn list_devices(
+        &self,
+        req: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let page = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        } as usize;
+        let mut offset: u64 = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page_token"))?
+        };
+        let want_status =
+            pb::ConnectionStatus::try_from(r.status).unwrap_or(pb::ConnectionStatus::Unspecified);
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        let mut exhausted = false;
+        // Tags and status are filtered here, so scan in batches until the page is full.
+        'scan: while out.len() < page {
+            let batch = inner
+                .store
+                .list_devices(&c.tenant, SCAN_BATCH, offset)
+                .await
+                .map_err(db)?;
+            if batch.is_empty() {
+                exhausted = true;
+                break;
+            }
+            for d in batch {
+                offset += 1;
+                if !r.tags.iter().all(|t| d.tags.contains(t)) {
+                    continue;
+                }
+                if !r.hostname.is_empty() && d.hostname.as_deref() != Some(r.hostname.as_str()) {
+                    continue;
+                }
+                let device = inner.to_pb(d).await;
+                if want_status != pb::ConnectionStatus::Unspecified
+                    && device.status != want_status as i32
+                {
+                    continue;
+                }
+                out.push(device);
+                if out.len() == page {
+                    break 'scan;
+                }
+            }
+        }
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices: out,
+            next_page_token: if exhausted {
+                String::new()
+            } else {
+                offset.to_string()
+            },
+        }))
+    }
+}

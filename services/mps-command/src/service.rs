@@ -1,0 +1,431 @@
+//! DeviceService: thin handlers. Each one checks the caller's tenant, opens a conversation
+//! with the device, runs the feature's call sequence, emits the command event and maps the
+//! error to a status in one place.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::stream::{self, StreamExt};
+use homeport_contracts::events::envelope;
+use homeport_proto::device::v1 as pb;
+use homeport_proto::device::v1::device_service_server::DeviceService;
+use homeport_proto::events::v1 as ev;
+use homeport_store::canonical_guid;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{caller, Caller};
+use crate::error::{code_name, CommandError};
+use crate::features;
+use crate::link::Call;
+use crate::Inner;
+
+pub struct DeviceApi {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Runs one command on one device: tenant check, call, event, metrics.
+macro_rules! command {
+    ($self:ident, $caller:expr, $guid:expr, $action:expr, $params:expr, |$call:ident| $body:expr) => {{
+        let inner = &$self.inner;
+        let started = Instant::now();
+        let caller: &Caller = &$caller;
+        let result: Result<_, CommandError> = async {
+            let guid = canonical_guid($guid).ok_or_else(|| {
+                CommandError::InvalidArgument(format!("{:?} is not a device GUID", $guid))
+            })?;
+            inner.authorize_device(&caller.tenant, &guid).await?;
+            let mut $call: Call<'_> = inner.link.open(&guid).await?;
+            let $call = &mut $call;
+            $body.await
+        }
+        .await;
+        $self.finish(caller, $guid, $action, $params, started, &result);
+        result
+    }};
+}
+
+impl DeviceApi {
+    fn finish<T>(
+        &self,
+        caller: &Caller,
+        guid: &str,
+        action: &str,
+        parameters: HashMap<String, String>,
+        started: Instant,
+        result: &Result<T, CommandError>,
+    ) {
+        let m = &self.inner.metrics;
+        m.commands.inc();
+        m.latency.observe(started.elapsed());
+        let guid = canonical_guid(guid).unwrap_or_else(|| guid.chars().take(40).collect());
+        let (outcome, detail) = match result {
+            Ok(_) => ("ok".to_string(), String::new()),
+            Err(e) => {
+                m.command_errors.inc();
+                tracing::info!(device = %guid, action, error = %e, "command failed");
+                (code_name(e.code()).to_string(), e.to_string())
+            }
+        };
+        let return_value = match result {
+            Err(CommandError::ReturnValue { value, .. }) => *value,
+            _ => 0,
+        };
+        let mut event = envelope(&caller.tenant, &guid, action, &self.inner.source);
+        event.actor = caller.subject.clone();
+        event.payload = Some(ev::event::Payload::CommandExecuted(ev::CommandExecuted {
+            action: action.to_string(),
+            parameters,
+            result: outcome,
+            detail,
+            return_value,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }));
+        let subject = self
+            .inner
+            .names
+            .command_event(&caller.tenant, &guid, action);
+        if let Err(e) = self.inner.events.publish(subject, &event) {
+            tracing::error!(device = %guid, error = %e, "command event not queued");
+        }
+    }
+}
+
+fn params(pairs: &[(&str, String)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn reply<T>(r: Result<T, CommandError>) -> Result<Response<T>, Status> {
+    r.map(Response::new).map_err(|e| e.to_status())
+}
+
+#[tonic::async_trait]
+impl DeviceService for DeviceApi {
+    async fn get_power_state(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::PowerState>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        reply(command!(
+            self,
+            c,
+            &g,
+            "GetPowerState",
+            HashMap::new(),
+            |call| features::power_state(call)
+        ))
+    }
+
+    async fn get_power_states(
+        &self,
+        req: Request<pb::GetPowerStatesRequest>,
+    ) -> Result<Response<pb::GetPowerStatesResponse>, Status> {
+        let c = caller(&req)?;
+        let guids = req.into_inner().guids;
+        if guids.len() > 10_000 {
+            return Err(Status::invalid_argument("at most 10000 devices per call"));
+        }
+        let entries = stream::iter(guids)
+            .map(|g| {
+                let c = c.clone();
+                async move {
+                    let r = command!(self, c, &g, "GetPowerState", HashMap::new(), |call| {
+                        features::power_state(call)
+                    });
+                    match r {
+                        Ok(state) => pb::PowerStateEntry {
+                            guid: g,
+                            state: Some(state),
+                            ..Default::default()
+                        },
+                        Err(e) => pb::PowerStateEntry {
+                            guid: g,
+                            state: None,
+                            error_code: code_name(e.code()).to_string(),
+                            error_message: e.to_string(),
+                        },
+                    }
+                }
+            })
+            .buffered(self.inner.config.bulk_concurrency)
+            .collect()
+            .await;
+        Ok(Response::new(pb::GetPowerStatesResponse { entries }))
+    }
+
+    async fn power_action(
+        &self,
+        req: Request<pb::PowerActionRequest>,
+    ) -> Result<Response<pb::CommandResult>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let p = params(&[("action", r.action.to_string())]);
+        reply(command!(self, c, &r.guid, "PowerAction", p, |call| {
+            features::power_action(call, r.action)
+        }))
+    }
+
+    async fn set_boot_options(
+        &self,
+        req: Request<pb::BootOptionsRequest>,
+    ) -> Result<Response<pb::CommandResult>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let p = params(&[
+            ("action", r.action.to_string()),
+            ("use_sol", r.use_sol.to_string()),
+        ]);
+        reply(command!(self, c, &r.guid, "SetBootOptions", p, |call| {
+            features::boot_options(call, r.action, r.use_sol)
+        }))
+    }
+
+    async fn get_power_capabilities(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::PowerCapabilities>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        reply(command!(
+            self,
+            c,
+            &g,
+            "GetPowerCapabilities",
+            HashMap::new(),
+            |call| features::power_capabilities(call)
+        ))
+    }
+
+    async fn get_version(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::AmtVersion>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        reply(command!(
+            self,
+            c,
+            &g,
+            "GetVersion",
+            HashMap::new(),
+            |call| features::version(call)
+        ))
+    }
+
+    async fn get_general_settings(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::GeneralSettings>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        reply(command!(
+            self,
+            c,
+            &g,
+            "GetGeneralSettings",
+            HashMap::new(),
+            |call| features::general_settings(call)
+        ))
+    }
+
+    async fn get_hardware_info(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::HardwareInfo>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        reply(command!(
+            self,
+            c,
+            &g,
+            "GetHardwareInfo",
+            HashMap::new(),
+            |call| features::hardware_info(call)
+        ))
+    }
+
+    async fn get_features(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::AmtFeatures>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        reply(command!(
+            self,
+            c,
+            &g,
+            "GetFeatures",
+            HashMap::new(),
+            |call| features::get_features(call)
+        ))
+    }
+
+    async fn set_features(
+        &self,
+        req: Request<pb::SetFeaturesRequest>,
+    ) -> Result<Response<pb::AmtFeatures>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let p = params(&[
+            ("user_consent", r.user_consent.clone()),
+            ("kvm", r.enable_kvm.to_string()),
+            ("sol", r.enable_sol.to_string()),
+            ("ider", r.enable_ider.to_string()),
+        ]);
+        reply(command!(self, c, &r.guid, "SetFeatures", p, |call| {
+            features::set_features(call, &r)
+        }))
+    }
+
+    async fn start_user_consent(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::CommandResult>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        reply(command!(
+            self,
+            c,
+            &g,
+            "StartUserConsent",
+            HashMap::new(),
+            |call| features::start_consent(call)
+        ))
+    }
+
+    async fn send_user_consent_code(
+        &self,
+        req: Request<pb::SendUserConsentCodeRequest>,
+    ) -> Result<Response<pb::CommandResult>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        // The code itself is a one-time secret shown on the device: never in events.
+        reply(command!(
+            self,
+            c,
+            &r.guid,
+            "SendUserConsentCode",
+            HashMap::new(),
+            |call| features::send_consent_code(call, &r.code)
+        ))
+    }
+
+    async fn cancel_user_consent(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::CommandResult>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        reply(command!(
+            self,
+            c,
+            &g,
+            "CancelUserConsent",
+            HashMap::new(),
+            |call| features::cancel_consent(call)
+        ))
+    }
+
+    async fn get_event_log(
+        &self,
+        req: Request<pb::GetEventLogRequest>,
+    ) -> Result<Response<pb::EventLog>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        reply(command!(
+            self,
+            c,
+            &r.guid,
+            "GetEventLog",
+            HashMap::new(),
+            |call| features::event_log(call, r.max_records)
+        ))
+    }
+
+    async fn get_audit_log(
+        &self,
+        req: Request<pb::GetAuditLogRequest>,
+    ) -> Result<Response<pb::AuditLog>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let p = params(&[("start_index", r.start_index.to_string())]);
+        reply(command!(self, c, &r.guid, "GetAuditLog", p, |call| {
+            features::audit_log(call, r.start_index)
+        }))
+    }
+
+    async fn list_alarms(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::AlarmList>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        reply(command!(
+            self,
+            c,
+            &g,
+            "ListAlarms",
+            HashMap::new(),
+            |call| features::list_alarms(call)
+        ))
+    }
+
+    async fn add_alarm(
+        &self,
+        req: Request<pb::AddAlarmRequest>,
+    ) -> Result<Response<pb::Alarm>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let p = params(&[
+            ("name", r.name.clone()),
+            ("start_time", r.start_time.to_string()),
+        ]);
+        reply(command!(self, c, &r.guid, "AddAlarm", p, |call| {
+            features::add_alarm(call, &r, now_unix())
+        }))
+    }
+
+    async fn delete_alarm(
+        &self,
+        req: Request<pb::DeleteAlarmRequest>,
+    ) -> Result<Response<pb::DeleteAlarmResponse>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let p = params(&[("instance_id", r.instance_id.clone())]);
+        reply(
+            command!(self, c, &r.guid, "DeleteAlarm", p, |call| {
+                features::delete_alarm(call, &r.instance_id)
+            })
+            .map(|()| pb::DeleteAlarmResponse {}),
+        )
+    }
+
+    async fn deactivate(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::CommandResult>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        let r = command!(self, c, &g, "Deactivate", HashMap::new(), |call| {
+            features::deactivate(call)
+        })?;
+        if r.return_value == 0 {
+            // AMT is unprovisioned: the device no longer belongs to Homeport.
+            crate::registry::remove_device(&self.inner, &c, &g)
+                .await
+                .map_err(|e| e.to_status())?;
+        }
+        Ok(Response::new(r))
+    }
+}

@@ -1,0 +1,381 @@
+//! End-to-end device management: gRPC client → mps-command → NATS → cira-ingress → APF →
+//! simulated AMT, with the registry in PostgreSQL and credentials in the secret store.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use homeport_amt_sim::Fleet;
+use homeport_contracts::proto::event::Payload;
+use homeport_proto::device::v1 as pb;
+use homeport_tests::command::{command_config, CommandHandle};
+use homeport_tests::*;
+use tonic::Code;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Setup {
+    env: TestEnv,
+    _ingress: homeport_cira_ingress::Ingress,
+    fleet: Fleet,
+    cmd: CommandHandle,
+}
+
+impl Setup {
+    async fn new(label: &str, devices: u64, seed: u64, tenant: &str) -> Setup {
+        let env = TestEnv::new(label).await;
+        let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+        let cfg = env
+            .enrolled_fleet(ingress.local_addr(), devices, seed, tenant)
+            .await;
+        let fleet = env.start_connected(cfg, WAIT).await;
+        let cmd = env
+            .start_command(command_config(Duration::from_secs(5)))
+            .await;
+        Setup {
+            env,
+            _ingress: ingress,
+            fleet,
+            cmd,
+        }
+    }
+
+    fn guid(&self, i: usize) -> String {
+        self.fleet.identities()[i].guid.clone()
+    }
+
+    async fn stop(self) {
+        self.cmd.stop().await;
+        self.fleet.stop().await;
+        self.env.cleanup().await;
+    }
+}
+
+fn dref(guid: &str) -> pb::DeviceRef {
+    pb::DeviceRef {
+        guid: guid.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn general_settings_with_digest_reuse_and_a_command_event() {
+    let s = Setup::new("cmdgs", 2, 31, "acme").await;
+    let mut api = s.cmd.devices("acme").await;
+    let id = s.fleet.identities()[0].clone();
+    let before = s.fleet.stats().http_requests.load(Ordering::Relaxed);
+    let g = api
+        .get_general_settings(dref(&id.guid))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(g.digest_realm, id.realm);
+    assert_eq!(g.host_name, id.hostname);
+    assert_eq!(
+        g.properties.get("InstanceID").map(String::as_str),
+        Some("Intel(r) AMT: General Settings")
+    );
+    let first = s.fleet.stats().http_requests.load(Ordering::Relaxed) - before;
+    assert_eq!(first, 2, "the first call meets AMT's 401 challenge");
+    api.get_general_settings(dref(&id.guid)).await.unwrap();
+    let second = s.fleet.stats().http_requests.load(Ordering::Relaxed) - before - first;
+    assert_eq!(second, 1, "later calls reuse the nonce");
+    let events = s.env.wait_events("GetGeneralSettings", 2, WAIT).await;
+    let (subject, ev) = &events[0];
+    assert_eq!(
+        subject,
+        &s.env
+            .names
+            .command_event("acme", &id.guid, "GetGeneralSettings")
+    );
+    assert_eq!((ev.tenant.as_str(), ev.actor.as_str()), ("acme", "tester"));
+    let Some(Payload::CommandExecuted(c)) = &ev.payload else {
+        panic!("payload {:?}", ev.payload)
+    };
+    assert_eq!(c.result, "ok");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_connected_unknown_and_malformed_devices_answer_at_once() {
+    let env = TestEnv::new("cmdnc").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    // Enrolled but never started: registered, not connected.
+    let cfg = env
+        .enrolled_fleet(ingress.local_addr(), 1, 32, "acme")
+        .await;
+    let guid = cfg.identities().next().unwrap().guid;
+    let cmd = env
+        .start_command(command_config(Duration::from_secs(30)))
+        .await;
+    let mut api = cmd.devices("acme").await;
+    let started = Instant::now();
+    let e = api.get_power_state(dref(&guid)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("not connected"), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not-connected must not wait for the deadline"
+    );
+    let e = api
+        .get_power_state(dref("00000000-0000-0000-0000-00000000beef"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = api.get_power_state(dref("not-a-guid")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // Failures are audited too.
+    let events = env.wait_events("GetPowerState", 3, WAIT).await;
+    assert!(events.iter().any(|(_, e)| matches!(&e.payload, Some(Payload::CommandExecuted(c)) if c.result == "UNAVAILABLE")));
+    cmd.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_isolated_and_tokens_required() {
+    let s = Setup::new("cmdten", 1, 33, "acme").await;
+    let guid = s.guid(0);
+    let mut evil = s.cmd.devices("evil").await;
+    let e = evil.get_general_settings(dref(&guid)).await.unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::NotFound,
+        "another tenant's device does not exist for the caller"
+    );
+    let e = evil
+        .power_action(pb::PowerActionRequest {
+            guid: guid.clone(),
+            action: 8,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let mut evil_reg = s.cmd.registry("evil").await;
+    assert_eq!(
+        evil_reg.get_device(dref(&guid)).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        evil_reg
+            .delete_device(dref(&guid))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let list = evil_reg
+        .list_devices(pb::ListDevicesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.devices.is_empty());
+    // The owner still sees and commands it.
+    let mut reg = s.cmd.registry("acme").await;
+    assert_eq!(
+        reg.get_device(dref(&guid)).await.unwrap().into_inner().guid,
+        guid
+    );
+    // No token, a garbage token, a token signed with another key: refused.
+    for token in [
+        None,
+        Some("garbage"),
+        Some(
+            homeport_mps_command::auth::mint_hs256(
+                b"another-secret-of-enough-length!!",
+                "x",
+                "acme",
+                60,
+            )
+            .unwrap()
+            .as_str(),
+        ),
+    ] {
+        let mut api = s.cmd.devices_with(token).await;
+        let e = api.get_general_settings(dref(&guid)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{token:?}: {e:?}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_amt_password_is_refused_and_a_fixed_secret_recovers() {
+    let s = Setup::new("cmdpw", 1, 34, "acme").await;
+    let id = s.fleet.identities()[0].clone();
+    let path = homeport_secrets::device_path(&id.guid);
+    let mut good = s.env.secrets.get(&path).await.unwrap().unwrap();
+    let mut bad = good.clone();
+    bad.insert(
+        homeport_secrets::AMT_PASSWORD.into(),
+        homeport_secrets::SecretString::new("Wrong-Pass1!"),
+    );
+    s.env.secrets.put(&path, bad).await.unwrap();
+    let mut api = s.cmd.devices("acme").await;
+    let e = api.get_general_settings(dref(&id.guid)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        !e.message().contains("Wrong-Pass1!"),
+        "secrets never appear in errors"
+    );
+    // The operator fixes the secret; the next call re-reads it after the device's 401.
+    good.insert(
+        homeport_secrets::AMT_PASSWORD.into(),
+        id.amt_password.clone(),
+    );
+    s.env.secrets.put(&path, good).await.unwrap();
+    let g = api
+        .get_general_settings(dref(&id.guid))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(g.digest_realm, id.realm);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_nonce_is_recovered_transparently() {
+    let s = Setup::new("cmdstale", 1, 35, "acme").await;
+    let guid = s.guid(0);
+    let mut api = s.cmd.devices("acme").await;
+    api.get_general_settings(dref(&guid)).await.unwrap();
+    // Other clients' challenges push mps-command's nonce out of the device's small table.
+    for _ in 0..6 {
+        s.env.assert_reachable(&guid).await;
+    }
+    let before = s.fleet.stats().http_requests.load(Ordering::Relaxed);
+    api.get_general_settings(dref(&guid)).await.unwrap();
+    let used = s.fleet.stats().http_requests.load(Ordering::Relaxed) - before;
+    assert_eq!(used, 2, "one stale 401, then the retry");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_create_list_update_delete() {
+    let s = Setup::new("cmdreg", 2, 36, "acme").await;
+    let mut reg = s.cmd.registry("acme").await;
+    let connected = reg.get_device(dref(&s.guid(0))).await.unwrap().into_inner();
+    assert_eq!(connected.status, pb::ConnectionStatus::Connected as i32);
+    assert_eq!(connected.node, "node-a");
+    let new_guid = "11111111-2222-3333-4444-555555555555";
+    let created = reg
+        .create_device(pb::CreateDeviceRequest {
+            guid: new_guid.to_uppercase(),
+            hostname: "lab-1".into(),
+            friendly_name: "Lab one".into(),
+            tags: vec!["lab".into(), "floor-2".into()],
+            mps_username: "lab1".into(),
+            mps_password: "Mps-Pass1!".into(),
+            amt_password: "Amt-Pass1!".into(),
+            mebx_password: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (created.guid.as_str(), created.tenant.as_str()),
+        (new_guid, "acme")
+    );
+    assert_eq!(created.status, pb::ConnectionStatus::Disconnected as i32);
+    let stored = homeport_secrets::DeviceSecrets::load(s.env.secrets.as_ref(), new_guid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.amt_password.unwrap().expose(), "Amt-Pass1!");
+    let dup = reg
+        .create_device(pb::CreateDeviceRequest {
+            guid: new_guid.into(),
+            mps_username: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    // Another tenant cannot take the guid over either.
+    let mut evil = s.cmd.registry("evil").await;
+    let e = evil
+        .create_device(pb::CreateDeviceRequest {
+            guid: new_guid.into(),
+            mps_username: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let tagged = reg
+        .list_devices(pb::ListDevicesRequest {
+            tags: vec!["lab".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        tagged
+            .devices
+            .iter()
+            .map(|d| d.guid.as_str())
+            .collect::<Vec<_>>(),
+        [new_guid]
+    );
+    let online = reg
+        .list_devices(pb::ListDevicesRequest {
+            status: pb::ConnectionStatus::Connected as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(online.devices.len(), 2);
+    // Paging visits every device exactly once.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = reg
+            .list_devices(pb::ListDevicesRequest {
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.devices.into_iter().map(|d| d.guid));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 3);
+    let updated = reg
+        .update_device(pb::UpdateDeviceRequest {
+            guid: new_guid.into(),
+            hostname: "lab-2".into(),
+            update_mask: vec!["hostname".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (updated.hostname.as_str(), updated.friendly_name.as_str()),
+        ("lab-2", "Lab one")
+    );
+    reg.delete_device(dref(new_guid)).await.unwrap();
+    assert_eq!(
+        reg.get_device(dref(new_guid)).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert!(s
+        .env
+        .secrets
+        .get(&homeport_secrets::device_path(new_guid))
+        .await
+        .unwrap()
+        .is_none());
+    let changes = s.env.wait_events("created", 1, WAIT).await;
+    assert_eq!(changes[0].1.device_guid, new_guid);
+    s.env.wait_events("updated", 1, WAIT).await;
+    s.env.wait_events("deleted", 1, WAIT).await;
+    s.stop().await;
+}
