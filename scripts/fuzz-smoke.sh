@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Smoke-runs the APF fuzz targets (decode, round_trip, session) under libFuzzer for a few
-# seconds each: `bash scripts/fuzz-smoke.sh` (SECONDS_PER_TARGET=60 for longer runs).
-# The same target bodies also run over generated inputs in `cargo test` (crates/apf/tests/fuzz_smoke.rs).
+# Smoke-runs the fuzz targets under libFuzzer for a few seconds each: APF (decode, round_trip,
+# session) and WS-Man (parse_reply): `bash scripts/fuzz-smoke.sh` (SECONDS_PER_TARGET=60 for
+# longer runs). The same target bodies also run in `cargo test` (crates/apf/tests/fuzz_smoke.rs,
+# crates/wsman/tests/fuzz_smoke.rs).
 set -euo pipefail
 cd "$(dirname "$0")/../crates/apf"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${TMPDIR:-/tmp}/homeport-fuzz-target}"
@@ -10,6 +11,9 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 # accepts them with RUSTC_BOOTSTRAP. Without sanitizers, libFuzzer still finds panics.
 export RUSTC_BOOTSTRAP=1
 for target in decode round_trip session; do
-  echo "== fuzzing $target for ${SECONDS_PER_TARGET:-20}s"
+  echo "== fuzzing apf/$target for ${SECONDS_PER_TARGET:-20}s"
   cargo fuzz run "$target" --sanitizer none -- -max_total_time="${SECONDS_PER_TARGET:-20}" -rss_limit_mb=2048
 done
+cd ../wsman
+echo "== fuzzing wsman/parse_reply for ${SECONDS_PER_TARGET:-20}s"
+cargo fuzz run parse_reply --sanitizer none -- -max_total_time="${SECONDS_PER_TARGET:-20}" -rss_limit_mb=2048

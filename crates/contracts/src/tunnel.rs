@@ -105,13 +105,24 @@ pub enum TunnelCallError {
     Nats(String),
 }
 
+/// How long a device's node, once read from presence, is used without reading it again. A
+/// device that moved in the meantime costs one retry: its old node answers "not connected"
+/// (or nobody answers), and the node is read again.
+const NODE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+const NODE_CACHE_MAX: usize = 200_000;
+
+type NodeCache = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+>;
+
 /// Sends HTTP requests to devices through whichever ingress node holds them: the node is read
-/// from the presence bucket, the request goes to that node's subject.
+/// from the presence bucket (and cached briefly), the request goes to that node's subject.
 #[derive(Clone)]
 pub struct TunnelClient {
     nats: async_nats::Client,
     names: crate::Names,
     presence: async_nats::jetstream::kv::Store,
+    nodes: NodeCache,
 }
 
 impl TunnelClient {
@@ -125,7 +136,40 @@ impl TunnelClient {
             nats,
             names,
             presence,
+            nodes: NodeCache::default(),
         })
+    }
+
+    fn cached_node(&self, guid: &str) -> Option<String> {
+        let cache = self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .get(guid)
+            .filter(|(_, at)| at.elapsed() < NODE_CACHE_TTL)
+            .map(|(node, _)| node.clone())
+    }
+
+    fn remember_node(&self, guid: &str, node: Option<&str>) {
+        let mut cache = self
+            .nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match node {
+            Some(node) => {
+                if cache.len() >= NODE_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(
+                    guid.to_string(),
+                    (node.to_string(), std::time::Instant::now()),
+                );
+            }
+            None => {
+                cache.remove(guid);
+            }
+        }
     }
 
     /// Where the device's current session is, if it has one.
@@ -149,14 +193,40 @@ impl TunnelClient {
         http: bytes::Bytes,
         timeout: std::time::Duration,
     ) -> Result<bytes::Bytes, TunnelCallError> {
+        if let Some(node) = self.cached_node(guid) {
+            match self
+                .request_via(&node, guid, port, http.clone(), timeout)
+                .await
+            {
+                Err(TunnelCallError::NotConnected(_)) => self.remember_node(guid, None),
+                other => return other,
+            }
+        }
         let Some(presence) = self.locate(guid).await? else {
             return Err(TunnelCallError::NotConnected(guid.to_string()));
         };
+        let result = self
+            .request_via(&presence.node, guid, port, http, timeout)
+            .await;
+        if !matches!(result, Err(TunnelCallError::NotConnected(_))) {
+            self.remember_node(guid, Some(&presence.node));
+        }
+        result
+    }
+
+    async fn request_via(
+        &self,
+        node: &str,
+        guid: &str,
+        port: Option<u32>,
+        http: bytes::Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<bytes::Bytes, TunnelCallError> {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(port) = port {
             headers.insert(PORT_HEADER, port.to_string().as_str());
         }
-        let subject = self.names.cira_node_http(&presence.node, guid);
+        let subject = self.names.cira_node_http(node, guid);
         let call = self.nats.request_with_headers(subject, headers, http);
         let reply = match tokio::time::timeout(timeout, call).await {
             Err(_) => return Err(TunnelCallError::Timeout(guid.to_string())),

@@ -6,6 +6,7 @@
 pub mod amt;
 pub mod digest;
 pub mod envelope;
+pub mod fuzzing;
 pub mod http;
 pub mod response;
 pub mod xml;
