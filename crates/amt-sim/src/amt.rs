@@ -1,6 +1,7 @@
 //! The device's HTTP side on port-16992 channels: digest authentication the way AMT does it
-//! (first request 401, nonces valid across channels, stale nonces re-challenged) and WS-Man
-//! answers in AMT's framing (chunked, upper-case 4-digit chunk sizes, ~0x300-byte chunks).
+//! (first request 401, nonces valid across channels and reconnects, stale nonces
+//! re-challenged), injected WS-Man faults, and answers in AMT's framing (chunked, upper-case
+//! 4-digit chunk sizes, ~0x300-byte chunks); the WS-Man service itself is `crate::wsman`.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,9 @@ use homeport_http1::Head;
 use openssl::hash::{hash, MessageDigest};
 
 use crate::identity::Identity;
+use crate::wsman::model::{DeviceModel, Now};
+use crate::wsman::{self, render, Effect};
+use crate::Fault;
 
 pub const SERVER_HEADER: &str = "Intel(R) Active Management Technology 15.0.23.1706";
 const NONCE_TTL: Duration = Duration::from_secs(300);
@@ -15,51 +19,95 @@ const MAX_NONCES: usize = 4;
 const CHUNK: usize = 0x300;
 const UNAUTHORIZED_HTML: &str = "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01 Transitional//EN\" >\n<html><head><link rel=stylesheet href=/styles.css>\n<meta http-equiv=\"Content-Type\" content=\"text/html; charset=utf-8\">\n<title>Intel&reg; Active Management Technology</title></head>\n<body>\n<table class=header>\n<tr><td valign=top nowrap>\n<p class=top1>Intel<font class=r><sup>&reg;</sup></font> Active Management Technology\n</td></tr></table>\n<br>\n<h2 class=warn>Log on failed. Incorrect user name or password, or user account temporarily locked.</h2>\n\n<p>\n<form METHOD=\"GET\" action=\"index.htm\"><h2><input type=submit value=\"Try again\">\n</h2></form>\n<p>\n\n</body>\n</html>\n";
 
-const CIM: &str = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/";
-const AMT: &str = "http://intel.com/wbem/wscim/1/amt-schema/1/";
-const GET: &str = "http://schemas.xmlsoap.org/ws/2004/09/transfer/Get";
-
-/// Mutable HTTP-side state of one device; small, it exists once per simulated device.
+/// The digest side of one device: nonces handed out and when. It lives in the device model,
+/// so nonces stay valid across APF channels and reconnects like on real firmware (§1.2).
 #[derive(Default)]
 pub struct AmtState {
     nonces: Vec<(String, Instant)>,
-    message_counter: u32,
 }
 
-/// Answers one complete HTTP request.
-pub fn respond(
+/// What the connection does with one HTTP request.
+pub(crate) enum Served {
+    /// Send these bytes (after any configured latency), then apply the effect.
+    Reply { bytes: Vec<u8>, effect: Effect },
+    /// `Fault::VanishMidCall`: reset the TCP connection instead of answering.
+    Vanish,
+}
+
+/// Answers one complete HTTP request: digest first, then injected WS-Man faults, then the
+/// WS-Man service. `peer` is the APF channel's originator address (audit NetAddress).
+pub(crate) fn serve(
     id: &Identity,
-    state: &mut AmtState,
-    now: Instant,
+    model: &mut DeviceModel,
+    fault: Fault,
+    now: Now,
+    peer: &str,
     head: &Head,
     body: &[u8],
-) -> Vec<u8> {
+) -> Served {
+    let reply = |bytes| Served::Reply {
+        bytes,
+        effect: Effect::None,
+    };
+    let state = &mut model.digest;
     state
         .nonces
-        .retain(|(_, at)| now.duration_since(*at) < NONCE_TTL);
+        .retain(|(_, at)| now.mono.duration_since(*at) < NONCE_TTL);
     match authorize(id, state, head) {
         Auth::Ok => {}
-        Auth::Missing => return unauthorized(id, state, now, false),
-        Auth::Stale => return unauthorized(id, state, now, true),
+        Auth::Missing => return reply(unauthorized(id, state, now.mono, false)),
+        Auth::Stale => return reply(unauthorized(id, state, now.mono, true)),
     }
-    let xml = String::from_utf8_lossy(body);
-    let resource = element_text(&xml, "ResourceURI").unwrap_or_default();
-    let action = element_text(&xml, "Action").unwrap_or_default();
-    let relates_to = element_text(&xml, "MessageID")
-        .unwrap_or_default()
-        .to_string();
-    state.message_counter = state.message_counter.wrapping_add(1);
-    let message_id = format!(
-        "uuid:00000000-8086-8086-8086-{:012X}",
-        state.message_counter
+    match fault {
+        Fault::VanishMidCall if !model.vanish_fired => {
+            model.vanish_fired = true;
+            return Served::Vanish;
+        }
+        Fault::HostileWsman => {
+            let n = model.next_counter();
+            let text = String::from_utf8_lossy(body);
+            let relates = element_text(&text, "MessageID").unwrap_or_default();
+            return reply(ok(&hostile_body(n, relates)));
+        }
+        _ => {}
+    }
+    let mut ctx = wsman::Ctx::new(id, model, now, peer);
+    let answer = wsman::handle(&mut ctx, body);
+    let bytes = if answer.ok {
+        ok(&answer.xml)
+    } else {
+        bad_request(&answer.xml)
+    };
+    Served::Reply {
+        bytes,
+        effect: answer.effect,
+    }
+}
+
+/// Malformed XML for `Fault::HostileWsman`, rotating through an unclosed document, 10,000
+/// nested elements and an entity bomb, so clients prove their parsers are bounded.
+pub(crate) fn hostile_body(n: u32, relates_to: &str) -> String {
+    let relates = render::escape(relates_to);
+    let head = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><a:Envelope xmlns:a="http://www.w3.org/2003/05/soap-envelope" xmlns:b="http://schemas.xmlsoap.org/ws/2004/08/addressing"><a:Header><b:RelatesTo>{relates}</b:RelatesTo></a:Header><a:Body>"#
     );
-    let class = resource
-        .strip_prefix(AMT)
-        .or_else(|| resource.strip_prefix(CIM))
-        .unwrap_or(resource);
-    match (class, action) {
-        ("AMT_GeneralSettings", GET) => ok(&general_settings(id, &relates_to, &message_id)),
-        _ => bad_request(&destination_unreachable(&relates_to, &message_id)),
+    match n % 3 {
+        0 => format!("{head}<g:AMT_GeneralSettings><g:DigestRealm>Digest:"),
+        1 => format!(
+            "{head}{}{}</a:Body></a:Envelope>",
+            "<x>".repeat(10_000),
+            "</x>".repeat(10_000)
+        ),
+        _ => {
+            let mut dtd = String::from(r#"<!ENTITY lol0 "lolololololololololo">"#);
+            for i in 1..10 {
+                let refs = format!("&lol{};", i - 1).repeat(10);
+                dtd.push_str(&format!(r#"<!ENTITY lol{i} "{refs}">"#));
+            }
+            format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><!DOCTYPE a:Envelope [{dtd}]><a:Envelope xmlns:a="http://www.w3.org/2003/05/soap-envelope" xmlns:b="http://schemas.xmlsoap.org/ws/2004/08/addressing"><a:Header><b:RelatesTo>{relates}</b:RelatesTo></a:Header><a:Body><x>&lol9;</x></a:Body></a:Envelope>"#
+            )
+        }
     }
 }
 
@@ -183,23 +231,6 @@ fn chunked(status: &str, body: &str, extra: &str) -> Vec<u8> {
     out
 }
 
-const ENVELOPE_NS: &str = r#"xmlns:a="http://www.w3.org/2003/05/soap-envelope" xmlns:b="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:c="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" xmlns:d="http://schemas.xmlsoap.org/ws/2005/02/trust" xmlns:e="http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd" xmlns:f="http://schemas.dmtf.org/wbem/wsman/1/cimbinding.xsd""#;
-
-fn general_settings(id: &Identity, relates_to: &str, message_id: &str) -> String {
-    let ns = format!("{AMT}AMT_GeneralSettings");
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?><a:Envelope {ENVELOPE_NS} xmlns:g="{ns}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><a:Header><b:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</b:To><b:RelatesTo>{relates_to}</b:RelatesTo><b:Action a:mustUnderstand="true">http://schemas.xmlsoap.org/ws/2004/09/transfer/GetResponse</b:Action><b:MessageID>{message_id}</b:MessageID><c:ResourceURI>{ns}</c:ResourceURI></a:Header><a:Body><g:AMT_GeneralSettings><g:AMTNetworkEnabled>1</g:AMTNetworkEnabled><g:DDNSPeriodicUpdateInterval>1440</g:DDNSPeriodicUpdateInterval><g:DDNSTTL>900</g:DDNSTTL><g:DDNSUpdateByDHCPServerEnabled>true</g:DDNSUpdateByDHCPServerEnabled><g:DDNSUpdateEnabled>false</g:DDNSUpdateEnabled><g:DHCPSyncRequiresHostname>1</g:DHCPSyncRequiresHostname><g:DHCPv6ConfigurationTimeout>0</g:DHCPv6ConfigurationTimeout><g:DigestRealm>{realm}</g:DigestRealm><g:DomainName>sim.homeport.test</g:DomainName><g:ElementName>Intel(r) AMT: General Settings</g:ElementName><g:HostName>{host}</g:HostName><g:HostOSFQDN>{host}.sim.homeport.test</g:HostOSFQDN><g:IdleWakeTimeout>65535</g:IdleWakeTimeout><g:InstanceID>Intel(r) AMT: General Settings</g:InstanceID><g:NetworkInterfaceEnabled>true</g:NetworkInterfaceEnabled><g:PingResponseEnabled>true</g:PingResponseEnabled><g:PowerSource>0</g:PowerSource><g:PreferredAddressFamily>0</g:PreferredAddressFamily><g:PresenceNotificationInterval>0</g:PresenceNotificationInterval><g:PrivacyLevel>0</g:PrivacyLevel><g:RmcpPingResponseEnabled>true</g:RmcpPingResponseEnabled><g:SharedFQDN>true</g:SharedFQDN><g:ThunderboltDockEnabled>0</g:ThunderboltDockEnabled><g:WsmanOnlyMode>false</g:WsmanOnlyMode></g:AMT_GeneralSettings></a:Body></a:Envelope>"#,
-        realm = id.realm,
-        host = id.hostname,
-    )
-}
-
-fn destination_unreachable(relates_to: &str, message_id: &str) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?><a:Envelope xmlns:a="http://www.w3.org/2003/05/soap-envelope" xmlns:b="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><a:Header><b:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</b:To><b:RelatesTo>{relates_to}</b:RelatesTo><b:Action a:mustUnderstand="true">http://schemas.xmlsoap.org/ws/2004/08/addressing/fault</b:Action><b:MessageID>{message_id}</b:MessageID></a:Header><a:Body><a:Fault><a:Code><a:Value>a:Sender</a:Value><a:Subcode><a:Value>b:DestinationUnreachable</a:Value></a:Subcode></a:Code><a:Reason><a:Text xml:lang="en-US">No route can be determined to reach the destination role defined by the WSAddressing To.</a:Text></a:Reason><a:Detail></a:Detail></a:Fault></a:Body></a:Envelope>"#
-    )
-}
-
 /// Text of the first element whose local name (prefix ignored) is `local`.
 pub fn element_text<'a>(xml: &'a str, local: &str) -> Option<&'a str> {
     let mut rest = xml;
@@ -229,6 +260,38 @@ mod tests {
     use super::*;
 
     const GET_GS: &str = r#"<?xml version="1.0" encoding="utf-8"?><Envelope xmlns="http://www.w3.org/2003/05/soap-envelope" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd"><Header><a:Action>http://schemas.xmlsoap.org/ws/2004/09/transfer/Get</a:Action><a:To>/wsman</a:To><w:ResourceURI>http://intel.com/wbem/wscim/1/amt-schema/1/AMT_GeneralSettings</w:ResourceURI><a:MessageID>7</a:MessageID></Header><Body></Body></Envelope>"#;
+
+    fn respond_with(
+        id: &Identity,
+        model: &mut DeviceModel,
+        fault: Fault,
+        now: Instant,
+        head: &Head,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        let now = Now {
+            mono: now,
+            unix: 1_700_000_000,
+        };
+        match serve(id, model, fault, now, "1.2.3.4", head, body) {
+            Served::Reply { bytes, .. } => Some(bytes),
+            Served::Vanish => None,
+        }
+    }
+
+    fn respond(
+        id: &Identity,
+        model: &mut DeviceModel,
+        now: Instant,
+        head: &Head,
+        body: &[u8],
+    ) -> Vec<u8> {
+        respond_with(id, model, Fault::None, now, head, body).expect("an answer")
+    }
+
+    fn model() -> DeviceModel {
+        DeviceModel::new(false, 1_700_000_000)
+    }
 
     fn head(auth: Option<String>) -> Head {
         let mut raw = format!(
@@ -279,7 +342,7 @@ mod tests {
     #[test]
     fn digest_flow_like_amt() {
         let id = Identity::derive(1, 1);
-        let mut st = AmtState::default();
+        let mut st = model();
         let now = Instant::now();
         let first = respond(&id, &mut st, now, &head(None), GET_GS.as_bytes());
         let (realm, nonce) = challenge(&first);
@@ -311,11 +374,11 @@ mod tests {
     #[test]
     fn unknown_class_is_destination_unreachable() {
         let id = Identity::derive(1, 2);
-        let mut st = AmtState::default();
+        let mut st = model();
         let now = Instant::now();
         let (realm, nonce) = challenge(&respond(&id, &mut st, now, &head(None), b""));
         let auth = authorization(&id, &realm, &nonce, id.amt_password.expose(), true);
-        let body = GET_GS.replace("AMT_GeneralSettings", "CIM_KVMRedirectionSAP");
+        let body = GET_GS.replace("AMT_GeneralSettings", "AMT_NoSuchClass");
         let mut h = head(Some(auth));
         h.headers.retain(|(n, _)| n != "Content-Length");
         let resp = respond(&id, &mut st, now, &h, body.as_bytes());
@@ -325,6 +388,74 @@ mod tests {
         assert_eq!(c.head.status(), Some(400));
         let text = String::from_utf8(homeport_http1::body(&resp, &c).unwrap()).unwrap();
         assert!(text.contains("b:DestinationUnreachable"));
+    }
+
+    /// 401 first, then the digest for the nonce it carried.
+    fn login(id: &Identity, st: &mut DeviceModel, now: Instant) -> Head {
+        let (realm, nonce) = challenge(&respond(id, st, now, &head(None), b""));
+        head(Some(authorization(
+            id,
+            &realm,
+            &nonce,
+            id.amt_password.expose(),
+            true,
+        )))
+    }
+
+    #[test]
+    fn nonces_survive_in_the_model() {
+        // The model outlives connections, so a nonce from one channel works on the next.
+        let id = Identity::derive(1, 4);
+        let mut st = model();
+        let now = Instant::now();
+        let h = login(&id, &mut st, now);
+        for _ in 0..3 {
+            let resp = respond(&id, &mut st, now, &h, GET_GS.as_bytes());
+            assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200 OK\r\n"));
+        }
+    }
+
+    #[test]
+    fn hostile_fault_sends_malformed_xml_in_200s() {
+        let id = Identity::derive(1, 5);
+        let mut st = model();
+        let now = Instant::now();
+        let h = login(&id, &mut st, now);
+        for _ in 0..3 {
+            let resp = respond_with(
+                &id,
+                &mut st,
+                Fault::HostileWsman,
+                now,
+                &h,
+                GET_GS.as_bytes(),
+            )
+            .expect("an answer");
+            let c = homeport_http1::complete_response(&resp, false)
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.head.status(), Some(200));
+            assert_eq!(c.head.header("transfer-encoding"), Some("chunked"));
+            let body = String::from_utf8(homeport_http1::body(&resp, &c).unwrap()).unwrap();
+            assert!(crate::wsman::xml::Doc::parse(&body).is_err(), "malformed");
+        }
+        // Without authentication the fault does not show: the 401 comes first.
+        let resp = respond_with(&id, &mut st, Fault::HostileWsman, now, &head(None), b"")
+            .expect("an answer");
+        assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 401"));
+    }
+
+    #[test]
+    fn vanish_fault_fires_once_after_authentication() {
+        let id = Identity::derive(1, 6);
+        let mut st = model();
+        let now = Instant::now();
+        let unauth = respond_with(&id, &mut st, Fault::VanishMidCall, now, &head(None), b"");
+        assert!(unauth.is_some(), "the 401 is still answered");
+        let h = login(&id, &mut st, now);
+        let gs = GET_GS.as_bytes();
+        assert!(respond_with(&id, &mut st, Fault::VanishMidCall, now, &h, gs).is_none());
+        assert!(respond_with(&id, &mut st, Fault::VanishMidCall, now, &h, gs).is_some());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! One simulated device's connection: TCP from its source address, TLS like AMT, the APF
-//! device session, the HTTP responder on its channels, faults, and reconnects with backoff.
+//! device session, the HTTP responder on its channels (replies optionally delayed through a
+//! queue folded into the select deadline, so keep-alives never wait), faults, forced
+//! disconnects, deprovisioning, and reconnects with backoff.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -15,11 +18,16 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_openssl::SslStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::amt::{self, AmtState};
+use crate::amt::{self, Served};
+use crate::control::DeviceSlot;
 use crate::identity::Identity;
-use crate::{Fault, FleetShared};
+use crate::wsman::model::Now;
+use crate::wsman::Effect;
+use crate::{Fault, FleetShared, FleetStats, VANISH_FOR};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// After a successful Unprovision the device keeps CIRA up this long, then drops it (§2.12).
+const UNPROVISION_GRACE: Duration = Duration::from_secs(1);
 
 /// How one connection attempt ended.
 #[derive(Debug)]
@@ -28,24 +36,49 @@ enum Outcome {
     /// The session had reached Ready before it ended.
     EndedAfterReady(String),
     Failed(String),
+    /// Unprovisioned: the device stays away until re-provisioned.
+    Deprovisioned,
+    /// `Fault::VanishMidCall` fired: the device stays away for `VANISH_FOR`.
+    Vanished,
 }
 
 pub(crate) async fn run(
     shared: Arc<FleetShared>,
     id: Arc<Identity>,
+    slot: Arc<DeviceSlot>,
     fault: Fault,
     cancel: CancellationToken,
 ) {
     let mut failures: u32 = 0;
     loop {
+        // A deprovisioned device has no CIRA configuration left: wait to be re-provisioned.
+        while !slot.provisioned() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = slot.wake.notified() => {}
+            }
+        }
         shared.ramp().await;
         if cancel.is_cancelled() {
             return;
         }
         shared.stats.attempts.fetch_add(1, Ordering::Relaxed);
-        let outcome = once(&shared, &id, fault, &cancel).await;
+        let outcome = once(&shared, &id, &slot, fault, &cancel).await;
         match &outcome {
             Outcome::Cancelled => return,
+            Outcome::Deprovisioned => {
+                failures = 0;
+                tracing::debug!(device = %id.guid, "unprovisioned; CIRA stays down");
+                continue;
+            }
+            Outcome::Vanished => {
+                failures = 0;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(VANISH_FOR) => {}
+                }
+                continue;
+            }
             Outcome::EndedAfterReady(why) => {
                 failures = 0;
                 tracing::debug!(device = %id.guid, why, "session ended; reconnecting");
@@ -111,13 +144,24 @@ async fn tls_connect(
     Ok(stream)
 }
 
+/// An accepted port-16992 channel and the HTTP bytes received on it so far.
+struct Channel {
+    id: ChannelId,
+    buf: Vec<u8>,
+    /// Originator address from CHANNEL_OPEN, recorded in audit records.
+    peer: String,
+}
+
 async fn once(
     shared: &FleetShared,
     id: &Identity,
+    slot: &DeviceSlot,
     fault: Fault,
     cancel: &CancellationToken,
 ) -> Outcome {
     let stats = &shared.stats;
+    // A disconnect asked for while not connected does not carry over to the next connection.
+    slot.disconnect.store(false, Ordering::SeqCst);
     let tcp = match connect_tcp(shared, id.index).await {
         Ok(t) => t,
         Err(e) => {
@@ -146,11 +190,35 @@ async fn once(
         ..DeviceConfig::default()
     };
     let mut session = DeviceSession::new(config, Instant::now());
-    let mut amt_state = AmtState::default();
-    let mut channels: Vec<(ChannelId, Vec<u8>)> = Vec::new();
+    let responder = Responder {
+        id,
+        slot,
+        fault,
+        stats,
+        latency: shared.config.wsman_latency,
+    };
+    let mut channels: Vec<Channel> = Vec::new();
+    // Replies held back by `wsman_latency`, in due order (the latency is constant).
+    let mut pending: VecDeque<Delayed> = VecDeque::new();
+    let mut unprovision_at: Option<Instant> = None;
     let mut ready_at: Option<Instant> = None;
     let mut fault_done = false;
-    let end = loop {
+    let end = 'conn: loop {
+        let now = Instant::now();
+        while pending.front().is_some_and(|d| d.due <= now) {
+            if let Some(d) = pending.pop_front() {
+                // The channel may have been closed meanwhile; the reply is then dropped.
+                let _ = session.send_data(d.channel, &d.bytes);
+                if d.close {
+                    let _ = session.close_channel(d.channel);
+                }
+            }
+        }
+        if unprovision_at.is_some_and(|at| now >= at) {
+            session.disconnect(DisconnectReason::BY_APPLICATION);
+            close_gracefully(&mut session, &mut stream).await;
+            break Ok(Outcome::Deprovisioned);
+        }
         if let Some(out) = session.poll_transmit() {
             let written = if fault == Fault::SplitFrames {
                 write_split(&mut stream, &out).await
@@ -200,14 +268,24 @@ async fn once(
         if let (Fault::AbruptReset(after), Some(at)) = (fault, ready_at) {
             deadline = deadline.min(at + after);
         }
+        if let Some(d) = pending.front() {
+            deadline = deadline.min(d.due);
+        }
+        if let Some(at) = unprovision_at {
+            deadline = deadline.min(at);
+        }
         tokio::select! {
             _ = cancel.cancelled() => {
                 session.disconnect(DisconnectReason::BY_APPLICATION);
-                if let Some(out) = session.poll_transmit() {
-                    let _ = stream.write_all(&out).await;
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+                close_gracefully(&mut session, &mut stream).await;
                 break Ok(Outcome::Cancelled);
+            }
+            _ = slot.wake.notified() => {
+                if slot.disconnect.swap(false, Ordering::SeqCst) {
+                    session.disconnect(DisconnectReason::BY_APPLICATION);
+                    close_gracefully(&mut session, &mut stream).await;
+                    break Ok(Outcome::EndedAfterReady("forced disconnect".into()));
+                }
             }
             r = read_some(&mut stream) => match r {
                 Ok(b) if b.is_empty() => break Err("server closed the connection".into()),
@@ -233,14 +311,35 @@ async fn once(
                     // when to give up on it.
                     session.retry_auth();
                 }
-                DeviceEvent::ChannelOpened { id: ch, .. } => channels.push((ch, Vec::new())),
+                DeviceEvent::ChannelOpened {
+                    id: ch,
+                    source_address,
+                    ..
+                } => channels.push(Channel {
+                    id: ch,
+                    buf: Vec::new(),
+                    peer: source_address,
+                }),
                 DeviceEvent::ChannelData { id: ch, data } => {
-                    if let Some((_, buf)) = channels.iter_mut().find(|(c, _)| *c == ch) {
-                        buf.extend_from_slice(&data);
-                        serve_http(id, &mut amt_state, &mut session, ch, buf, &shared.stats);
+                    if let Some(c) = channels.iter_mut().find(|c| c.id == ch) {
+                        c.buf.extend_from_slice(&data);
+                        match responder.serve(&mut session, c, &mut pending) {
+                            ChannelOutcome::Continue => {}
+                            ChannelOutcome::Unprovisioned => {
+                                unprovision_at =
+                                    Some(Instant::now() + responder.latency + UNPROVISION_GRACE);
+                            }
+                            ChannelOutcome::Vanish => {
+                                // SO_LINGER 0: closing sends a TCP RST instead of a FIN.
+                                #[allow(deprecated)]
+                                let _ = stream.get_ref().set_linger(Some(Duration::ZERO));
+                                stats.injected_faults.fetch_add(1, Ordering::Relaxed);
+                                break 'conn Ok(Outcome::Vanished);
+                            }
+                        }
                     }
                 }
-                DeviceEvent::ChannelClosed { id: ch } => channels.retain(|(c, _)| *c != ch),
+                DeviceEvent::ChannelClosed { id: ch } => channels.retain(|c| c.id != ch),
                 DeviceEvent::PeerDisconnected { reason } => {
                     stats.server_disconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(device = %id.guid, %reason, "server sent DISCONNECT");
@@ -256,7 +355,13 @@ async fn once(
         stats.connected.fetch_sub(1, Ordering::Relaxed);
     }
     match end {
-        Ok(o) => o,
+        Ok(Outcome::Cancelled) => Outcome::Cancelled,
+        Ok(o) => {
+            if ready_at.is_some() {
+                stats.disconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            o
+        }
         Err(why) if ready_at.is_some() => {
             stats.disconnects.fetch_add(1, Ordering::Relaxed);
             Outcome::EndedAfterReady(why)
@@ -265,35 +370,114 @@ async fn once(
     }
 }
 
-/// Answers every complete HTTP request buffered on a channel.
-fn serve_http(
-    id: &Identity,
-    state: &mut AmtState,
-    session: &mut DeviceSession,
-    ch: ChannelId,
-    buf: &mut Vec<u8>,
-    stats: &crate::FleetStats,
-) {
-    loop {
-        match homeport_http1::complete_request(buf) {
-            Ok(None) => return,
-            Ok(Some(c)) => {
-                let body = homeport_http1::body(buf, &c).unwrap_or_default();
-                let resp = amt::respond(id, state, Instant::now(), &c.head, &body);
-                stats.http_requests.fetch_add(1, Ordering::Relaxed);
-                let _ = session.send_data(ch, &resp);
-                buf.drain(..c.len);
+/// Sends what the session has queued (the DISCONNECT) and closes TLS, bounded in time.
+async fn close_gracefully(session: &mut DeviceSession, stream: &mut SslStream<TcpStream>) {
+    if let Some(out) = session.poll_transmit() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+}
+
+/// What serving a channel's buffered requests asks of the connection.
+enum ChannelOutcome {
+    Continue,
+    /// Unprovision succeeded: drop CIRA after the grace period.
+    Unprovisioned,
+    /// `Fault::VanishMidCall`: reset the connection now, unanswered.
+    Vanish,
+}
+
+/// A reply held back by `wsman_latency`.
+struct Delayed {
+    due: Instant,
+    channel: ChannelId,
+    bytes: Vec<u8>,
+    /// Close the channel after sending (malformed HTTP).
+    close: bool,
+}
+
+/// The HTTP side of one device's connection.
+struct Responder<'a> {
+    id: &'a Identity,
+    slot: &'a DeviceSlot,
+    fault: Fault,
+    stats: &'a FleetStats,
+    latency: Duration,
+}
+
+impl Responder<'_> {
+    /// Sends now, or after the configured latency behind earlier delayed replies.
+    fn send(
+        &self,
+        session: &mut DeviceSession,
+        pending: &mut VecDeque<Delayed>,
+        channel: ChannelId,
+        bytes: Vec<u8>,
+        close: bool,
+    ) {
+        if self.latency.is_zero() {
+            let _ = session.send_data(channel, &bytes);
+            if close {
+                let _ = session.close_channel(channel);
             }
-            Err(e) => {
-                let msg = format!("Bad Request. {e}");
-                let resp = format!(
-                    "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
-                    msg.len()
-                );
-                let _ = session.send_data(ch, resp.as_bytes());
-                let _ = session.close_channel(ch);
-                buf.clear();
-                return;
+        } else {
+            pending.push_back(Delayed {
+                due: Instant::now() + self.latency,
+                channel,
+                bytes,
+                close,
+            });
+        }
+    }
+
+    /// Answers every complete HTTP request buffered on a channel, in order (pipelining).
+    fn serve(
+        &self,
+        session: &mut DeviceSession,
+        channel: &mut Channel,
+        pending: &mut VecDeque<Delayed>,
+    ) -> ChannelOutcome {
+        let mut outcome = ChannelOutcome::Continue;
+        loop {
+            match homeport_http1::complete_request(&channel.buf) {
+                Ok(None) => return outcome,
+                Ok(Some(c)) => {
+                    let body = homeport_http1::body(&channel.buf, &c).unwrap_or_default();
+                    let served = {
+                        // Held only while rendering: no await, no other lock inside.
+                        let mut model = self.slot.lock();
+                        amt::serve(
+                            self.id,
+                            &mut model,
+                            self.fault,
+                            Now::current(),
+                            &channel.peer,
+                            &c.head,
+                            &body,
+                        )
+                    };
+                    self.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+                    channel.buf.drain(..c.len);
+                    match served {
+                        Served::Vanish => return ChannelOutcome::Vanish,
+                        Served::Reply { bytes, effect } => {
+                            if effect == Effect::Unprovisioned {
+                                outcome = ChannelOutcome::Unprovisioned;
+                            }
+                            self.send(session, pending, channel.id, bytes, false);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("Bad Request. {e}");
+                    let resp = format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{msg}",
+                        msg.len()
+                    );
+                    self.send(session, pending, channel.id, resp.into_bytes(), true);
+                    channel.buf.clear();
+                    return outcome;
+                }
             }
         }
     }

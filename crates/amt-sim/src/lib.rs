@@ -2,11 +2,15 @@
 //! connection (TLS + APF) and an HTTP/WS-Man responder behind digest authentication.
 //!
 //! Identities are derived from a seed, so `enroll` (registering the devices and their secrets)
-//! and `run` can happen in different processes and agree.
+//! and `run` can happen in different processes and agree. Each device answers the WS-Man calls
+//! of the device-management features from a small per-device model (`wsman`), created on its
+//! first request; `Fleet::device` and the control listener expose that model to tests.
 
 pub mod amt;
+pub mod control;
 mod device;
 pub mod identity;
+mod wsman;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -21,7 +25,10 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use control::{serve_control, Control, DeviceHandle, DeviceStatus};
 pub use identity::Identity;
+
+use control::{DeviceSlot, Directory};
 
 /// A misbehaviour injected into some devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +46,16 @@ pub enum Fault {
     OversizedFrame,
     /// Sends bytes that are no APF message once ready.
     GarbageFrame,
+    /// Answers every authenticated WS-Man request with a 200 whose body is malformed XML
+    /// (unclosed tags, 10,000-deep nesting, an entity bomb — in rotation).
+    HostileWsman,
+    /// On its first authenticated WS-Man request, resets the TCP connection instead of
+    /// answering and stays away for `VANISH_FOR` before reconnecting (once per device).
+    VanishMidCall,
 }
+
+/// How long a device that vanished mid-call stays away.
+pub const VANISH_FOR: Duration = Duration::from_secs(30);
 
 impl std::str::FromStr for Fault {
     type Err = String;
@@ -51,11 +67,13 @@ impl std::str::FromStr for Fault {
             "split" => Fault::SplitFrames,
             "oversized" => Fault::OversizedFrame,
             "garbage" => Fault::GarbageFrame,
+            "hostile-wsman" => Fault::HostileWsman,
+            "vanish" => Fault::VanishMidCall,
             other => match other.strip_prefix("reset:") {
                 Some(secs) => Fault::AbruptReset(Duration::from_secs(
                     secs.parse().map_err(|_| format!("bad reset delay in {other:?}"))?,
                 )),
-                None => return Err(format!("unknown fault {other:?} (wrong-password, silent, reset:SECS, split, oversized, garbage)")),
+                None => return Err(format!("unknown fault {other:?} (wrong-password, silent, reset:SECS, split, oversized, garbage, hostile-wsman, vanish)")),
             },
         })
     }
@@ -89,6 +107,11 @@ pub struct SimConfig {
     pub reconnect_max: Duration,
     /// Fraction of devices (0.0-1.0) that get each fault, chosen deterministically by index.
     pub faults: Vec<(Fault, f64)>,
+    /// Every WS-Man answer is sent this much later (real CIRA round trips are ~100-300 ms);
+    /// the device's other channels and keep-alives are not held up.
+    pub wsman_latency: Duration,
+    /// Devices whose index is a multiple of this are a no-KVM SKU (0: none).
+    pub no_kvm_every: u64,
 }
 
 impl SimConfig {
@@ -106,7 +129,14 @@ impl SimConfig {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             faults: Vec::new(),
+            wsman_latency: Duration::ZERO,
+            no_kvm_every: 0,
         }
+    }
+
+    /// Whether device `index` is a no-KVM SKU (its KVM classes answer DestinationUnreachable).
+    pub fn no_kvm_for(&self, index: u64) -> bool {
+        self.no_kvm_every != 0 && index.is_multiple_of(self.no_kvm_every)
     }
 
     pub fn identities(&self) -> impl Iterator<Item = Identity> + '_ {
@@ -207,7 +237,7 @@ pub struct Fleet {
     shared: Arc<FleetShared>,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    identities: Vec<Arc<Identity>>,
+    directory: Arc<Directory>,
 }
 
 impl Fleet {
@@ -222,11 +252,16 @@ impl Fleet {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let identities: Vec<Arc<Identity>> = shared.config.identities().map(Arc::new).collect();
-        for id in &identities {
+        let slots: Vec<Arc<DeviceSlot>> = identities
+            .iter()
+            .map(|id| Arc::new(DeviceSlot::new(shared.config.no_kvm_for(id.index))))
+            .collect();
+        for (id, slot) in identities.iter().zip(&slots) {
             let fault = shared.config.fault_for(id.index);
             tasks.spawn(device::run(
                 shared.clone(),
                 id.clone(),
+                slot.clone(),
                 fault,
                 cancel.clone(),
             ));
@@ -236,8 +271,20 @@ impl Fleet {
             shared,
             cancel,
             tasks,
-            identities,
+            directory: Arc::new(Directory { identities, slots }),
         })
+    }
+
+    /// The device with this GUID, to read its state or steer it from a test.
+    pub fn device(&self, guid: &str) -> Option<DeviceHandle> {
+        self.control().device(guid)
+    }
+
+    /// A cloneable view of the devices, for `serve_control`.
+    pub fn control(&self) -> Control {
+        Control {
+            directory: self.directory.clone(),
+        }
     }
 
     pub fn stats(&self) -> Arc<FleetStats> {
@@ -245,7 +292,7 @@ impl Fleet {
     }
 
     pub fn identities(&self) -> &[Arc<Identity>] {
-        &self.identities
+        &self.directory.identities
     }
 
     /// Waits until `n` devices are connected, or `timeout` passes; returns the count reached.

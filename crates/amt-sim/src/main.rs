@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use homeport_amt_sim::{enroll, Fault, Fleet, SimConfig, SimTls};
+use homeport_amt_sim::{enroll, serve_control, Fault, Fleet, SimConfig, SimTls};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,9 +63,20 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
         /// Inject a fault into a share of the devices, e.g. wrong-password=0.1, silent=0.05,
-        /// reset:30=0.01, split=0.2, oversized=0.01, garbage=0.01 (repeatable).
+        /// reset:30=0.01, split=0.2, oversized=0.01, garbage=0.01, hostile-wsman=0.01,
+        /// vanish=0.01 (repeatable).
         #[arg(long = "fault")]
         faults: Vec<String>,
+        /// Delay every WS-Man answer by this many milliseconds (real CIRA: ~100-300).
+        #[arg(long, default_value_t = 0)]
+        wsman_latency_ms: u64,
+        /// Devices whose index is a multiple of this have no KVM (0: all have KVM).
+        #[arg(long, default_value_t = 0)]
+        no_kvm_every: u64,
+        /// Serve the local HTTP/JSON control API here (GET /devices/<guid>,
+        /// POST /devices/<guid>/disconnect, POST /devices/<guid>/reprovision).
+        #[arg(long)]
+        control_listen: Option<SocketAddr>,
         /// Stop after this many seconds (0: run until interrupted).
         #[arg(long, default_value_t = 0)]
         duration: u64,
@@ -142,6 +153,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             ca_file,
             faults,
+            wsman_latency_ms,
+            no_kvm_every,
+            control_listen,
             duration,
             log: _,
         } => {
@@ -160,8 +174,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|f| parse_fault(f))
                 .collect::<anyhow::Result<_>>()?;
+            cfg.wsman_latency = Duration::from_millis(wsman_latency_ms);
+            cfg.no_kvm_every = no_kvm_every;
+            // Bound before the fleet starts, so a taken port fails before any device connects.
+            let control = match control_listen {
+                Some(addr) => Some(
+                    homeport_amt_sim::control::bind_control(addr)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("--control-listen {addr}: {e}"))?,
+                ),
+                None => None,
+            };
             let fleet_size = cfg.devices;
             let fleet = Fleet::start(cfg)?;
+            let control_cancel = tokio_util::sync::CancellationToken::new();
+            let control_task = control.map(|listener| {
+                if let Ok(addr) = listener.local_addr() {
+                    println!("control API on http://{addr}/devices/<guid>");
+                }
+                tokio::spawn(serve_control(
+                    listener,
+                    fleet.control(),
+                    control_cancel.clone(),
+                ))
+            });
             let stats = fleet.stats();
             let started = Instant::now();
             let stop = homeport_runtime::stop_after(duration);
@@ -184,6 +220,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         );
                     }
                 }
+            }
+            control_cancel.cancel();
+            if let Some(task) = control_task {
+                let _ = task.await;
             }
             fleet.stop().await;
             Ok(())

@@ -5,6 +5,12 @@
 //! `--per-process` connections, below the file-descriptor limit), connects N devices, then
 //! holds them with keep-alives and reports connect rate, CPU per handshake, memory per device
 //! and keep-alive CPU of the ingress processes.
+//!
+//! `command`: starts cira-ingress, amt-sim and mps-command processes, connects N devices and
+//! drives power-state queries through gRPC, closed-loop (`--concurrency`) or at a fixed rate
+//! (`--rate`), and reports throughput and latency percentiles.
+
+mod command;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +39,8 @@ struct Cli {
 enum Command {
     /// CIRA ingress: connect N simulated devices and hold them.
     Cira(CiraArgs),
+    /// Device commands: power-state queries through gRPC → mps-command → NATS → ingress → devices.
+    Command(command::CommandArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,6 +94,7 @@ fn main() {
     let result = rt.block_on(async {
         match cli.command {
             Command::Cira(args) => cira(args).await,
+            Command::Command(args) => command::run(args).await,
         }
     });
     if let Err(e) = result {
@@ -95,17 +104,17 @@ fn main() {
 }
 
 /// A child process killed when dropped (a failed bench leaves nothing running).
-struct Child {
-    inner: tokio::process::Child,
-    name: String,
+pub(crate) struct Child {
+    pub(crate) inner: tokio::process::Child,
+    pub(crate) name: String,
 }
 
 impl Child {
-    fn pid(&self) -> String {
+    pub(crate) fn pid(&self) -> String {
         self.inner.id().map(|p| p.to_string()).unwrap_or_default()
     }
 
-    async fn terminate(mut self, grace: Duration) {
+    pub(crate) async fn terminate(mut self, grace: Duration) {
         let pid = self.pid();
         let _ = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -121,7 +130,7 @@ impl Child {
     }
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe
         .parent()
@@ -142,13 +151,13 @@ struct Node {
     health: SocketAddr,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
@@ -164,7 +173,12 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)>
 
 /// Value of an un-labelled metric from a node's /metrics.
 async fn metric(node: &Node, name: &str) -> u64 {
-    let Ok((_, text)) = http_get(node.health, "/metrics").await else {
+    metric_at(node.health, name).await
+}
+
+/// Value of an un-labelled metric from the /metrics of `health`.
+pub(crate) async fn metric_at(health: SocketAddr, name: &str) -> u64 {
+    let Ok((_, text)) = http_get(health, "/metrics").await else {
         return 0;
     };
     text.lines()
@@ -437,6 +451,6 @@ async fn cira_inner(
     Ok(())
 }
 
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

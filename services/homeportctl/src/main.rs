@@ -1,2 +1,5 @@
-//! homeportctl: the operator CLI.
-fn main() {}
+//! `homeportctl`: see the library for the commands.
+
+fn main() {
+    homeportctl::main_entry()
+}
