@@ -163,6 +163,9 @@ impl CommonArgs {
     }
 }
 
+/// Messages a subscription buffers before NATS drops them (async-nats' default).
+pub const SUBSCRIPTION_CAPACITY: usize = 65_536;
+
 /// Connects to NATS, retrying for up to `wait` while it is unreachable. After the first
 /// connection the client reconnects by itself forever.
 pub async fn connect_nats(
@@ -175,9 +178,22 @@ pub async fn connect_nats(
     loop {
         let opts = async_nats::ConnectOptions::new()
             .name(name)
-            // Device sessions hold one subscription each; a small per-subscription buffer keeps
-            // tens of thousands of them cheap (a device gets at most a few requests at once).
-            .subscription_capacity(64)
+            // Few, busy subscriptions (one per ingress node, one reply inbox per client): a
+            // burst must queue, not be dropped. Slots are allocated as used, not up front.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::SlowConsumer(sid) => {
+                        tracing::warn!(
+                            subscription = sid,
+                            "NATS messages dropped: subscriber too slow"
+                        )
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            })
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5));
         match tokio::time::timeout(Duration::from_secs(5), opts.connect(url)).await {

@@ -215,6 +215,10 @@ async fn inner(
     .await;
     let (_, cpu1) = usage(&[&ingress, &command, &sim]);
     let _ = rss0;
+    let tunnel_requests =
+        crate::metric_at(ingress_health, "homeport_cira_tunnel_requests_total").await;
+    let tunnel_errors = crate::metric_at(ingress_health, "homeport_cira_tunnel_errors_total").await;
+    let exchanges = crate::metric_at(command_health, "homeport_wsman_exchanges_total").await;
     for c in [sim, command, ingress] {
         c.terminate(Duration::from_secs(20)).await;
     }
@@ -243,6 +247,10 @@ async fn inner(
         "max_ms": round(pct(1.0)),
         "server_cpu_ms_per_request": round(cpu1.saturating_sub(cpu0).as_secs_f64() * 1000.0 / (stats.ok + stats.errors).max(1) as f64),
         "first_error": stats.first_error,
+        "error_times_s": stats.error_times.iter().take(5).map(|t| round(*t)).collect::<Vec<_>>(),
+        "wsman_exchanges": exchanges,
+        "ingress_tunnel_requests": tunnel_requests,
+        "ingress_tunnel_errors": tunnel_errors,
     });
     println!("{line}");
     Ok(())
@@ -286,6 +294,9 @@ struct Stats {
     latencies_us: Vec<u32>,
     elapsed: Duration,
     first_error: Option<String>,
+    /// Seconds into the run at which failed requests ended.
+    error_times: Vec<f64>,
+    started: Option<Instant>,
 }
 
 impl Stats {
@@ -297,6 +308,9 @@ impl Stats {
             Err(e) => {
                 self.errors += 1;
                 self.first_error.get_or_insert(e);
+                if let Some(s) = self.started {
+                    self.error_times.push(s.elapsed().as_secs_f64());
+                }
             }
         }
     }
@@ -322,8 +336,11 @@ async fn load(
     duration: Duration,
     total: Option<u64>,
 ) -> Stats {
-    let mut stats = Stats::default();
     let started = Instant::now();
+    let mut stats = Stats {
+        started: Some(started),
+        ..Stats::default()
+    };
     let mut issued: u64 = 0;
     let mut set = tokio::task::JoinSet::new();
     let pick = |i: u64| guids[(i % guids.len() as u64) as usize].clone();

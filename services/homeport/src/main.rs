@@ -30,9 +30,18 @@ struct Cli {
     /// Start a private NATS server: "auto" (when none answers at --nats-url), "always", "never".
     #[arg(long, env = "HOMEPORT_EMBEDDED_NATS", default_value = "auto")]
     embedded_nats: String,
-    /// Data directory of the embedded NATS server.
+    /// Data directory of the embedded NATS server and the generated token secret.
     #[arg(long, env = "HOMEPORT_DATA_DIR", default_value = "homeport-data")]
     data_dir: std::path::PathBuf,
+    /// Device API (gRPC) listen address.
+    #[arg(long, env = "HOMEPORT_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    grpc_listen: SocketAddr,
+    /// HS256 secret for bearer tokens; generated into the data directory when not given.
+    #[arg(long, env = "HOMEPORT_JWT_HS256_SECRET_FILE")]
+    jwt_hs256_secret_file: Option<std::path::PathBuf>,
+    /// RS256 public key (PEM) for bearer tokens, in addition to or instead of HS256.
+    #[arg(long, env = "HOMEPORT_JWT_RS256_PUBLIC_KEY_FILE")]
+    jwt_rs256_public_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,12 +90,22 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         &served.nats,
     );
     let names = cli.common.names();
+    let secret_file = match &cli.jwt_hs256_secret_file {
+        Some(f) => f.clone(),
+        None => token_secret(&cli.data_dir)?,
+    };
+    let command = start_command(&cli, &secret_file, nats, store, secrets).await?;
     println!(
-        "Homeport is running: CIRA on {}, health and metrics on http://{}/metrics, NATS {}, database {}",
+        "Homeport is running: CIRA on {}, device API (gRPC) on {}, health and metrics on http://{}/metrics, NATS {}, database {}",
         ingress.local_addr(),
+        cli.grpc_listen,
         cli.ingress.health_listen,
         cli.common.nats_url,
         homeport_runtime::redact_url(&cli.common.database_url),
+    );
+    println!(
+        "  token for homeportctl: export HOMEPORT_TOKEN=$(homeportctl token --secret-file {} --tenant demo)",
+        secret_file.display()
     );
 
     match cli.command {
@@ -120,6 +139,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                             shown = true;
                             print_presence(&presence).await;
                             probe_tunnel(nats, &names, &fleet).await;
+                            probe_api(cli.grpc_listen, &secret_file, &fleet).await;
                             println!("Press Ctrl-C to stop.");
                         }
                     }
@@ -129,8 +149,129 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
     }
     println!("Shutting down: draining CIRA sessions…");
+    command.stop.cancel();
+    let _ = command.task.await;
     served.shutdown().await;
     Ok(())
+}
+
+struct RunningCommand {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The embedded deployment's token secret: 32 random bytes, created once, mode 0600.
+fn token_secret(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join("jwt.secret");
+    if path.exists() {
+        return Ok(path);
+    }
+    let mut raw = [0u8; 32];
+    openssl::rand::rand_bytes(&mut raw)?;
+    let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(path)
+}
+
+/// Starts the device API (mps-command) in this process.
+async fn start_command(
+    cli: &Cli,
+    secret_file: &std::path::Path,
+    nats: &async_nats::Client,
+    store: &homeport_store::Store,
+    secrets: &homeport_secrets::DynSecretStore,
+) -> anyhow::Result<RunningCommand> {
+    let config = homeport_mps_command::CommandConfig {
+        grpc_listen: cli.grpc_listen,
+        health_listen: cli.ingress.health_listen,
+        exchange_timeout_ms: 10_000,
+        jwt_hs256_secret_file: Some(secret_file.to_path_buf()),
+        jwt_rs256_public_key_file: cli.jwt_rs256_public_key_file.clone(),
+        jwt_tenant_claim: "tenant".into(),
+        jwt_audience: None,
+        jwt_issuer: None,
+        bulk_concurrency: 64,
+    };
+    let auth = homeport_mps_command::authenticator(&config)?;
+    let service = homeport_mps_command::MpsCommand::start(homeport_mps_command::CommandParts {
+        config,
+        instance: "homeport".into(),
+        names: cli.common.names(),
+        nats: nats.clone(),
+        store: store.clone(),
+        secrets: secrets.clone(),
+        auth,
+    })
+    .await?;
+    let listener = tokio::net::TcpListener::bind(cli.grpc_listen)
+        .await
+        .with_context(|| format!("binding gRPC port {}", cli.grpc_listen))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = service.serve(listener, s.cancelled_owned()).await {
+            tracing::error!(error = %e, "device API stopped");
+        }
+        service.shutdown().await;
+    });
+    Ok(RunningCommand { stop, task })
+}
+
+/// Asks the first device for its power state and hardware through the real gRPC API.
+async fn probe_api(addr: SocketAddr, secret_file: &std::path::Path, fleet: &Fleet) {
+    use homeport_proto::device::v1 as pb;
+    let Some(id) = fleet.identities().first() else {
+        return;
+    };
+    let result = async {
+        let secret = std::fs::read(secret_file)?;
+        let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
+        let token = homeport_mps_command::auth::mint_hs256(secret, "homeport-demo", "demo", 300)?;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+        let mut api = pb::device_service_client::DeviceServiceClient::with_interceptor(
+            channel,
+            move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            },
+        );
+        let started = Instant::now();
+        let power = api
+            .get_power_state(pb::DeviceRef { guid: id.guid.clone() })
+            .await?
+            .into_inner();
+        let power_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let hw = api
+            .get_hardware_info(pb::DeviceRef { guid: id.guid.clone() })
+            .await?
+            .into_inner();
+        println!(
+            "Device API: {} is {} (power state {}, {power_ms:.1} ms via gRPC → NATS → CIRA → WS-Man); hardware {} {}, {} CPU(s), {} DIMM(s)",
+            id.guid,
+            power.power_state_text,
+            power.power_state,
+            hw.manufacturer,
+            hw.model,
+            hw.processors.len(),
+            hw.memory.len()
+        );
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        println!("Device API check failed: {e:#}");
+    }
 }
 
 /// The ingress listens on all interfaces by default; the simulator dials loopback.

@@ -4,6 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
+use crate::auth::{Authenticator, Key};
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommandConfig {
     /// gRPC listen address.
@@ -52,4 +56,27 @@ impl CommandConfig {
         }
         Ok(())
     }
+}
+
+/// Reads the configured token keys.
+pub fn authenticator(config: &CommandConfig) -> anyhow::Result<Authenticator> {
+    let mut keys = Vec::new();
+    if let Some(f) = &config.jwt_hs256_secret_file {
+        let s = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let s = s.strip_suffix(b"\n").unwrap_or(&s).to_vec();
+        anyhow::ensure!(
+            s.len() >= 32,
+            "{}: an HS256 secret needs at least 32 bytes",
+            f.display()
+        );
+        keys.push(Key::Hs256(s));
+    }
+    if let Some(f) = &config.jwt_rs256_public_key_file {
+        let pem = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let key = openssl::pkey::PKey::public_key_from_pem(&pem)
+            .with_context(|| format!("{}: not a PEM public key", f.display()))?;
+        keys.push(Key::Rs256(key));
+    }
+    Ok(Authenticator::new(keys, &config.jwt_tenant_claim)
+        .with_audience(config.jwt_audience.clone(), config.jwt_issuer.clone()))
 }

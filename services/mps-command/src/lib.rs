@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{Authenticator, Caller, Key};
-pub use config::CommandConfig;
+pub use config::{authenticator, CommandConfig};
 pub use error::CommandError;
 
 /// How long a guid → tenant answer from the registry is trusted without an event.

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use homeport_mps_command::{Authenticator, CommandConfig, CommandParts, Key, MpsCommand};
+use homeport_mps_command::{authenticator, CommandConfig, CommandParts, MpsCommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -26,29 +26,6 @@ fn main() {
         .and_then(|()| cli.command.validate().map_err(anyhow::Error::msg));
     let log = cli.common.log.clone();
     homeport_runtime::run_main("mps-command", valid, &log, || run(cli));
-}
-
-/// Reads the configured token keys.
-pub fn authenticator(config: &CommandConfig) -> anyhow::Result<Authenticator> {
-    let mut keys = Vec::new();
-    if let Some(f) = &config.jwt_hs256_secret_file {
-        let s = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-        let s = s.strip_suffix(b"\n").unwrap_or(&s).to_vec();
-        anyhow::ensure!(
-            s.len() >= 32,
-            "{}: an HS256 secret needs at least 32 bytes",
-            f.display()
-        );
-        keys.push(Key::Hs256(s));
-    }
-    if let Some(f) = &config.jwt_rs256_public_key_file {
-        let pem = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-        let key = openssl::pkey::PKey::public_key_from_pem(&pem)
-            .with_context(|| format!("{}: not a PEM public key", f.display()))?;
-        keys.push(Key::Rs256(key));
-    }
-    Ok(Authenticator::new(keys, &config.jwt_tenant_claim)
-        .with_audience(config.jwt_audience.clone(), config.jwt_issuer.clone()))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
