@@ -77,7 +77,15 @@ async fn general_settings_with_digest_reuse_and_a_command_event() {
     );
     let first = s.fleet.stats().http_requests.load(Ordering::Relaxed) - before;
     assert_eq!(first, 2, "the first call meets AMT's 401 challenge");
-    api.get_general_settings(dref(&id.guid)).await.unwrap();
+    // The caller's trace context continues into the command's event.
+    let mut traced = tonic::Request::new(dref(&id.guid));
+    traced.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    api.get_general_settings(traced).await.unwrap();
     let second = s.fleet.stats().http_requests.load(Ordering::Relaxed) - before - first;
     assert_eq!(second, 1, "later calls reuse the nonce");
     let events = s.env.wait_events("GetGeneralSettings", 2, WAIT).await;
@@ -89,6 +97,10 @@ async fn general_settings_with_digest_reuse_and_a_command_event() {
             .command_event("acme", &id.guid, "GetGeneralSettings")
     );
     assert_eq!((ev.tenant.as_str(), ev.actor.as_str()), ("acme", "tester"));
+    assert!(events
+        .iter()
+        .any(|(_, e)| e.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert!(events.iter().all(|(_, e)| e.trace_id.len() == 32));
     let Some(Payload::CommandExecuted(c)) = &ev.payload else {
         panic!("payload {:?}", ev.payload)
     };

@@ -43,6 +43,7 @@ pub fn envelope(tenant: &str, guid: &str, kind: &str, source: &str) -> proto::Ev
         source: source.to_string(),
         actor: String::new(),
         version: EVENT_VERSION,
+        trace_id: String::new(),
         payload: None,
     }
 }

@@ -9,6 +9,8 @@ use std::fmt;
 
 pub const PORT_HEADER: &str = "Hp-Port";
 pub const ERROR_HEADER: &str = "Hp-Error";
+/// W3C trace context of the caller's operation, carried to the ingress for its logs.
+pub const TRACE_HEADER: &str = "traceparent";
 /// WS-Man over CIRA always uses the plain-HTTP AMT port inside the (TLS) tunnel.
 pub const DEFAULT_PORT: u32 = 16992;
 /// Ports a caller may reach through the tunnel: WS-Man (16992/16993) and redirection (16994/16995).
@@ -81,6 +83,57 @@ mod tests {
             assert_eq!(TunnelError::from_code(e.code()), Some(e));
         }
         assert_eq!(TunnelError::from_code("nope"), None);
+    }
+}
+
+/// A W3C trace context (`00-<trace id>-<span id>-<flags>`), or `None` if `s` is not one.
+pub fn parse_traceparent(s: &str) -> Option<(&str, &str)> {
+    let mut it = s.trim().split('-');
+    let (v, trace, span, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    let hex = |x: &str, n: usize| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit());
+    let zero = |x: &str| x.bytes().all(|b| b == b'0');
+    (it.next().is_none()
+        && v == "00"
+        && hex(trace, 32)
+        && !zero(trace)
+        && hex(span, 16)
+        && !zero(span)
+        && hex(flags, 2))
+    .then_some((trace, span))
+}
+
+/// A new span of the trace in `parent` (a fresh trace when there is none or it is invalid).
+pub fn child_traceparent(parent: Option<&str>) -> String {
+    let span = format!("{:016x}", fastrand::u64(1..));
+    match parent.and_then(parse_traceparent) {
+        Some((trace, _)) => format!("00-{}-{span}-01", trace.to_ascii_lowercase()),
+        None => format!("00-{:032x}-{span}-01", fastrand::u128(1..)),
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_validated_and_continued() {
+        let p = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            parse_traceparent(p),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+        );
+        for bad in [
+            "",
+            "00-x-y-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+        let child = child_traceparent(Some(p));
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_ne!(child, p);
+        assert!(parse_traceparent(&child_traceparent(Some("junk"))).is_some());
     }
 }
 
@@ -193,9 +246,21 @@ impl TunnelClient {
         http: bytes::Bytes,
         timeout: std::time::Duration,
     ) -> Result<bytes::Bytes, TunnelCallError> {
+        self.request_traced(guid, port, http, timeout, None).await
+    }
+
+    /// [`TunnelClient::request`] carrying a W3C `traceparent` to the ingress.
+    pub async fn request_traced(
+        &self,
+        guid: &str,
+        port: Option<u32>,
+        http: bytes::Bytes,
+        timeout: std::time::Duration,
+        trace: Option<&str>,
+    ) -> Result<bytes::Bytes, TunnelCallError> {
         if let Some(node) = self.cached_node(guid) {
             match self
-                .request_via(&node, guid, port, http.clone(), timeout)
+                .request_via(&node, guid, port, http.clone(), timeout, trace)
                 .await
             {
                 Err(TunnelCallError::NotConnected(_)) => self.remember_node(guid, None),
@@ -206,7 +271,7 @@ impl TunnelClient {
             return Err(TunnelCallError::NotConnected(guid.to_string()));
         };
         let result = self
-            .request_via(&presence.node, guid, port, http, timeout)
+            .request_via(&presence.node, guid, port, http, timeout, trace)
             .await;
         if !matches!(result, Err(TunnelCallError::NotConnected(_))) {
             self.remember_node(guid, Some(&presence.node));
@@ -221,10 +286,14 @@ impl TunnelClient {
         port: Option<u32>,
         http: bytes::Bytes,
         timeout: std::time::Duration,
+        trace: Option<&str>,
     ) -> Result<bytes::Bytes, TunnelCallError> {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(port) = port {
             headers.insert(PORT_HEADER, port.to_string().as_str());
+        }
+        if let Some(t) = trace {
+            headers.insert(TRACE_HEADER, t);
         }
         let subject = self.names.cira_node_http(node, guid);
         let call = self.nats.request_with_headers(subject, headers, http);

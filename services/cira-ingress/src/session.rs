@@ -90,6 +90,8 @@ struct Pending {
     response: Vec<u8>,
     started: Instant,
     deadline: Instant,
+    /// The caller's W3C traceparent, for the log line of a failure.
+    trace: Option<Box<str>>,
 }
 
 enum Step {
@@ -569,6 +571,11 @@ impl Conn {
                     response: Vec::new(),
                     started: now,
                     deadline: now + self.shared.config.tunnel_timeout(),
+                    trace: msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(tunnel::TRACE_HEADER))
+                        .map(|v| v.as_str().chars().take(64).collect()),
                 });
             }
             Err(e) => {
@@ -637,6 +644,13 @@ impl Conn {
     }
 
     async fn fail(&self, p: Pending, error: TunnelError, detail: &str) {
+        tracing::info!(
+            device = ?self.guid,
+            trace = p.trace.as_deref().unwrap_or("-"),
+            %error,
+            detail,
+            "tunnel request failed"
+        );
         reply_error(&self.shared, p.reply, error, detail).await;
     }
 

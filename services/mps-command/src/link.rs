@@ -80,13 +80,14 @@ impl DeviceLink {
         Ok(password)
     }
 
-    /// Starts a conversation with `guid`'s AMT.
-    pub async fn open(&self, guid: &str) -> Result<Call<'_>, CommandError> {
+    /// Starts a conversation with `guid`'s AMT, as part of the operation `trace`.
+    pub async fn open(&self, guid: &str, trace: String) -> Result<Call<'_>, CommandError> {
         Ok(Call {
             link: self,
             guid: guid.to_string(),
             password: self.password(guid, false).await?,
             refetched: false,
+            trace,
         })
     }
 }
@@ -101,6 +102,8 @@ pub struct Call<'a> {
     pub guid: String,
     password: SecretString,
     refetched: bool,
+    /// W3C traceparent sent with every exchange, so the ingress logs the same trace.
+    pub trace: String,
 }
 
 impl Call<'_> {
@@ -119,7 +122,13 @@ impl Call<'_> {
             let bytes = http::request(&host, authorization.as_deref(), &envelope);
             let raw = link
                 .tunnel
-                .request(&self.guid, None, bytes.into(), link.timeout)
+                .request_traced(
+                    &self.guid,
+                    None,
+                    bytes.into(),
+                    link.timeout,
+                    Some(&self.trace),
+                )
                 .await
                 .map_err(|e| CommandError::from_tunnel(&self.guid, e))?;
             let reply =

@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt};
 use homeport_contracts::events::envelope;
+use homeport_contracts::tunnel::{child_traceparent, parse_traceparent};
 use homeport_proto::device::v1 as pb;
 use homeport_proto::device::v1::device_service_server::DeviceService;
 use homeport_proto::events::v1 as ev;
 use homeport_store::canonical_guid;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{caller, Caller};
+use crate::auth::{caller as verified_caller, Caller};
 use crate::error::{code_name, CommandError};
 use crate::features;
 use crate::link::Call;
@@ -36,26 +37,39 @@ macro_rules! command {
     ($self:ident, $caller:expr, $guid:expr, $action:expr, $params:expr, |$call:ident| $body:expr) => {{
         let inner = &$self.inner;
         let started = Instant::now();
-        let caller: &Caller = &$caller;
+        let (caller, parent): &(Caller, Option<String>) = &$caller;
+        let trace = child_traceparent(parent.as_deref());
         let result: Result<_, CommandError> = async {
             let guid = canonical_guid($guid).ok_or_else(|| {
                 CommandError::InvalidArgument(format!("{:?} is not a device GUID", $guid))
             })?;
             inner.authorize_device(&caller.tenant, &guid).await?;
-            let mut $call: Call<'_> = inner.link.open(&guid).await?;
+            let mut $call: Call<'_> = inner.link.open(&guid, trace.clone()).await?;
             let $call = &mut $call;
             $body.await
         }
         .await;
-        $self.finish(caller, $guid, $action, $params, started, &result);
+        $self.finish(caller, &trace, $guid, $action, $params, started, &result);
         result
     }};
 }
 
+/// The verified caller and the W3C trace context the caller sent, if any.
+fn caller<T>(req: &Request<T>) -> Result<(Caller, Option<String>), Status> {
+    let parent = req
+        .metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok((verified_caller(req)?, parent))
+}
+
 impl DeviceApi {
+    #[allow(clippy::too_many_arguments)]
     fn finish<T>(
         &self,
         caller: &Caller,
+        trace: &str,
         guid: &str,
         action: &str,
         parameters: HashMap<String, String>,
@@ -70,7 +84,7 @@ impl DeviceApi {
             Ok(_) => ("ok".to_string(), String::new()),
             Err(e) => {
                 m.command_errors.inc();
-                tracing::info!(device = %guid, action, error = %e, "command failed");
+                tracing::info!(device = %guid, action, trace, error = %e, "command failed");
                 (code_name(e.code()).to_string(), e.to_string())
             }
         };
@@ -80,6 +94,9 @@ impl DeviceApi {
         };
         let mut event = envelope(&caller.tenant, &guid, action, &self.inner.source);
         event.actor = caller.subject.clone();
+        event.trace_id = parse_traceparent(trace)
+            .map(|(t, _)| t.to_string())
+            .unwrap_or_default();
         event.payload = Some(ev::event::Payload::CommandExecuted(ev::CommandExecuted {
             action: action.to_string(),
             parameters,
@@ -422,7 +439,7 @@ impl DeviceService for DeviceApi {
         })?;
         if r.return_value == 0 {
             // AMT is unprovisioned: the device no longer belongs to Homeport.
-            crate::registry::remove_device(&self.inner, &c, &g)
+            crate::registry::remove_device(&self.inner, &c.0, &g)
                 .await
                 .map_err(|e| e.to_status())?;
         }
