@@ -121,3 +121,49 @@ impl TestEnv {
         CommandHandle { addr, stop, served }
     }
 }
+
+/// A deployment with one ingress node ("node-a"), a connected simulated fleet of one tenant,
+/// and mps-command with a 5 s exchange deadline.
+pub struct CommandSetup {
+    pub env: TestEnv,
+    pub ingress: homeport_cira_ingress::Ingress,
+    pub fleet: homeport_amt_sim::Fleet,
+    pub cmd: CommandHandle,
+}
+
+impl CommandSetup {
+    pub async fn start(
+        label: &str,
+        devices: u64,
+        seed: u64,
+        tenant: &str,
+        tweak: impl FnOnce(&mut homeport_amt_sim::SimConfig),
+    ) -> CommandSetup {
+        let env = TestEnv::new(label).await;
+        let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+        let mut cfg = env
+            .enrolled_fleet(ingress.local_addr(), devices, seed, tenant)
+            .await;
+        tweak(&mut cfg);
+        let fleet = env.start_connected(cfg, Duration::from_secs(30)).await;
+        let cmd = env
+            .start_command(command_config(Duration::from_secs(5)))
+            .await;
+        CommandSetup {
+            env,
+            ingress,
+            fleet,
+            cmd,
+        }
+    }
+
+    pub fn guid(&self, i: usize) -> String {
+        self.fleet.identities()[i].guid.clone()
+    }
+
+    pub async fn stop(self) {
+        self.cmd.stop().await;
+        self.fleet.stop().await;
+        self.env.cleanup().await;
+    }
+}

@@ -6,51 +6,15 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use homeport_amt_sim::Fleet;
 use homeport_contracts::proto::event::Payload;
 use homeport_proto::device::v1 as pb;
-use homeport_tests::command::{command_config, CommandHandle};
+use homeport_tests::command::command_config;
 use homeport_tests::*;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Setup {
-    env: TestEnv,
-    _ingress: homeport_cira_ingress::Ingress,
-    fleet: Fleet,
-    cmd: CommandHandle,
-}
-
-impl Setup {
-    async fn new(label: &str, devices: u64, seed: u64, tenant: &str) -> Setup {
-        let env = TestEnv::new(label).await;
-        let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
-        let cfg = env
-            .enrolled_fleet(ingress.local_addr(), devices, seed, tenant)
-            .await;
-        let fleet = env.start_connected(cfg, WAIT).await;
-        let cmd = env
-            .start_command(command_config(Duration::from_secs(5)))
-            .await;
-        Setup {
-            env,
-            _ingress: ingress,
-            fleet,
-            cmd,
-        }
-    }
-
-    fn guid(&self, i: usize) -> String {
-        self.fleet.identities()[i].guid.clone()
-    }
-
-    async fn stop(self) {
-        self.cmd.stop().await;
-        self.fleet.stop().await;
-        self.env.cleanup().await;
-    }
-}
+use homeport_tests::command::CommandSetup as Setup;
 
 fn dref(guid: &str) -> pb::DeviceRef {
     pb::DeviceRef {
@@ -60,7 +24,7 @@ fn dref(guid: &str) -> pb::DeviceRef {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn general_settings_with_digest_reuse_and_a_command_event() {
-    let s = Setup::new("cmdgs", 2, 31, "acme").await;
+    let s = Setup::start("cmdgs", 2, 31, "acme", |_| {}).await;
     let mut api = s.cmd.devices("acme").await;
     let id = s.fleet.identities()[0].clone();
     let before = s.fleet.stats().http_requests.load(Ordering::Relaxed);
@@ -145,7 +109,7 @@ async fn not_connected_unknown_and_malformed_devices_answer_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_isolated_and_tokens_required() {
-    let s = Setup::new("cmdten", 1, 33, "acme").await;
+    let s = Setup::start("cmdten", 1, 33, "acme", |_| {}).await;
     let guid = s.guid(0);
     let mut evil = s.cmd.devices("evil").await;
     let e = evil.get_general_settings(dref(&guid)).await.unwrap_err();
@@ -211,7 +175,7 @@ async fn tenants_are_isolated_and_tokens_required() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_amt_password_is_refused_and_a_fixed_secret_recovers() {
-    let s = Setup::new("cmdpw", 1, 34, "acme").await;
+    let s = Setup::start("cmdpw", 1, 34, "acme", |_| {}).await;
     let id = s.fleet.identities()[0].clone();
     let path = homeport_secrets::device_path(&id.guid);
     let mut good = s.env.secrets.get(&path).await.unwrap().unwrap();
@@ -245,7 +209,7 @@ async fn wrong_amt_password_is_refused_and_a_fixed_secret_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_nonce_is_recovered_transparently() {
-    let s = Setup::new("cmdstale", 1, 35, "acme").await;
+    let s = Setup::start("cmdstale", 1, 35, "acme", |_| {}).await;
     let guid = s.guid(0);
     let mut api = s.cmd.devices("acme").await;
     api.get_general_settings(dref(&guid)).await.unwrap();
@@ -262,7 +226,7 @@ async fn stale_nonce_is_recovered_transparently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_create_list_update_delete() {
-    let s = Setup::new("cmdreg", 2, 36, "acme").await;
+    let s = Setup::start("cmdreg", 2, 36, "acme", |_| {}).await;
     let mut reg = s.cmd.registry("acme").await;
     let connected = reg.get_device(dref(&s.guid(0))).await.unwrap().into_inner();
     assert_eq!(connected.status, pb::ConnectionStatus::Connected as i32);

@@ -6,20 +6,24 @@
 
 use std::time::{Duration, Instant};
 
-use homeport_amt_sim::{Fault, Fleet, SimConfig};
+use homeport_amt_sim::{Fault, SimConfig};
 use homeport_proto::device::v1 as pb;
-use homeport_tests::command::{command_config, CommandHandle, Devices};
-use homeport_tests::*;
+use homeport_tests::command::{CommandSetup, Devices};
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The shared deployment plus a DeviceService client of tenant "acme".
 struct Setup {
-    env: TestEnv,
-    ingress: homeport_cira_ingress::Ingress,
-    fleet: Fleet,
-    cmd: CommandHandle,
+    inner: CommandSetup,
     api: Devices,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = CommandSetup;
+    fn deref(&self) -> &CommandSetup {
+        &self.inner
+    }
 }
 
 impl Setup {
@@ -29,34 +33,13 @@ impl Setup {
         seed: u64,
         tweak: impl FnOnce(&mut SimConfig),
     ) -> Setup {
-        let env = TestEnv::new(label).await;
-        let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
-        let mut cfg = env
-            .enrolled_fleet(ingress.local_addr(), devices, seed, "acme")
-            .await;
-        tweak(&mut cfg);
-        let fleet = env.start_connected(cfg, WAIT).await;
-        let cmd = env
-            .start_command(command_config(Duration::from_secs(5)))
-            .await;
-        let api = cmd.devices("acme").await;
-        Setup {
-            env,
-            ingress,
-            fleet,
-            cmd,
-            api,
-        }
-    }
-
-    fn guid(&self, i: usize) -> String {
-        self.fleet.identities()[i].guid.clone()
+        let inner = CommandSetup::start(label, devices, seed, "acme", tweak).await;
+        let api = inner.cmd.devices("acme").await;
+        Setup { inner, api }
     }
 
     async fn stop(self) {
-        self.cmd.stop().await;
-        self.fleet.stop().await;
-        self.env.cleanup().await;
+        self.inner.stop().await;
     }
 }
 

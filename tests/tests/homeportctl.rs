@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use homeport_tests::command::{command_config, CommandHandle};
@@ -12,18 +10,6 @@ use homeport_tests::*;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().write(bytes)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Runs one command line (the CLI has its own runtime, so off this one's threads).
 async fn ctl(endpoint: &str, tenant: &str, args: &[&str]) -> (Result<(), String>, String) {
@@ -39,11 +25,9 @@ async fn ctl(endpoint: &str, tenant: &str, args: &[&str]) -> (Result<(), String>
     .collect();
     argv.extend(args.iter().map(|s| s.to_string()));
     tokio::task::spawn_blocking(move || {
-        let buffer = Buffer::default();
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let r = homeportctl::run_argv(&argv, Box::new(buffer.clone())).map_err(|e| e.line());
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        (r, text)
+        let (r, text) = homeportctl::run_captured(&argv);
+        (r.map_err(|e| e.line()), text)
     })
     .await
     .unwrap()

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use homeport_http1::Head;
-use openssl::hash::{hash, MessageDigest};
+use homeport_wsman::digest::{md5_hex, params};
 
 use crate::identity::Identity;
 use crate::wsman::model::{DeviceModel, Now};
@@ -121,10 +121,10 @@ fn authorize(id: &Identity, state: &AmtState, head: &Head) -> Auth {
     let Some(value) = head.header("authorization") else {
         return Auth::Missing;
     };
-    let Some(params) = value.strip_prefix("Digest ") else {
+    let Some(raw) = value.strip_prefix("Digest ") else {
         return Auth::Missing;
     };
-    let p = parse_params(params);
+    let p = params(raw);
     let get = |k: &str| {
         p.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(k))
@@ -160,37 +160,6 @@ fn authorize(id: &Identity, state: &AmtState, head: &Head) -> Auth {
         Auth::Ok
     } else {
         Auth::Stale
-    }
-}
-
-/// Splits `k=v, k="v",k=v` (quoted or not, with or without spaces), as AMT clients send them.
-fn parse_params(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = s.trim();
-    while !rest.is_empty() {
-        let Some(eq) = rest.find('=') else { break };
-        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
-        rest = rest[eq + 1..].trim_start();
-        let value;
-        if let Some(stripped) = rest.strip_prefix('"') {
-            let end = stripped.find('"').unwrap_or(stripped.len());
-            value = stripped[..end].to_string();
-            rest = stripped.get(end + 1..).unwrap_or_default();
-        } else {
-            let end = rest.find(',').unwrap_or(rest.len());
-            value = rest[..end].trim().to_string();
-            rest = &rest[end..];
-        }
-        rest = rest.trim_start().trim_start_matches(',').trim_start();
-        out.push((key, value));
-    }
-    out
-}
-
-fn md5_hex(s: &str) -> String {
-    match hash(MessageDigest::md5(), s.as_bytes()) {
-        Ok(d) => d.iter().map(|b| format!("{b:02x}")).collect(),
-        Err(_) => String::new(),
     }
 }
 
@@ -310,7 +279,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(c.head.status(), Some(401));
-        let p = parse_params(
+        let p = params(
             c.head
                 .header("www-authenticate")
                 .unwrap()

@@ -65,16 +65,7 @@ pub async fn run(args: CommandArgs) -> anyhow::Result<()> {
     let result = inner(&args, &run, &dir, &db.url, (&bins.0, &bins.1, &bins.2)).await;
     let _ = db.drop_db().await;
     let _ = std::fs::remove_dir_all(&dir);
-    if let Ok(nats) =
-        homeport_runtime::connect_nats(&args.nats_url, "bench-cleanup", Duration::from_secs(5))
-            .await
-    {
-        let js = async_nats::jetstream::new(nats);
-        let names = homeport_contracts::Names::new(&run);
-        let _ = js.delete_stream(names.events_stream()).await;
-        let _ = js.delete_key_value(names.presence_bucket()).await;
-        let _ = js.delete_key_value(names.nodes_bucket()).await;
-    }
+    crate::remove_nats_state(&args.nats_url, &run).await;
     result
 }
 

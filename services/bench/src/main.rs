@@ -236,17 +236,21 @@ async fn cira(args: CiraArgs) -> anyhow::Result<()> {
     let result = cira_inner(&args, &run, &dir, &db.url, &ingress_bin, &sim_bin, rsa_ms).await;
     let _ = db.drop_db().await;
     let _ = std::fs::remove_dir_all(&dir);
+    remove_nats_state(&args.nats_url, &run).await;
+    result
+}
+
+/// Deletes the run's stream and buckets.
+pub(crate) async fn remove_nats_state(nats_url: &str, run: &str) {
     if let Ok(nats) =
-        homeport_runtime::connect_nats(&args.nats_url, "bench-cleanup", Duration::from_secs(5))
-            .await
+        homeport_runtime::connect_nats(nats_url, "bench-cleanup", Duration::from_secs(5)).await
     {
         let js = async_nats::jetstream::new(nats);
-        let names = homeport_contracts::Names::new(&run);
+        let names = homeport_contracts::Names::new(run);
         let _ = js.delete_stream(names.events_stream()).await;
         let _ = js.delete_key_value(names.presence_bucket()).await;
         let _ = js.delete_key_value(names.nodes_bucket()).await;
     }
-    result
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -79,6 +79,32 @@ pub fn run_argv(argv: &[&str], sink: Box<dyn std::io::Write + Send>) -> Result<(
     run(cli, sink)
 }
 
+/// Runs a whole command line and returns what it printed (for tests and embedding).
+pub fn run_captured(argv: &[&str]) -> (Result<(), CliError>, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let result = run_argv(argv, Box::new(buffer.clone()));
+    let bytes = buffer
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    (result, String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// The binary's entry point: parse, run, print one error line, exit.
 pub fn main_entry() -> ! {
     let cli = Cli::parse();

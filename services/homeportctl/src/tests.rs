@@ -1,36 +1,16 @@
 //! Command-line tests that need no server: usage errors, refusals before connecting, the
 //! token command. Whole commands against the real service are in tests/tests/homeportctl.rs.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use clap::Parser;
 use serde_json::Value;
 
-use super::{run, Cli};
+use super::Cli;
 use crate::error::CliError;
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().write(bytes)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn run_argv(argv: &[&str]) -> (Result<(), CliError>, String) {
-    let cli = Cli::try_parse_from(argv).unwrap();
-    let buffer = Buffer::default();
-    let result = run(cli, Box::new(buffer.clone()));
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    (result, text)
+    crate::run_captured(argv)
 }
 
 #[test]

@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 use std::fmt::{Display, Write as _};
 
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Timelike, Utc};
+
 pub(crate) const CIM: &str = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/";
 pub(crate) const AMT: &str = "http://intel.com/wbem/wscim/1/amt-schema/1/";
 pub(crate) const IPS: &str = "http://intel.com/wbem/wscim/1/ips-schema/1/";
@@ -303,77 +305,28 @@ pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's civil_from_days).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// (year, month, day) → days since 1970-01-01 (days_from_civil).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// Unix seconds → `YYYY-MM-DDThh:mm:ssZ`, the CIM Datetime form AMT uses.
 pub(crate) fn format_datetime(unix: i64) -> String {
-    let (y, mo, d) = civil_from_days(unix.div_euclid(86_400));
-    let s = unix.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    // chrono stops at about ±262,000 years; clamp rather than fail on a nonsense timestamp.
+    DateTime::from_timestamp(unix, 0)
+        .unwrap_or(if unix < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// `YYYY-MM-DDThh:mm:ssZ` → (unix seconds, the seconds field). Only this form is accepted,
 /// like AMT's alarm clock ("requires a T … and must end with Z").
 pub(crate) fn parse_datetime(s: &str) -> Option<(i64, u32)> {
-    let b = s.trim().as_bytes();
-    if b.len() != 20 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') {
-        return None;
-    }
-    if b.get(10) != Some(&b'T') || b.get(13) != Some(&b':') || b.get(16) != Some(&b':') {
-        return None;
-    }
-    if b.get(19) != Some(&b'Z') {
-        return None;
-    }
-    let num = |from: usize, to: usize| -> Option<u32> {
-        let digits = b.get(from..to)?;
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(digits).ok()?.parse().ok()
-    };
-    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let (h, mi, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 59 {
-        return None;
-    }
-    let days = days_from_civil(i64::from(y), mo, d);
-    // Reject dates like 02-31 that days_from_civil would roll over.
-    if civil_from_days(days) != (i64::from(y), mo, d) {
-        return None;
-    }
-    Some((
-        days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(sec),
-        sec,
-    ))
+    let s = s.trim();
+    let t = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%SZ")
+        .ok()?
+        .and_utc();
+    // chrono also takes unpadded fields, signed years and leap seconds, which AMT refuses:
+    // only the canonical spelling, the one format_datetime writes back, gets through.
+    (format_datetime(t.timestamp()) == s).then(|| (t.timestamp(), t.second()))
 }
 
 /// AMT's alarm interval `P<d>DT<h>H<m>M` (parts optional, e.g. `P1D`, `PT12M`, `P0DT0H0M`)
@@ -440,6 +393,10 @@ mod tests {
             );
         }
         assert_eq!(parse_datetime("2025-02-30T10:00:00Z"), None);
+        assert_eq!(parse_datetime("2024-02-29T10:00:00Z").map(|p| p.1), Some(0));
+        assert_eq!(parse_datetime("2016-12-31T23:59:60Z"), None);
+        assert_eq!(parse_datetime("2025-1-01T10:00:00Z"), None);
+        assert_eq!(parse_datetime("+2025-01-01T10:00:00Z"), None);
         assert_eq!(parse_datetime("2025-01-01 10:00:00Z"), None);
         assert_eq!(parse_datetime("2025-01-01T10:00:00"), None);
         assert_eq!(parse_datetime("2025-01-01T10:00:0Z"), None);

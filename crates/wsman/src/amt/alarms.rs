@@ -1,5 +1,7 @@
 //! Alarm clock occurrences (reference §2.10): list, add, delete; Datetime and Interval values.
 
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+
 use super::*;
 use crate::envelope::COMMON;
 use crate::response::{boolean, string};
@@ -119,53 +121,27 @@ pub fn format_interval(minutes: u32) -> String {
     )
 }
 
-/// `YYYY-MM-DDThh:mm:ssZ` (UTC) → Unix seconds.
+/// `YYYY-MM-DDThh:mm:ssZ` (UTC) → Unix seconds. The `Z` and the seconds may be left off and
+/// a fraction of a second is dropped; impossible dates such as 02-30 are rejected.
 pub fn parse_datetime(s: &str) -> Option<i64> {
     let s = s.strip_suffix('Z').unwrap_or(s);
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next().flatten().unwrap_or(0));
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    Some(days_from_civil(y, m, day) * 86_400 + hh * 3600 + mm * 60 + ss)
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
+        .into_iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(s, format).ok())
+        .map(|t| t.and_utc().timestamp())
 }
 
+/// Unix seconds → `YYYY-MM-DDThh:mm:ssZ`.
 pub fn format_datetime(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-// Howard Hinnant's days-from-civil algorithms (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    // chrono stops at about ±262,000 years; clamp rather than fail, since the caller's
+    // number may come straight from a request and AMT rejects such dates anyway.
+    DateTime::from_timestamp(unix, 0)
+        .unwrap_or(if unix < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 #[cfg(test)]
@@ -180,7 +156,19 @@ mod tests {
         for t in [0, 951_782_400, 4_102_444_800] {
             assert_eq!(parse_datetime(&format_datetime(t)), Some(t));
         }
+        assert_eq!(parse_datetime("2021-07-23T00:00"), Some(1_626_998_400));
+        assert_eq!(
+            parse_datetime("2021-07-23T00:00:59.9Z"),
+            Some(1_626_998_459)
+        );
         assert_eq!(parse_datetime("2021-13-01T00:00:00Z"), None);
+        assert_eq!(parse_datetime("2021-02-29T00:00:00Z"), None);
+        for (t, edge) in [
+            (i64::MAX, DateTime::<Utc>::MAX_UTC),
+            (i64::MIN, DateTime::<Utc>::MIN_UTC),
+        ] {
+            assert_eq!(parse_datetime(&format_datetime(t)), Some(edge.timestamp()));
+        }
         assert_eq!(parse_datetime("garbage"), None);
         assert_eq!(parse_interval("P1DT2H3M"), Some(1440 + 123));
         assert_eq!(parse_interval("P0DT0H0M"), Some(0));
