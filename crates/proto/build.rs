@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "homeport/events/v1/events.proto",
         "homeport/device/v1/device.proto",
+        "homeport/audit/v1/audit.proto",
     ];
     let fds = protox::compile(files, [root])?;
     tonic_prost_build::configure().compile_fds(fds)?;

@@ -20,6 +20,12 @@ pub const TEST_JWT_SECRET: &[u8] = b"homeport-test-secret-0123456789abcdef";
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Bearer {
+        Bearer(token.map(|t| format!("Bearer {t}").parse().expect("metadata")))
+    }
+}
+
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
@@ -54,7 +60,7 @@ impl CommandHandle {
     }
 
     fn bearer(token: Option<&str>) -> Bearer {
-        Bearer(token.map(|t| format!("Bearer {t}").parse().expect("metadata")))
+        Bearer::new(token)
     }
 
     /// DeviceService client for `tenant`.
@@ -85,11 +91,7 @@ pub fn command_config(exchange_timeout: Duration) -> CommandConfig {
         grpc_listen: "127.0.0.1:0".parse().expect("addr"),
         health_listen: "127.0.0.1:0".parse().expect("addr"),
         exchange_timeout_ms: u64::try_from(exchange_timeout.as_millis()).unwrap_or(u64::MAX),
-        jwt_hs256_secret_file: None,
-        jwt_rs256_public_key_file: None,
-        jwt_tenant_claim: "tenant".into(),
-        jwt_audience: None,
-        jwt_issuer: None,
+        jwt: homeport_auth::JwtArgs::default(),
         bulk_concurrency: 16,
     }
 }

@@ -1,6 +1,7 @@
 //! Harness of the end-to-end tests: each test gets its own PostgreSQL database, NATS subject
 //! prefix, secret file and certificates, against the real NATS and PostgreSQL of the machine.
 
+pub mod audit;
 pub mod command;
 
 use std::net::SocketAddr;

@@ -73,6 +73,23 @@ impl Names {
         format!("{}.evt.*.device.*.*", self.prefix)
     }
 
+    /// `<p>.evt.<tenant>.*.<guid|*>.<kind|*>`: one tenant's events, optionally of one device
+    /// and one kind. The tenant token is always concrete, so the filter never crosses tenants.
+    pub fn tenant_events_filter(
+        &self,
+        tenant: &str,
+        guid: Option<&str>,
+        kind: Option<&str>,
+    ) -> String {
+        format!(
+            "{}.evt.{}.*.{}.{}",
+            self.prefix,
+            tenant_token(tenant),
+            guid.map(token).unwrap_or_else(|| "*".into()),
+            kind.map(token).unwrap_or_else(|| "*".into())
+        )
+    }
+
     /// Everything the events stream captures.
     pub fn events_subjects(&self) -> String {
         format!("{}.evt.>", self.prefix)

@@ -12,3 +12,9 @@ pub mod device {
         include!(concat!(env!("OUT_DIR"), "/homeport.device.v1.rs"));
     }
 }
+
+pub mod audit {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/homeport.audit.v1.rs"));
+    }
+}

@@ -6,6 +6,7 @@
 //! **Invariant:** nothing here is written per keep-alive; connection timestamps change only
 //! on connect and disconnect.
 
+mod audit;
 mod config;
 mod devices;
 pub mod entity;
@@ -14,6 +15,7 @@ pub mod migration;
 mod store;
 pub mod testing;
 
+pub use audit::{AuditFilter, AuditRecord};
 pub use config::StoreConfig;
 pub use devices::{canonical_guid, Device, DeviceInfo, NewDevice};
 pub use error::StoreError;

@@ -193,14 +193,13 @@ async fn start_command(
         grpc_listen: cli.grpc_listen,
         health_listen: cli.ingress.health_listen,
         exchange_timeout_ms: 10_000,
-        jwt_hs256_secret_file: Some(secret_file.to_path_buf()),
-        jwt_rs256_public_key_file: cli.jwt_rs256_public_key_file.clone(),
-        jwt_tenant_claim: "tenant".into(),
-        jwt_audience: None,
-        jwt_issuer: None,
+        jwt: homeport_auth::JwtArgs {
+            rs256_public_key_file: cli.jwt_rs256_public_key_file.clone(),
+            ..homeport_auth::JwtArgs::hs256(secret_file.to_path_buf())
+        },
         bulk_concurrency: 64,
     };
-    let auth = homeport_mps_command::authenticator(&config)?;
+    let auth = config.jwt.authenticator()?;
     let service = homeport_mps_command::MpsCommand::start(homeport_mps_command::CommandParts {
         config,
         instance: "homeport".into(),

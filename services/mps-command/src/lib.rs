@@ -3,7 +3,6 @@
 //! the device's AMT credentials, sends it through the CIRA tunnel over NATS and answers with
 //! the parsed result. Every command emits an event.
 
-pub mod auth;
 pub mod config;
 pub mod error;
 pub mod features;
@@ -30,9 +29,10 @@ use homeport_telemetry::{Counter, Exposition, Histogram, Observable};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{Authenticator, Caller, Key};
-pub use config::{authenticator, CommandConfig};
+pub use config::CommandConfig;
 pub use error::CommandError;
+pub use homeport_auth as auth;
+pub use homeport_auth::{Authenticator, Caller, Key};
 
 /// How long a guid → tenant answer from the registry is trusted without an event.
 const TENANT_CACHE_TTL: Duration = Duration::from_secs(30);

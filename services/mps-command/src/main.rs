@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use homeport_mps_command::{authenticator, CommandConfig, CommandParts, MpsCommand};
+use homeport_mps_command::{CommandConfig, CommandParts, MpsCommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -29,7 +29,7 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let auth = authenticator(&cli.command)?;
+    let auth = cli.command.jwt.authenticator()?;
     let instance = format!("{:08x}", fastrand::u32(..));
     let secrets = cli.common.open_secrets().await?;
     let store = cli.common.open_store().await?;

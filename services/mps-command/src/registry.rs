@@ -12,9 +12,9 @@ use homeport_secrets::{DeviceSecrets, SecretString};
 use homeport_store::{canonical_guid, Device, NewDevice, StoreError};
 use tonic::{Request, Response, Status};
 
-use crate::auth::{caller, Caller};
 use crate::error::CommandError;
 use crate::Inner;
+use homeport_auth::{caller, Caller};
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;

@@ -15,11 +15,11 @@ use homeport_proto::events::v1 as ev;
 use homeport_store::canonical_guid;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{caller as verified_caller, Caller};
 use crate::error::{code_name, CommandError};
 use crate::features;
 use crate::link::Call;
 use crate::Inner;
+use homeport_auth::{caller as verified_caller, Caller};
 
 pub struct DeviceApi {
     pub(crate) inner: Arc<Inner>,

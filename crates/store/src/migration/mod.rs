@@ -4,6 +4,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20250101_000001_create_devices;
+mod m20261125_000002_create_audit_events;
 
 /// All migrations in order.
 pub struct Migrator;
@@ -11,6 +12,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20250101_000001_create_devices::Migration)]
+        vec![
+            Box::new(m20250101_000001_create_devices::Migration),
+            Box::new(m20261125_000002_create_audit_events::Migration),
+        ]
     }
 }

@@ -1,11 +1,14 @@
-//! Bearer JWT verification (HS256 or RS256, with OpenSSL) and the caller it yields.
+//! Bearer JWT verification (HS256 or RS256, with OpenSSL) and the caller it yields, shared by
+//! every gRPC service; `JwtArgs` is the common configuration.
 //!
 //! Every gRPC call passes through [`Authenticator::interceptor`]; the verified [`Caller`] is
 //! put into the request's extensions, and handlers scope everything to `caller.tenant`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use base64::Engine;
 use openssl::hash::MessageDigest;
 use openssl::pkey::{PKey, Public};
@@ -17,6 +20,74 @@ use tonic::{Request, Status};
 const LEEWAY_SECS: i64 = 60;
 /// Longest token accepted; real tokens are a few hundred bytes.
 const MAX_TOKEN_BYTES: usize = 8192;
+
+/// Token verification settings, as flags and `HOMEPORT_JWT_*` variables.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct JwtArgs {
+    /// File holding the HS256 secret that signs bearer tokens.
+    #[arg(long = "jwt-hs256-secret-file", env = "HOMEPORT_JWT_HS256_SECRET_FILE")]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// PEM file with the RS256 public key that verifies bearer tokens.
+    #[arg(
+        long = "jwt-rs256-public-key-file",
+        env = "HOMEPORT_JWT_RS256_PUBLIC_KEY_FILE"
+    )]
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// Token claim naming the caller's tenant.
+    #[arg(
+        long = "jwt-tenant-claim",
+        env = "HOMEPORT_JWT_TENANT_CLAIM",
+        default_value = "tenant"
+    )]
+    pub tenant_claim: String,
+    /// Required `aud` claim, if set.
+    #[arg(long = "jwt-audience", env = "HOMEPORT_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+    /// Required `iss` claim, if set.
+    #[arg(long = "jwt-issuer", env = "HOMEPORT_JWT_ISSUER")]
+    pub issuer: Option<String>,
+}
+
+impl JwtArgs {
+    /// HS256 with this secret file, the `tenant` claim.
+    pub fn hs256(secret_file: PathBuf) -> JwtArgs {
+        JwtArgs {
+            hs256_secret_file: Some(secret_file),
+            tenant_claim: "tenant".into(),
+            ..JwtArgs::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hs256_secret_file.is_none() && self.rs256_public_key_file.is_none() {
+            return Err("set --jwt-hs256-secret-file or --jwt-rs256-public-key-file (HOMEPORT_JWT_*): every call needs a bearer token".into());
+        }
+        Ok(())
+    }
+
+    /// Reads the configured keys.
+    pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        let mut keys = Vec::new();
+        if let Some(f) = &self.hs256_secret_file {
+            let s = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            let s = s.strip_suffix(b"\n").unwrap_or(&s).to_vec();
+            anyhow::ensure!(
+                s.len() >= 32,
+                "{}: an HS256 secret needs at least 32 bytes",
+                f.display()
+            );
+            keys.push(Key::Hs256(s));
+        }
+        if let Some(f) = &self.rs256_public_key_file {
+            let pem = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            let key = openssl::pkey::PKey::public_key_from_pem(&pem)
+                .with_context(|| format!("{}: not a PEM public key", f.display()))?;
+            keys.push(Key::Rs256(key));
+        }
+        Ok(Authenticator::new(keys, &self.tenant_claim)
+            .with_audience(self.audience.clone(), self.issuer.clone()))
+    }
+}
 
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,66 @@
+//! `audit`: parses configuration, connects the dependencies, stores events and serves
+//! AuditService until SIGTERM.
+
+use anyhow::Context as _;
+use clap::Parser;
+use homeport_audit::{Audit, AuditConfig, AuditParts};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "audit",
+    version,
+    about = "Homeport audit: every fleet event, stored once, queryable and live"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: homeport_runtime::CommonArgs,
+    #[command(flatten)]
+    audit: AuditConfig,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let valid = cli
+        .common
+        .validate()
+        .and_then(|()| cli.audit.validate().map_err(anyhow::Error::msg));
+    let log = cli.common.log.clone();
+    homeport_runtime::run_main("audit", valid, &log, || run(cli));
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let auth = cli.audit.jwt.authenticator()?;
+    let store = cli.common.open_store().await?;
+    let nats = cli
+        .common
+        .connect_nats("audit", std::time::Duration::from_secs(30))
+        .await?;
+    let listener = tokio::net::TcpListener::bind(cli.audit.grpc_listen)
+        .await
+        .with_context(|| format!("binding gRPC port {}", cli.audit.grpc_listen))?;
+    let health = tokio::net::TcpListener::bind(cli.audit.health_listen)
+        .await
+        .with_context(|| format!("binding health port {}", cli.audit.health_listen))?;
+    let audit = Audit::start(AuditParts {
+        config: cli.audit.clone(),
+        names: cli.common.names(),
+        nats,
+        store,
+        auth,
+    });
+    let stop_health = CancellationToken::new();
+    tokio::spawn(homeport_telemetry::serve_health(
+        health,
+        audit.observable(),
+        stop_health.clone(),
+    ));
+    tracing::info!(listen = %cli.audit.grpc_listen, "storing events and serving AuditService");
+    audit
+        .serve(listener, homeport_runtime::shutdown_signal())
+        .await?;
+    tracing::info!("shutdown requested");
+    audit.shutdown().await;
+    stop_health.cancel();
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! AuditService: stored events by query, live events by subscription; both scoped to the
+//! caller's tenant (the database filter for queries, the subject filter for subscriptions).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::{Stream, StreamExt};
+use homeport_auth::caller;
+use homeport_contracts::{proto, Names};
+use homeport_proto::audit::v1 as pb;
+use homeport_proto::audit::v1::audit_service_server::AuditService;
+use homeport_store::{AuditFilter, Store};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+/// Events buffered per subscriber before the feed waits for the client.
+const SUBSCRIBER_BUFFER: usize = 256;
+
+pub struct AuditApi {
+    pub(crate) store: Store,
+    pub(crate) js: jetstream::Context,
+    pub(crate) names: Names,
+    pub(crate) subscribers: Arc<homeport_telemetry::Gauge>,
+}
+
+fn opt(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn stored(seq: u64, subject: &str, payload: &[u8]) -> Result<pb::StoredEvent, Status> {
+    let event = proto::Event::decode(payload)
+        .map_err(|e| Status::internal(format!("stored event {seq} does not decode: {e}")))?;
+    Ok(pb::StoredEvent {
+        sequence: seq,
+        subject: subject.to_string(),
+        event: Some(event),
+    })
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::StoredEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn query_events(
+        &self,
+        req: Request<pb::QueryEventsRequest>,
+    ) -> Result<Response<pb::QueryEventsResponse>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let f = r.filter.unwrap_or_default();
+        let filter = AuditFilter {
+            device_guid: opt(&f.device_guid).map(|g| g.to_ascii_lowercase()),
+            kind: opt(&f.kind),
+            from_nanos: (f.from_unix_nanos != 0).then_some(f.from_unix_nanos),
+            to_nanos: (f.to_unix_nanos != 0).then_some(f.to_unix_nanos),
+        };
+        let page = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after: i64 = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page_token"))?
+        };
+        let rows = self
+            .store
+            .query_audit_events(&c.tenant, &filter, after, u64::from(page))
+            .await
+            .map_err(|e| Status::unavailable(format!("database: {e}")))?;
+        let full = rows.len() == page as usize;
+        let next = rows.last().map(|r| r.stream_seq.to_string());
+        let events = rows
+            .iter()
+            .map(|r| {
+                stored(
+                    u64::try_from(r.stream_seq).unwrap_or(0),
+                    &r.subject,
+                    &r.payload,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(pb::QueryEventsResponse {
+            events,
+            next_page_token: if full {
+                next.unwrap_or_default()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let f = r.filter.unwrap_or_default();
+        let device = opt(&f.device_guid).map(|g| g.to_ascii_lowercase());
+        let kind = opt(&f.kind);
+        let subject =
+            self.names
+                .tenant_events_filter(&c.tenant, device.as_deref(), kind.as_deref());
+        let stream = self
+            .js
+            .get_stream(self.names.events_stream())
+            .await
+            .map_err(|e| Status::unavailable(format!("events stream: {e}")))?;
+        let deliver_policy = match r.after_sequence {
+            0 => consumer::DeliverPolicy::New,
+            n => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: n + 1,
+            },
+        };
+        // An ordered consumer: in stream order, recreated by the client library after a gap,
+        // so the feed has no hole and no repeat.
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("events consumer: {e}")))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| Status::unavailable(format!("events feed: {e}")))?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let gauge = self.subscribers.clone();
+        gauge.inc();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = tx.closed() => break,
+                    m = messages.next() => m,
+                };
+                let item = match next {
+                    None => break,
+                    Some(Err(e)) => Err(Status::unavailable(format!("events feed: {e}"))),
+                    Some(Ok(m)) => {
+                        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+                        match stored(seq, m.subject.as_str(), &m.payload) {
+                            Ok(e) => Ok(e),
+                            // Not an event: the audit worker counts it; the feed skips it.
+                            Err(_) => continue,
+                        }
+                    }
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    break;
+                }
+            }
+            gauge.dec();
+        });
+        let out = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}

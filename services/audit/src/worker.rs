@@ -1,0 +1,192 @@
+//! The durable consumer: pulls events from the stream, writes them to the database in batches
+//! (idempotent on the event id), and acks only after the commit. Undecodable messages are
+//! terminated and counted; a database outage pauses the worker, which retries the same batch
+//! with backoff and catches up when the database returns.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures_util::StreamExt;
+use homeport_contracts::events::StreamLimits;
+use homeport_contracts::{proto, Names};
+use homeport_store::{AuditRecord, Store};
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::{AuditConfig, Metrics};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The record of one stream message, or `None` if it is not an event.
+pub fn record_of(subject: &str, seq: u64, payload: &[u8]) -> Option<AuditRecord> {
+    let ev = proto::Event::decode(payload).ok()?;
+    if ev.id.is_empty() || ev.id.len() > 64 {
+        return None;
+    }
+    Some(AuditRecord {
+        id: ev.id,
+        stream_seq: i64::try_from(seq).ok()?,
+        tenant: ev.tenant,
+        device_guid: ev.device_guid,
+        kind: ev.kind,
+        subject: subject.to_string(),
+        time_nanos: ev.time_unix_nanos,
+        source: ev.source,
+        actor: ev.actor,
+        trace_id: ev.trace_id,
+        payload: payload.to_vec(),
+        stored_nanos: 0,
+    })
+}
+
+/// Runs until `cancel`; reconnects to the consumer after NATS trouble.
+pub async fn run(
+    js: jetstream::Context,
+    names: Names,
+    store: Store,
+    config: AuditConfig,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    while !cancel.is_cancelled() {
+        match consume(&js, &names, &store, &config, &metrics, &cancel).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "event consumer interrupted; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn consume(
+    js: &jetstream::Context,
+    names: &Names,
+    store: &Store,
+    config: &AuditConfig,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let stream =
+        homeport_contracts::events::ensure_events_stream(js, names, &StreamLimits::default())
+            .await
+            .map_err(anyhow::Error::msg)?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &config.consumer,
+            consumer::pull::Config {
+                durable_name: Some(config.consumer.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait(),
+                max_ack_pending: i64::try_from(config.batch * 20).unwrap_or(20_000),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(config.batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    // Whatever is ready, up to a batch: small batches when quiet (low lag), full ones under load.
+    let mut batches = messages.ready_chunks(config.batch);
+    loop {
+        let batch = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            b = batches.next() => b,
+        };
+        let Some(batch) = batch else {
+            anyhow::bail!("message stream ended");
+        };
+        let mut records = Vec::with_capacity(batch.len());
+        let mut acks = Vec::with_capacity(batch.len());
+        for m in batch {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            match record_of(m.subject.as_str(), seq, &m.payload) {
+                Some(r) => {
+                    records.push(r);
+                    acks.push(m);
+                }
+                None => {
+                    metrics.poison.inc();
+                    tracing::warn!(subject = %m.subject, seq, bytes = m.payload.len(), "not an event; terminated");
+                    let _ = m.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        if records.is_empty() {
+            continue;
+        }
+        write(store, records, metrics, cancel).await;
+        if cancel.is_cancelled() {
+            // Not acked: redelivered to whichever replica runs next.
+            return Ok(());
+        }
+        for m in acks {
+            if let Err(e) = m.ack().await {
+                tracing::warn!(error = %e, "ack not sent; the event will be redelivered and skipped");
+            }
+        }
+    }
+}
+
+/// Writes one batch, retrying with backoff until it commits or the worker stops.
+async fn write(
+    store: &Store,
+    mut records: Vec<AuditRecord>,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failing = false;
+    loop {
+        let at = now_nanos();
+        for r in &mut records {
+            r.stored_nanos = at;
+        }
+        let n = records.len() as u64;
+        match store.insert_audit_events(records.clone()).await {
+            Ok(new) => {
+                metrics.stored.add(new);
+                metrics.duplicates.add(n - new.min(n));
+                metrics.batches.inc();
+                if failing {
+                    tracing::info!("database writable again; catching up");
+                }
+                metrics.db_down.set(0);
+                return;
+            }
+            Err(e) => {
+                metrics.db_errors.inc();
+                metrics.db_down.set(1);
+                if !failing {
+                    tracing::warn!(error = %e, events = n, "events not stored; retrying until the database answers");
+                    failing = true;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Durable events end to end: producers → JetStream → the audit worker → PostgreSQL, and
+//! AuditService queries and live subscriptions over gRPC.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use homeport_proto::audit::v1 as pb;
+use homeport_proto::device::v1 as dpb;
+use homeport_tests::audit::{AuditClient, TcpProxy};
+use homeport_tests::command::CommandSetup;
+use homeport_tests::TestEnv;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the database holds `n` events.
+async fn wait_stored(env: &TestEnv, n: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have = env.store.count_audit_events().await.unwrap_or(0);
+        if have >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {have}/{n} events stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every stored event of `tenant`, through the API, following pages.
+async fn query_all(client: &mut AuditClient, filter: pb::EventFilter) -> Vec<pb::StoredEvent> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .query_events(pb::QueryEventsRequest {
+                filter: Some(filter.clone()),
+                page_size: 7,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn ids(events: &[pb::StoredEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_and_command_events_are_stored_once_and_tenant_scoped() {
+    let s = CommandSetup::start("audlife", 2, 61, "acme", |_| {}).await;
+    let audit = s.env.start_audit().await;
+    let mut api = s.cmd.devices("acme").await;
+    api.power_action(dpb::PowerActionRequest {
+        guid: s.guid(0),
+        action: 10,
+    })
+    .await
+    .unwrap();
+    let guids: Vec<String> = s
+        .fleet
+        .identities()
+        .iter()
+        .map(|i| i.guid.clone())
+        .collect();
+    let (env, cmd, fleet) = (s.env, s.cmd, s.fleet);
+    cmd.stop().await;
+    fleet.stop().await; // two disconnected events
+                        // 2 connected + 2 disconnected + 1 command.
+    wait_stored(&env, 5, WAIT).await;
+    let mut acme = audit.client("acme").await;
+    let all = query_all(&mut acme, pb::EventFilter::default()).await;
+    let kinds: Vec<&str> = all
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "connected").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "disconnected").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "PowerAction").count(),
+        1,
+        "{kinds:?}"
+    );
+    let unique: HashSet<_> = ids(&all).into_iter().collect();
+    assert_eq!(unique.len(), all.len(), "no event twice");
+    assert!(
+        all.windows(2).all(|w| w[0].sequence < w[1].sequence),
+        "stream order"
+    );
+    // Filters: one device, one kind, a time range that excludes everything.
+    let one = query_all(
+        &mut acme,
+        pb::EventFilter {
+            device_guid: guids[1].to_uppercase(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        one.iter()
+            .all(|e| e.event.as_ref().unwrap().device_guid == guids[1])
+            && one.len() == 2,
+        "{one:?}"
+    );
+    let cmds = query_all(
+        &mut acme,
+        pb::EventFilter {
+            kind: "PowerAction".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].event.as_ref().unwrap().actor, "tester");
+    let none = query_all(
+        &mut acme,
+        pb::EventFilter {
+            to_unix_nanos: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(none.is_empty());
+    // Another tenant sees nothing, with or without filters naming acme's devices.
+    let mut evil = audit.client("evil").await;
+    assert!(query_all(&mut evil, pb::EventFilter::default())
+        .await
+        .is_empty());
+    assert!(query_all(
+        &mut evil,
+        pb::EventFilter {
+            device_guid: guids[0].clone(),
+            ..Default::default()
+        }
+    )
+    .await
+    .is_empty());
+    assert_eq!(audit.metrics.poison.get(), 0);
+    audit.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_loses_nothing_and_stores_nothing_twice() {
+    let env = TestEnv::new("audrestart").await;
+    let audit = env.start_audit().await;
+    let mut published = Vec::new();
+    for i in 0..3000u32 {
+        published.push(
+            env.publish_event(
+                "acme",
+                &format!("00000000-0000-0000-0000-{i:012}"),
+                "connected",
+            )
+            .await
+            .id,
+        );
+        if i == 1000 {
+            // Stop mid-stream: whatever batch is uncommitted stays unacked.
+            let a = audit;
+            a.stop().await;
+            break;
+        }
+    }
+    for i in 1001..3000u32 {
+        published.push(
+            env.publish_event(
+                "acme",
+                &format!("00000000-0000-0000-0000-{i:012}"),
+                "connected",
+            )
+            .await
+            .id,
+        );
+    }
+    let audit = env.start_audit().await;
+    wait_stored(&env, 3000, WAIT).await;
+    // The same event published again under a new stream message (past JetStream's
+    // de-duplication) is not stored twice either.
+    let again = &published[5];
+    let ev = homeport_contracts::proto::Event {
+        id: again.clone(),
+        tenant: "acme".into(),
+        kind: "connected".into(),
+        ..Default::default()
+    };
+    env.publish_raw(
+        &env.names.device_event("acme", "x", "connected"),
+        "another-msg-id",
+        prost::Message::encode_to_vec(&ev),
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while audit.metrics.duplicates.get() == 0 {
+        assert!(Instant::now() < deadline, "the duplicate was never seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.store.count_audit_events().await.unwrap(), 3000);
+    let mut client = audit.client("acme").await;
+    let stored: HashSet<String> = ids(&query_all_fast(&mut client).await)
+        .into_iter()
+        .collect();
+    let expected: HashSet<String> = published.into_iter().collect();
+    assert_eq!(stored, expected);
+    audit.stop().await;
+    env.cleanup().await;
+}
+
+async fn query_all_fast(client: &mut AuditClient) -> Vec<pb::StoredEvent> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .query_events(pb::QueryEventsRequest {
+                filter: None,
+                page_size: 1000,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_loses_nothing() {
+    let env = TestEnv::new("audpg").await;
+    let pg: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let proxy = TcpProxy::start(pg).await;
+    let url = env
+        .database_url()
+        .replace("127.0.0.1:5432", &proxy.addr.to_string());
+    assert_ne!(
+        url,
+        env.database_url(),
+        "the test database must be on 127.0.0.1:5432"
+    );
+    let mut config = homeport_store::StoreConfig::new(url);
+    config.acquire_timeout = Duration::from_secs(2);
+    let store = homeport_store::Store::connect_with(config).await.unwrap();
+    let audit = env.start_audit_with(store).await;
+    for i in 0..100u32 {
+        env.publish_event(
+            "acme",
+            &format!("00000000-0000-0000-0000-{i:012}"),
+            "connected",
+        )
+        .await;
+    }
+    wait_stored(&env, 100, WAIT).await;
+    proxy.cut();
+    for i in 100..600u32 {
+        env.publish_event(
+            "acme",
+            &format!("00000000-0000-0000-0000-{i:012}"),
+            "connected",
+        )
+        .await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while audit.metrics.db_errors.get() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never noticed the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        env.store.count_audit_events().await.unwrap(),
+        100,
+        "nothing stored while the database is away"
+    );
+    proxy.restore();
+    wait_stored(&env, 600, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.store.count_audit_events().await.unwrap(), 600);
+    audit.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resumes_without_gap_or_duplicate() {
+    let env = TestEnv::new("audsub").await;
+    let audit = env.start_audit().await;
+    // Make sure the stream exists before subscribing to "from now on".
+    env.publish_event("acme", "00000000-0000-0000-0000-000000000000", "warmup")
+        .await;
+    let mut client = audit.client("acme").await;
+    let mut live = client
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut other = audit
+        .client("evil")
+        .await
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut published = Vec::new();
+    for i in 0..10u32 {
+        published.push(
+            env.publish_event(
+                "acme",
+                &format!("00000000-0000-0000-0000-{i:012}"),
+                "connected",
+            )
+            .await
+            .id,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut last = 0;
+    for _ in 0..4 {
+        let e = tokio::time::timeout(WAIT, live.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        last = e.sequence;
+        seen.push(e.event.unwrap().id);
+    }
+    drop(live); // the dashboard goes away...
+    for i in 10..20u32 {
+        published.push(
+            env.publish_event(
+                "acme",
+                &format!("00000000-0000-0000-0000-{i:012}"),
+                "connected",
+            )
+            .await
+            .id,
+        );
+    }
+    // ...and comes back from its last position.
+    let mut resumed = client
+        .subscribe(pb::SubscribeRequest {
+            after_sequence: last,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while seen.len() < published.len() {
+        let e = tokio::time::timeout(WAIT, resumed.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(e.sequence > last, "in order, no repeat");
+        last = e.sequence;
+        seen.push(e.event.unwrap().id);
+    }
+    assert_eq!(seen, published, "no gap, no duplicate");
+    // A live filter by device and kind.
+    let mut one = client
+        .subscribe(pb::SubscribeRequest {
+            filter: Some(pb::EventFilter {
+                device_guid: "00000000-0000-0000-0000-000000000003".into(),
+                kind: "disconnected".into(),
+                ..Default::default()
+            }),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    env.publish_event("acme", "00000000-0000-0000-0000-000000000003", "connected")
+        .await;
+    let want = env
+        .publish_event(
+            "acme",
+            "00000000-0000-0000-0000-000000000003",
+            "disconnected",
+        )
+        .await;
+    let e = tokio::time::timeout(WAIT, one.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.event.unwrap().id, want.id);
+    // The other tenant's feed stayed silent.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), other.next())
+            .await
+            .is_err()
+    );
+    audit.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_subject_is_counted_and_skipped() {
+    let env = TestEnv::new("audpoison").await;
+    let audit = env.start_audit().await;
+    env.publish_event("acme", "00000000-0000-0000-0000-000000000001", "connected")
+        .await;
+    env.publish_raw(
+        &env.names.device_event("acme", "x", "connected"),
+        "junk-1",
+        vec![0xff, 0xfe, 0x01, 0x02],
+    )
+    .await;
+    env.publish_raw(
+        &env.names.device_event("acme", "x", "connected"),
+        "junk-2",
+        Vec::new(),
+    )
+    .await;
+    env.publish_event("acme", "00000000-0000-0000-0000-000000000002", "connected")
+        .await;
+    wait_stored(&env, 2, WAIT).await;
+    let deadline = Instant::now() + WAIT;
+    while audit.metrics.poison.get() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "poison messages not counted: {}",
+            audit.metrics.poison.get()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.store.count_audit_events().await.unwrap(), 2);
+    audit.stop().await;
+    env.cleanup().await;
+}
