@@ -13,14 +13,37 @@ use homeport_auth::Authenticator;
 use homeport_contracts::Names;
 use homeport_proto::audit::v1::audit_service_server::AuditServiceServer;
 use homeport_store::Store;
-use homeport_telemetry::{Counter, Exposition, Gauge, Observable};
+use homeport_telemetry::{Counter, Exposition, Gauge, Histogram, Observable};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::AuditConfig;
 
-#[derive(Default)]
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            lag: Histogram::new(LAG_BUCKETS_MS),
+            batch_write: Histogram::new(LAG_BUCKETS_MS),
+            stored: Counter::default(),
+            duplicates: Counter::default(),
+            batches: Counter::default(),
+            poison: Counter::default(),
+            db_errors: Counter::default(),
+            db_down: Gauge::default(),
+        }
+    }
+}
+
+/// Buckets of the lag histogram: fine enough to read a p99 against a 500 ms target.
+const LAG_BUCKETS_MS: &[u64] = &[
+    1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 2000, 5000, 10000, 30000,
+];
+
 pub struct Metrics {
+    /// Publish-to-commit lag per event.
+    pub lag: Histogram,
+    /// Duration of one batch's insert and commit.
+    pub batch_write: Histogram,
     pub stored: Counter,
     pub duplicates: Counter,
     pub batches: Counter,
@@ -181,6 +204,16 @@ impl Observable for Observed {
             "homeport_audit_subscribers",
             "Live Subscribe streams.",
             self.subscribers.get(),
+        );
+        e.histogram(
+            "homeport_audit_lag_seconds",
+            "Publish-to-commit lag per event.",
+            &m.lag,
+        );
+        e.histogram(
+            "homeport_audit_batch_write_seconds",
+            "Insert and commit of one batch.",
+            &m.batch_write,
         );
         e.finish()
     }

@@ -163,8 +163,19 @@ async fn write(
             r.stored_nanos = at;
         }
         let n = records.len() as u64;
+        let started = std::time::Instant::now();
         match store.insert_audit_events(records.clone()).await {
             Ok(new) => {
+                // Publish-to-commit lag of each event (clocks of one host or NTP-synced ones).
+                let committed = now_nanos();
+                for r in &records {
+                    if r.time_nanos > 0 && committed >= r.time_nanos {
+                        metrics.lag.observe(Duration::from_nanos(
+                            u64::try_from(committed - r.time_nanos).unwrap_or(0),
+                        ));
+                    }
+                }
+                metrics.batch_write.observe(started.elapsed());
                 metrics.stored.add(new);
                 metrics.duplicates.add(n - new.min(n));
                 metrics.batches.inc();

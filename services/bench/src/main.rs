@@ -6,10 +6,14 @@
 //! holds them with keep-alives and reports connect rate, CPU per handshake, memory per device
 //! and keep-alive CPU of the ingress processes.
 //!
+//! `audit`: starts the audit worker, measures how fast it persists a backlog and its
+//! publish-to-commit lag at a fixed publish rate.
+//!
 //! `command`: starts cira-ingress, amt-sim and mps-command processes, connects N devices and
 //! drives power-state queries through gRPC, closed-loop (`--concurrency`) or at a fixed rate
 //! (`--rate`), and reports throughput and latency percentiles.
 
+mod audit;
 mod command;
 
 use std::net::SocketAddr;
@@ -41,6 +45,8 @@ enum Command {
     Cira(CiraArgs),
     /// Device commands: power-state queries through gRPC → mps-command → NATS → ingress → devices.
     Command(command::CommandArgs),
+    /// Durable events: backlog persist rate and publish-to-commit lag of the audit worker.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +101,7 @@ fn main() {
         match cli.command {
             Command::Cira(args) => cira(args).await,
             Command::Command(args) => command::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
         }
     });
     if let Err(e) = result {
