@@ -36,11 +36,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Bench,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+enum Bench {
     /// CIRA ingress: connect N simulated devices and hold them.
     Cira(CiraArgs),
     /// Device commands: power-state queries through gRPC → mps-command → NATS → ingress → devices.
@@ -99,9 +99,9 @@ fn main() {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Cira(args) => cira(args).await,
-            Command::Command(args) => command::run(args).await,
-            Command::Audit(args) => audit::run(args).await,
+            Bench::Cira(args) => cira(args).await,
+            Bench::Command(args) => command::run(args).await,
+            Bench::Audit(args) => audit::run(args).await,
         }
     });
     if let Err(e) = result {
