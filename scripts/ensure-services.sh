@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs (Debian packages) and starts NATS with JetStream and PostgreSQL when they are
-# missing or stopped. Idempotent: does nothing when both already answer.
+# Installs (Debian packages) and starts NATS with JetStream, PostgreSQL and Mosquitto (for the
+# MQTT bridge's tests) when they are missing or stopped. Idempotent: does nothing when all
+# already answer.
 set -euo pipefail
 
 need_apt=()
 command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v pg_isready >/dev/null 2>&1 || need_apt+=(postgresql-client)
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -23,6 +26,14 @@ if ! port_open 4222; then
     -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
   for _ in $(seq 1 50); do port_open 4222 && break; sleep 0.1; done
   port_open 4222 || { echo "nats-server did not start; see /var/log/nats-server.log" >&2; exit 1; }
+fi
+
+if ! port_open 1883; then
+  echo "starting mosquitto on 127.0.0.1:1883"
+  mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+  start-stop-daemon --start --oknodo --background --exec "$mosquitto_bin" -- -p 1883
+  for _ in $(seq 1 50); do port_open 1883 && break; sleep 0.1; done
+  port_open 1883 || { echo "mosquitto did not start" >&2; exit 1; }
 fi
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
@@ -46,4 +57,4 @@ if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; 
     pg_ctlcluster --skip-systemctl-redirect "$(basename "$(dirname "$(dirname "$hba")")")" main reload
   fi
 fi
-echo "services ready: NATS 127.0.0.1:4222, PostgreSQL 127.0.0.1:5432"
+echo "services ready: NATS 127.0.0.1:4222, PostgreSQL 127.0.0.1:5432, Mosquitto 127.0.0.1:1883"

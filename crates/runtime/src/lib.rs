@@ -70,6 +70,15 @@ pub struct CommonArgs {
     /// Vault KV v2 mount.
     #[arg(long, env = "HOMEPORT_VAULT_MOUNT", default_value = "secret")]
     pub vault_mount: String,
+    /// Days the events stream keeps an event (JetStream max_age), when this process creates it.
+    #[arg(long, env = "HOMEPORT_EVENTS_MAX_AGE_DAYS", default_value_t = 30)]
+    pub events_max_age_days: u64,
+    /// Bytes the events stream may hold before discarding the oldest (-1: no limit).
+    #[arg(long, env = "HOMEPORT_EVENTS_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub events_max_bytes: i64,
+    /// Replicas of the events stream in a NATS cluster (1 on a single server).
+    #[arg(long, env = "HOMEPORT_EVENTS_REPLICAS", default_value_t = 1)]
+    pub events_replicas: usize,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(
         long,
@@ -90,6 +99,12 @@ impl CommonArgs {
             "vault" => {}
             other => bail!("--secrets must be \"local\" or \"vault\", not {other:?}"),
         }
+        if self.events_replicas == 0 || self.events_replicas > 5 {
+            bail!("--events-replicas must be 1-5");
+        }
+        if self.events_max_age_days == 0 {
+            bail!("--events-max-age-days must be positive");
+        }
         if !(self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://")
             || self.database_url.starts_with("sqlite:"))
@@ -97,6 +112,15 @@ impl CommonArgs {
             bail!("--database-url must start with postgres:// or sqlite:");
         }
         Ok(())
+    }
+
+    /// Limits of the events stream, applied when a process creates it.
+    pub fn stream_limits(&self) -> homeport_contracts::events::StreamLimits {
+        homeport_contracts::events::StreamLimits {
+            max_age: Duration::from_secs(self.events_max_age_days.saturating_mul(24 * 3600)),
+            max_bytes: self.events_max_bytes,
+            replicas: self.events_replicas.max(1),
+        }
     }
 
     pub fn names(&self) -> homeport_contracts::Names {

@@ -54,6 +54,8 @@ pub struct Metrics {
 
 pub struct AuditParts {
     pub config: AuditConfig,
+    /// Limits of the events stream, if this process creates it.
+    pub stream_limits: homeport_contracts::events::StreamLimits,
     pub names: Names,
     pub nats: async_nats::Client,
     pub store: Store,
@@ -84,6 +86,7 @@ impl Audit {
             parts.names.clone(),
             parts.store.clone(),
             parts.config.clone(),
+            parts.stream_limits.clone(),
             metrics.clone(),
             cancel.clone(),
         ));

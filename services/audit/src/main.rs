@@ -48,6 +48,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         nats,
         store,
         auth,
+        stream_limits: cli.common.stream_limits(),
     });
     let stop_health = CancellationToken::new();
     tokio::spawn(homeport_telemetry::serve_health(

@@ -54,12 +54,13 @@ pub async fn run(
     names: Names,
     store: Store,
     config: AuditConfig,
+    limits: StreamLimits,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
     while !cancel.is_cancelled() {
-        match consume(&js, &names, &store, &config, &metrics, &cancel).await {
+        match consume(&js, &names, &store, &config, &limits, &metrics, &cancel).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "event consumer interrupted; retrying");
@@ -78,13 +79,13 @@ async fn consume(
     names: &Names,
     store: &Store,
     config: &AuditConfig,
+    limits: &StreamLimits,
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream =
-        homeport_contracts::events::ensure_events_stream(js, names, &StreamLimits::default())
-            .await
-            .map_err(anyhow::Error::msg)?;
+    let stream = homeport_contracts::events::ensure_events_stream(js, names, limits)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &config.consumer,

@@ -56,7 +56,7 @@ pub async fn serve(
             store: store.clone(),
             secrets: secrets.clone(),
             tls: acceptor,
-            stream_limits: Default::default(),
+            stream_limits: common.stream_limits(),
         },
         listener,
     )

@@ -36,6 +36,13 @@ struct Cli {
     /// Device API (gRPC) listen address.
     #[arg(long, env = "HOMEPORT_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
     grpc_listen: SocketAddr,
+    /// Audit API (gRPC: stored and live events) listen address.
+    #[arg(
+        long,
+        env = "HOMEPORT_AUDIT_GRPC_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    audit_grpc_listen: SocketAddr,
     /// HS256 secret for bearer tokens; generated into the data directory when not given.
     #[arg(long, env = "HOMEPORT_JWT_HS256_SECRET_FILE")]
     jwt_hs256_secret_file: Option<std::path::PathBuf>,
@@ -95,10 +102,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         None => token_secret(&cli.data_dir)?,
     };
     let command = start_command(&cli, &secret_file, nats, store, secrets).await?;
+    let audit = start_audit(&cli, &secret_file, nats, store).await?;
     println!(
-        "Homeport is running: CIRA on {}, device API (gRPC) on {}, health and metrics on http://{}/metrics, NATS {}, database {}",
+        "Homeport is running: CIRA on {}, device API (gRPC) on {}, audit API on {}, health and metrics on http://{}/metrics, NATS {}, database {}",
         ingress.local_addr(),
         cli.grpc_listen,
+        cli.audit_grpc_listen,
         cli.ingress.health_listen,
         cli.common.nats_url,
         homeport_runtime::redact_url(&cli.common.database_url),
@@ -151,10 +160,13 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     println!("Shutting down: draining CIRA sessions…");
     command.stop.cancel();
     let _ = command.task.await;
+    audit.stop.cancel();
+    let _ = audit.task.await;
     served.shutdown().await;
     Ok(())
 }
 
+/// A service running in this process.
 struct RunningCommand {
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -208,6 +220,7 @@ async fn start_command(
         store: store.clone(),
         secrets: secrets.clone(),
         auth,
+        stream_limits: cli.common.stream_limits(),
     })
     .await?;
     let listener = tokio::net::TcpListener::bind(cli.grpc_listen)
@@ -220,6 +233,40 @@ async fn start_command(
             tracing::error!(error = %e, "device API stopped");
         }
         service.shutdown().await;
+    });
+    Ok(RunningCommand { stop, task })
+}
+
+/// Starts the audit worker and its API (AuditService) in this process.
+async fn start_audit(
+    cli: &Cli,
+    secret_file: &std::path::Path,
+    nats: &async_nats::Client,
+    store: &homeport_store::Store,
+) -> anyhow::Result<RunningCommand> {
+    let jwt = homeport_auth::JwtArgs {
+        rs256_public_key_file: cli.jwt_rs256_public_key_file.clone(),
+        ..homeport_auth::JwtArgs::hs256(secret_file.to_path_buf())
+    };
+    let auth = jwt.authenticator()?;
+    let audit = homeport_audit::Audit::start(homeport_audit::AuditParts {
+        config: homeport_audit::AuditConfig::with_jwt(jwt),
+        stream_limits: cli.common.stream_limits(),
+        names: cli.common.names(),
+        nats: nats.clone(),
+        store: store.clone(),
+        auth,
+    });
+    let listener = tokio::net::TcpListener::bind(cli.audit_grpc_listen)
+        .await
+        .with_context(|| format!("binding audit gRPC port {}", cli.audit_grpc_listen))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = audit.serve(listener, s.cancelled_owned()).await {
+            tracing::error!(error = %e, "audit API stopped");
+        }
+        audit.shutdown().await;
     });
     Ok(RunningCommand { stop, task })
 }

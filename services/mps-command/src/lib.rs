@@ -48,6 +48,8 @@ pub struct CommandParts {
     pub store: Store,
     pub secrets: DynSecretStore,
     pub auth: Authenticator,
+    /// Limits of the events stream, if this process creates it.
+    pub stream_limits: StreamLimits,
 }
 
 #[derive(Default)]
@@ -81,7 +83,7 @@ pub struct MpsCommand {
 impl MpsCommand {
     pub async fn start(parts: CommandParts) -> anyhow::Result<MpsCommand> {
         let js = async_nats::jetstream::new(parts.nats.clone());
-        ensure_events_stream(&js, &parts.names, &StreamLimits::default())
+        ensure_events_stream(&js, &parts.names, &parts.stream_limits)
             .await
             .map_err(anyhow::Error::msg)?;
         let tunnel = TunnelClient::new(parts.nats.clone(), parts.names.clone()).await?;

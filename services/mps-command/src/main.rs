@@ -54,6 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         store,
         secrets,
         auth,
+        stream_limits: cli.common.stream_limits(),
     })
     .await?;
     let stop_health = CancellationToken::new();
