@@ -452,3 +452,30 @@ async fn garbage_on_the_subject_is_counted_and_skipped() {
     audit.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_consumer_and_store_each_event_once() {
+    let env = TestEnv::new("audrepl").await;
+    let a = env.start_audit().await;
+    let b = env.start_audit().await;
+    for i in 0..2000u32 {
+        env.publish_event(
+            "acme",
+            &format!("00000000-0000-0000-0000-{i:012}"),
+            "connected",
+        )
+        .await;
+    }
+    wait_stored(&env, 2000, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.store.count_audit_events().await.unwrap(), 2000);
+    let (sa, sb) = (a.metrics.stored.get(), b.metrics.stored.get());
+    assert_eq!(
+        sa + sb,
+        2000,
+        "each event stored by exactly one replica ({sa} + {sb})"
+    );
+    a.stop().await;
+    b.stop().await;
+    env.cleanup().await;
+}

@@ -149,6 +149,11 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                             print_presence(&presence).await;
                             probe_tunnel(nats, &names, &fleet).await;
                             probe_api(cli.grpc_listen, &secret_file, &fleet).await;
+                            // Give the audit worker a moment to commit the connect events.
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            if let Ok(n) = store.count_audit_events().await {
+                                println!("Audit trail: {n} events stored so far (AuditService on {}; live: nats sub '{}.evt.demo.>')", cli.audit_grpc_listen, names.prefix());
+                            }
                             println!("Press Ctrl-C to stop.");
                         }
                     }
