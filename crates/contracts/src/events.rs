@@ -48,6 +48,34 @@ pub fn envelope(tenant: &str, guid: &str, kind: &str, source: &str) -> proto::Ev
     }
 }
 
+/// A durable, explicitly acked pull consumer of every event, shared by all replicas that use
+/// `name` (creating the stream with `limits` if needed). At most `max_ack_pending` events are
+/// out for processing; one not acked within `ack_wait` is delivered again.
+pub async fn durable_consumer(
+    js: &jetstream::Context,
+    names: &Names,
+    limits: &StreamLimits,
+    name: &str,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+) -> Result<jetstream::consumer::PullConsumer, String> {
+    let stream = ensure_events_stream(js, names, limits).await?;
+    stream
+        .get_or_create_consumer(
+            name,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(name.to_string()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_ack_pending,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer {name}: {e}"))
+}
+
 /// Limits of the events stream; configuration, not code.
 #[derive(Clone, Debug)]
 pub struct StreamLimits {

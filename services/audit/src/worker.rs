@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::{self, consumer, AckKind};
+use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 use homeport_contracts::events::StreamLimits;
 use homeport_contracts::{proto, Names};
@@ -83,22 +83,16 @@ async fn consume(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream = homeport_contracts::events::ensure_events_stream(js, names, limits)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &config.consumer,
-            consumer::pull::Config {
-                durable_name: Some(config.consumer.clone()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait(),
-                max_ack_pending: i64::try_from(config.batch * 20).unwrap_or(20_000),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            },
-        )
-        .await?;
+    let consumer = homeport_contracts::events::durable_consumer(
+        js,
+        names,
+        limits,
+        &config.consumer,
+        config.ack_wait(),
+        i64::try_from(config.batch * 20).unwrap_or(20_000),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let messages = consumer
         .stream()
         .max_messages_per_batch(config.batch)

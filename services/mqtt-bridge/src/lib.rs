@@ -7,7 +7,7 @@ pub mod mqtt;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, AckKind};
+use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 use homeport_contracts::proto::event::Payload;
 use homeport_contracts::{proto, Names};
@@ -139,21 +139,16 @@ async fn bridge(
     metrics: &BridgeMetrics,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let stream = homeport_contracts::events::ensure_events_stream(js, names, &Default::default())
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &config.consumer,
-            consumer::pull::Config {
-                durable_name: Some(config.consumer.clone()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 1000,
-                ..Default::default()
-            },
-        )
-        .await?;
+    let consumer = homeport_contracts::events::durable_consumer(
+        js,
+        names,
+        &Default::default(),
+        &config.consumer,
+        Duration::from_secs(30),
+        1000,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     let mut messages = consumer.messages().await?;
     let keepalive = Duration::from_secs(30);
     let mut client = mqtt::Client::connect(
