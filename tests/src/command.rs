@@ -92,6 +92,7 @@ pub fn command_config(exchange_timeout: Duration) -> CommandConfig {
         health_listen: "127.0.0.1:0".parse().expect("addr"),
         exchange_timeout_ms: u64::try_from(exchange_timeout.as_millis()).unwrap_or(u64::MAX),
         jwt: homeport_auth::JwtArgs::default(),
+        command_timeout_ms: 60_000,
         bulk_concurrency: 16,
     }
 }

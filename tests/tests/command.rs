@@ -355,3 +355,30 @@ async fn registry_create_list_update_delete() {
     s.env.wait_events("deleted", 1, WAIT).await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_still_leaves_a_command_event() {
+    // Devices that take 2 s per WS-Man answer; the caller waits 300 ms.
+    let s = Setup::start("cmdcancel", 1, 37, "acme", |c| {
+        c.wsman_latency = Duration::from_secs(2)
+    })
+    .await;
+    let mut api = s.cmd.devices("acme").await;
+    let mut req = tonic::Request::new(homeport_proto::device::v1::PowerActionRequest {
+        guid: s.guid(0),
+        action: 8,
+    });
+    req.set_timeout(Duration::from_millis(300));
+    let e = api.power_action(req).await.unwrap_err();
+    assert!(
+        matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{e:?}"
+    );
+    let events = s.env.wait_events("PowerAction", 1, WAIT).await;
+    let Some(Payload::CommandExecuted(c)) = &events[0].1.payload else {
+        panic!("{:?}", events[0].1.payload)
+    };
+    assert_eq!(c.result, "CANCELLED", "{c:?}");
+    assert_eq!(c.parameters.get("action").map(String::as_str), Some("8"));
+    s.stop().await;
+}

@@ -79,11 +79,13 @@ fn start_bridge(
     let task = tokio::spawn(homeport_mqtt_bridge::run(
         env.js.clone(),
         env.names.clone(),
+        Default::default(),
         BridgeConfig {
             mqtt_address: format!("127.0.0.1:{port}"),
             topic: topic.to_string(),
             consumer: "mqtt-bridge".into(),
             client_id: format!("hp-test-{}", env.label),
+            tenant: Some("acme".into()),
         },
         metrics.clone(),
         cancel.clone(),
@@ -113,6 +115,15 @@ async fn events_arrive_as_open_amt_json() {
             ..Default::default()
         }),
         "GetHardwareInfo",
+    )
+    .await;
+    // Another tenant's event stays off this tenant's topic.
+    let mut other = events::envelope("evil", g, "connected", "test");
+    other.payload = Some(Payload::DeviceConnected(Default::default()));
+    env.publish_raw(
+        &env.names.device_event("evil", g, "connected"),
+        &other.id,
+        other.encode_to_vec(),
     )
     .await;
     publish(

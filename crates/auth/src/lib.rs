@@ -136,6 +136,18 @@ pub enum AuthError {
     Claim(String),
     #[error("token audience or issuer does not match")]
     Audience,
+    #[error("tenant claim must be empty or 1-64 letters, digits, '-' or '_' (and not \"_\")")]
+    Tenant,
+}
+
+/// Tenants appear verbatim as NATS subject tokens, so only names that map to themselves are
+/// accepted: two tenants can never share a token (and "_" is the default tenant's token).
+pub fn valid_tenant(t: &str) -> bool {
+    t.is_empty()
+        || (t.len() <= 64
+            && t != "_"
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, AuthError> {
@@ -215,14 +227,14 @@ impl Authenticator {
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         match claims.get("exp").and_then(Value::as_i64) {
-            Some(exp) if exp + LEEWAY_SECS < now => return Err(AuthError::Expired),
+            Some(exp) if exp.saturating_add(LEEWAY_SECS) < now => return Err(AuthError::Expired),
             Some(_) => {}
             None => return Err(AuthError::Claim("exp".into())),
         }
         if claims
             .get("nbf")
             .and_then(Value::as_i64)
-            .is_some_and(|nbf| nbf - LEEWAY_SECS > now)
+            .is_some_and(|nbf| nbf.saturating_sub(LEEWAY_SECS) > now)
         {
             return Err(AuthError::NotYetValid);
         }
@@ -245,6 +257,9 @@ impl Authenticator {
             .get(&self.tenant_claim)
             .and_then(Value::as_str)
             .ok_or_else(|| AuthError::Claim(self.tenant_claim.clone()))?;
+        if !valid_tenant(tenant) {
+            return Err(AuthError::Tenant);
+        }
         Ok(Caller {
             subject: claims
                 .get("sub")
@@ -346,6 +361,11 @@ mod tests {
             Err(AuthError::Algorithm(_)) | Err(AuthError::Malformed)
         ));
         assert_eq!(a.verify("a.b"), Err(AuthError::Malformed));
+        for bad in ["acme.corp", "_", "a*", "a>b", "x y"] {
+            let t = mint_hs256(b"s3cret", "alice", bad, 60).unwrap();
+            assert_eq!(a.verify(&t), Err(AuthError::Tenant), "{bad}");
+        }
+        assert!(valid_tenant("") && valid_tenant("acme_corp-2"));
         let a2 = Authenticator::new(vec![Key::Hs256(b"s3cret".to_vec())], "org");
         assert_eq!(a2.verify(&t), Err(AuthError::Claim("org".into())));
     }

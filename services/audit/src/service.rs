@@ -118,7 +118,7 @@ impl AuditService for AuditApi {
         let deliver_policy = match r.after_sequence {
             0 => consumer::DeliverPolicy::New,
             n => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: n + 1,
+                start_sequence: n.saturating_add(1),
             },
         };
         // An ordered consumer: in stream order, recreated by the client library after a gap,
@@ -137,6 +137,7 @@ impl AuditService for AuditApi {
             .map_err(|e| Status::unavailable(format!("events feed: {e}")))?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let gauge = self.subscribers.clone();
+        let tenant = c.tenant.clone();
         gauge.inc();
         tokio::spawn(async move {
             loop {
@@ -150,7 +151,12 @@ impl AuditService for AuditApi {
                     Some(Ok(m)) => {
                         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
                         match stored(seq, m.subject.as_str(), &m.payload) {
-                            Ok(e) => Ok(e),
+                            // The subject filter already fixes the tenant; the payload's
+                            // tenant is checked too, so a mislabelled event never leaks.
+                            Ok(e) if e.event.as_ref().is_some_and(|ev| ev.tenant == tenant) => {
+                                Ok(e)
+                            }
+                            Ok(_) => continue,
                             // Not an event: the audit worker counts it; the feed skips it.
                             Err(_) => continue,
                         }

@@ -214,6 +214,7 @@ async fn start_command(
             rs256_public_key_file: cli.jwt_rs256_public_key_file.clone(),
             ..homeport_auth::JwtArgs::hs256(secret_file.to_path_buf())
         },
+        command_timeout_ms: 120_000,
         bulk_concurrency: 64,
     };
     let auth = config.jwt.authenticator()?;

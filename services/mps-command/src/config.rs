@@ -18,6 +18,9 @@ pub struct CommandConfig {
     pub exchange_timeout_ms: u64,
     #[command(flatten)]
     pub jwt: JwtArgs,
+    /// Deadline of a whole command (all its WS-Man exchanges), in milliseconds.
+    #[arg(long, env = "HOMEPORT_COMMAND_TIMEOUT_MS", default_value_t = 120_000)]
+    pub command_timeout_ms: u64,
     /// Devices queried at once by GetPowerStates.
     #[arg(long, env = "HOMEPORT_BULK_CONCURRENCY", default_value_t = 64)]
     pub bulk_concurrency: usize,
@@ -28,7 +31,14 @@ impl CommandConfig {
         Duration::from_millis(self.exchange_timeout_ms)
     }
 
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        if self.command_timeout_ms < self.exchange_timeout_ms {
+            return Err("--command-timeout-ms must be at least --exchange-timeout-ms".into());
+        }
         self.jwt.validate()?;
         if self.exchange_timeout_ms == 0 {
             return Err("--exchange-timeout-ms must be positive".into());

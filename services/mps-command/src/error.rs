@@ -31,6 +31,8 @@ pub enum CommandError {
     BadReply(String),
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
+    #[error("the caller went away before the command on {0} finished")]
+    Cancelled(String),
 }
 
 impl CommandError {
@@ -47,6 +49,7 @@ impl CommandError {
             | CommandError::Fault(_)
             | CommandError::ReturnValue { .. } => Code::FailedPrecondition,
             CommandError::BadReply(_) => Code::Internal,
+            CommandError::Cancelled(_) => Code::Cancelled,
         }
     }
 
@@ -101,6 +104,7 @@ pub fn code_name(code: Code) -> &'static str {
         Code::FailedPrecondition => "FAILED_PRECONDITION",
         Code::Internal => "INTERNAL",
         Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::Cancelled => "CANCELLED",
         _ => "UNKNOWN",
     }
 }

@@ -447,7 +447,7 @@ pub async fn add_alarm(
             "alarm name must be 1-32 characters".into(),
         ));
     }
-    let start = req.start_time - req.start_time.rem_euclid(60);
+    let start = req.start_time.saturating_sub(req.start_time.rem_euclid(60));
     if start <= now_unix {
         return Err(CommandError::InvalidArgument(
             "alarm start time must be in the future".into(),

@@ -22,6 +22,10 @@ use crate::error::CommandError;
 pub const AMT_USER: &str = "admin";
 /// 401s accepted within one exchange before giving up (MPS gives up at the 4th).
 const MAX_CHALLENGES: usize = 3;
+/// How long a device's AMT password is used from memory; registry events drop it sooner, and
+/// a digest rejection re-reads it at once.
+const PASSWORD_CACHE_TTL: Duration = Duration::from_secs(30);
+const PASSWORD_CACHE_MAX: usize = 200_000;
 /// Most Pull rounds of one enumeration (AMT classes fit in a few).
 const MAX_PULLS: usize = 32;
 
@@ -34,7 +38,7 @@ pub struct LinkStats {
 pub struct DeviceLink {
     tunnel: TunnelClient,
     secrets: DynSecretStore,
-    passwords: Mutex<HashMap<String, SecretString>>,
+    passwords: Mutex<HashMap<String, (SecretString, std::time::Instant)>>,
     digests: Mutex<HashMap<String, DigestSession>>,
     timeout: Duration,
     next_id: AtomicU64,
@@ -66,8 +70,10 @@ impl DeviceLink {
 
     async fn password(&self, guid: &str, fresh: bool) -> Result<SecretString, CommandError> {
         if !fresh {
-            if let Some(p) = lock(&self.passwords).get(guid) {
-                return Ok(p.clone());
+            if let Some((p, at)) = lock(&self.passwords).get(guid) {
+                if at.elapsed() < PASSWORD_CACHE_TTL {
+                    return Ok(p.clone());
+                }
             }
         }
         let secrets = DeviceSecrets::load(self.secrets.as_ref(), guid)
@@ -76,7 +82,14 @@ impl DeviceLink {
         let password = secrets
             .and_then(|s| s.amt_password)
             .ok_or_else(|| CommandError::NoCredentials(guid.to_string()))?;
-        lock(&self.passwords).insert(guid.to_string(), password.clone());
+        let mut cache = lock(&self.passwords);
+        if cache.len() >= PASSWORD_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            guid.to_string(),
+            (password.clone(), std::time::Instant::now()),
+        );
         Ok(password)
     }
 

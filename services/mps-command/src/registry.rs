@@ -90,18 +90,20 @@ impl Inner {
     }
 }
 
-/// Deletes a device of the caller's tenant and its secrets.
+/// Deletes a device of the caller's tenant and its secrets (secrets first: if that fails,
+/// nothing changed and the caller can retry).
 pub(crate) async fn remove_device(
     inner: &Inner,
     caller: &Caller,
     guid: &str,
 ) -> Result<(), CommandError> {
     let guid = guid_of(guid)?;
-    if !inner
+    if inner
         .store
-        .delete_device(&caller.tenant, &guid)
+        .get_device_for_tenant(&caller.tenant, &guid)
         .await
         .map_err(db)?
+        .is_none()
     {
         return Err(CommandError::NotFound(guid));
     }
@@ -110,7 +112,16 @@ pub(crate) async fn remove_device(
         .delete(&homeport_secrets::device_path(&guid))
         .await
         .map_err(|e| CommandError::Unavailable(format!("secret store: {e}")))?;
+    let deleted = inner
+        .store
+        .delete_device(&caller.tenant, &guid)
+        .await
+        .map_err(db)?;
+    // Whatever the row delete said, the secrets are gone: tell every replica.
     inner.registry_event(caller, &guid, "deleted", Vec::new());
+    if !deleted {
+        return Err(CommandError::NotFound(guid));
+    }
     Ok(())
 }
 
@@ -141,12 +152,6 @@ impl DeviceRegistry for RegistryApi {
             mebx_password: secret(&r.mebx_password),
             mps_password: secret(&r.mps_password),
         };
-        if secrets != DeviceSecrets::default() {
-            secrets
-                .save(inner.secrets.as_ref(), &guid)
-                .await
-                .map_err(|e| CommandError::Unavailable(format!("secret store: {e}")))?;
-        }
         let device = inner
             .store
             .upsert_device(NewDevice {
@@ -165,6 +170,14 @@ impl DeviceRegistry for RegistryApi {
                 }
                 other => db(other).into(),
             })?;
+        // Secrets only once the row is ours: a concurrent create by another tenant fails
+        // above (TenantConflict) and never touches this device's secrets.
+        if secrets != DeviceSecrets::default() {
+            secrets
+                .save(inner.secrets.as_ref(), &guid)
+                .await
+                .map_err(|e| CommandError::Unavailable(format!("secret store: {e}")))?;
+        }
         inner.registry_event(&c, &guid, "created", Vec::new());
         Ok(Response::new(inner.to_pb(device).await))
     }

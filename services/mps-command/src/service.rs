@@ -36,10 +36,18 @@ fn now_unix() -> i64 {
 macro_rules! command {
     ($self:ident, $caller:expr, $guid:expr, $action:expr, $params:expr, |$call:ident| $body:expr) => {{
         let inner = &$self.inner;
-        let started = Instant::now();
         let (caller, parent): &(Caller, Option<String>) = &$caller;
         let trace = child_traceparent(parent.as_deref());
-        let result: Result<_, CommandError> = async {
+        let record = CommandRecord {
+            inner: inner.clone(),
+            caller: caller.clone(),
+            trace: trace.clone(),
+            guid: ($guid).to_string(),
+            action: $action,
+            parameters: Some($params),
+            started: Instant::now(),
+        };
+        let work = async {
             let guid = canonical_guid($guid).ok_or_else(|| {
                 CommandError::InvalidArgument(format!("{:?} is not a device GUID", $guid))
             })?;
@@ -47,9 +55,13 @@ macro_rules! command {
             let mut $call: Call<'_> = inner.link.open(&guid, trace.clone()).await?;
             let $call = &mut $call;
             $body.await
-        }
-        .await;
-        $self.finish(caller, &trace, $guid, $action, $params, started, &result);
+        };
+        let result: Result<_, CommandError> =
+            match tokio::time::timeout(inner.config.command_timeout(), work).await {
+                Ok(r) => r,
+                Err(_) => Err(CommandError::Timeout(($guid).to_string())),
+            };
+        record.finish(&result);
         result
     }};
 }
@@ -64,34 +76,49 @@ fn caller<T>(req: &Request<T>) -> Result<(Caller, Option<String>), Status> {
     Ok((verified_caller(req)?, parent))
 }
 
-impl DeviceApi {
-    #[allow(clippy::too_many_arguments)]
-    fn finish<T>(
-        &self,
-        caller: &Caller,
-        trace: &str,
-        guid: &str,
-        action: &str,
-        parameters: HashMap<String, String>,
-        started: Instant,
-        result: &Result<T, CommandError>,
-    ) {
+/// One command's event, published exactly once: when the command ends, or, if the caller
+/// goes away first (tonic drops the handler's future), as CANCELLED, since the device may
+/// already have acted.
+struct CommandRecord {
+    inner: Arc<Inner>,
+    caller: Caller,
+    trace: String,
+    guid: String,
+    action: &'static str,
+    /// Taken when the event is published.
+    parameters: Option<HashMap<String, String>>,
+    started: Instant,
+}
+
+impl CommandRecord {
+    fn finish<T>(mut self, result: &Result<T, CommandError>) {
+        self.emit(result.as_ref().map(|_| ()));
+    }
+
+    fn emit(&mut self, outcome: Result<(), &CommandError>) {
+        let Some(parameters) = self.parameters.take() else {
+            return;
+        };
         let m = &self.inner.metrics;
         m.commands.inc();
-        m.latency.observe(started.elapsed());
-        let guid = canonical_guid(guid).unwrap_or_else(|| guid.chars().take(40).collect());
-        let (outcome, detail) = match result {
-            Ok(_) => ("ok".to_string(), String::new()),
+        m.latency.observe(self.started.elapsed());
+        let guid =
+            canonical_guid(&self.guid).unwrap_or_else(|| self.guid.chars().take(40).collect());
+        let action = self.action;
+        let trace = self.trace.as_str();
+        let (result, detail, return_value) = match outcome {
+            Ok(()) => ("ok".to_string(), String::new(), 0),
             Err(e) => {
                 m.command_errors.inc();
                 tracing::info!(device = %guid, action, trace, error = %e, "command failed");
-                (code_name(e.code()).to_string(), e.to_string())
+                let rv = match e {
+                    CommandError::ReturnValue { value, .. } => *value,
+                    _ => 0,
+                };
+                (code_name(e.code()).to_string(), e.to_string(), rv)
             }
         };
-        let return_value = match result {
-            Err(CommandError::ReturnValue { value, .. }) => *value,
-            _ => 0,
-        };
+        let caller = &self.caller;
         let mut event = envelope(&caller.tenant, &guid, action, &self.inner.source);
         event.actor = caller.subject.clone();
         event.trace_id = parse_traceparent(trace)
@@ -100,10 +127,10 @@ impl DeviceApi {
         event.payload = Some(ev::event::Payload::CommandExecuted(ev::CommandExecuted {
             action: action.to_string(),
             parameters,
-            result: outcome,
+            result,
             detail,
             return_value,
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }));
         let subject = self
             .inner
@@ -111,6 +138,14 @@ impl DeviceApi {
             .command_event(&caller.tenant, &guid, action);
         if let Err(e) = self.inner.events.publish(subject, &event) {
             tracing::error!(device = %guid, error = %e, "command event not queued");
+        }
+    }
+}
+
+impl Drop for CommandRecord {
+    fn drop(&mut self) {
+        if self.parameters.is_some() {
+            self.emit(Err(&CommandError::Cancelled(self.guid.clone())));
         }
     }
 }

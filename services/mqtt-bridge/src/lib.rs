@@ -26,6 +26,11 @@ pub struct BridgeConfig {
     /// Durable consumer the bridge replicas share.
     #[arg(long, env = "HOMEPORT_MQTT_CONSUMER", default_value = "mqtt-bridge")]
     pub consumer: String,
+    /// Only this tenant's events ("" is the default tenant); every tenant's when not set.
+    /// The Open AMT JSON has no tenant field, so a multi-tenant deployment runs one bridge (and
+    /// topic) per tenant.
+    #[arg(long, env = "HOMEPORT_MQTT_TENANT")]
+    pub tenant: Option<String>,
     /// MQTT client id.
     #[arg(
         long,
@@ -111,13 +116,14 @@ pub fn to_open_amt(ev: &proto::Event) -> serde_json::Value {
 pub async fn run(
     js: jetstream::Context,
     names: Names,
+    limits: homeport_contracts::events::StreamLimits,
     config: BridgeConfig,
     metrics: std::sync::Arc<BridgeMetrics>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
-        match bridge(&js, &names, &config, &metrics, &cancel).await {
+        match bridge(&js, &names, &limits, &config, &metrics, &cancel).await {
             Ok(()) => return,
             Err(e) => {
                 metrics.broker_errors.inc();
@@ -135,6 +141,7 @@ pub async fn run(
 async fn bridge(
     js: &jetstream::Context,
     names: &Names,
+    limits: &homeport_contracts::events::StreamLimits,
     config: &BridgeConfig,
     metrics: &BridgeMetrics,
     cancel: &CancellationToken,
@@ -142,7 +149,7 @@ async fn bridge(
     let consumer = homeport_contracts::events::durable_consumer(
         js,
         names,
-        &Default::default(),
+        limits,
         &config.consumer,
         Duration::from_secs(30),
         1000,
@@ -176,6 +183,10 @@ async fn bridge(
         };
         let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
         match proto::Event::decode(m.payload.as_ref()) {
+            Ok(ev) if config.tenant.as_ref().is_some_and(|t| *t != ev.tenant) => {
+                // Another tenant's event: not for this bridge's topic.
+                let _ = m.ack().await;
+            }
             Ok(ev) if !ev.id.is_empty() => {
                 let json = to_open_amt(&ev).to_string();
                 // Not acked until the broker has it: a broker outage loses nothing.

@@ -35,6 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let task = tokio::spawn(homeport_mqtt_bridge::run(
         async_nats::jetstream::new(nats),
         cli.common.names(),
+        cli.common.stream_limits(),
         cli.bridge.clone(),
         Arc::new(BridgeMetrics::default()),
         cancel.clone(),
