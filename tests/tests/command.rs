@@ -382,3 +382,26 @@ async fn a_caller_that_gives_up_still_leaves_a_command_event() {
     assert_eq!(c.parameters.get("action").map(String::as_str), Some("8"));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_to_one_device_queue_instead_of_failing() {
+    let s = Setup::start("cmdqueue", 1, 38, "acme", |c| {
+        c.wsman_latency = Duration::from_millis(200)
+    })
+    .await;
+    let api = s.cmd.devices("acme").await;
+    let guid = s.guid(0);
+    // Sixteen at once: more than the ingress takes per device (4); mps-command queues them.
+    let calls = (0..16).map(|_| {
+        let mut api = api.clone();
+        let g = guid.clone();
+        tokio::spawn(async move { api.get_general_settings(dref(&g)).await })
+    });
+    // Spawned all at once (collect), not one by one as the loop below awaits them.
+    let calls: Vec<_> = calls.collect();
+    for c in calls {
+        let r = c.await.unwrap();
+        assert!(r.is_ok(), "{r:?}");
+    }
+    s.stop().await;
+}

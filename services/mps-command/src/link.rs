@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use homeport_contracts::tunnel::TunnelClient;
@@ -22,6 +22,9 @@ use crate::error::CommandError;
 pub const AMT_USER: &str = "admin";
 /// 401s accepted within one exchange before giving up (MPS gives up at the 4th).
 const MAX_CHALLENGES: usize = 3;
+/// Exchanges one replica has in flight to one device at most (MPS allows 3; the ingress
+/// refuses a device's fifth concurrent request as busy).
+const EXCHANGES_PER_DEVICE: usize = 3;
 /// How long a device's AMT password is used from memory; registry events drop it sooner, and
 /// a digest rejection re-reads it at once.
 const PASSWORD_CACHE_TTL: Duration = Duration::from_secs(30);
@@ -42,6 +45,8 @@ pub struct DeviceLink {
     digests: Mutex<HashMap<String, DigestSession>>,
     timeout: Duration,
     next_id: AtomicU64,
+    /// Per-device limit of exchanges in flight from this replica (entries live while used).
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     pub stats: LinkStats,
 }
 
@@ -54,12 +59,31 @@ impl DeviceLink {
             digests: Mutex::new(HashMap::new()),
             timeout,
             next_id: AtomicU64::new(fastrand::u64(..1 << 40)),
+            in_flight: Mutex::new(HashMap::new()),
             stats: LinkStats::default(),
         }
     }
 
     pub fn tunnel(&self) -> &TunnelClient {
         &self.tunnel
+    }
+
+    /// Waits for one of the device's exchange slots (up to the exchange deadline), so requests
+    /// beyond what AMT and the ingress take at once queue here instead of being refused.
+    async fn slot(&self, guid: &str) -> Result<Slot<'_>, CommandError> {
+        let sem = lock(&self.in_flight)
+            .entry(guid.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(EXCHANGES_PER_DEVICE)))
+            .clone();
+        let permit = tokio::time::timeout(self.timeout, sem.acquire_owned())
+            .await
+            .map_err(|_| CommandError::Timeout(guid.to_string()))?
+            .map_err(|_| CommandError::Unavailable("device slot closed".into()))?;
+        Ok(Slot {
+            link: self,
+            guid: guid.to_string(),
+            permit: Some(permit),
+        })
     }
 
     /// Forgets what is cached about `guid` (its secrets changed or it was deleted).
@@ -105,6 +129,26 @@ impl DeviceLink {
     }
 }
 
+/// An exchange slot of one device; the map entry goes when its last holder leaves.
+struct Slot<'a> {
+    link: &'a DeviceLink,
+    guid: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut map = lock(&self.link.in_flight);
+        // Only the map holds it and nobody waits: remove, so idle devices cost nothing.
+        if map.get(&self.guid).is_some_and(|s| {
+            Arc::strong_count(s) == 1 && s.available_permits() == EXCHANGES_PER_DEVICE
+        }) {
+            map.remove(&self.guid);
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -127,6 +171,7 @@ impl Call<'_> {
         let envelope = req.to_xml(id);
         let host = format!("{}:16992", self.guid);
         let mut challenges = 0;
+        let _slot = link.slot(&self.guid).await?;
         loop {
             link.stats.exchanges.fetch_add(1, Ordering::Relaxed);
             let authorization = lock(&link.digests)
