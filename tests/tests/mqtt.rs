@@ -86,6 +86,7 @@ fn start_bridge(
             consumer: "mqtt-bridge".into(),
             client_id: format!("hp-test-{}", env.label),
             tenant: Some("acme".into()),
+            health_listen: "127.0.0.1:0".parse().unwrap(),
         },
         metrics.clone(),
         cancel.clone(),
@@ -145,6 +146,7 @@ async fn events_arrive_as_open_amt_json() {
     .await;
     let (cancel, metrics, task) = start_bridge(&env, 1883, &topic);
     let got = lines(sub, 3).await;
+    assert_eq!(metrics.connected.get(), 1);
     assert_eq!(got[0]["methods"][0], "CIRA_Connected");
     assert_eq!(got[0]["type"], "success");
     assert_eq!(got[0]["guid"], g);

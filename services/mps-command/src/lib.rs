@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub link: link::DeviceLink,
     pub events: EventPublisher,
     pub tenants: Mutex<HashMap<String, (String, Instant)>>,
+    /// Bumped by every `forget`: a registry read that raced an invalidation is not cached.
+    pub forgets: std::sync::atomic::AtomicU64,
     pub metrics: Metrics,
     pub nats: async_nats::Client,
 }
@@ -111,6 +113,7 @@ impl MpsCommand {
             secrets: parts.secrets,
             events,
             tenants: Mutex::new(HashMap::new()),
+            forgets: std::sync::atomic::AtomicU64::new(0),
             metrics: Metrics {
                 latency: Histogram::new(&[2, 5, 10, 25, 50, 100, 250, 1000, 5000, 10000]),
                 ..Metrics::default()
@@ -201,6 +204,7 @@ impl MpsCommand {
 
 impl Inner {
     pub fn forget(&self, guid: &str) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         self.tenants
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -220,6 +224,7 @@ impl Inner {
         let owner = match cached {
             Some(t) => t,
             None => {
+                let generation = self.forgets.load(Ordering::SeqCst);
                 let device = self
                     .store
                     .get_device(guid)
@@ -233,7 +238,9 @@ impl Inner {
                 if cache.len() >= TENANT_CACHE_MAX {
                     cache.clear();
                 }
-                cache.insert(guid.to_string(), (device.tenant_id.clone(), Instant::now()));
+                if self.forgets.load(Ordering::SeqCst) == generation {
+                    cache.insert(guid.to_string(), (device.tenant_id.clone(), Instant::now()));
+                }
                 device.tenant_id
             }
         };

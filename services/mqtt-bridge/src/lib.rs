@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 use homeport_contracts::proto::event::Payload;
 use homeport_contracts::{proto, Names};
-use homeport_telemetry::Counter;
+use homeport_telemetry::{Counter, Gauge};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,9 @@ pub struct BridgeConfig {
     /// topic) per tenant.
     #[arg(long, env = "HOMEPORT_MQTT_TENANT")]
     pub tenant: Option<String>,
+    /// Health and metrics listen address (/healthz, /readyz, /metrics).
+    #[arg(long, env = "HOMEPORT_HEALTH_LISTEN", default_value = "127.0.0.1:9436")]
+    pub health_listen: std::net::SocketAddr,
     /// MQTT client id.
     #[arg(
         long,
@@ -45,6 +48,52 @@ pub struct BridgeMetrics {
     pub published: Counter,
     pub skipped: Counter,
     pub broker_errors: Counter,
+    /// 1 while connected to the broker.
+    pub connected: Gauge,
+}
+
+/// `/readyz` and `/metrics` of the bridge.
+pub struct Observed {
+    pub metrics: std::sync::Arc<BridgeMetrics>,
+    pub nats: async_nats::Client,
+}
+
+impl homeport_telemetry::Observable for Observed {
+    fn ready(&self) -> Result<(), String> {
+        if self.metrics.connected.get() != 1 {
+            return Err("MQTT broker not connected".into());
+        }
+        match self.nats.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            other => Err(format!("NATS {other:?}")),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let m = &self.metrics;
+        let mut e = homeport_telemetry::Exposition::default();
+        e.counter(
+            "homeport_mqtt_published_total",
+            "Events published to the broker (PUBACKed).",
+            m.published.get(),
+        );
+        e.counter(
+            "homeport_mqtt_skipped_total",
+            "Messages that are not events (terminated).",
+            m.skipped.get(),
+        );
+        e.counter(
+            "homeport_mqtt_broker_errors_total",
+            "Broker or stream interruptions (retried).",
+            m.broker_errors.get(),
+        );
+        e.gauge(
+            "homeport_mqtt_connected",
+            "1 while connected to the broker.",
+            m.connected.get(),
+        );
+        e.finish()
+    }
 }
 
 fn method_of(action: &str) -> String {
@@ -123,7 +172,9 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
-        match bridge(&js, &names, &limits, &config, &metrics, &cancel).await {
+        let result = bridge(&js, &names, &limits, &config, &metrics, &cancel).await;
+        metrics.connected.set(0);
+        match result {
             Ok(()) => return,
             Err(e) => {
                 metrics.broker_errors.inc();
@@ -166,6 +217,7 @@ async fn bridge(
     )
     .await?;
     tracing::info!(broker = %config.mqtt_address, topic = %config.topic, "MQTT bridge connected");
+    metrics.connected.set(1);
     loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => {

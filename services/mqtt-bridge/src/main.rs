@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::Parser;
 use homeport_mqtt_bridge::{BridgeConfig, BridgeMetrics};
 use tokio_util::sync::CancellationToken;
@@ -32,12 +33,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .connect_nats("mqtt-bridge", std::time::Duration::from_secs(30))
         .await?;
     let cancel = CancellationToken::new();
+    let metrics = Arc::new(BridgeMetrics::default());
+    let health = tokio::net::TcpListener::bind(cli.bridge.health_listen)
+        .await
+        .with_context(|| format!("binding health port {}", cli.bridge.health_listen))?;
+    tokio::spawn(homeport_telemetry::serve_health(
+        health,
+        Arc::new(homeport_mqtt_bridge::Observed {
+            metrics: metrics.clone(),
+            nats: nats.clone(),
+        }),
+        cancel.clone(),
+    ));
     let task = tokio::spawn(homeport_mqtt_bridge::run(
         async_nats::jetstream::new(nats),
         cli.common.names(),
         cli.common.stream_limits(),
         cli.bridge.clone(),
-        Arc::new(BridgeMetrics::default()),
+        metrics,
         cancel.clone(),
     ));
     homeport_runtime::shutdown_signal().await;
