@@ -8,6 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let fds = protox::compile(files, [root])?;
     tonic_prost_build::configure().compile_fds(fds)?;
+    // Each file as well as the directory: a directory alone has missed edits to its files.
+    for f in files {
+        println!("cargo:rerun-if-changed={root}/{f}");
+    }
     println!("cargo:rerun-if-changed={root}");
     Ok(())
 }

@@ -84,8 +84,8 @@ async fn device_and_command_events_are_stored_once_and_tenant_scoped() {
     let (env, cmd, fleet) = (s.env, s.cmd, s.fleet);
     cmd.stop().await;
     fleet.stop().await; // two disconnected events
-                        // 2 connected + 2 disconnected + 1 command.
-    wait_stored(&env, 5, WAIT).await;
+                        // 2 connected + 2 disconnected + the command's request and outcome.
+    wait_stored(&env, 6, WAIT).await;
     let mut acme = audit.client("acme").await;
     let all = query_all(&mut acme, pb::EventFilter::default(), 7).await;
     let kinds: Vec<&str> = all
@@ -102,9 +102,10 @@ async fn device_and_command_events_are_stored_once_and_tenant_scoped() {
         2,
         "{kinds:?}"
     );
+    // The command's request and its outcome.
     assert_eq!(
         kinds.iter().filter(|k| **k == "PowerAction").count(),
-        1,
+        2,
         "{kinds:?}"
     );
     let unique: HashSet<_> = ids(&all).into_iter().collect();
@@ -138,8 +139,10 @@ async fn device_and_command_events_are_stored_once_and_tenant_scoped() {
         7,
     )
     .await;
-    assert_eq!(cmds.len(), 1);
-    assert_eq!(cmds[0].event.as_ref().unwrap().actor, "tester");
+    assert_eq!(cmds.len(), 2);
+    assert!(cmds
+        .iter()
+        .all(|c| c.event.as_ref().unwrap().actor == "tester"));
     let none = query_all(
         &mut acme,
         pb::EventFilter {

@@ -374,9 +374,15 @@ async fn a_caller_that_gives_up_still_leaves_a_command_event() {
         matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{e:?}"
     );
-    let events = s.env.wait_events("PowerAction", 1, WAIT).await;
-    let Some(Payload::CommandExecuted(c)) = &events[0].1.payload else {
-        panic!("{:?}", events[0].1.payload)
+    // First the request (published before the device is touched), then the outcome.
+    let events = s.env.wait_events("PowerAction", 2, WAIT).await;
+    assert!(
+        matches!(&events[0].1.payload, Some(Payload::CommandRequested(r)) if r.action == "PowerAction"),
+        "{:?}",
+        events[0].1.payload
+    );
+    let Some(Payload::CommandExecuted(c)) = &events[1].1.payload else {
+        panic!("{:?}", events[1].1.payload)
     };
     assert_eq!(c.result, "CANCELLED", "{c:?}");
     assert_eq!(c.parameters.get("action").map(String::as_str), Some("8"));

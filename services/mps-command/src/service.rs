@@ -47,6 +47,7 @@ macro_rules! command {
             parameters: Some($params),
             started: Instant::now(),
         };
+        record.requested();
         let work = async {
             let guid = canonical_guid($guid).ok_or_else(|| {
                 CommandError::InvalidArgument(format!("{:?} is not a device GUID", $guid))
@@ -90,7 +91,47 @@ struct CommandRecord {
     started: Instant,
 }
 
+/// Commands that change a device: they also get a `CommandRequested` event up front.
+const MUTATING: [&str; 9] = [
+    "PowerAction",
+    "SetBootOptions",
+    "SetFeatures",
+    "StartUserConsent",
+    "SendUserConsentCode",
+    "CancelUserConsent",
+    "AddAlarm",
+    "DeleteAlarm",
+    "Deactivate",
+];
+
 impl CommandRecord {
+    /// Publishes `CommandRequested` for a command that changes the device.
+    fn requested(&self) {
+        if !MUTATING.contains(&self.action) {
+            return;
+        }
+        let Some(guid) = canonical_guid(&self.guid) else {
+            return;
+        };
+        let caller = &self.caller;
+        let mut event = envelope(&caller.tenant, &guid, self.action, &self.inner.source);
+        event.actor = caller.subject.clone();
+        event.trace_id = parse_traceparent(&self.trace)
+            .map(|(t, _)| t.to_string())
+            .unwrap_or_default();
+        event.payload = Some(ev::event::Payload::CommandRequested(ev::CommandRequested {
+            action: self.action.to_string(),
+            parameters: self.parameters.clone().unwrap_or_default(),
+        }));
+        let subject = self
+            .inner
+            .names
+            .command_event(&caller.tenant, &guid, self.action);
+        if let Err(e) = self.inner.events.publish(subject, &event) {
+            tracing::error!(device = %guid, error = %e, "command event not queued");
+        }
+    }
+
     fn finish<T>(mut self, result: &Result<T, CommandError>) {
         self.emit(result.as_ref().map(|_| ()));
     }

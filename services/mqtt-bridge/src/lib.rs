@@ -142,6 +142,11 @@ pub fn to_open_amt(ev: &proto::Event) -> serde_json::Value {
             format!("{} failed: {}", c.action, c.detail),
             method_of(&c.action),
         ),
+        Some(Payload::CommandRequested(c)) => (
+            "request",
+            format!("{} requested", c.action),
+            method_of(&c.action),
+        ),
         Some(Payload::DeviceRegistryChanged(r)) => (
             "success",
             format!("Device {}", r.change),
