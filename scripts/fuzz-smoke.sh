@@ -15,5 +15,8 @@ for target in decode round_trip session; do
   cargo fuzz run "$target" --sanitizer none -- -max_total_time="${SECONDS_PER_TARGET:-20}" -rss_limit_mb=2048
 done
 cd ../wsman
+# Seed with the recorded AMT responses so the fuzzer starts from real documents.
+mkdir -p fuzz/corpus/parse_reply
+find test_data/amt-responses -name '*.xml' -exec cp {} fuzz/corpus/parse_reply/ \;
 echo "== fuzzing wsman/parse_reply for ${SECONDS_PER_TARGET:-20}s"
 cargo fuzz run parse_reply --sanitizer none -- -max_total_time="${SECONDS_PER_TARGET:-20}" -rss_limit_mb=2048
