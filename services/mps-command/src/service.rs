@@ -113,20 +113,26 @@ impl CommandRecord {
         let Some(guid) = canonical_guid(&self.guid) else {
             return;
         };
+        let payload = ev::event::Payload::CommandRequested(ev::CommandRequested {
+            action: self.action.to_string(),
+            parameters: self.parameters.clone().unwrap_or_default(),
+        });
+        self.publish(&guid, payload);
+    }
+
+    /// Publishes one event of this command on its subject.
+    fn publish(&self, guid: &str, payload: ev::event::Payload) {
         let caller = &self.caller;
-        let mut event = envelope(&caller.tenant, &guid, self.action, &self.inner.source);
+        let mut event = envelope(&caller.tenant, guid, self.action, &self.inner.source);
         event.actor = caller.subject.clone();
         event.trace_id = parse_traceparent(&self.trace)
             .map(|(t, _)| t.to_string())
             .unwrap_or_default();
-        event.payload = Some(ev::event::Payload::CommandRequested(ev::CommandRequested {
-            action: self.action.to_string(),
-            parameters: self.parameters.clone().unwrap_or_default(),
-        }));
+        event.payload = Some(payload);
         let subject = self
             .inner
             .names
-            .command_event(&caller.tenant, &guid, self.action);
+            .command_event(&caller.tenant, guid, self.action);
         if let Err(e) = self.inner.events.publish(subject, &event) {
             tracing::error!(device = %guid, error = %e, "command event not queued");
         }
@@ -159,27 +165,15 @@ impl CommandRecord {
                 (code_name(e.code()).to_string(), e.to_string(), rv)
             }
         };
-        let caller = &self.caller;
-        let mut event = envelope(&caller.tenant, &guid, action, &self.inner.source);
-        event.actor = caller.subject.clone();
-        event.trace_id = parse_traceparent(trace)
-            .map(|(t, _)| t.to_string())
-            .unwrap_or_default();
-        event.payload = Some(ev::event::Payload::CommandExecuted(ev::CommandExecuted {
+        let payload = ev::event::Payload::CommandExecuted(ev::CommandExecuted {
             action: action.to_string(),
             parameters,
             result,
             detail,
             return_value,
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        }));
-        let subject = self
-            .inner
-            .names
-            .command_event(&caller.tenant, &guid, action);
-        if let Err(e) = self.inner.events.publish(subject, &event) {
-            tracing::error!(device = %guid, error = %e, "command event not queued");
-        }
+        });
+        self.publish(&guid, payload);
     }
 }
 
