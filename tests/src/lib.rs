@@ -19,6 +19,15 @@ use homeport_store::testing::TempDatabase;
 use homeport_store::Store;
 use prost::Message as _;
 
+/// Polls `check` every 50 ms until it holds; fails the test naming `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// NATS the tests use (`HOMEPORT_TEST_NATS_URL`, default the machine's).
 pub fn nats_url() -> String {
     std::env::var("HOMEPORT_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())

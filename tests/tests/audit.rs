@@ -11,7 +11,7 @@ use homeport_proto::audit::v1 as pb;
 use homeport_proto::device::v1 as dpb;
 use homeport_tests::audit::{AuditClient, TcpProxy};
 use homeport_tests::command::CommandSetup;
-use homeport_tests::TestEnv;
+use homeport_tests::{wait_until, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -223,11 +223,10 @@ async fn a_restarted_worker_loses_nothing_and_stores_nothing_twice() {
         prost::Message::encode_to_vec(&ev),
     )
     .await;
-    let deadline = Instant::now() + WAIT;
-    while audit.metrics.duplicates.get() == 0 {
-        assert!(Instant::now() < deadline, "the duplicate was never seen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the duplicate is seen", WAIT, || {
+        audit.metrics.duplicates.get() > 0
+    })
+    .await;
     assert_eq!(env.store.count_audit_events().await.unwrap(), 3000);
     let mut client = audit.client("acme").await;
     let stored: HashSet<String> =
@@ -275,14 +274,10 @@ async fn a_database_outage_loses_nothing() {
         )
         .await;
     }
-    let deadline = Instant::now() + WAIT;
-    while audit.metrics.db_errors.get() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never noticed the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the worker notices the outage", WAIT, || {
+        audit.metrics.db_errors.get() > 0
+    })
+    .await;
     assert_eq!(
         env.store.count_audit_events().await.unwrap(),
         100,
@@ -430,15 +425,10 @@ async fn garbage_on_the_subject_is_counted_and_skipped() {
     env.publish_event("acme", "00000000-0000-0000-0000-000000000002", "connected")
         .await;
     wait_stored(&env, 2, WAIT).await;
-    let deadline = Instant::now() + WAIT;
-    while audit.metrics.poison.get() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "poison messages not counted: {}",
-            audit.metrics.poison.get()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("both poison messages are counted", WAIT, || {
+        audit.metrics.poison.get() >= 2
+    })
+    .await;
     assert_eq!(env.store.count_audit_events().await.unwrap(), 2);
     audit.stop().await;
     env.cleanup().await;

@@ -195,14 +195,10 @@ async fn reconnect_on_another_node_supersedes_the_old_session() {
     })
     .await;
     // node-a closed its socket: the first simulator saw the server end its session.
-    let deadline = std::time::Instant::now() + WAIT;
-    while first.stats().connected() != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "old session still open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the old session is closed", WAIT, || {
+        first.stats().connected() == 0
+    })
+    .await;
     assert_eq!(a.metrics().superseded.get(), 1);
     let gone = env.wait_events("disconnected", 1, WAIT).await;
     assert!(

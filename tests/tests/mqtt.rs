@@ -10,7 +10,7 @@ use std::time::Duration;
 use homeport_contracts::proto::event::Payload;
 use homeport_contracts::{events, proto};
 use homeport_mqtt_bridge::{BridgeConfig, BridgeMetrics};
-use homeport_tests::TestEnv;
+use homeport_tests::{wait_until, TestEnv};
 use prost::Message as _;
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
@@ -155,11 +155,10 @@ async fn events_arrive_as_open_amt_json() {
     assert!(got
         .iter()
         .all(|v| v["timestamp"].as_i64().unwrap() > 1_600_000_000_000));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metrics.skipped.get() < 1 {
-        assert!(std::time::Instant::now() < deadline, "garbage not skipped");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the garbage is skipped", Duration::from_secs(10), || {
+        metrics.skipped.get() >= 1
+    })
+    .await;
     cancel.cancel();
     let _ = task.await;
     env.cleanup().await;
@@ -188,14 +187,12 @@ async fn a_broker_outage_loses_nothing() {
         )
         .await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metrics.broker_errors.get() < 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bridge never noticed the missing broker"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the bridge notices the missing broker",
+        Duration::from_secs(10),
+        || metrics.broker_errors.get() >= 1,
+    )
+    .await;
     assert_eq!(metrics.published.get(), 0);
     let mut broker = tokio::process::Command::new("mosquitto")
         .args(["-p", &port.to_string()])

@@ -1,21 +1,13 @@
 //! A NATS outage: connected devices stay connected, devices can still log in, readiness says
 //! what is wrong, and once NATS is back presence and events catch up with nothing lost or doubled.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use homeport_amt_sim::Fleet;
 use homeport_telemetry::Observable;
-use homeport_tests::{PrivateNats, TestEnv};
+use homeport_tests::{wait_until, PrivateNats, TestEnv};
 
 const WAIT: Duration = Duration::from_secs(40);
-
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_outage_keeps_devices_and_catches_up() {
@@ -30,7 +22,7 @@ async fn nats_outage_keeps_devices_and_catches_up() {
     let before = env.start_connected(cfg.clone(), WAIT).await;
 
     nats.stop();
-    wait_until("readiness reports NATS down", || {
+    wait_until("readiness reports NATS down", WAIT, || {
         observable.ready().is_err()
     })
     .await;
@@ -49,7 +41,7 @@ async fn nats_outage_keeps_devices_and_catches_up() {
     );
 
     nats.restart();
-    wait_until("readiness recovers", || observable.ready().is_ok()).await;
+    wait_until("readiness recovers", WAIT, || observable.ready().is_ok()).await;
     env.wait_presence("all four present again", WAIT, |p| p.len() == 4)
         .await;
     let connected = env.wait_events("connected", 4, WAIT).await;
