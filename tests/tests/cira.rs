@@ -455,6 +455,60 @@ async fn static_rsa_only_firmware_connects_unless_strict() {
     env.cleanup().await;
 }
 
+/// AEAD suites run on the compact record layer; CBC-only firmware keeps OpenSSL's. Both carry
+/// a tunnelled request end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_firmware_tls_carries_the_tunnel() {
+    let env = TestEnv::new("records").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let mut cfg = env.enrolled_fleet(ingress.local_addr(), 3, 19, "").await;
+    let client = env.tunnel().await;
+    let mut fleets = Vec::new();
+    for (i, (tls, openssl_sessions)) in [
+        (SimTls::Modern, 0),
+        (SimTls::StaticRsa, 0),
+        (SimTls::StaticRsaCbc, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        cfg.tls = tls;
+        cfg.devices = 1;
+        cfg.first_index = i as u64;
+        let fleet = Fleet::start(cfg.clone()).unwrap();
+        assert_eq!(fleet.wait_connected(1, WAIT).await, 1, "{tls:?}");
+        assert_eq!(
+            ingress.metrics().tls_openssl_records.get(),
+            openssl_sessions,
+            "{tls:?}"
+        );
+        let id = fleet.identities()[0].clone();
+        env.wait_presence("present", WAIT, |p| p.iter().any(|(g, _)| *g == id.guid))
+            .await;
+        let request = general_settings_request(&id.guid, None);
+        let reply = client
+            .request(&id.guid, None, request.into(), WAIT)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&reply).to_string();
+        assert!(text.starts_with("HTTP/1.1 401"), "{tls:?}: {text}");
+        fleets.push(fleet);
+    }
+    // Keep-alives keep flowing over both record layers.
+    let before = ingress.metrics().keepalives.get();
+    wait_until("keep-alives on every session", WAIT, || {
+        ingress.metrics().keepalives.get() >= before + 3
+    })
+    .await;
+    for f in fleets {
+        f.stop().await;
+    }
+    env.wait_events("disconnected", 3, WAIT).await;
+    assert_eq!(ingress.metrics().protocol_errors.get(), 0);
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_get_on_the_cira_port_gets_the_banner() {
     let env = TestEnv::new("probe").await;

@@ -86,6 +86,8 @@ pub enum SimTls {
     Modern,
     /// Only TLS 1.2 static-RSA suites, like older AMT firmware.
     StaticRsa,
+    /// Only TLS 1.2 static-RSA CBC suites (no AES-GCM), like the oldest TLS 1.2 firmware.
+    StaticRsaCbc,
 }
 
 #[derive(Clone, Debug)]
@@ -215,11 +217,16 @@ pub enum SimError {
 
 fn connector(config: &SimConfig) -> Result<SslConnector, SimError> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
-    if config.tls == SimTls::StaticRsa {
-        b.set_max_proto_version(Some(SslVersion::TLS1_2))?;
-        b.set_cipher_list(
+    let static_rsa = match config.tls {
+        SimTls::Modern => None,
+        SimTls::StaticRsa => Some(
             "AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA",
-        )?;
+        ),
+        SimTls::StaticRsaCbc => Some("AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA"),
+    };
+    if let Some(ciphers) = static_rsa {
+        b.set_max_proto_version(Some(SslVersion::TLS1_2))?;
+        b.set_cipher_list(ciphers)?;
     }
     match &config.ca_file {
         Some(ca) => {

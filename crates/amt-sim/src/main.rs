@@ -56,7 +56,8 @@ enum Command {
         /// Spread connections over this many loopback source addresses (127.0.1.1 upward).
         #[arg(long, default_value_t = 0)]
         source_ips: u32,
-        /// TLS offered: "modern" or "static-rsa" (TLS 1.2 static-RSA suites only, like older AMT).
+        /// TLS offered: "modern", "static-rsa" (TLS 1.2 static-RSA suites only, like older AMT)
+        /// or "static-rsa-cbc" (static-RSA CBC suites only, the oldest TLS 1.2 firmware).
         #[arg(long, default_value = "modern")]
         tls: String,
         /// Verify the server certificate against this CA (PEM).
@@ -168,7 +169,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.tls = match tls.as_str() {
                 "modern" => SimTls::Modern,
                 "static-rsa" => SimTls::StaticRsa,
-                other => anyhow::bail!("--tls must be modern or static-rsa, not {other:?}"),
+                "static-rsa-cbc" => SimTls::StaticRsaCbc,
+                other => anyhow::bail!(
+                    "--tls must be modern, static-rsa or static-rsa-cbc, not {other:?}"
+                ),
             };
             cfg.faults = faults
                 .iter()

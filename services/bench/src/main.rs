@@ -63,7 +63,7 @@ struct CiraArgs {
     /// Simulator connection rate, per second across all simulator processes (0: unlimited).
     #[arg(long, default_value_t = 0)]
     ramp: u32,
-    /// TLS offered by the simulated devices: modern or static-rsa.
+    /// TLS offered by the simulated devices: modern, static-rsa or static-rsa-cbc.
     #[arg(long, default_value = "modern")]
     tls: String,
     /// Keep-alive interval asked of devices, seconds.

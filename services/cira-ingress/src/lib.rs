@@ -9,9 +9,11 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod metrics;
+pub mod record;
 mod registry;
 mod session;
 pub mod tls;
+mod transport;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub tls_handshakes: Counter,
     pub tls_failures: Counter,
+    /// Sessions whose suite kept OpenSSL's record layer (TLS 1.2 CBC, TLS 1.0/1.1).
+    pub tls_openssl_records: Counter,
     pub http_probes: Counter,
     pub auth_failures: Counter,
     pub sessions_connected: Gauge,
@@ -72,6 +74,11 @@ impl Observable for IngressObservable {
             "homeport_cira_tls_failures_total",
             "Failed or timed-out TLS handshakes",
             m.tls_failures.get(),
+        );
+        e.counter(
+            "homeport_cira_tls_openssl_record_layer_total",
+            "Sessions whose TLS suite (CBC, TLS 1.0/1.1) kept OpenSSL's larger record layer",
+            m.tls_openssl_records.get(),
         );
         e.counter(
             "homeport_cira_http_probes_total",

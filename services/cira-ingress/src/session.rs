@@ -2,7 +2,6 @@
 
 use std::future::pending;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,15 +12,12 @@ use homeport_contracts::events::envelope;
 use homeport_contracts::presence::Presence;
 use homeport_contracts::proto::{self, event::Payload};
 use homeport_contracts::tunnel::{self, TunnelError};
-use homeport_runtime::io::read_some;
-use openssl::ssl::Ssl;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_openssl::SslStream;
 
 use crate::auth::{self, AuthFailure};
 use crate::registry::{reply_error, SessionCmd};
+use crate::transport::{self, Transport};
 use crate::Shared;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,27 +126,28 @@ pub(crate) async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer:
     shared.metrics.connections_total.inc();
     shared.metrics.connections_open.inc();
     let _ = tcp.set_nodelay(true);
-    if let Some(mut stream) = Box::pin(tls_accept(&shared, tcp, peer)).await {
+    if let Some(mut stream) = Box::pin(tls_accept(&shared, &tcp, peer)).await {
         let mut conn = Conn::new(shared.clone(), peer);
         conn.drive(&mut stream).await;
         // close_notify, best effort: the device may already be gone.
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
         Box::pin(conn.finish()).await;
     }
     shared.metrics.connections_open.dec();
 }
 
-async fn tls_accept(
+async fn tls_accept<'a>(
     shared: &Shared,
-    tcp: TcpStream,
+    tcp: &'a TcpStream,
     peer: SocketAddr,
-) -> Option<SslStream<TcpStream>> {
+) -> Option<Transport<'a>> {
     let _permit = shared.handshakes.acquire().await.ok()?;
-    let ssl = Ssl::new(shared.tls.context()).ok()?;
-    let mut stream = SslStream::new(ssl, tcp).ok()?;
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, Pin::new(&mut stream).accept()).await {
-        Ok(Ok(())) => {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, transport::accept(&shared.tls, tcp)).await {
+        Ok(Ok(stream)) => {
             shared.metrics.tls_handshakes.inc();
+            if matches!(stream, Transport::OpenSsl(_)) {
+                shared.metrics.tls_openssl_records.inc();
+            }
             Some(stream)
         }
         Ok(Err(e)) => {
@@ -198,11 +195,14 @@ impl Conn {
         }
     }
 
-    async fn drive(&mut self, stream: &mut SslStream<TcpStream>) {
+    async fn drive(&mut self, stream: &mut Transport<'_>) {
         if !Box::pin(self.probe(stream)).await {
             return;
         }
         loop {
+            if let Err(e) = stream.flush_pending().await {
+                return self.set_end(End::Io(e.to_string()));
+            }
             if let Some(out) = self.session.poll_transmit() {
                 match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
                     Ok(Ok(())) => {}
@@ -216,7 +216,7 @@ impl Conn {
             let deadline = self.next_deadline();
             let step = tokio::select! {
                 _ = self.shared.drain.cancelled(), if !self.draining => Step::Drain,
-                r = read_some(stream) => Step::Input(r),
+                r = stream.read() => Step::Input(r),
                 o = poll_auth(&mut self.auth), if self.auth.is_some() => Step::Auth(o),
                 c = next_cmd(&mut self.rx), if self.rx.is_some() => Step::Cmd(c),
                 _ = tokio::time::sleep_until(deadline.into()) => Step::Timer,
@@ -254,11 +254,10 @@ impl Conn {
     }
 
     /// Answers an HTTP `GET` on the CIRA port with a banner; false when the connection is done.
-    async fn probe(&mut self, stream: &mut SslStream<TcpStream>) -> bool {
+    async fn probe(&mut self, stream: &mut Transport<'_>) -> bool {
         let mut first = Vec::new();
         while first.len() < 3 && b"GET".starts_with(&first) {
-            match tokio::time::timeout(self.shared.config.handshake_timeout(), read_some(stream))
-                .await
+            match tokio::time::timeout(self.shared.config.handshake_timeout(), stream.read()).await
             {
                 Ok(Ok(b)) if b.is_empty() => {
                     self.set_end(End::PeerClosed);

@@ -109,9 +109,10 @@ pub fn acceptor(profile: TlsProfile, bundle: &CertBundle) -> Result<SslAcceptor,
         }
     }
     b.set_mode(SslMode::RELEASE_BUFFERS);
-    // Read whole available input at once: one recv per APF message instead of one for the
-    // record header and one for its body.
-    b.set_read_ahead(true);
+    // No read-ahead: OpenSSL must not read past the handshake, so that the compact record
+    // layer (crate::record) can take over the socket with nothing left inside the `SSL`.
+    b.set_read_ahead(false);
+    crate::record::capture_secrets(&mut b)?;
     b.set_verify(SslVerifyMode::NONE);
     // No TLS 1.3 session tickets: encrypting and sending two per handshake costs CPU, and a
     // ticket is only good on the node that issued it, which a device reconnecting after that
@@ -364,6 +365,21 @@ fn serial() -> Result<openssl::asn1::Asn1Integer, TlsError> {
     let mut bn = BigNum::new()?;
     bn.rand(127, MsbOption::MAYBE_ZERO, false)?;
     Ok(bn.to_asn1_integer()?)
+}
+
+/// A generated bundle (root, RSA and ECDSA leaves) for tests, made once per test binary.
+#[cfg(test)]
+pub(crate) fn test_bundle() -> &'static CertBundle {
+    static BUNDLE: std::sync::OnceLock<CertBundle> = std::sync::OnceLock::new();
+    BUNDLE.get_or_init(|| {
+        let g = generate("localhost", &[]).expect("generate certificates");
+        CertBundle {
+            chain_pem: format!("{}{}", g.server_cert, g.ca_cert).into_bytes(),
+            key_pem: g.server_key,
+            ec: Some((g.server_ec_cert.into_bytes(), g.server_ec_key)),
+            ca_pem: Some(g.ca_cert.into_bytes()),
+        }
+    })
 }
 
 #[cfg(test)]
