@@ -271,6 +271,25 @@ impl Store {
             .transpose()
     }
 
+    /// Reads several devices of any tenant in one query, for logins arriving together; the
+    /// result holds the devices found, keyed by canonical guid. Only for device login.
+    pub async fn get_devices(
+        &self,
+        guids: &[String],
+    ) -> Result<HashMap<String, Device>, StoreError> {
+        let canonical: Vec<String> = guids.iter().filter_map(|g| canonical_guid(g)).collect();
+        if canonical.is_empty() {
+            return Ok(HashMap::new());
+        }
+        Entity::find()
+            .filter(Column::Guid.is_in(canonical))
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|m| to_model(m).map(|d| (d.guid.clone(), d)))
+            .collect()
+    }
+
     /// Reads a device if it belongs to `tenant`.
     pub async fn get_device_for_tenant(
         &self,

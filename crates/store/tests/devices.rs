@@ -220,7 +220,23 @@ async fn tenant_isolation(url: String) {
             .map(|d| d.tenant_id),
         Some("b".into())
     );
+    // Batched login lookup: every tenant, canonical guids, unknown and invalid ones absent.
+    let a_device = store.upsert_device(device(2, "a")).await.expect("insert");
+    let found = store
+        .get_devices(&[
+            guid(1).to_uppercase(),
+            guid(2),
+            guid(9),
+            "not-a-guid".into(),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(found.len(), 2);
+    assert_eq!(found.get(&guid(1)), Some(&b_device));
+    assert_eq!(found.get(&guid(2)), Some(&a_device));
+    assert!(store.get_devices(&[]).await.expect("empty").is_empty());
     assert!(store.delete_device("b", &guid(1)).await.expect("delete"));
+    assert!(store.delete_device("a", &guid(2)).await.expect("delete"));
 }
 
 async fn bulk_upsert_5000(url: String) {

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use homeport_secrets::{device_path, DynSecretStore, MPS_PASSWORD};
-use homeport_store::Store;
+use homeport_store::{canonical_guid, Device, Store};
+use tokio::sync::{mpsc, oneshot};
 
 /// Why a login failed, as put in the auth-failure event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,14 +52,64 @@ impl AuthFailure {
     }
 }
 
+/// Longest wait for one batch of device rows before its logins fail as "store unavailable".
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most devices read in one query.
+const MAX_BATCH: usize = 256;
+
+type Lookup = (String, oneshot::Sender<Result<Option<Device>, String>>);
+
+/// Device rows for logins, read in batches: logins that arrive together (a reconnect storm)
+/// share one query instead of paying one each, and a lone login is not delayed (a batch is
+/// whatever queued up while the previous query ran).
+#[derive(Clone)]
+pub struct DeviceLookup {
+    tx: mpsc::UnboundedSender<Lookup>,
+}
+
+impl DeviceLookup {
+    /// Starts the batching task; it ends when the last handle is dropped.
+    pub fn start(store: Store) -> DeviceLookup {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Lookup>();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let guids: Vec<String> = batch.iter().map(|(g, _)| g.clone()).collect();
+                let result =
+                    match tokio::time::timeout(LOOKUP_TIMEOUT, store.get_devices(&guids)).await {
+                        Ok(Ok(found)) => Ok(found),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("device lookup timed out".to_string()),
+                    };
+                for (guid, reply) in batch.drain(..) {
+                    let answer = match &result {
+                        Ok(found) => Ok(canonical_guid(&guid).and_then(|g| found.get(&g).cloned())),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        });
+        DeviceLookup { tx }
+    }
+
+    async fn get(&self, guid: &str) -> Result<Option<Device>, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((guid.to_owned(), tx))
+            .map_err(|_| "device lookup stopped".to_string())?;
+        rx.await.map_err(|_| "device lookup stopped".to_string())?
+    }
+}
+
 pub async fn check(
-    store: &Store,
+    devices: &DeviceLookup,
     secrets: &DynSecretStore,
     guid: &str,
     username: &str,
     password: &[u8],
 ) -> Result<LoggedIn, Rejected> {
-    let device = match store.get_device(guid).await {
+    let device = match devices.get(guid).await {
         Ok(Some(d)) => d,
         Ok(None) => return Err(AuthFailure::UnknownDevice.without_tenant()),
         Err(e) => {

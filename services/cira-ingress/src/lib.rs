@@ -63,7 +63,8 @@ pub(crate) struct Shared {
     pub source: String,
     pub names: Names,
     pub nats: async_nats::Client,
-    pub store: Store,
+    /// Batched device reads for logins.
+    pub devices: auth::DeviceLookup,
     pub secrets: DynSecretStore,
     pub tls: SslAcceptor,
     pub events: EventPublisher,
@@ -127,7 +128,7 @@ impl Ingress {
             node_id: parts.node_id,
             names: parts.names,
             nats: parts.nats,
-            store: parts.store,
+            devices: auth::DeviceLookup::start(parts.store),
             secrets: parts.secrets,
             tls: parts.tls,
             events,

@@ -19,8 +19,6 @@ use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::PKey;
-use openssl::sign::Signer;
 use openssl::ssl::{Ssl, SslAcceptor, SslAcceptorBuilder, SslRef, SslVersion};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -236,7 +234,7 @@ impl Drop for Keys {
 }
 
 impl Keys {
-    fn tls13(md: MessageDigest, aead: Aead, secret: &[u8]) -> Result<Keys, ErrorStack> {
+    fn tls13(hash: Hash, aead: Aead, secret: &[u8]) -> Keys {
         let mut keys = Keys {
             key: [0; 32],
             iv: [0; NONCE],
@@ -244,31 +242,25 @@ impl Keys {
             secret: [0; MAX_SECRET],
             secret_len: 0,
         };
-        keys.set_secret(md, aead, secret)?;
-        Ok(keys)
+        keys.set_secret(hash, aead, secret);
+        keys
     }
 
-    fn set_secret(
-        &mut self,
-        md: MessageDigest,
-        aead: Aead,
-        secret: &[u8],
-    ) -> Result<(), ErrorStack> {
-        let key = hkdf_expand_label(md, secret, b"key", aead.key_len())?;
-        let iv = hkdf_expand_label(md, secret, b"iv", NONCE)?;
+    fn set_secret(&mut self, hash: Hash, aead: Aead, secret: &[u8]) {
+        let key = hkdf_expand_label(hash, secret, b"key", aead.key_len());
+        let iv = hkdf_expand_label(hash, secret, b"iv", NONCE);
         self.key[..key.len()].copy_from_slice(&key);
         self.iv.copy_from_slice(&iv);
         self.secret[..secret.len()].copy_from_slice(secret);
         self.secret_len = secret.len() as u8;
         self.seq = 0;
-        Ok(())
     }
 
     /// RFC 8446 §7.2: the next generation of traffic secret and its keys.
-    fn update(&mut self, md: MessageDigest, aead: Aead) -> Result<(), ErrorStack> {
+    fn update(&mut self, hash: Hash, aead: Aead) {
         let current = &self.secret[..usize::from(self.secret_len)];
-        let next = hkdf_expand_label(md, current, b"traffic upd", current.len())?;
-        self.set_secret(md, aead, &next)
+        let next = hkdf_expand_label(hash, current, b"traffic upd", current.len());
+        self.set_secret(hash, aead, &next)
     }
 
     /// Per-record nonce: the IV XOR the sequence number (TLS 1.3, TLS 1.2 ChaCha20).
@@ -294,7 +286,7 @@ pub struct RecordLayer {
     version: Version,
     aead: Aead,
     /// Hash of the suite (TLS 1.3 key updates).
-    md: MessageDigest,
+    hash: Hash,
     read: Keys,
     write: Keys,
     /// Bytes of a record not yet complete.
@@ -315,9 +307,9 @@ impl RecordLayer {
         let Some(cipher) = ssl.current_cipher() else {
             return Ok(None);
         };
-        let (Some(aead), Some(md)) = (
+        let (Some(aead), Some(hash)) = (
             cipher.cipher_nid().and_then(Aead::from_nid),
-            cipher.handshake_digest(),
+            cipher.handshake_digest().and_then(Hash::from_md),
         ) else {
             return Ok(None);
         };
@@ -332,9 +324,9 @@ impl RecordLayer {
                 Self::new(
                     Version::Tls13,
                     aead,
-                    md,
-                    Keys::tls13(md, aead, &captured.client)?,
-                    Keys::tls13(md, aead, &captured.server)?,
+                    hash,
+                    Keys::tls13(hash, aead, &captured.client),
+                    Keys::tls13(hash, aead, &captured.server),
                 )
             }
             Some(SslVersion::TLS1_2) => {
@@ -346,19 +338,19 @@ impl RecordLayer {
                 ssl.client_random(&mut client_random);
                 ssl.server_random(&mut server_random);
                 let (read, write) =
-                    tls12_keys(md, aead, &captured.master, &client_random, &server_random)?;
-                Self::new(Version::Tls12, aead, md, read, write)
+                    tls12_keys(hash, aead, &captured.master, &client_random, &server_random);
+                Self::new(Version::Tls12, aead, hash, read, write)
             }
             _ => return Ok(None),
         };
         Ok(Some(layer))
     }
 
-    fn new(version: Version, aead: Aead, md: MessageDigest, read: Keys, write: Keys) -> Self {
+    fn new(version: Version, aead: Aead, hash: Hash, read: Keys, write: Keys) -> Self {
         RecordLayer {
             version,
             aead,
-            md,
+            hash,
             read,
             write,
             partial: Vec::new(),
@@ -552,11 +544,11 @@ impl RecordLayer {
                     let mut pending = std::mem::take(&mut self.pending);
                     self.seal_record(content::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], &mut pending)?;
                     self.pending = pending;
-                    self.write.update(self.md, self.aead)?;
+                    self.write.update(self.hash, self.aead);
                 }
                 _ => return Err(RecordError::Decode("KeyUpdate")),
             }
-            self.read.update(self.md, self.aead)?;
+            self.read.update(self.hash, self.aead);
             msgs = after;
         }
         Ok(())
@@ -722,23 +714,67 @@ fn open_in_place(
     })
 }
 
-fn hmac(md: MessageDigest, key: &[u8], parts: &[&[u8]]) -> Result<Zeroizing<Vec<u8>>, ErrorStack> {
-    let key = PKey::hmac(key)?;
-    let mut signer = Signer::new(md, &key)?;
-    for p in parts {
-        signer.update(p)?;
+/// The hash of a suite's key schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hash {
+    Sha256,
+    Sha384,
+}
+
+impl Hash {
+    fn from_md(md: MessageDigest) -> Option<Hash> {
+        match md.type_() {
+            Nid::SHA256 => Some(Hash::Sha256),
+            Nid::SHA384 => Some(Hash::Sha384),
+            _ => None,
+        }
     }
-    Ok(Zeroizing::new(signer.sign_to_vec()?))
+
+    fn block_len(self) -> usize {
+        match self {
+            Hash::Sha256 => 64,
+            Hash::Sha384 => 128,
+        }
+    }
+
+    fn digest(self, parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
+        match self {
+            Hash::Sha256 => {
+                let mut h = openssl::sha::Sha256::new();
+                parts.iter().for_each(|p| h.update(p));
+                Zeroizing::new(h.finish().to_vec())
+            }
+            Hash::Sha384 => {
+                let mut h = openssl::sha::Sha384::new();
+                parts.iter().for_each(|p| h.update(p));
+                Zeroizing::new(h.finish().to_vec())
+            }
+        }
+    }
+}
+
+/// HMAC (RFC 2104) on OpenSSL's plain SHA-2 functions: the EVP HMAC of OpenSSL 3 costs tens
+/// of microseconds per call in provider lookups, which is most of a handshake's key schedule.
+fn hmac(hash: Hash, key: &[u8], parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
+    let mut k = Zeroizing::new(vec![0u8; hash.block_len()]);
+    if key.len() > k.len() {
+        let d = hash.digest(&[key]);
+        k[..d.len()].copy_from_slice(&d);
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Zeroizing<Vec<u8>> = Zeroizing::new(k.iter().map(|b| b ^ 0x36).collect());
+    let opad: Zeroizing<Vec<u8>> = Zeroizing::new(k.iter().map(|b| b ^ 0x5c).collect());
+    let mut inner_parts = Vec::with_capacity(parts.len() + 1);
+    inner_parts.push(&ipad[..]);
+    inner_parts.extend_from_slice(parts);
+    let inner = hash.digest(&inner_parts);
+    hash.digest(&[&opad, &inner])
 }
 
 /// RFC 8446 §7.1 HKDF-Expand-Label with an empty context, for outputs of at most one hash
 /// block (keys, IVs, traffic secrets).
-fn hkdf_expand_label(
-    md: MessageDigest,
-    secret: &[u8],
-    label: &[u8],
-    len: usize,
-) -> Result<Zeroizing<Vec<u8>>, ErrorStack> {
+fn hkdf_expand_label(hash: Hash, secret: &[u8], label: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
     let mut info = Vec::with_capacity(4 + 6 + label.len());
     info.extend_from_slice(&(len as u16).to_be_bytes());
     info.push((6 + label.len()) as u8);
@@ -746,33 +782,33 @@ fn hkdf_expand_label(
     info.extend_from_slice(label);
     info.push(0);
     // HKDF-Expand, first block: HMAC(secret, info || 0x01).
-    let mut block = hmac(md, secret, &[&info, &[1]])?;
+    let mut block = hmac(hash, secret, &[&info, &[1]]);
     block.truncate(len);
-    Ok(block)
+    block
 }
 
 /// RFC 5246 §5 PRF (P_hash) and §6.3 key block for an AEAD suite: (client keys, server keys),
 /// i.e. (what the server reads with, what it writes with).
 fn tls12_keys(
-    md: MessageDigest,
+    hash: Hash,
     aead: Aead,
     master: &[u8],
     client_random: &[u8; 32],
     server_random: &[u8; 32],
-) -> Result<(Keys, Keys), ErrorStack> {
+) -> (Keys, Keys) {
     let key_len = aead.key_len();
     let iv_len = aead.fixed_iv_len_12();
     let need = 2 * (key_len + iv_len);
     let label: &[u8] = b"key expansion";
     let mut block = Zeroizing::new(Vec::with_capacity(need + 48));
-    let mut a = hmac(md, master, &[label, server_random, client_random])?;
+    let mut a = hmac(hash, master, &[label, server_random, client_random]);
     while block.len() < need {
         block.extend_from_slice(&hmac(
-            md,
+            hash,
             master,
             &[&a, label, server_random, client_random],
-        )?);
-        a = hmac(md, master, &[&a])?;
+        ));
+        a = hmac(hash, master, &[&a]);
     }
     let keys = |key_at: usize, iv_at: usize| {
         let mut k = Keys {
@@ -789,7 +825,7 @@ fn tls12_keys(
     // The Finished message was record 0 under these keys in each direction.
     let client = keys(0, 2 * key_len);
     let server = keys(key_len, 2 * key_len + iv_len);
-    Ok((client, server))
+    (client, server)
 }
 
 #[cfg(test)]

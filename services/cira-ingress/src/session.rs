@@ -746,7 +746,15 @@ async fn login(
     peer: SocketAddr,
     session_id: u64,
 ) -> AuthOutcome {
-    match auth::check(&shared.store, &shared.secrets, &guid, &username, &password).await {
+    match auth::check(
+        &shared.devices,
+        &shared.secrets,
+        &guid,
+        &username,
+        &password,
+    )
+    .await
+    {
         Ok(login) => {
             supersede_recorded(&shared, &guid, session_id).await;
             let (tx, rx) = mpsc::channel(shared.config.tunnel_concurrency + 2);

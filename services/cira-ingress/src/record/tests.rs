@@ -346,3 +346,32 @@ fn key_log_lines_are_parsed_strictly() {
     c.record("garbage");
     assert!(c.server.is_empty() && c.master.is_empty());
 }
+
+#[test]
+fn hmac_matches_rfc_4231() {
+    let hex = |s: &str| decode_hex(s).unwrap();
+    // Test case 2: key "Jefe".
+    let data: &[u8] = b"what do ya want for nothing?";
+    assert_eq!(
+        &hmac(Hash::Sha256, b"Jefe", &[&data[..10], &data[10..]])[..],
+        &hex("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")[..]
+    );
+    assert_eq!(
+        hmac(Hash::Sha384, b"Jefe", &[data]).to_vec(),
+        [
+            hex("af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47"),
+            hex("e42ec3736322445e8e2240ca5e69e2c78b3239ecfab21649"),
+        ]
+        .concat()
+    );
+    // Test case 6: a key longer than the block is hashed first.
+    let key = [0xaau8; 131];
+    assert_eq!(
+        &hmac(
+            Hash::Sha256,
+            &key,
+            &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
+        )[..],
+        &hex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")[..]
+    );
+}
