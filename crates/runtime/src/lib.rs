@@ -160,6 +160,14 @@ impl CommonArgs {
 
     /// Connects to the database (creating the SQLite directory) and applies migrations.
     pub async fn open_store(&self) -> anyhow::Result<homeport_store::Store> {
+        self.open_store_keeping(0).await
+    }
+
+    /// Like [`CommonArgs::open_store`], keeping at least `min_connections` open from the start.
+    pub async fn open_store_keeping(
+        &self,
+        min_connections: u32,
+    ) -> anyhow::Result<homeport_store::Store> {
         if let Some(path) = self.database_url.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or_default();
             if let Some(dir) = std::path::Path::new(file)
@@ -172,6 +180,7 @@ impl CommonArgs {
         }
         let mut config = homeport_store::StoreConfig::new(self.database_url.clone());
         config.max_connections = self.database_pool;
+        config.min_connections = min_connections;
         homeport_store::Store::connect_with(config)
             .await
             .with_context(|| format!("database {}", redact_url(&self.database_url)))

@@ -12,6 +12,10 @@ pub struct StoreConfig {
     pub max_connections: u32,
     /// How long a query waits for a free pooled connection before failing as unavailable.
     pub acquire_timeout: Duration,
+    /// Connections opened at start and kept while idle, so that a burst of work (a reconnect
+    /// storm at the ingress) does not pay for opening them: each costs a TLS handshake and,
+    /// with the system's OpenSSL, loading the CA store, tens of milliseconds of CPU.
+    pub min_connections: u32,
 }
 
 impl StoreConfig {
@@ -27,6 +31,7 @@ impl StoreConfig {
             url: url.into(),
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             acquire_timeout: Self::DEFAULT_ACQUIRE_TIMEOUT,
+            min_connections: 0,
         }
     }
 
@@ -43,6 +48,7 @@ impl fmt::Debug for StoreConfig {
             .field("url", &self.redacted_url())
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("min_connections", &self.min_connections)
             .finish()
     }
 }

@@ -43,6 +43,7 @@ impl Store {
         let mut options = ConnectOptions::new(config.url.clone());
         options
             .max_connections(config.max_connections)
+            .min_connections(config.min_connections.min(config.max_connections))
             .acquire_timeout(config.acquire_timeout)
             // Statement logging at info would flood logs during bulk enrollment.
             .sqlx_logging(false);

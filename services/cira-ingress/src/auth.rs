@@ -56,6 +56,9 @@ impl AuthFailure {
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most devices read in one query.
 const MAX_BATCH: usize = 256;
+/// Database connections the lookups keep open: one for the batch being read, one that sqlx is
+/// still checking after the previous batch.
+pub const LOOKUP_CONNECTIONS: u32 = 2;
 
 type Lookup = (String, oneshot::Sender<Result<Option<Device>, String>>);
 

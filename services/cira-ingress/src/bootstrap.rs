@@ -9,7 +9,7 @@ use homeport_secrets::DynSecretStore;
 use homeport_store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::{tls, Ingress, IngressConfig, IngressParts};
+use crate::{auth, tls, Ingress, IngressConfig, IngressParts};
 
 /// A running ingress with the parts it was built from.
 pub struct Served {
@@ -37,7 +37,8 @@ pub async fn serve(
     let secrets = common.open_secrets().await?;
     let bundle = config.certificates(&secrets).await?;
     let acceptor = tls::acceptor(config.tls_profile, &bundle)?;
-    let store = common.open_store().await?;
+    // Batched login lookups use one connection at a time, plus one being checked after use.
+    let store = common.open_store_keeping(auth::LOOKUP_CONNECTIONS).await?;
     let nats = common
         .connect_nats(&format!("cira-ingress/{node_id}"), Duration::from_secs(30))
         .await?;
