@@ -126,7 +126,7 @@ pub(crate) async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer:
     shared.metrics.connections_total.inc();
     shared.metrics.connections_open.inc();
     let _ = tcp.set_nodelay(true);
-    if let Some(mut stream) = Box::pin(tls_accept(&shared, &tcp, peer)).await {
+    if let Some(mut stream) = Box::pin(tls_accept(&shared, tcp, peer)).await {
         let mut conn = Conn::new(shared.clone(), peer);
         conn.drive(&mut stream).await;
         // close_notify, best effort: the device may already be gone.
@@ -136,11 +136,7 @@ pub(crate) async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer:
     shared.metrics.connections_open.dec();
 }
 
-async fn tls_accept<'a>(
-    shared: &Shared,
-    tcp: &'a TcpStream,
-    peer: SocketAddr,
-) -> Option<Transport<'a>> {
+async fn tls_accept(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<Transport> {
     let _permit = shared.handshakes.acquire().await.ok()?;
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, transport::accept(&shared.tls, tcp)).await {
         Ok(Ok(stream)) => {
@@ -195,7 +191,7 @@ impl Conn {
         }
     }
 
-    async fn drive(&mut self, stream: &mut Transport<'_>) {
+    async fn drive(&mut self, stream: &mut Transport) {
         if !Box::pin(self.probe(stream)).await {
             return;
         }
@@ -254,7 +250,7 @@ impl Conn {
     }
 
     /// Answers an HTTP `GET` on the CIRA port with a banner; false when the connection is done.
-    async fn probe(&mut self, stream: &mut Transport<'_>) -> bool {
+    async fn probe(&mut self, stream: &mut Transport) -> bool {
         let mut first = Vec::new();
         while first.len() < 3 && b"GET".starts_with(&first) {
             match tokio::time::timeout(self.shared.config.handshake_timeout(), stream.read()).await

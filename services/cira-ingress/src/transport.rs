@@ -4,7 +4,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use homeport_runtime::io::read_some;
 use openssl::ssl::SslAcceptor;
@@ -14,84 +14,87 @@ use tokio_openssl::SslStream;
 
 use crate::record::{self, RecordLayer};
 
-/// A borrowed socket as an async stream: the handshake runs over it, and when the compact
-/// record layer takes over, the `SSL` is freed while the socket stays with the session.
-pub(crate) struct Tcp<'a>(&'a TcpStream);
+/// The socket during the handshake, in a slot it can be taken back from: when the compact
+/// record layer takes over, the socket leaves and the `SSL` is freed. Reads and writes go
+/// through tokio's own `TcpStream` methods, which skip the `EAGAIN` read after a short one.
+pub(crate) struct Socket(Option<TcpStream>);
 
-impl AsyncRead for Tcp<'_> {
+fn taken() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "socket handed to the record layer",
+    )
+}
+
+impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        match &mut self.get_mut().0 {
+            Some(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            None => Poll::Ready(Err(taken())),
         }
     }
 }
 
-impl AsyncWrite for Tcp<'_> {
+impl AsyncWrite for Socket {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
+        match &mut self.get_mut().0 {
+            Some(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            None => Poll::Ready(Err(taken())),
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Some(tcp) => Pin::new(tcp).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 
-    /// The socket closes when the session drops it; nothing to half-close before.
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
 // The large variant is the common one: boxing it would only add an allocation per session.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Transport<'a> {
-    Compact { tcp: Tcp<'a>, records: RecordLayer },
-    OpenSsl(SslStream<Tcp<'a>>),
+pub(crate) enum Transport {
+    Compact {
+        tcp: TcpStream,
+        records: RecordLayer,
+    },
+    OpenSsl(SslStream<Socket>),
 }
 
 /// Runs the server handshake on `tcp` and picks the record layer.
-pub(crate) async fn accept<'a>(
-    acceptor: &SslAcceptor,
-    tcp: &'a TcpStream,
-) -> Result<Transport<'a>, String> {
+pub(crate) async fn accept(acceptor: &SslAcceptor, tcp: TcpStream) -> Result<Transport, String> {
     let ssl = record::server_ssl(acceptor).map_err(|e| e.to_string())?;
-    let mut stream = SslStream::new(ssl, Tcp(tcp)).map_err(|e| e.to_string())?;
+    let mut stream = SslStream::new(ssl, Socket(Some(tcp))).map_err(|e| e.to_string())?;
     Pin::new(&mut stream)
         .accept()
         .await
         .map_err(|e| e.to_string())?;
     match record::take_over(stream.ssl()) {
-        Ok(Some(records)) => Ok(Transport::Compact {
-            tcp: Tcp(tcp),
-            records,
-        }),
+        Ok(Some(records)) => match stream.get_mut().0.take() {
+            Some(tcp) => Ok(Transport::Compact { tcp, records }),
+            None => Err("socket missing after the handshake".into()),
+        },
         Ok(None) => Ok(Transport::OpenSsl(stream)),
         Err(e) => Err(format!("taking over the TLS session: {e}")),
     }
 }
 
-impl Transport<'_> {
+impl Transport {
     /// Application bytes as they arrive; empty at the end of the stream (FIN or close_notify).
     /// Cancel-safe: a partial record stays in the record layer.
     pub(crate) async fn read(&mut self) -> io::Result<Vec<u8>> {
@@ -111,7 +114,7 @@ impl Transport<'_> {
                         // Best effort, without waiting: the connection ends either way.
                         let mut alert = Vec::new();
                         if records.seal_alert(description, &mut alert).is_ok() {
-                            let _ = tcp.0.try_write(&alert);
+                            let _ = tcp.try_write(&alert);
                         }
                     }
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e));
