@@ -346,6 +346,25 @@ impl RecordLayer {
         Ok(Some(layer))
     }
 
+    /// A copy with the same keys and sequence numbers, for tests that replay one stream.
+    #[cfg(test)]
+    fn duplicate(&self) -> RecordLayer {
+        let copy = |k: &Keys| Keys {
+            key: k.key,
+            iv: k.iv,
+            seq: k.seq,
+            secret: k.secret,
+            secret_len: k.secret_len,
+        };
+        Self::new(
+            self.version,
+            self.aead,
+            self.hash,
+            copy(&self.read),
+            copy(&self.write),
+        )
+    }
+
     fn new(version: Version, aead: Aead, hash: Hash, read: Keys, write: Keys) -> Self {
         RecordLayer {
             version,

@@ -375,3 +375,51 @@ fn hmac_matches_rfc_4231() {
         &hex("60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")[..]
     );
 }
+
+/// Mutated and truncated record streams (bit flips, length changes, cut points, random bytes)
+/// end in an error or wait for more; never a panic, never data that was not sent.
+#[test]
+fn mutated_streams_never_panic_or_forge_data() {
+    for client in [
+        Box::new(tls13("TLS_AES_128_GCM_SHA256")) as Box<dyn FnOnce(&mut SslConnectorBuilder)>,
+        Box::new(tls12("ECDHE-ECDSA-AES128-GCM-SHA256")),
+    ] {
+        let mut pair = handshake(TlsProfile::Default, client);
+        let mut wire = captured_write(&mut pair, b"first record");
+        wire.extend(captured_write(&mut pair, &pattern(3000, 1)));
+        let pristine = pair.layer().duplicate();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..3000 {
+            let mut bytes = wire.clone();
+            match round % 4 {
+                0 => {
+                    let i = rng.usize(..bytes.len());
+                    bytes[i] ^= 1 << rng.u8(..8);
+                }
+                1 => bytes.truncate(rng.usize(..bytes.len())),
+                2 => {
+                    // A record length in the header changed.
+                    bytes[3] = rng.u8(..);
+                    bytes[4] = rng.u8(..);
+                }
+                _ => {
+                    let i = rng.usize(..bytes.len());
+                    bytes.insert(i, rng.u8(..));
+                }
+            }
+            let mut layer = pristine.duplicate();
+            let mut out = Vec::new();
+            let _ = layer.open(bytes, &mut out);
+            let sent = [&b"first record"[..], &pattern(3000, 1)].concat();
+            assert!(sent.starts_with(&out), "round {round}: forged plaintext");
+        }
+        let mut random = pristine.duplicate();
+        for _ in 0..200 {
+            let len = rng.usize(..64);
+            let junk: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            if random.open(junk, &mut Vec::new()).is_err() {
+                random = pristine.duplicate();
+            }
+        }
+    }
+}
