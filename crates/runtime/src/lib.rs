@@ -278,15 +278,30 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
+    run_main_with_threads(name, valid, log_filter, 0, body)
+}
+
+/// [`run_main`] with `worker_threads` runtime threads (0: one per core).
+pub fn run_main_with_threads<F, Fut>(
+    name: &str,
+    valid: anyhow::Result<()>,
+    log_filter: &str,
+    worker_threads: usize,
+    body: F,
+) where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     if let Err(e) = valid {
         eprintln!("{name}: {e:#}");
         std::process::exit(2);
     }
     homeport_telemetry::init_logging(log_filter);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start the runtime: {e}");

@@ -69,6 +69,10 @@ struct CiraArgs {
     /// Keep-alive interval asked of devices, seconds.
     #[arg(long, default_value_t = 30)]
     keepalive: u64,
+    /// Runtime worker threads of each ingress process (0: one per core). One per process is
+    /// the recommended deployment (scale with processes and --reuse-port).
+    #[arg(long, default_value_t = 1)]
+    ingress_threads: usize,
     /// Give up waiting for all devices after this many seconds.
     #[arg(long, default_value_t = 600)]
     connect_timeout: u64,
@@ -318,6 +322,7 @@ async fn cira_inner(
             .env("HOMEPORT_KEEPALIVE_INTERVAL", args.keepalive.to_string())
             .env("HOMEPORT_IDLE_TIMEOUT", (args.keepalive * 3).to_string())
             .env("HOMEPORT_HANDSHAKE_TIMEOUT", "120")
+            .env("HOMEPORT_WORKER_THREADS", args.ingress_threads.to_string())
             .env("HOMEPORT_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)
@@ -440,6 +445,7 @@ async fn cira_inner(
         "devices": n,
         "connected": connected,
         "ingress_processes": processes,
+        "ingress_worker_threads": args.ingress_threads,
         "tls": args.tls,
         "enroll_seconds": round(enroll_seconds),
         "seconds_to_all_connected": round(connect_seconds),

@@ -1,12 +1,14 @@
 //! Starting an ingress from configuration, for the binaries that run one (`cira-ingress`,
 //! the all-in-one `homeport`): secrets, certificates, database, NATS, listeners, health.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use homeport_runtime::CommonArgs;
 use homeport_secrets::DynSecretStore;
 use homeport_store::Store;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::{auth, tls, Ingress, IngressConfig, IngressParts};
@@ -42,8 +44,7 @@ pub async fn serve(
     let nats = common
         .connect_nats(&format!("cira-ingress/{node_id}"), Duration::from_secs(30))
         .await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = bind_cira(config.listen, config.reuse_port)
         .with_context(|| format!("binding CIRA port {}", config.listen))?;
     let health = tokio::net::TcpListener::bind(config.health_listen)
         .await
@@ -75,4 +76,35 @@ pub async fn serve(
         nats,
         stop_health,
     })
+}
+
+/// Binds the CIRA listener; with `reuse_port`, other processes may bind the same port.
+pub fn bind_cira(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_reuse_port_lets_processes_share_the_cira_port() {
+        let first = bind_cira("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = bind_cira(addr, true).expect("shared with --reuse-port");
+        assert_eq!(second.local_addr().unwrap(), addr);
+        assert!(bind_cira(addr, false).is_err(), "taken without it");
+        let alone = bind_cira("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        assert!(bind_cira(alone.local_addr().unwrap(), true).is_err());
+    }
 }

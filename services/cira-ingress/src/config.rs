@@ -15,6 +15,10 @@ pub struct IngressConfig {
         default_value = "0.0.0.0:4433"
     )]
     pub listen: SocketAddr,
+    /// Share the CIRA port with other ingress processes on this host (SO_REUSEPORT; the
+    /// kernel spreads connections over them): one single-threaded process per core.
+    #[arg(long, env = "HOMEPORT_CIRA_REUSE_PORT")]
+    pub reuse_port: bool,
     /// Address of the health and metrics endpoint (/healthz, /readyz, /metrics).
     #[arg(
         long = "health-listen",
@@ -133,6 +137,7 @@ impl Default for IngressConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            reuse_port: false,
             health_listen: SocketAddr::from(([127, 0, 0, 1], 9433)),
             node_id: None,
             tls_profile: TlsProfile::Default,

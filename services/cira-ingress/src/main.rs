@@ -14,6 +14,11 @@ struct Cli {
     common: homeport_runtime::CommonArgs,
     #[command(flatten)]
     ingress: IngressConfig,
+    /// Runtime worker threads (0: one per core). One thread per process spends about a fifth
+    /// less CPU per device handshake than two (no wake-ups across threads); to use more cores,
+    /// run one process per core with --reuse-port.
+    #[arg(long, env = "HOMEPORT_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
 }
 
 fn main() {
@@ -23,7 +28,8 @@ fn main() {
         .validate()
         .and_then(|()| cli.ingress.validate().map_err(anyhow::Error::msg));
     let log = cli.common.log.clone();
-    homeport_runtime::run_main("cira-ingress", valid, &log, || run(cli));
+    let threads = cli.worker_threads;
+    homeport_runtime::run_main_with_threads("cira-ingress", valid, &log, threads, || run(cli));
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
