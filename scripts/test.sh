@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: starts (installing if needed) NATS and PostgreSQL, then checks
-# formatting, lints and runs every test of the workspace.
+# Runs the whole test suite: installs missing build tools, starts (installing if needed) NATS
+# and PostgreSQL, then checks formatting, lints and runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${TMPDIR:-/tmp}/homeport-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+bash scripts/ensure-build-deps.sh
 bash scripts/ensure-services.sh
 
 echo "== cargo fmt --check"
