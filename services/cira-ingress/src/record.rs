@@ -33,6 +33,10 @@ const MAX_CIPHERTEXT_12: usize = MAX_PLAINTEXT + 2048;
 const MAX_CIPHERTEXT_13: usize = MAX_PLAINTEXT + 256;
 /// Largest traffic secret (SHA-384).
 const MAX_SECRET: usize = 48;
+/// Records in a row that carry no application data (empty records, KeyUpdates, warnings)
+/// before the peer is cut off, as OpenSSL does: otherwise a peer could keep the session busy
+/// without ever sending data.
+const MAX_EMPTY_RECORDS: u8 = 32;
 
 mod content {
     pub const ALERT: u8 = 21;
@@ -294,6 +298,8 @@ pub struct RecordLayer {
     /// Records to send before any further data: a KeyUpdate answer, a refusal.
     pending: Vec<u8>,
     peer_closed: bool,
+    /// Records in a row without application data.
+    empty_records: u8,
 }
 
 impl RecordLayer {
@@ -375,6 +381,7 @@ impl RecordLayer {
             partial: Vec::new(),
             pending: Vec::new(),
             peer_closed: false,
+            empty_records: 0,
         }
     }
 
@@ -496,6 +503,14 @@ impl RecordLayer {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(RecordError::Overflow(plaintext.len()));
         }
+        if typ == content::APPLICATION_DATA && !plaintext.is_empty() {
+            self.empty_records = 0;
+        } else {
+            self.empty_records += 1;
+            if self.empty_records > MAX_EMPTY_RECORDS {
+                return Err(RecordError::Unexpected("run of records without data"));
+            }
+        }
         match typ {
             content::APPLICATION_DATA => out.extend_from_slice(plaintext),
             content::ALERT => {
@@ -515,7 +530,11 @@ impl RecordLayer {
                     self.post_handshake(&plaintext)?;
                 }
                 Version::Tls12 => {
-                    // A ClientHello asking to renegotiate: refuse, keep the session.
+                    // A ClientHello asking to renegotiate: refuse (once while unsent), keep the
+                    // session.
+                    if !self.pending.is_empty() {
+                        return Ok(());
+                    }
                     let mut pending = std::mem::take(&mut self.pending);
                     self.seal_record(
                         content::ALERT,
@@ -558,6 +577,9 @@ impl RecordLayer {
             }
             match *request {
                 0 => {}
+                // One answer covers every request received while it is unsent (RFC 8446
+                // §4.6.3); in TLS 1.3 nothing else waits in `pending`.
+                1 if !self.pending.is_empty() => {}
                 1 => {
                     // Answer under the current keys, then move ours on.
                     let mut pending = std::mem::take(&mut self.pending);

@@ -422,3 +422,63 @@ fn mutated_streams_never_panic_or_forge_data() {
         }
     }
 }
+
+/// The client's side of a session: the server's keys with the directions swapped.
+fn client_of(layer: &RecordLayer) -> RecordLayer {
+    let mut client = layer.duplicate();
+    std::mem::swap(&mut client.read, &mut client.write);
+    client
+}
+
+#[test]
+fn a_run_of_records_without_data_is_cut_off() {
+    let mut pair = handshake(TlsProfile::Default, tls13("TLS_AES_128_GCM_SHA256"));
+    let mut client = client_of(pair.layer());
+    let mut wire = Vec::new();
+    for _ in 0..MAX_EMPTY_RECORDS {
+        client
+            .seal_record(content::APPLICATION_DATA, b"", &mut wire)
+            .unwrap();
+    }
+    client
+        .seal_record(content::APPLICATION_DATA, b"x", &mut wire)
+        .unwrap();
+    let mut out = Vec::new();
+    pair.layer().open(wire, &mut out).unwrap();
+    assert_eq!(out, b"x", "32 empty records, then data: fine");
+    let mut wire = Vec::new();
+    for _ in 0..=MAX_EMPTY_RECORDS {
+        client
+            .seal_record(content::APPLICATION_DATA, b"", &mut wire)
+            .unwrap();
+    }
+    assert!(matches!(
+        pair.layer().open(wire, &mut out),
+        Err(RecordError::Unexpected(_))
+    ));
+}
+
+#[test]
+fn many_key_update_requests_get_one_answer() {
+    let mut pair = handshake(TlsProfile::Default, tls13("TLS_AES_256_GCM_SHA384"));
+    let mut client = client_of(pair.layer());
+    let mut wire = Vec::new();
+    for _ in 0..10 {
+        client
+            .seal_record(content::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 1], &mut wire)
+            .unwrap();
+        client.write.update(client.hash, client.aead);
+    }
+    client
+        .seal_record(content::APPLICATION_DATA, b"new keys", &mut wire)
+        .unwrap();
+    let mut out = Vec::new();
+    pair.layer().open(wire, &mut out).unwrap();
+    assert_eq!(out, b"new keys");
+    // One answer record, then the reply under the server's next keys; the client follows.
+    let mut reply = Vec::new();
+    pair.layer().seal(b"ok", &mut reply).unwrap();
+    let mut got = Vec::new();
+    client.open(reply, &mut got).unwrap();
+    assert_eq!(got, b"ok");
+}
