@@ -98,6 +98,14 @@ impl Aead {
         }
     }
 
+    /// Bytes of nonce each TLS 1.2 record carries: AES-GCM's explicit part, none for ChaCha20.
+    fn explicit_nonce_len_12(self) -> usize {
+        match self {
+            Aead::Aes128Gcm | Aead::Aes256Gcm => EXPLICIT_NONCE,
+            Aead::ChaCha20Poly1305 => 0,
+        }
+    }
+
     /// TLS 1.2 fixed IV length: a 4-byte salt for AES-GCM, a whole 12-byte IV for ChaCha20.
     fn fixed_iv_len_12(self) -> usize {
         match self {
@@ -220,6 +228,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 /// One direction's keys. Wiped on drop.
+#[cfg_attr(test, derive(Clone))]
 struct Keys {
     key: [u8; 32],
     iv: [u8; NONCE],
@@ -238,14 +247,19 @@ impl Drop for Keys {
 }
 
 impl Keys {
-    fn tls13(hash: Hash, aead: Aead, secret: &[u8]) -> Keys {
-        let mut keys = Keys {
+    /// No key yet; the next record is number `seq`.
+    fn empty(seq: u64) -> Keys {
+        Keys {
             key: [0; 32],
             iv: [0; NONCE],
-            seq: 0,
+            seq,
             secret: [0; MAX_SECRET],
             secret_len: 0,
-        };
+        }
+    }
+
+    fn tls13(hash: Hash, aead: Aead, secret: &[u8]) -> Keys {
+        let mut keys = Keys::empty(0);
         keys.set_secret(hash, aead, secret);
         keys
     }
@@ -273,6 +287,18 @@ impl Keys {
         for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *n ^= s;
         }
+        nonce
+    }
+
+    /// TLS 1.2 per-record nonce: the salt and the record's explicit part (AES-GCM, RFC 5288),
+    /// or the IV XOR the sequence number when the record carries none (ChaCha20, RFC 7905).
+    fn tls12_nonce(&self, explicit: &[u8]) -> [u8; NONCE] {
+        if explicit.is_empty() {
+            return self.xor_nonce();
+        }
+        let mut nonce = [0u8; NONCE];
+        nonce[..4].copy_from_slice(&self.iv[..4]);
+        nonce[4..].copy_from_slice(explicit);
         nonce
     }
 
@@ -355,19 +381,12 @@ impl RecordLayer {
     /// A copy with the same keys and sequence numbers, for tests that replay one stream.
     #[cfg(test)]
     fn duplicate(&self) -> RecordLayer {
-        let copy = |k: &Keys| Keys {
-            key: k.key,
-            iv: k.iv,
-            seq: k.seq,
-            secret: k.secret,
-            secret_len: k.secret_len,
-        };
         Self::new(
             self.version,
             self.aead,
             self.hash,
-            copy(&self.read),
-            copy(&self.write),
+            self.read.clone(),
+            self.write.clone(),
         )
     }
 
@@ -476,24 +495,14 @@ impl RecordLayer {
                 ) {
                     return Err(RecordError::Unexpected("record type after the handshake"));
                 }
-                let explicit = match self.aead {
-                    Aead::ChaCha20Poly1305 => 0,
-                    Aead::Aes128Gcm | Aead::Aes256Gcm => EXPLICIT_NONCE,
-                };
+                let explicit = self.aead.explicit_nonce_len_12();
                 let ct_len = body
                     .len()
                     .checked_sub(explicit + TAG)
                     .ok_or(RecordError::Decode("record"))?;
                 let (nonce_part, rest) = body.split_at_mut(explicit);
                 let (ct, tag) = rest.split_at_mut(ct_len);
-                let nonce = if explicit == 0 {
-                    self.read.xor_nonce()
-                } else {
-                    let mut n = [0u8; NONCE];
-                    n[..4].copy_from_slice(&self.read.iv[..4]);
-                    n[4..].copy_from_slice(nonce_part);
-                    n
-                };
+                let nonce = self.read.tls12_nonce(nonce_part);
                 let aad = tls12_aad(self.read.seq, header, ct_len);
                 open_in_place(self.aead, &self.read.key, &nonce, &aad, ct, tag)?;
                 self.read.next_seq()?;
@@ -525,23 +534,16 @@ impl RecordLayer {
                 }
             }
             content::HANDSHAKE => match self.version {
-                Version::Tls13 => {
-                    let plaintext = plaintext.to_vec();
-                    self.post_handshake(&plaintext)?;
-                }
+                Version::Tls13 => self.post_handshake(plaintext)?,
                 Version::Tls12 => {
                     // A ClientHello asking to renegotiate: refuse (once while unsent), keep the
                     // session.
-                    if !self.pending.is_empty() {
-                        return Ok(());
+                    if self.pending.is_empty() {
+                        self.queue_record(
+                            content::ALERT,
+                            &[alert::WARNING, alert::NO_RENEGOTIATION],
+                        )?;
                     }
-                    let mut pending = std::mem::take(&mut self.pending);
-                    self.seal_record(
-                        content::ALERT,
-                        &[alert::WARNING, alert::NO_RENEGOTIATION],
-                        &mut pending,
-                    )?;
-                    self.pending = pending;
                 }
             },
             _ => return Err(RecordError::Unexpected("record content type")),
@@ -582,9 +584,7 @@ impl RecordLayer {
                 1 if !self.pending.is_empty() => {}
                 1 => {
                     // Answer under the current keys, then move ours on.
-                    let mut pending = std::mem::take(&mut self.pending);
-                    self.seal_record(content::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], &mut pending)?;
-                    self.pending = pending;
+                    self.queue_record(content::HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0])?;
                     self.write.update(self.hash, self.aead);
                 }
                 _ => return Err(RecordError::Decode("KeyUpdate")),
@@ -621,6 +621,14 @@ impl RecordLayer {
         std::mem::take(&mut self.pending)
     }
 
+    /// Seals a record into `pending`, to go out before any further data.
+    fn queue_record(&mut self, typ: u8, data: &[u8]) -> Result<(), RecordError> {
+        let mut pending = std::mem::take(&mut self.pending);
+        let sealed = self.seal_record(typ, data, &mut pending);
+        self.pending = pending;
+        sealed
+    }
+
     fn seal_record(&mut self, typ: u8, data: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         match self.version {
             Version::Tls13 => {
@@ -641,23 +649,14 @@ impl RecordLayer {
                 out.extend_from_slice(&tag);
             }
             Version::Tls12 => {
-                let explicit = match self.aead {
-                    Aead::ChaCha20Poly1305 => 0,
-                    Aead::Aes128Gcm | Aead::Aes256Gcm => EXPLICIT_NONCE,
-                };
+                let explicit = self.aead.explicit_nonce_len_12();
                 let header = record_header(typ, explicit + data.len() + TAG);
                 out.extend_from_slice(&header);
-                let nonce = if explicit == 0 {
-                    self.write.xor_nonce()
-                } else {
-                    // The explicit part is the sequence number: unique per key.
-                    let seq = self.write.seq.to_be_bytes();
-                    out.extend_from_slice(&seq);
-                    let mut n = [0u8; NONCE];
-                    n[..4].copy_from_slice(&self.write.iv[..4]);
-                    n[4..].copy_from_slice(&seq);
-                    n
-                };
+                // An explicit part is the sequence number: unique per key.
+                let seq = self.write.seq.to_be_bytes();
+                let explicit = &seq[..explicit];
+                out.extend_from_slice(explicit);
+                let nonce = self.write.tls12_nonce(explicit);
                 let start = out.len();
                 out.extend_from_slice(data);
                 let aad = tls12_aad(self.write.seq, header, data.len());
@@ -852,18 +851,12 @@ fn tls12_keys(
         a = hmac(hash, master, &[&a]);
     }
     let keys = |key_at: usize, iv_at: usize| {
-        let mut k = Keys {
-            key: [0; 32],
-            iv: [0; NONCE],
-            seq: 1,
-            secret: [0; MAX_SECRET],
-            secret_len: 0,
-        };
+        // The Finished message was record 0 under these keys in each direction.
+        let mut k = Keys::empty(1);
         k.key[..key_len].copy_from_slice(&block[key_at..key_at + key_len]);
         k.iv[..iv_len].copy_from_slice(&block[iv_at..iv_at + iv_len]);
         k
     };
-    // The Finished message was record 0 under these keys in each direction.
     let client = keys(0, 2 * key_len);
     let server = keys(key_len, 2 * key_len + iv_len);
     (client, server)
