@@ -461,11 +461,12 @@ async fn static_rsa_only_firmware_connects_unless_strict() {
 async fn every_firmware_tls_carries_the_tunnel() {
     let env = TestEnv::new("records").await;
     let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
-    let mut cfg = env.enrolled_fleet(ingress.local_addr(), 3, 19, "").await;
+    let mut cfg = env.enrolled_fleet(ingress.local_addr(), 4, 19, "").await;
     let client = env.tunnel().await;
     let mut fleets = Vec::new();
     for (i, (tls, openssl_sessions)) in [
         (SimTls::Modern, 0),
+        (SimTls::ModernPq, 0),
         (SimTls::StaticRsa, 0),
         (SimTls::StaticRsaCbc, 1),
     ]
@@ -503,7 +504,7 @@ async fn every_firmware_tls_carries_the_tunnel() {
     for f in fleets {
         f.stop().await;
     }
-    env.wait_events("disconnected", 3, WAIT).await;
+    env.wait_events("disconnected", 4, WAIT).await;
     assert_eq!(ingress.metrics().protocol_errors.get(), 0);
     ingress.shutdown().await;
     env.cleanup().await;

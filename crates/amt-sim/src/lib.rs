@@ -13,7 +13,7 @@ pub mod identity;
 mod wsman;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,13 +82,37 @@ impl std::str::FromStr for Fault {
 /// TLS offered by the simulated devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SimTls {
-    /// TLS 1.2/1.3 with the client library's defaults (current firmware).
+    /// TLS 1.2/1.3 with classic ECDHE groups only (X25519, P-256, P-384), like current
+    /// firmware: AMT's TLS stack offers no post-quantum key exchange.
     Modern,
+    /// TLS 1.2/1.3 with the client library's default groups, which since OpenSSL 3.5 put the
+    /// post-quantum hybrid X25519MLKEM768 first. No AMT firmware offers it; this measures what
+    /// such a client costs the ingress.
+    ModernPq,
     /// Only TLS 1.2 static-RSA suites, like older AMT firmware.
     StaticRsa,
     /// Only TLS 1.2 static-RSA CBC suites (no AES-GCM), like the oldest TLS 1.2 firmware.
     StaticRsaCbc,
 }
+
+impl std::str::FromStr for SimTls {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SimTls, String> {
+        Ok(match s {
+            "modern" => SimTls::Modern,
+            "modern-pq" => SimTls::ModernPq,
+            "static-rsa" => SimTls::StaticRsa,
+            "static-rsa-cbc" => SimTls::StaticRsaCbc,
+            other => return Err(format!(
+                "TLS mode must be modern, modern-pq, static-rsa or static-rsa-cbc, not {other:?}"
+            )),
+        })
+    }
+}
+
+/// Key-exchange groups of `SimTls::Modern`.
+const CLASSIC_GROUPS: &str = "X25519:P-256:P-384";
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -215,10 +239,15 @@ pub enum SimError {
     Enroll(String),
 }
 
-fn connector(config: &SimConfig) -> Result<SslConnector, SimError> {
+/// The TLS client a simulated device uses: what it offers (`tls`) and whom it trusts.
+pub fn connector(tls: SimTls, ca_file: Option<&Path>) -> Result<SslConnector, SimError> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
-    let static_rsa = match config.tls {
-        SimTls::Modern => None,
+    let static_rsa = match tls {
+        SimTls::Modern => {
+            b.set_groups_list(CLASSIC_GROUPS)?;
+            None
+        }
+        SimTls::ModernPq => None,
         SimTls::StaticRsa => Some(
             "AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA",
         ),
@@ -228,7 +257,7 @@ fn connector(config: &SimConfig) -> Result<SslConnector, SimError> {
         b.set_max_proto_version(Some(SslVersion::TLS1_2))?;
         b.set_cipher_list(ciphers)?;
     }
-    match &config.ca_file {
+    match ca_file {
         Some(ca) => {
             b.set_ca_file(ca)?;
             b.set_verify(SslVerifyMode::PEER);
@@ -251,7 +280,7 @@ impl Fleet {
     /// Starts every device's connection task.
     pub fn start(config: SimConfig) -> Result<Fleet, SimError> {
         let shared = Arc::new(FleetShared {
-            connector: connector(&config)?,
+            connector: connector(config.tls, config.ca_file.as_deref())?,
             stats: Arc::new(FleetStats::default()),
             next_slot: Mutex::new(tokio::time::Instant::now()),
             config,

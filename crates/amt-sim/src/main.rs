@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use homeport_amt_sim::{enroll, serve_control, Fault, Fleet, SimConfig, SimTls};
+use homeport_amt_sim::{enroll, serve_control, Fault, Fleet, SimConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,8 +56,10 @@ enum Command {
         /// Spread connections over this many loopback source addresses (127.0.1.1 upward).
         #[arg(long, default_value_t = 0)]
         source_ips: u32,
-        /// TLS offered: "modern", "static-rsa" (TLS 1.2 static-RSA suites only, like older AMT)
-        /// or "static-rsa-cbc" (static-RSA CBC suites only, the oldest TLS 1.2 firmware).
+        /// TLS offered: "modern" (TLS 1.2/1.3 with classic ECDHE groups, like current firmware),
+        /// "modern-pq" (adds the post-quantum hybrid X25519MLKEM768, which no firmware offers),
+        /// "static-rsa" (TLS 1.2 static-RSA suites only, like older AMT) or "static-rsa-cbc"
+        /// (static-RSA CBC suites only, the oldest TLS 1.2 firmware).
         #[arg(long, default_value = "modern")]
         tls: String,
         /// Verify the server certificate against this CA (PEM).
@@ -166,14 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.ramp_per_second = ramp;
             cfg.source_ips = loopback_sources(source_ips);
             cfg.ca_file = ca_file;
-            cfg.tls = match tls.as_str() {
-                "modern" => SimTls::Modern,
-                "static-rsa" => SimTls::StaticRsa,
-                "static-rsa-cbc" => SimTls::StaticRsaCbc,
-                other => anyhow::bail!(
-                    "--tls must be modern, static-rsa or static-rsa-cbc, not {other:?}"
-                ),
-            };
+            cfg.tls = tls
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--tls: {e}"))?;
             cfg.faults = faults
                 .iter()
                 .map(|f| parse_fault(f))

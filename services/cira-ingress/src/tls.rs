@@ -30,6 +30,9 @@ const SERVER_EC_KEY: &str = "SERVER_EC_KEY";
 /// needs (rustls has none of these, hence OpenSSL).
 const DEFAULT_CIPHERS: &str = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-GCM-SHA256:AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA";
 const STRICT_CIPHERS: &str = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
+/// TLS 1.3 suites in the server's order of preference.
+const TLS13_SUITES: &str =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
 const LEGACY_CIPHERS: &str =
     "HIGH:!aNULL:!eNULL:!EXPORT:!DES:!RC4:!MD5:!PSK:!SRP:!CAMELLIA:@SECLEVEL=0";
 
@@ -108,6 +111,12 @@ pub fn acceptor(profile: TlsProfile, bundle: &CertBundle) -> Result<SslAcceptor,
             b.clear_options(SslOptions::NO_TLSV1 | SslOptions::NO_TLSV1_1);
         }
     }
+    // The server picks the suite: among TLS 1.3 suites AES-128-GCM-SHA256 (its key schedule
+    // hashes with SHA-256, which CPUs accelerate, where a client's favourite AES-256 brings
+    // SHA-384), and in TLS 1.2 forward-secret ECDHE before static RSA whenever a device offers
+    // both.
+    b.set_options(SslOptions::CIPHER_SERVER_PREFERENCE);
+    b.set_ciphersuites(TLS13_SUITES)?;
     b.set_mode(SslMode::RELEASE_BUFFERS);
     // No read-ahead: OpenSSL must not read past the handshake, so that the compact record
     // layer (crate::record) can take over the socket with nothing left inside the `SSL`.

@@ -172,6 +172,25 @@ fn tls12_aead_suites_round_trip() {
 }
 
 #[test]
+fn the_server_picks_the_suite() {
+    // OpenSSL's client lists AES-256 first; the server's AES-128 wins.
+    let pair = handshake(TlsProfile::Default, |_| {});
+    assert_eq!(
+        pair.client.ssl().current_cipher().map(|c| c.name()),
+        Some("TLS_AES_128_GCM_SHA256")
+    );
+    // A TLS 1.2 device listing static RSA first still gets forward secrecy.
+    let pair = handshake(
+        TlsProfile::Default,
+        tls12("AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"),
+    );
+    assert_eq!(
+        pair.client.ssl().current_cipher().map(|c| c.name()),
+        Some("ECDHE-RSA-AES128-GCM-SHA256")
+    );
+}
+
+#[test]
 fn cbc_suites_keep_openssls_record_layer() {
     let pair = handshake(TlsProfile::Default, tls12("AES128-SHA256"));
     assert!(pair.layer.is_none());
