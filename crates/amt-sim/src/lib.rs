@@ -104,9 +104,11 @@ impl std::str::FromStr for SimTls {
             "modern-pq" => SimTls::ModernPq,
             "static-rsa" => SimTls::StaticRsa,
             "static-rsa-cbc" => SimTls::StaticRsaCbc,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "TLS mode must be modern, modern-pq, static-rsa or static-rsa-cbc, not {other:?}"
-            )),
+            ))
+            }
         })
     }
 }

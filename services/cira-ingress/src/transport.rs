@@ -14,10 +14,24 @@ use tokio_openssl::SslStream;
 
 use crate::record::{self, RecordLayer};
 
+/// Bytes read from the socket at once during the handshake: a ClientHello, or a client's
+/// ChangeCipherSpec and Finished together, in one `recv`.
+const HANDSHAKE_READ: usize = 4096;
+
 /// The socket during the handshake, in a slot it can be taken back from: when the compact
 /// record layer takes over, the socket leaves and the `SSL` is freed. Reads and writes go
 /// through tokio's own `TcpStream` methods, which skip the `EAGAIN` read after a short one.
-pub(crate) struct Socket(Option<TcpStream>);
+///
+/// Without read-ahead OpenSSL asks for each record's 5-byte header and then its body, two
+/// `recv`s per record; while `buffering`, the socket reads up to `HANDSHAKE_READ` bytes at once
+/// and serves OpenSSL from them. What the client sent after its Finished stays in `buf` for
+/// whoever reads next: the compact record layer, or OpenSSL's.
+pub(crate) struct Socket {
+    tcp: Option<TcpStream>,
+    buf: Vec<u8>,
+    pos: usize,
+    buffering: bool,
+}
 
 fn taken() -> io::Error {
     io::Error::new(
@@ -26,16 +40,67 @@ fn taken() -> io::Error {
     )
 }
 
+impl Socket {
+    fn new(tcp: TcpStream) -> Socket {
+        Socket {
+            tcp: Some(tcp),
+            buf: Vec::new(),
+            pos: 0,
+            buffering: true,
+        }
+    }
+
+    /// The socket and what was read from it but not consumed.
+    fn take(&mut self) -> Option<(TcpStream, Vec<u8>)> {
+        let tcp = self.tcp.take()?;
+        let mut rest = std::mem::take(&mut self.buf);
+        rest.drain(..self.pos);
+        self.pos = 0;
+        Some((tcp, rest))
+    }
+
+    /// After the handshake: serve what is buffered, then read straight from the socket.
+    fn stop_buffering(&mut self) {
+        self.buffering = false;
+        if self.pos == self.buf.len() {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+}
+
 impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
-            Some(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            None => Poll::Ready(Err(taken())),
+        let this = self.get_mut();
+        let Some(tcp) = &mut this.tcp else {
+            return Poll::Ready(Err(taken()));
+        };
+        if this.pos == this.buf.len() {
+            if !this.buffering || out.remaining() >= HANDSHAKE_READ {
+                this.buf = Vec::new();
+                this.pos = 0;
+                return Pin::new(tcp).poll_read(cx, out);
+            }
+            this.buf.resize(HANDSHAKE_READ, 0);
+            let mut fill = ReadBuf::new(&mut this.buf);
+            let polled = Pin::new(tcp).poll_read(cx, &mut fill);
+            let n = fill.filled().len();
+            this.buf.truncate(n);
+            this.pos = 0;
+            match polled {
+                Poll::Ready(Ok(())) if n == 0 => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
         }
+        let n = out.remaining().min(this.buf.len() - this.pos);
+        out.put_slice(&this.buf[this.pos..this.pos + n]);
+        this.pos += n;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -45,21 +110,21 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().0 {
+        match &mut self.get_mut().tcp {
             Some(tcp) => Pin::new(tcp).poll_write(cx, buf),
             None => Poll::Ready(Err(taken())),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
+        match &mut self.get_mut().tcp {
             Some(tcp) => Pin::new(tcp).poll_flush(cx),
             None => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().0 {
+        match &mut self.get_mut().tcp {
             Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
         }
@@ -72,6 +137,8 @@ pub(crate) enum Transport {
     Compact {
         tcp: TcpStream,
         records: RecordLayer,
+        /// Application data that arrived with the client's Finished, not yet returned.
+        early: Vec<u8>,
     },
     OpenSsl(SslStream<Socket>),
 }
@@ -79,17 +146,39 @@ pub(crate) enum Transport {
 /// Runs the server handshake on `tcp` and picks the record layer.
 pub(crate) async fn accept(acceptor: &SslAcceptor, tcp: TcpStream) -> Result<Transport, String> {
     let ssl = record::server_ssl(acceptor).map_err(|e| e.to_string())?;
-    let mut stream = SslStream::new(ssl, Socket(Some(tcp))).map_err(|e| e.to_string())?;
+    let mut stream = SslStream::new(ssl, Socket::new(tcp)).map_err(|e| e.to_string())?;
     Pin::new(&mut stream)
         .accept()
         .await
         .map_err(|e| e.to_string())?;
     match record::take_over(stream.ssl()) {
-        Ok(Some(records)) => match stream.get_mut().0.take() {
-            Some(tcp) => Ok(Transport::Compact { tcp, records }),
-            None => Err("socket missing after the handshake".into()),
-        },
-        Ok(None) => Ok(Transport::OpenSsl(stream)),
+        Ok(Some(mut records)) => {
+            let (tcp, rest) = stream
+                .get_mut()
+                .take()
+                .ok_or("socket missing after the handshake")?;
+            let mut early = Vec::new();
+            if !rest.is_empty() {
+                if let Err(e) = records.open(rest, &mut early) {
+                    if let Some(description) = e.alert() {
+                        let mut alert = Vec::new();
+                        if records.seal_alert(description, &mut alert).is_ok() {
+                            let _ = tcp.try_write(&alert);
+                        }
+                    }
+                    return Err(format!("records after the handshake: {e}"));
+                }
+            }
+            Ok(Transport::Compact {
+                tcp,
+                records,
+                early,
+            })
+        }
+        Ok(None) => {
+            stream.get_mut().stop_buffering();
+            Ok(Transport::OpenSsl(stream))
+        }
         Err(e) => Err(format!("taking over the TLS session: {e}")),
     }
 }
@@ -100,7 +189,14 @@ impl Transport {
     pub(crate) async fn read(&mut self) -> io::Result<Vec<u8>> {
         match self {
             Transport::OpenSsl(stream) => read_some(stream).await,
-            Transport::Compact { tcp, records } => loop {
+            Transport::Compact {
+                tcp,
+                records,
+                early,
+            } => loop {
+                if !early.is_empty() {
+                    return Ok(std::mem::take(early));
+                }
                 if records.peer_closed() {
                     return Ok(Vec::new());
                 }
@@ -129,7 +225,7 @@ impl Transport {
     pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Transport::OpenSsl(stream) => stream.write_all(data).await,
-            Transport::Compact { tcp, records } => {
+            Transport::Compact { tcp, records, .. } => {
                 let mut out = Vec::with_capacity(data.len() + 64);
                 records.seal(data, &mut out).map_err(io::Error::other)?;
                 tcp.write_all(&out).await
@@ -139,7 +235,7 @@ impl Transport {
 
     /// Records the record layer owes the peer (a KeyUpdate answer), sent before more is read.
     pub(crate) async fn flush_pending(&mut self) -> io::Result<()> {
-        if let Transport::Compact { tcp, records } = self {
+        if let Transport::Compact { tcp, records, .. } = self {
             let pending = records.take_pending();
             if !pending.is_empty() {
                 tcp.write_all(&pending).await?;
@@ -154,7 +250,7 @@ impl Transport {
             Transport::OpenSsl(stream) => {
                 let _ = stream.shutdown().await;
             }
-            Transport::Compact { tcp, records } => {
+            Transport::Compact { tcp, records, .. } => {
                 let mut out = Vec::new();
                 if records
                     .seal_alert(record::alert::CLOSE_NOTIFY, &mut out)
@@ -164,5 +260,112 @@ impl Transport {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+
+    use super::*;
+    use crate::tls::{self, TlsProfile};
+
+    /// A client socket that holds what TLS writes until `send` (or the client's next read), so
+    /// a test can put the client's Finished and its first data in one segment.
+    #[derive(Debug)]
+    struct Held {
+        tcp: std::net::TcpStream,
+        pending: Vec<u8>,
+    }
+
+    impl Held {
+        fn send(&mut self) -> io::Result<()> {
+            self.tcp.write_all(&std::mem::take(&mut self.pending))
+        }
+    }
+
+    impl Read for Held {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.send()?;
+            self.tcp.read(buf)
+        }
+    }
+
+    impl Write for Held {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.pending.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The server's transport for a TLS 1.3 client that sends `first` in the same segment as
+    /// its Finished, and the client.
+    async fn coalesced(first: &'static [u8]) -> (Transport, openssl::ssl::SslStream<Held>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let tcp = std::net::TcpStream::connect(addr).unwrap();
+            let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+            b.set_verify(SslVerifyMode::NONE);
+            b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+            let held = Held {
+                tcp,
+                pending: Vec::new(),
+            };
+            let mut s = b
+                .build()
+                .connect("localhost", held)
+                .expect("client handshake");
+            s.write_all(first).unwrap();
+            s.get_mut().send().unwrap();
+            s
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let acceptor = tls::acceptor(TlsProfile::Default, tls::test_bundle()).unwrap();
+        let transport = accept(&acceptor, tcp).await.unwrap();
+        (transport, client.join().unwrap())
+    }
+
+    #[tokio::test]
+    async fn data_sent_with_the_finished_is_read_first() {
+        let (mut server, mut client) = coalesced(b"first bytes").await;
+        // The bytes came with the Finished, in the handshake's read.
+        assert!(matches!(&server, Transport::Compact { early, .. } if !early.is_empty()));
+        assert_eq!(server.read().await.unwrap(), b"first bytes");
+        // The session goes on in both directions.
+        client.write_all(b"more").unwrap();
+        client.get_mut().send().unwrap();
+        assert_eq!(server.read().await.unwrap(), b"more");
+        server.write_all(b"reply").await.unwrap();
+        let mut reply = [0u8; 5];
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"reply");
+    }
+
+    #[tokio::test]
+    async fn a_handshake_read_holds_no_buffer_afterwards() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = tokio::spawn(tokio::net::TcpStream::connect(addr));
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut client = connect.await.unwrap().unwrap();
+        let mut socket = Socket::new(tcp);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"12345678")
+            .await
+            .unwrap();
+        let mut five = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut socket, &mut five)
+            .await
+            .unwrap();
+        // One recv took all eight bytes; three wait for the next reader.
+        assert_eq!(socket.buf.len() - socket.pos, 3);
+        socket.stop_buffering();
+        let (_, rest) = socket.take().unwrap();
+        assert_eq!(rest, b"678");
     }
 }
