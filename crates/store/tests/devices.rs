@@ -40,6 +40,7 @@ both_backends!(
     bulk_upsert_5000,
     connection_timestamps,
     invalid_guids,
+    batched_login_lookup,
 );
 
 fn guid(n: u32) -> String {
@@ -406,4 +407,34 @@ async fn temp_postgres_is_dropped_even_when_the_test_panics() {
     .await
     .expect("query");
     assert!(rows.is_empty(), "database left behind");
+}
+
+async fn batched_login_lookup(url: String) {
+    let store = Store::connect(&url).await.expect("connect");
+    for n in 1..=5 {
+        store
+            .upsert_device(device(n, &format!("t{}", n % 2)))
+            .await
+            .expect("upsert");
+    }
+    assert!(store.get_devices(&[]).await.expect("empty").is_empty());
+    // Every batch size up to and past a power of two finds exactly the devices asked for,
+    // across tenants, without unknown or malformed guids.
+    for size in 1..=5u32 {
+        let mut asked: Vec<String> = (1..=size).map(guid).collect();
+        asked.push(guid(99));
+        asked.push("not-a-guid".to_owned());
+        let found = store.get_devices(&asked).await.expect("batch");
+        assert_eq!(found.len(), size as usize, "batch of {size}");
+        for n in 1..=size {
+            let d = &found[&guid(n)];
+            assert_eq!(d.tenant_id, format!("t{}", n % 2));
+        }
+    }
+    // Upper-case guids are canonicalised.
+    let found = store
+        .get_devices(&[guid(3).to_uppercase()])
+        .await
+        .expect("upper case");
+    assert!(found.contains_key(&guid(3)));
 }
