@@ -311,7 +311,9 @@ async fn cira_inner(
     for i in 0..processes {
         let cira = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        // HOMEPORT_BENCH_WRAPPER runs the ingress under a tool, e.g. "valgrind --tool=massif".
+        // HOMEPORT_BENCH_WRAPPER runs the ingress under a tool, e.g. "valgrind --tool=callgrind".
+        // The ingress links mimalloc over `malloc`, which valgrind cannot intercept: massif
+        // needs `--pages-as-heap=yes` there.
         let mut command = match std::env::var("HOMEPORT_BENCH_WRAPPER") {
             Ok(w) if !w.trim().is_empty() => {
                 let mut parts = w.split_whitespace();
