@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use homeport_amt_sim::{enroll, serve_control, Fault, Fleet, SimConfig};
+use homeport_amt_sim::{enroll, serve_control, Fault, Fleet, SimConfig, SimTls};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,7 +61,7 @@ enum Command {
         /// "static-rsa" (TLS 1.2 static-RSA suites only, like older AMT) or "static-rsa-cbc"
         /// (static-RSA CBC suites only, the oldest TLS 1.2 firmware).
         #[arg(long, default_value = "modern")]
-        tls: String,
+        tls: SimTls,
         /// Verify the server certificate against this CA (PEM).
         #[arg(long)]
         ca_file: Option<PathBuf>,
@@ -168,9 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.ramp_per_second = ramp;
             cfg.source_ips = loopback_sources(source_ips);
             cfg.ca_file = ca_file;
-            cfg.tls = tls
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--tls: {e}"))?;
+            cfg.tls = tls;
             cfg.faults = faults
                 .iter()
                 .map(|f| parse_fault(f))

@@ -111,10 +111,7 @@ fn main() {
             Bench::Cira(args) => cira(args).await,
             Bench::Command(args) => command::run(args).await,
             Bench::Audit(args) => audit::run(args).await,
-            Bench::Tls(args) => match rsa2048_sign_ms() {
-                Ok(rsa_ms) => tls::run(args, rsa_ms).await,
-                Err(e) => Err(e),
-            },
+            Bench::Tls(args) => tls::run(args).await,
         }
     });
     if let Err(e) = result {
@@ -227,7 +224,7 @@ fn usage(nodes: &[Node]) -> (u64, Duration) {
 /// rsa2048`: signing back to back for `RSA_SECONDS` and taking the mean. A short best-of
 /// figure would catch this machine's fast moments only (its speed drifts by a third from one
 /// second to the next), making every ratio against it look worse than `openssl speed` would.
-fn rsa2048_sign_ms() -> anyhow::Result<f64> {
+pub(crate) fn rsa2048_sign_ms() -> anyhow::Result<f64> {
     const RSA_SECONDS: f64 = 10.0;
     let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048)?)?;
     let data = [7u8; 32];

@@ -33,11 +33,12 @@ fn thread_cpu() -> anyhow::Result<Duration> {
         .context("reading /proc/thread-self")
 }
 
-pub async fn run(args: TlsArgs, rsa_ms: f64) -> anyhow::Result<()> {
+pub async fn run(args: TlsArgs) -> anyhow::Result<()> {
     let offer: SimTls = args
         .tls
         .parse()
         .map_err(|e| anyhow::anyhow!("--tls: {e}"))?;
+    let rsa_ms = crate::rsa2048_sign_ms()?;
     let dir = std::env::temp_dir().join(format!("homeport-tls{:06x}", fastrand::u32(..0xff_ffff)));
     std::fs::create_dir_all(&dir)?;
     let secrets: DynSecretStore = Arc::new(

@@ -159,15 +159,8 @@ pub(crate) async fn accept(acceptor: &SslAcceptor, tcp: TcpStream) -> Result<Tra
                 .ok_or("socket missing after the handshake")?;
             let mut early = Vec::new();
             if !rest.is_empty() {
-                if let Err(e) = records.open(rest, &mut early) {
-                    if let Some(description) = e.alert() {
-                        let mut alert = Vec::new();
-                        if records.seal_alert(description, &mut alert).is_ok() {
-                            let _ = tcp.try_write(&alert);
-                        }
-                    }
-                    return Err(format!("records after the handshake: {e}"));
-                }
+                open_or_alert(&tcp, &mut records, rest, &mut early)
+                    .map_err(|e| format!("records after the handshake: {e}"))?;
             }
             Ok(Transport::Compact {
                 tcp,
@@ -181,6 +174,26 @@ pub(crate) async fn accept(acceptor: &SslAcceptor, tcp: TcpStream) -> Result<Tra
         }
         Err(e) => Err(format!("taking over the TLS session: {e}")),
     }
+}
+
+/// Opens `input` into `out`; on a bad record, tells the peer with the matching alert.
+fn open_or_alert(
+    tcp: &TcpStream,
+    records: &mut RecordLayer,
+    input: Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), record::RecordError> {
+    let opened = records.open(input, out);
+    if let Err(e) = &opened {
+        if let Some(description) = e.alert() {
+            // Best effort, without waiting: the connection ends either way.
+            let mut alert = Vec::new();
+            if records.seal_alert(description, &mut alert).is_ok() {
+                let _ = tcp.try_write(&alert);
+            }
+        }
+    }
+    opened
 }
 
 impl Transport {
@@ -205,16 +218,8 @@ impl Transport {
                     return Ok(Vec::new());
                 }
                 let mut out = Vec::new();
-                if let Err(e) = records.open(input, &mut out) {
-                    if let Some(description) = e.alert() {
-                        // Best effort, without waiting: the connection ends either way.
-                        let mut alert = Vec::new();
-                        if records.seal_alert(description, &mut alert).is_ok() {
-                            let _ = tcp.try_write(&alert);
-                        }
-                    }
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                }
+                open_or_alert(tcp, records, input, &mut out)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 if !out.is_empty() {
                     return Ok(out);
                 }
