@@ -214,6 +214,7 @@ async fn inner(
     child.terminate(Duration::from_secs(20)).await;
     let line = serde_json::json!({
         "bench": "audit",
+        "cpu": crate::cpu::describe(),
         "events": args.events,
         "backlog_publish_per_second": round(publish_rate),
         "persisted_per_second": round(persisted_per_second),

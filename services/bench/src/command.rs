@@ -224,6 +224,7 @@ async fn inner(
     };
     let line = serde_json::json!({
         "bench": "command",
+        "cpu": crate::cpu::describe(),
         "devices": n,
         "mode": if args.rate > 0 { "rate" } else { "closed-loop" },
         "target_rate": args.rate,

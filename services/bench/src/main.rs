@@ -17,6 +17,7 @@
 
 mod audit;
 mod command;
+mod cpu;
 mod tls;
 
 use std::net::SocketAddr;
@@ -453,6 +454,7 @@ async fn cira_inner(
     let per_handshake = cpu_connect_ms / handshakes as f64;
     let line = serde_json::json!({
         "bench": "cira",
+        "cpu": cpu::describe(),
         "devices": n,
         "connected": connected,
         "ingress_processes": processes,

@@ -105,6 +105,7 @@ pub async fn run(args: TlsArgs) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "bench": "tls",
+            "cpu": crate::cpu::describe(),
             "tls": args.tls,
             "handshakes": args.handshakes,
             "handshakes_per_second": round(n / wall.as_secs_f64()),
