@@ -100,7 +100,6 @@ pub async fn run(args: TlsArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     let n = f64::from(args.handshakes);
     let cpu_ms = cpu.as_secs_f64() * 1000.0 / n;
-    let round = |v: f64| (v * 1000.0).round() / 1000.0;
     println!(
         "{}",
         serde_json::json!({
@@ -108,10 +107,10 @@ pub async fn run(args: TlsArgs) -> anyhow::Result<()> {
             "cpu": crate::cpu::describe(),
             "tls": args.tls,
             "handshakes": args.handshakes,
-            "handshakes_per_second": round(n / wall.as_secs_f64()),
-            "server_cpu_ms_per_handshake": round(cpu_ms),
-            "rsa2048_sign_ms": round(rsa_ms),
-            "handshake_cpu_vs_rsa2048": round(cpu_ms / rsa_ms),
+            "handshakes_per_second": crate::round(n / wall.as_secs_f64()),
+            "server_cpu_ms_per_handshake": crate::round(cpu_ms),
+            "rsa2048_sign_ms": crate::round(rsa_ms),
+            "handshake_cpu_vs_rsa2048": crate::round(cpu_ms / rsa_ms),
             "compact_record_layer": compact >= total - warmup,
         })
     );
