@@ -9,6 +9,7 @@
 pub mod amt;
 pub mod control;
 mod device;
+pub mod hostile;
 pub mod identity;
 mod wsman;
 

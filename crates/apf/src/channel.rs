@@ -53,6 +53,28 @@ pub(crate) enum Outcome {
     OpenFailed(ChannelId, ChannelOpenFailureReason),
     Data(ChannelId, Vec<u8>),
     Closed(ChannelId),
+    /// The peer broke the channel's rules; the channel is gone (our CLOSE is queued), the
+    /// session goes on.
+    Aborted(ChannelId, ChannelAbort),
+}
+
+/// Why a channel was ended on the peer's account without ending the session (the reference
+/// closes only the channel too; third-party CIRA clients make these mistakes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelAbort {
+    /// A CHANNEL_DATA larger than the window we had left; its bytes are discarded.
+    WindowExceeded { received: usize, window: u32 },
+}
+
+impl std::fmt::Display for ChannelAbort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelAbort::WindowExceeded { received, window } => write!(
+                f,
+                "device sent {received} bytes with only {window} bytes of window left"
+            ),
+        }
+    }
 }
 
 /// The channels of one session, keyed by our own id.
@@ -223,14 +245,24 @@ impl Channels {
             ));
         }
         let id = ChannelId(recipient);
-        let received = u32::try_from(data.len())
+        let Some(received) = u32::try_from(data.len())
             .ok()
             .filter(|&n| n <= ch.recv_remaining)
-            .ok_or(SessionError::WindowExceeded {
-                channel: id,
+        else {
+            // The codec bounded the message already; its bytes are dropped with the channel.
+            let abort = ChannelAbort::WindowExceeded {
                 received: data.len(),
                 window: ch.recv_remaining,
-            })?;
+            };
+            if !ch.close_sent {
+                Message::ChannelClose {
+                    recipient: ch.peer_id,
+                }
+                .encode(out);
+            }
+            self.map.remove(&recipient);
+            return Ok(Outcome::Aborted(id, abort));
+        };
         ch.recv_remaining -= received;
         // recv_remaining + recv_unacked never exceeds the window, so this cannot overflow.
         ch.recv_unacked += received;
@@ -288,11 +320,13 @@ impl Channels {
             return Ok(Outcome::Nothing);
         };
         if ch.state == State::Opening {
-            // The peer cannot know a channel it has not confirmed, and we do not know its id
-            // to answer with.
-            return Err(unexpected(
-                MessageType::CHANNEL_CLOSE,
-                "the channel is not confirmed yet",
+            // Some firmware answers an open it could not connect locally with CLOSE instead of
+            // OPEN_FAILURE. We do not know its id to answer with, and need not: the channel
+            // never opened.
+            self.map.remove(&recipient);
+            return Ok(Outcome::OpenFailed(
+                ChannelId(recipient),
+                ChannelOpenFailureReason::CONNECT_FAILED,
             ));
         }
         if !ch.close_sent {

@@ -37,12 +37,32 @@ pub const DIRECT_TCPIP: &str = "direct-tcpip";
 /// Length of a PROTOCOL_VERSION message, including its 64 reserved bytes.
 pub const PROTOCOL_VERSION_LEN: usize = 93;
 
-/// What the receiver must know to resolve layouts the wire does not announce.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What the receiver must know to resolve layouts the wire does not announce, and the bounds
+/// its protocol state allows. Every bound is checked on the type byte or the length field,
+/// before the bytes it announces are waited for (so before they are buffered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeContext {
     /// REQUEST_SUCCESS carries a `u32` port after a tcpip-forward (5 bytes) and nothing after a
     /// cancel-tcpip-forward (1 byte); only the requester knows which one it is waiting for.
     pub request_success_has_port: bool,
+    /// Longest string field accepted (at most [`MAX_STRING_LEN`]).
+    pub max_string: usize,
+    /// Longest CHANNEL_DATA payload accepted (at most [`MAX_CHANNEL_DATA`]).
+    pub max_channel_data: usize,
+    /// When set, only these message types may come now; any other fails on its type byte.
+    pub only: Option<&'static [MessageType]>,
+}
+
+impl Default for DecodeContext {
+    /// The codec's own maximums, any message type.
+    fn default() -> Self {
+        Self {
+            request_success_has_port: false,
+            max_string: MAX_STRING_LEN,
+            max_channel_data: MAX_CHANNEL_DATA,
+            only: None,
+        }
+    }
 }
 
 /// Payload of a GLOBAL_REQUEST, chosen by the request name (openamt-mps.md §1.6).
@@ -178,13 +198,15 @@ impl From<DecodeError> for Short {
 pub(crate) struct Reader<'a> {
     rest: &'a [u8],
     consumed: usize,
+    max_string: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8], max_string: usize) -> Self {
         Self {
             rest: buf,
             consumed: 0,
+            max_string: max_string.min(MAX_STRING_LEN),
         }
     }
 
@@ -234,7 +256,7 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, field: &'static str) -> Result<String, Short> {
-        let raw = self.bytes(field, MAX_STRING_LEN)?;
+        let raw = self.bytes(field, self.max_string)?;
         String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::InvalidUtf8 { field }.into())
     }
 
@@ -258,7 +280,7 @@ impl<'a> Reader<'a> {
 /// `Ok(None)` means `buf` is a prefix of a message (possibly empty) and more bytes are needed;
 /// `Ok(Some((message, n)))` means the first `n` bytes were one message.
 pub fn decode(buf: &[u8], ctx: DecodeContext) -> Result<Option<(Message, usize)>, DecodeError> {
-    let mut r = Reader::new(buf);
+    let mut r = Reader::new(buf, ctx.max_string);
     match decode_message(&mut r, ctx) {
         Ok(message) => Ok(Some((message, r.consumed()))),
         Err(Short::Incomplete) => Ok(None),
@@ -268,6 +290,9 @@ pub fn decode(buf: &[u8], ctx: DecodeContext) -> Result<Option<(Message, usize)>
 
 fn decode_message(r: &mut Reader<'_>, ctx: DecodeContext) -> Result<Message, Short> {
     let ty = MessageType(r.u8()?);
+    if ctx.only.is_some_and(|only| !only.contains(&ty)) {
+        return Err(DecodeError::NotAllowedNow(ty).into());
+    }
     let message = match ty {
         MessageType::DISCONNECT => {
             let reason = DisconnectReason(r.u32()?);
@@ -332,7 +357,9 @@ fn decode_message(r: &mut Reader<'_>, ctx: DecodeContext) -> Result<Message, Sho
         },
         MessageType::CHANNEL_DATA => Message::ChannelData {
             recipient: r.u32()?,
-            data: r.bytes("channel data", MAX_CHANNEL_DATA)?.to_vec(),
+            data: r
+                .bytes("channel data", ctx.max_channel_data.min(MAX_CHANNEL_DATA))?
+                .to_vec(),
         },
         MessageType::CHANNEL_CLOSE => Message::ChannelClose {
             recipient: r.u32()?,

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::channel::{Channels, Outcome};
+use crate::channel::{ChannelAbort, Channels, Outcome};
 use crate::codec::{decode, DecodeContext, Message};
 use crate::error::SessionError;
 use crate::types::{ChannelId, ChannelOpenFailureReason, DisconnectReason};
@@ -30,6 +30,7 @@ pub(crate) trait ChannelEvents: Sized {
     fn open_failed(id: ChannelId, reason: ChannelOpenFailureReason) -> Option<Self>;
     fn data(id: ChannelId, data: Vec<u8>) -> Self;
     fn closed(id: ChannelId) -> Self;
+    fn aborted(id: ChannelId, why: ChannelAbort) -> Self;
 }
 
 impl<E> Core<E> {
@@ -116,6 +117,7 @@ impl<E> Core<E> {
             Outcome::OpenFailed(id, reason) => E::open_failed(id, reason),
             Outcome::Data(id, data) => Some(E::data(id, data)),
             Outcome::Closed(id) => Some(E::closed(id)),
+            Outcome::Aborted(id, why) => Some(E::aborted(id, why)),
         };
         if let Some(event) = event {
             self.emit(event);
@@ -212,7 +214,6 @@ fn keep_tail<E>(core: &mut Core<E>, tail: &[u8]) {
 /// Processes complete messages from `buf`, returning how many bytes were consumed.
 fn process<R: Role>(role: &mut R, now: Instant, buf: &[u8]) -> Result<usize, SessionError> {
     let mut pos = 0;
-    let ctx = role.decode_context();
     while let Some(rest) = buf.get(pos..).filter(|rest| !rest.is_empty()) {
         if role.core().closed {
             // A DISCONNECT (or an action taken from an event) ended the session; whatever
@@ -225,7 +226,8 @@ fn process<R: Role>(role: &mut R, now: Instant, buf: &[u8]) -> Result<usize, Ses
                 continue;
             }
         }
-        match decode(rest, ctx) {
+        // Per message: what may come next, and how long, follows the state.
+        match decode(rest, role.decode_context()) {
             Ok(Some((message, used))) => {
                 pos += used;
                 if let Err(e) = role.on_message(now, message) {

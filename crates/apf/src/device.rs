@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::channel::{Channels, ADVERTISED_MAX_PACKET, DEFAULT_CHANNEL_WINDOW};
+use crate::channel::{ChannelAbort, Channels, ADVERTISED_MAX_PACKET, DEFAULT_CHANNEL_WINDOW};
 use crate::codec::{
     DecodeContext, GlobalRequestBody, Message, FORWARDED_TCPIP, METHOD_PASSWORD, SERVICE_AUTH,
     SERVICE_PFWD, TCPIP_FORWARD,
@@ -117,6 +117,9 @@ impl ChannelEvents for DeviceEvent {
         DeviceEvent::ChannelData { id, data }
     }
     fn closed(id: ChannelId) -> Self {
+        DeviceEvent::ChannelClosed { id }
+    }
+    fn aborted(id: ChannelId, _why: ChannelAbort) -> Self {
         DeviceEvent::ChannelClosed { id }
     }
 }
@@ -419,6 +422,7 @@ impl Role for DeviceSession {
         // The device sends only tcpip-forward, whose REQUEST_SUCCESS carries the port.
         DecodeContext {
             request_success_has_port: true,
+            ..DecodeContext::default()
         }
     }
 

@@ -9,6 +9,8 @@ use crate::types::{ChannelId, DisconnectReason, MessageType};
 pub enum DecodeError {
     #[error("unknown message type {0}")]
     UnknownType(MessageType),
+    #[error("message type {0} cannot come in this state")]
+    NotAllowedNow(MessageType),
     #[error("{field} length {len} exceeds the maximum of {max}")]
     TooLong {
         field: &'static str,
@@ -36,14 +38,6 @@ pub enum SessionError {
     },
     #[error("service {0:?} is not available")]
     ServiceNotAvailable(String),
-    #[error(
-        "peer sent {received} bytes on channel {channel} with only {window} bytes of window left"
-    )]
-    WindowExceeded {
-        channel: ChannelId,
-        received: usize,
-        window: u32,
-    },
     #[error("window adjust on channel {channel} overflows the send window")]
     WindowOverflow { channel: ChannelId },
     #[error("authentication failed {0} times")]
@@ -56,7 +50,6 @@ impl SessionError {
         match self {
             SessionError::Decode(_)
             | SessionError::UnexpectedMessage { .. }
-            | SessionError::WindowExceeded { .. }
             | SessionError::WindowOverflow { .. } => DisconnectReason::PROTOCOL_ERROR,
             SessionError::ServiceNotAvailable(_) => DisconnectReason::SERVICE_NOT_AVAILABLE,
             SessionError::TooManyAuthFailures(_) => DisconnectReason::INVALID_CREDENTIALS,

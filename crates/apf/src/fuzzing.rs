@@ -17,9 +17,15 @@ use crate::types::{ChannelOpenFailureReason, DisconnectReason, Secret};
 const CONTEXTS: [DecodeContext; 2] = [
     DecodeContext {
         request_success_has_port: false,
+        max_string: crate::codec::MAX_STRING_LEN,
+        max_channel_data: crate::codec::MAX_CHANNEL_DATA,
+        only: None,
     },
     DecodeContext {
         request_success_has_port: true,
+        max_string: crate::codec::MAX_STRING_LEN,
+        max_channel_data: crate::codec::MAX_CHANNEL_DATA,
+        only: None,
     },
 ];
 

@@ -20,7 +20,7 @@ mod guid;
 mod server;
 mod types;
 
-pub use channel::{DEFAULT_CHANNEL_WINDOW, MAX_CHANNELS};
+pub use channel::{ChannelAbort, DEFAULT_CHANNEL_WINDOW, MAX_CHANNELS};
 pub use codec::{
     decode, DecodeContext, GlobalRequestBody, Message, CANCEL_TCPIP_FORWARD, DIRECT_TCPIP,
     FORWARDED_TCPIP, MAX_CHANNEL_DATA, MAX_GLOBAL_REQUEST_DATA, MAX_STRING_LEN, METHOD_PASSWORD,
@@ -32,7 +32,7 @@ pub use device::{
 pub use error::{ChannelError, DecodeError, SessionError};
 pub use guid::{guid_from_wire, guid_to_wire, GuidParseError};
 pub use server::{
-    ServerConfig, ServerEvent, ServerSession, FIRST_SERVER_CHANNEL_ID, KEEPALIVE_TRIGGER_PORT,
-    MAX_FORWARDED_PORTS,
+    ServerConfig, ServerEvent, ServerSession, DEFAULT_MAX_CHANNEL_PACKET, FIRST_SERVER_CHANNEL_ID,
+    KEEPALIVE_TRIGGER_PORT, MAX_FORWARDED_PORTS, PREAUTH_MAX_STRING_LEN,
 };
 pub use types::{ChannelId, ChannelOpenFailureReason, DisconnectReason, MessageType, Secret};

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::channel::{Channels, ADVERTISED_MAX_PACKET, DEFAULT_CHANNEL_WINDOW};
+use crate::channel::{ChannelAbort, Channels, ADVERTISED_MAX_PACKET, DEFAULT_CHANNEL_WINDOW};
 use crate::codec::{
     DecodeContext, GlobalRequestBody, Message, DIRECT_TCPIP, FORWARDED_TCPIP, METHOD_PASSWORD,
     SERVICE_AUTH, SERVICE_PFWD,
@@ -25,6 +25,13 @@ pub const KEEPALIVE_TRIGGER_PORT: u32 = 5900;
 pub const FIRST_SERVER_CHANNEL_ID: u32 = 4;
 /// Most forwarded ports remembered per session; further tcpip-forwards get REQUEST_FAILURE.
 pub const MAX_FORWARDED_PORTS: usize = 64;
+/// Longest string field accepted before the device is authenticated. The longest message that
+/// can legally come then, USERAUTH_REQUEST with four strings, stays near 2 KB, so a stranger
+/// cannot make the session buffer more than that.
+pub const PREAUTH_MAX_STRING_LEN: usize = 512;
+/// Default largest CHANNEL_DATA decoded (twice the default window): data within it but beyond a
+/// channel's window ends that channel only; a longer message ends the session on its header.
+pub const DEFAULT_MAX_CHANNEL_PACKET: usize = 2 * DEFAULT_CHANNEL_WINDOW as usize;
 /// Source address MPS puts in CHANNEL_OPEN.
 const CHANNEL_SOURCE_ADDRESS: &str = "1.2.3.4";
 
@@ -41,6 +48,11 @@ pub struct ServerConfig {
     pub channel_window: u32,
     /// Time from connect until the session must be ready.
     pub handshake_timeout: Duration,
+    /// Largest CHANNEL_DATA payload decoded once authenticated.
+    pub max_channel_packet: usize,
+    /// Keep-alive requests closer together than this after an answered one are not answered
+    /// (some clients read the timeout as their interval and send hundreds a second).
+    pub keepalive_min_gap: Duration,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +63,8 @@ impl Default for ServerConfig {
             max_auth_attempts: 3,
             channel_window: DEFAULT_CHANNEL_WINDOW,
             handshake_timeout: Duration::from_secs(30),
+            max_channel_packet: DEFAULT_MAX_CHANNEL_PACKET,
+            keepalive_min_gap: Duration::from_secs(1),
         }
     }
 }
@@ -91,6 +105,11 @@ pub enum ServerEvent {
     ChannelClosed {
         id: ChannelId,
     },
+    /// The device broke the channel's rules; the channel is gone, the session goes on.
+    ChannelAborted {
+        id: ChannelId,
+        why: ChannelAbort,
+    },
     PeerDisconnected {
         reason: DisconnectReason,
     },
@@ -110,6 +129,9 @@ impl ChannelEvents for ServerEvent {
     }
     fn closed(id: ChannelId) -> Self {
         ServerEvent::ChannelClosed { id }
+    }
+    fn aborted(id: ChannelId, why: ChannelAbort) -> Self {
+        ServerEvent::ChannelAborted { id, why }
     }
 }
 
@@ -143,6 +165,19 @@ impl State {
             State::AwaitPfwdService | State::Forwarding | State::Ready
         )
     }
+
+    /// The only message types that may come before authentication, per state.
+    fn preauth_types(self) -> Option<&'static [MessageType]> {
+        match self {
+            State::AwaitVersion => Some(&[MessageType::DISCONNECT, MessageType::PROTOCOL_VERSION]),
+            State::AwaitAuthService => {
+                Some(&[MessageType::DISCONNECT, MessageType::SERVICE_REQUEST])
+            }
+            State::AwaitUserauth => Some(&[MessageType::DISCONNECT, MessageType::USERAUTH_REQUEST]),
+            State::AuthPending => Some(&[MessageType::DISCONNECT]),
+            State::AwaitPfwdService | State::Forwarding | State::Ready => None,
+        }
+    }
 }
 
 /// One device connection, server side. Sans-IO: feed received bytes to
@@ -160,6 +195,8 @@ pub struct ServerSession {
     forwarded_ports: Vec<u32>,
     /// MPS's per-socket counter `k` for the CHANNEL_OPEN source port 1024 + (k mod 30000).
     opened_channels: u32,
+    last_keepalive_reply: Option<Instant>,
+    keepalives_ignored: u32,
 }
 
 impl ServerSession {
@@ -174,6 +211,8 @@ impl ServerSession {
             auth_failures: 0,
             forwarded_ports: Vec::new(),
             opened_channels: 0,
+            last_keepalive_reply: None,
+            keepalives_ignored: 0,
         }
     }
 
@@ -248,6 +287,11 @@ impl ServerSession {
     /// Channel messages for ids we do not have, ignored (normally close races).
     pub fn stray_channel_messages(&self) -> u64 {
         self.core.channels.stray_messages()
+    }
+
+    /// Keep-alive requests left unanswered because they came too soon after an answered one.
+    pub fn keepalives_ignored(&self) -> u64 {
+        u64::from(self.keepalives_ignored)
     }
 
     /// Channels currently in the table (opening, open, or closing).
@@ -441,13 +485,24 @@ impl Role for ServerSession {
 
     fn decode_context(&self) -> DecodeContext {
         // The server sends no global requests, so a REQUEST_SUCCESS from the device is
-        // unexpected whatever its length.
-        DecodeContext {
-            request_success_has_port: false,
+        // unexpected whatever its length. Before authentication only the next handshake
+        // message may come, with short strings and no channel data.
+        match self.state.preauth_types() {
+            Some(only) => DecodeContext {
+                request_success_has_port: false,
+                max_string: PREAUTH_MAX_STRING_LEN,
+                max_channel_data: 0,
+                only: Some(only),
+            },
+            None => DecodeContext {
+                request_success_has_port: false,
+                max_channel_data: self.config.max_channel_packet,
+                ..DecodeContext::default()
+            },
         }
     }
 
-    fn on_message(&mut self, _now: Instant, message: Message) -> Result<(), SessionError> {
+    fn on_message(&mut self, now: Instant, message: Message) -> Result<(), SessionError> {
         let ty = message.message_type();
         let authenticated = self.state.authenticated();
         match message {
@@ -487,7 +542,18 @@ impl Role for ServerSession {
             } if matches!(self.state, State::Forwarding | State::Ready) => {
                 self.on_global_request(want_reply, body);
             }
+            Message::KeepaliveRequest { .. }
+                if authenticated
+                    && self
+                        .last_keepalive_reply
+                        .and_then(|at| deadline(at, self.config.keepalive_min_gap))
+                        .is_some_and(|next| now < next) =>
+            {
+                // Input already keeps the session alive; answering a flood only feeds it.
+                self.keepalives_ignored = self.keepalives_ignored.saturating_add(1);
+            }
             Message::KeepaliveRequest { cookie } if authenticated => {
+                self.last_keepalive_reply = Some(now);
                 self.core.send(&Message::KeepaliveReply { cookie });
                 if self.state == State::Forwarding {
                     // A device that never forwards 5900 still settles into keep-alives.

@@ -61,6 +61,13 @@ pub struct IngressConfig {
     /// Time allowed from TCP accept to the end of the APF handshake, seconds.
     #[arg(long, env = "HOMEPORT_HANDSHAKE_TIMEOUT", default_value_t = 30)]
     pub handshake_timeout_secs: u64,
+    /// Connections from one source address between accept and login at once; more are
+    /// refused at accept (devices behind one NAT rarely log in at the same moment).
+    #[arg(long, env = "HOMEPORT_MAX_HANDSHAKES_PER_SOURCE", default_value_t = 32)]
+    pub max_handshakes_per_source: u32,
+    /// Deadline of every write to a device, seconds: a peer that stops reading is dropped.
+    #[arg(long, env = "HOMEPORT_WRITE_TIMEOUT", default_value_t = 10)]
+    pub write_timeout_secs: u64,
     /// Failed logins in one session before it is disconnected.
     #[arg(long, env = "HOMEPORT_MAX_AUTH_ATTEMPTS", default_value_t = 3)]
     pub max_auth_attempts: u32,
@@ -107,6 +114,15 @@ impl IngressConfig {
         if self.tunnel_concurrency == 0 {
             return Err("--tunnel-concurrency must be at least 1".into());
         }
+        if self.max_handshakes_per_source == 0 {
+            return Err("--max-handshakes-per-source must be at least 1".into());
+        }
+        if self.write_timeout_secs == 0 {
+            return Err("--write-timeout-secs must be at least 1".into());
+        }
+        if self.handshake_timeout_secs == 0 {
+            return Err("--handshake-timeout-secs must be at least 1".into());
+        }
         if self.max_auth_attempts == 0 {
             return Err("--max-auth-attempts must be at least 1".into());
         }
@@ -121,6 +137,9 @@ impl IngressConfig {
     }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
     }
     pub fn tunnel_timeout(&self) -> Duration {
         Duration::from_millis(self.tunnel_timeout_ms)
@@ -150,6 +169,8 @@ impl Default for IngressConfig {
             keepalive_interval_secs: 30,
             idle_timeout_secs: 90,
             handshake_timeout_secs: 30,
+            max_handshakes_per_source: 32,
+            write_timeout_secs: 10,
             max_auth_attempts: 3,
             tunnel_timeout_ms: 10_000,
             tunnel_concurrency: 4,

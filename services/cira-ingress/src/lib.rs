@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod record;
 mod registry;
 mod session;
+mod sources;
 pub mod tls;
 mod transport;
 
@@ -34,7 +35,7 @@ use tokio_util::task::TaskTracker;
 pub use config::IngressConfig;
 pub use metrics::{IngressObservable, Metrics};
 
-/// TLS handshakes in progress at once per node.
+/// TLS handshakes computing at once per node.
 const MAX_CONCURRENT_HANDSHAKES: usize = 64;
 
 /// Everything the ingress needs, ready-made: tests build these without ports or environment.
@@ -73,9 +74,11 @@ pub(crate) struct Shared {
     pub limiter: auth::FailureLimiter,
     /// Live sessions of this node, by device guid.
     pub sessions: registry::Registry,
-    /// TLS handshakes in progress at once: bounds the CPU and transient memory of reconnect
-    /// storms; waiting connections hold only a socket.
-    pub handshakes: Semaphore,
+    /// TLS handshakes computing at once: bounds the CPU and transient memory of reconnect
+    /// storms; a handshake waiting for its peer holds no permit, a queued one only a socket.
+    pub handshakes: tokio_util::sync::PollSemaphore,
+    /// Connections between accept and login, per source address.
+    pub sources: Arc<sources::SourceGate>,
     /// Fires when the node drains: sessions disconnect their devices.
     pub drain: CancellationToken,
 }
@@ -122,6 +125,7 @@ impl Ingress {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartError::Config(format!("listener: {e}")))?;
+        let per_source = parts.config.max_handshakes_per_source;
         let shared = Arc::new(Shared {
             source: format!("cira-ingress/{}", parts.node_id),
             config: parts.config,
@@ -136,7 +140,10 @@ impl Ingress {
             metrics: Arc::new(Metrics::default()),
             limiter: auth::FailureLimiter::default(),
             sessions: registry::Registry::default(),
-            handshakes: Semaphore::new(MAX_CONCURRENT_HANDSHAKES),
+            handshakes: tokio_util::sync::PollSemaphore::new(Arc::new(Semaphore::new(
+                MAX_CONCURRENT_HANDSHAKES,
+            ))),
+            sources: sources::SourceGate::new(per_source),
             drain: CancellationToken::new(),
         });
         let node_sub = shared

@@ -10,6 +10,8 @@ use homeport_telemetry::{Counter, Exposition, Gauge, Histogram, Observable};
 pub struct Metrics {
     pub connections_total: Counter,
     pub connections_refused: Counter,
+    /// Refused because their source address had too many handshakes in progress.
+    pub connections_refused_source: Counter,
     pub connections_open: Gauge,
     pub tls_handshakes: Counter,
     pub tls_failures: Counter,
@@ -19,6 +21,10 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub sessions_connected: Gauge,
     pub keepalives: Counter,
+    /// Keep-alive requests left unanswered (too soon after the last answered one).
+    pub keepalives_ignored: Counter,
+    /// Channels ended because the device broke their rules (the session stayed up).
+    pub channel_aborts: Counter,
     pub protocol_errors: Counter,
     pub idle_timeouts: Counter,
     pub superseded: Counter,
@@ -60,6 +66,11 @@ impl Observable for IngressObservable {
             "Connections refused at the connection limit",
             m.connections_refused.get(),
         );
+        e.counter(
+            "homeport_cira_connections_refused_source_total",
+            "Connections refused because their source address had too many handshakes in progress",
+            m.connections_refused_source.get(),
+        );
         e.gauge(
             "homeport_cira_connections_open",
             "TCP connections open",
@@ -99,6 +110,16 @@ impl Observable for IngressObservable {
             "homeport_cira_keepalives_total",
             "Keep-alive requests answered",
             m.keepalives.get(),
+        );
+        e.counter(
+            "homeport_cira_keepalives_ignored_total",
+            "Keep-alive requests left unanswered because they came too soon after the last answer",
+            m.keepalives_ignored.get(),
+        );
+        e.counter(
+            "homeport_cira_channel_aborts_total",
+            "Channels ended because the device broke their rules (the session stayed up)",
+            m.channel_aborts.get(),
         );
         e.counter(
             "homeport_cira_protocol_errors_total",

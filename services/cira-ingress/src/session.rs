@@ -17,11 +17,13 @@ use tokio::sync::mpsc;
 
 use crate::auth::{self, AuthFailure};
 use crate::registry::{reply_error, SessionCmd};
+use crate::sources::SourceSlot;
 use crate::transport::{self, Transport};
 use crate::Shared;
 
+/// The TLS part of the handshake ends within this long after accept (queueing for a permit
+/// included), and within the whole handshake's deadline.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const SUPERSEDE_TIMEOUT: Duration = Duration::from_secs(3);
 const NATS_OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Interval between attempts to record presence while NATS is unreachable.
@@ -120,14 +122,25 @@ struct Conn {
     pending: Vec<Pending>,
     draining: bool,
     end: Option<End>,
+    /// This connection's place among its source address's handshakes, until login.
+    source_slot: Option<SourceSlot>,
 }
 
 pub(crate) async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    // --handshake-timeout-secs runs from here to the end of the APF login, whatever the phase.
+    let accepted = Instant::now();
     shared.metrics.connections_total.inc();
+    let Some(slot) = shared.sources.try_enter(peer.ip()) else {
+        shared.metrics.connections_refused_source.inc();
+        tracing::debug!(%peer, "too many handshakes from this address; refused");
+        return;
+    };
     shared.metrics.connections_open.inc();
     let _ = tcp.set_nodelay(true);
-    if let Some(mut stream) = Box::pin(tls_accept(&shared, tcp, peer)).await {
-        let mut conn = Conn::new(shared.clone(), peer);
+    let handshake_deadline = accepted + shared.config.handshake_timeout();
+    let tls_deadline = handshake_deadline.min(accepted + TLS_HANDSHAKE_TIMEOUT);
+    if let Some(mut stream) = Box::pin(tls_accept(&shared, tcp, peer, tls_deadline)).await {
+        let mut conn = Conn::new(shared.clone(), peer, accepted, slot);
         conn.drive(&mut stream).await;
         // close_notify, best effort: the device may already be gone.
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.close()).await;
@@ -136,9 +149,15 @@ pub(crate) async fn handle_connection(shared: Arc<Shared>, tcp: TcpStream, peer:
     shared.metrics.connections_open.dec();
 }
 
-async fn tls_accept(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<Transport> {
-    let _permit = shared.handshakes.acquire().await.ok()?;
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, transport::accept(&shared.tls, tcp)).await {
+async fn tls_accept(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<Transport> {
+    let gate = Some(shared.handshakes.clone());
+    match tokio::time::timeout_at(deadline.into(), transport::accept(&shared.tls, tcp, gate)).await
+    {
         Ok(Ok(stream)) => {
             shared.metrics.tls_handshakes.inc();
             if matches!(stream, Transport::OpenSsl(_)) {
@@ -160,7 +179,7 @@ async fn tls_accept(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option
 }
 
 impl Conn {
-    fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+    fn new(shared: Arc<Shared>, peer: SocketAddr, accepted: Instant, slot: SourceSlot) -> Self {
         let c = &shared.config;
         let config = ServerConfig {
             keepalive_interval: c.keepalive_interval(),
@@ -170,7 +189,7 @@ impl Conn {
             ..ServerConfig::default()
         };
         Self {
-            session: ServerSession::new(config, Instant::now()),
+            session: ServerSession::new(config, accepted),
             session_id: fastrand::u64(..),
             shared,
             peer,
@@ -188,7 +207,13 @@ impl Conn {
             pending: Vec::new(),
             draining: false,
             end: None,
+            source_slot: Some(slot),
         }
+    }
+
+    /// The deadline of a write that starts now.
+    fn write_deadline(&self) -> tokio::time::Instant {
+        (Instant::now() + self.shared.config.write_timeout()).into()
     }
 
     async fn drive(&mut self, stream: &mut Transport) {
@@ -196,14 +221,14 @@ impl Conn {
             return;
         }
         loop {
-            if let Err(e) = stream.flush_pending().await {
+            // Nothing is read while output is unsent, and every write has a deadline: a peer
+            // that stops reading is dropped, whatever it asked for.
+            if let Err(e) = stream.flush_pending(self.write_deadline()).await {
                 return self.set_end(End::Io(e.to_string()));
             }
             if let Some(out) = self.session.poll_transmit() {
-                match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return self.set_end(End::Io(e.to_string())),
-                    Err(_) => return self.set_end(End::Io("write timed out".into())),
+                if let Err(e) = stream.write_all(&out, self.write_deadline()).await {
+                    return self.set_end(End::Io(e.to_string()));
                 }
             }
             if self.end.is_some() || self.session.is_closed() {
@@ -252,9 +277,9 @@ impl Conn {
     /// Answers an HTTP `GET` on the CIRA port with a banner; false when the connection is done.
     async fn probe(&mut self, stream: &mut Transport) -> bool {
         let mut first = Vec::new();
+        let deadline = self.session.poll_timeout().unwrap_or_else(Instant::now);
         while first.len() < 3 && b"GET".starts_with(&first) {
-            match tokio::time::timeout(self.shared.config.handshake_timeout(), stream.read()).await
-            {
+            match tokio::time::timeout_at(deadline.into(), stream.read()).await {
                 Ok(Ok(b)) if b.is_empty() => {
                     self.set_end(End::PeerClosed);
                     return false;
@@ -272,7 +297,7 @@ impl Conn {
         }
         if first.starts_with(b"GET") {
             self.shared.metrics.http_probes.inc();
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(BANNER)).await;
+            let _ = stream.write_all(BANNER, self.write_deadline()).await;
             self.set_end(End::HttpProbe);
             return false;
         }
@@ -287,7 +312,13 @@ impl Conn {
     }
 
     fn input(&mut self, bytes: &[u8]) {
-        if let Err(e) = self.session.handle_input(Instant::now(), bytes) {
+        let ignored = self.session.keepalives_ignored();
+        let result = self.session.handle_input(Instant::now(), bytes);
+        let flooded = self.session.keepalives_ignored() - ignored;
+        if flooded > 0 {
+            self.shared.metrics.keepalives_ignored.add(flooded);
+        }
+        if let Err(e) = result {
             self.shared.metrics.protocol_errors.inc();
             tracing::info!(device = ?self.guid, peer = %self.peer, error = %e, "APF protocol error; disconnecting");
             self.set_end(End::ProtocolError(e.to_string()));
@@ -327,7 +358,11 @@ impl Conn {
                         shared, guid, username, password, peer, session_id,
                     )));
                 }
-                ServerEvent::Ready { .. } => self.on_ready().await,
+                ServerEvent::Ready { .. } => {
+                    // Logged in: no longer counts against its source's handshakes.
+                    self.source_slot = None;
+                    self.on_ready().await
+                }
                 ServerEvent::KeepAlive => self.shared.metrics.keepalives.inc(),
                 ServerEvent::ChannelOpened { id } => {
                     if let Some(p) = self.pending.iter_mut().find(|p| p.channel == id) {
@@ -348,6 +383,14 @@ impl Conn {
                     }
                 }
                 ServerEvent::ChannelData { id, data } => self.on_channel_data(id, &data).await,
+                ServerEvent::ChannelAborted { id, why } => {
+                    self.shared.metrics.channel_aborts.inc();
+                    if let Some(i) = self.pending.iter().position(|p| p.channel == id) {
+                        let p = self.pending.swap_remove(i);
+                        let detail = format!("channel ended: {why}");
+                        self.fail(p, TunnelError::BadResponse, &detail).await;
+                    }
+                }
                 ServerEvent::ChannelClosed { id } => {
                     if let Some(i) = self.pending.iter().position(|p| p.channel == id) {
                         let p = self.pending.swap_remove(i);

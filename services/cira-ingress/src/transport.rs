@@ -10,7 +10,10 @@ use homeport_runtime::io::read_some;
 use openssl::ssl::SslAcceptor;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_openssl::SslStream;
+use tokio_util::sync::PollSemaphore;
 
 use crate::record::{self, RecordLayer};
 
@@ -26,11 +29,17 @@ const HANDSHAKE_READ: usize = 4096;
 /// `recv`s per record; while `buffering`, the socket reads up to `HANDSHAKE_READ` bytes at once
 /// and serves OpenSSL from them. What the client sent after its Finished stays in `buf` for
 /// whoever reads next: the compact record layer, or OpenSSL's.
+///
+/// The node's handshake permits bound the handshakes that compute at once. A permit is taken
+/// only once the socket has bytes for OpenSSL, and given back whenever the handshake waits for
+/// the network, so a peer that sends one byte and stalls holds none.
 pub(crate) struct Socket {
     tcp: Option<TcpStream>,
     buf: Vec<u8>,
     pos: usize,
     buffering: bool,
+    gate: Option<PollSemaphore>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 fn taken() -> io::Error {
@@ -41,17 +50,20 @@ fn taken() -> io::Error {
 }
 
 impl Socket {
-    fn new(tcp: TcpStream) -> Socket {
+    fn new(tcp: TcpStream, gate: Option<PollSemaphore>) -> Socket {
         Socket {
             tcp: Some(tcp),
             buf: Vec::new(),
             pos: 0,
             buffering: true,
+            gate,
+            permit: None,
         }
     }
 
     /// The socket and what was read from it but not consumed.
     fn take(&mut self) -> Option<(TcpStream, Vec<u8>)> {
+        self.release();
         let tcp = self.tcp.take()?;
         let mut rest = std::mem::take(&mut self.buf);
         rest.drain(..self.pos);
@@ -59,8 +71,39 @@ impl Socket {
         Some((tcp, rest))
     }
 
+    /// Gives the handshake permit back (the handshake waits, or is over).
+    fn release(&mut self) {
+        self.permit = None;
+    }
+
+    /// Ready once the socket has bytes and this handshake holds a permit; waits for the
+    /// network first, so no permit is held while waiting.
+    fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (Some(tcp), Some(gate)) = (&self.tcp, &mut self.gate) else {
+            return Poll::Ready(Ok(()));
+        };
+        if self.permit.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match tcp.poll_read_ready(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {}
+        }
+        match gate.poll_acquire(cx) {
+            Poll::Ready(Some(permit)) => {
+                self.permit = Some(permit);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(None) => Poll::Ready(Err(io::Error::other("handshake gate closed"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// After the handshake: serve what is buffered, then read straight from the socket.
     fn stop_buffering(&mut self) {
+        self.release();
+        self.gate = None;
         self.buffering = false;
         if self.pos == self.buf.len() {
             self.buf = Vec::new();
@@ -76,14 +119,26 @@ impl AsyncRead for Socket {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let Some(tcp) = &mut this.tcp else {
+        if this.tcp.is_none() {
             return Poll::Ready(Err(taken()));
-        };
+        }
         if this.pos == this.buf.len() {
+            match this.poll_turn(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let Some(tcp) = &mut this.tcp else {
+                return Poll::Ready(Err(taken()));
+            };
             if !this.buffering || out.remaining() >= HANDSHAKE_READ {
                 this.buf = Vec::new();
                 this.pos = 0;
-                return Pin::new(tcp).poll_read(cx, out);
+                let polled = Pin::new(tcp).poll_read(cx, out);
+                if polled.is_pending() {
+                    this.permit = None;
+                }
+                return polled;
             }
             this.buf.resize(HANDSHAKE_READ, 0);
             let mut fill = ReadBuf::new(&mut this.buf);
@@ -91,6 +146,9 @@ impl AsyncRead for Socket {
             let n = fill.filled().len();
             this.buf.truncate(n);
             this.pos = 0;
+            if polled.is_pending() {
+                this.permit = None;
+            }
             match polled {
                 Poll::Ready(Ok(())) if n == 0 => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(())) => {}
@@ -110,8 +168,16 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().tcp {
-            Some(tcp) => Pin::new(tcp).poll_write(cx, buf),
+        let this = self.get_mut();
+        match &mut this.tcp {
+            Some(tcp) => {
+                let polled = Pin::new(tcp).poll_write(cx, buf);
+                if polled.is_pending() {
+                    // The peer does not read: its handshake waits without a permit.
+                    this.permit = None;
+                }
+                polled
+            }
             None => Poll::Ready(Err(taken())),
         }
     }
@@ -143,10 +209,15 @@ pub(crate) enum Transport {
     OpenSsl(SslStream<Socket>),
 }
 
-/// Runs the server handshake on `tcp` and picks the record layer.
-pub(crate) async fn accept(acceptor: &SslAcceptor, tcp: TcpStream) -> Result<Transport, String> {
+/// Runs the server handshake on `tcp` and picks the record layer. With a `gate`, the handshake
+/// computes only while it holds one of the gate's permits (see [`Socket`]).
+pub(crate) async fn accept(
+    acceptor: &SslAcceptor,
+    tcp: TcpStream,
+    gate: Option<PollSemaphore>,
+) -> Result<Transport, String> {
     let ssl = record::server_ssl(acceptor).map_err(|e| e.to_string())?;
-    let mut stream = SslStream::new(ssl, Socket::new(tcp)).map_err(|e| e.to_string())?;
+    let mut stream = SslStream::new(ssl, Socket::new(tcp, gate)).map_err(|e| e.to_string())?;
     Pin::new(&mut stream)
         .accept()
         .await
@@ -174,6 +245,13 @@ pub(crate) async fn accept(acceptor: &SslAcceptor, tcp: TcpStream) -> Result<Tra
         }
         Err(e) => Err(format!("taking over the TLS session: {e}")),
     }
+}
+
+fn write_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "write timed out: the peer is not reading",
+    )
 }
 
 /// Opens `input` into `out`; on a bad record, tells the peer with the matching alert.
@@ -227,7 +305,14 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+    /// Writes `data`, or fails with `TimedOut` at `deadline` (a peer that stops reading).
+    pub(crate) async fn write_all(&mut self, data: &[u8], deadline: Instant) -> io::Result<()> {
+        tokio::time::timeout_at(deadline, self.write_all_unbounded(data))
+            .await
+            .unwrap_or_else(|_| Err(write_timed_out()))
+    }
+
+    async fn write_all_unbounded(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Transport::OpenSsl(stream) => stream.write_all(data).await,
             Transport::Compact { tcp, records, .. } => {
@@ -238,12 +323,16 @@ impl Transport {
         }
     }
 
-    /// Records the record layer owes the peer (a KeyUpdate answer), sent before more is read.
-    pub(crate) async fn flush_pending(&mut self) -> io::Result<()> {
+    /// Records the record layer owes the peer (a KeyUpdate answer), sent before more is read
+    /// (so a peer that asks for answers and never reads them stops being read), or fails with
+    /// `TimedOut` at `deadline`.
+    pub(crate) async fn flush_pending(&mut self, deadline: Instant) -> io::Result<()> {
         if let Transport::Compact { tcp, records, .. } = self {
             let pending = records.take_pending();
             if !pending.is_empty() {
-                tcp.write_all(&pending).await?;
+                return tokio::time::timeout_at(deadline, tcp.write_all(&pending))
+                    .await
+                    .unwrap_or_else(|_| Err(write_timed_out()));
             }
         }
         Ok(())
@@ -332,7 +421,7 @@ mod tests {
         });
         let (tcp, _) = listener.accept().await.unwrap();
         let acceptor = tls::acceptor(TlsProfile::Default, tls::test_bundle()).unwrap();
-        let transport = accept(&acceptor, tcp).await.unwrap();
+        let transport = accept(&acceptor, tcp, None).await.unwrap();
         (transport, client.join().unwrap())
     }
 
@@ -346,7 +435,8 @@ mod tests {
         client.write_all(b"more").unwrap();
         client.get_mut().send().unwrap();
         assert_eq!(server.read().await.unwrap(), b"more");
-        server.write_all(b"reply").await.unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        server.write_all(b"reply", deadline).await.unwrap();
         let mut reply = [0u8; 5];
         client.read_exact(&mut reply).unwrap();
         assert_eq!(&reply, b"reply");
@@ -359,7 +449,7 @@ mod tests {
         let connect = tokio::spawn(tokio::net::TcpStream::connect(addr));
         let (tcp, _) = listener.accept().await.unwrap();
         let mut client = connect.await.unwrap().unwrap();
-        let mut socket = Socket::new(tcp);
+        let mut socket = Socket::new(tcp, None);
         tokio::io::AsyncWriteExt::write_all(&mut client, b"12345678")
             .await
             .unwrap();

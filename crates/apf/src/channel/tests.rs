@@ -93,7 +93,6 @@ fn window_adjust_after_more_than_half() {
         }]
     );
     // The refilled window admits a full window again, but not one byte more.
-    assert!(p.a.on_data(p.a_id.0, vec![3; 32769], &mut out).is_err());
     assert!(p.a.on_data(p.a_id.0, vec![3; 32768], &mut out).is_ok());
 }
 
@@ -113,18 +112,60 @@ fn data_for_unknown_ids_is_ignored_and_counted() {
 }
 
 #[test]
-fn data_beyond_the_window_is_a_protocol_error() {
+fn data_beyond_the_window_ends_only_that_channel() {
     let mut p = open_pair(100, 100, u32::MAX, u32::MAX);
+    let other = p.a.open_outbound().expect("room");
     let mut out = Vec::new();
+    p.a.on_confirmation(other.0, 7, 100, u32::MAX, &mut out)
+        .expect("opening");
     assert!(p.a.on_data(p.a_id.0, vec![0; 40], &mut out).is_ok());
-    let err = p.a.on_data(p.a_id.0, vec![0; 61], &mut out);
+    let r = p.a.on_data(p.a_id.0, vec![0; 61], &mut out);
     assert_eq!(
-        err,
-        Err(SessionError::WindowExceeded {
-            channel: p.a_id,
-            received: 61,
-            window: 60
-        })
+        r,
+        Ok(Outcome::Aborted(
+            p.a_id,
+            ChannelAbort::WindowExceeded {
+                received: 61,
+                window: 60
+            }
+        ))
+    );
+    // Our CLOSE went out and the entry is gone; the peer's late data is a counted stray.
+    assert_eq!(
+        frames(&mut out),
+        vec![Message::ChannelClose {
+            recipient: p.b_id.0
+        }]
+    );
+    assert_eq!(p.a.len(), 1);
+    assert_eq!(
+        p.a.on_data(p.a_id.0, vec![1], &mut out),
+        Ok(Outcome::Nothing)
+    );
+    assert_eq!(p.a.stray_messages(), 1);
+    // The other channel is untouched.
+    assert_eq!(
+        p.a.on_data(other.0, vec![5; 10], &mut out),
+        Ok(Outcome::Data(other, vec![5; 10]))
+    );
+}
+
+#[test]
+fn close_answering_an_open_is_an_open_failure() {
+    let mut t = Channels::new(4, 100);
+    let mut out = Vec::new();
+    let id = t.open_outbound().expect("room");
+    assert_eq!(
+        t.on_close(id.0, &mut out),
+        Ok(Outcome::OpenFailed(
+            id,
+            ChannelOpenFailureReason::CONNECT_FAILED
+        ))
+    );
+    assert_eq!(t.len(), 0);
+    assert!(
+        out.is_empty(),
+        "nothing to answer: the peer's id is unknown"
     );
 }
 
@@ -246,7 +287,6 @@ fn messages_for_an_unconfirmed_channel_are_protocol_errors() {
     let id = a.open_outbound().expect("room");
     assert!(a.on_data(id.0, vec![1], &mut out).is_err());
     assert!(a.on_window_adjust(id.0, 1, &mut out).is_err());
-    assert!(a.on_close(id.0, &mut out).is_err());
     a.on_confirmation(id.0, 1, 1, 1, &mut out).expect("confirm");
     assert!(a.on_confirmation(id.0, 1, 1, 1, &mut out).is_err());
     assert!(a

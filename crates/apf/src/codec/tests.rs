@@ -5,9 +5,15 @@ use crate::fuzzing::sample_messages;
 
 const WITH_PORT: DecodeContext = DecodeContext {
     request_success_has_port: true,
+    max_string: MAX_STRING_LEN,
+    max_channel_data: MAX_CHANNEL_DATA,
+    only: None,
 };
 const NO_PORT: DecodeContext = DecodeContext {
     request_success_has_port: false,
+    max_string: MAX_STRING_LEN,
+    max_channel_data: MAX_CHANNEL_DATA,
+    only: None,
 };
 
 fn ctx_for(m: &Message) -> DecodeContext {

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::codec::{decode, TCPIP_FORWARD};
+use crate::error::DecodeError;
 
 const GUID_WIRE: [u8; 16] = [
     0x44, 0x45, 0x4C, 0x4C, 0x4B, 0x00, 0x10, 0x42, 0x80, 0x33, 0xB6, 0xC0, 0x4F, 0x50, 0x46, 0x33,
@@ -25,6 +26,7 @@ fn sent_with(s: &mut ServerSession, bare_success: bool) -> Vec<Message> {
     let bytes = s.poll_transmit().unwrap_or_default();
     let ctx = DecodeContext {
         request_success_has_port: !bare_success,
+        ..DecodeContext::default()
     };
     let mut pos = 0;
     let mut out = Vec::new();
@@ -251,7 +253,7 @@ fn garbage_first_byte_is_a_protocol_error() {
     let r = s.handle_input(t0(), b"GET / HTTP/1.1\r\n");
     assert_eq!(
         r.clone().err(),
-        Some(SessionError::Decode(crate::DecodeError::UnknownType(
+        Some(SessionError::Decode(crate::DecodeError::NotAllowedNow(
             MessageType(b'G')
         )))
     );
@@ -465,7 +467,8 @@ fn ready_at_first_keepalive_without_5900() {
             ServerEvent::KeepAlive
         ]
     );
-    feed(&mut s, now, &[Message::KeepaliveRequest { cookie: 2 }]).expect("ok");
+    let later = now + Duration::from_secs(1);
+    feed(&mut s, later, &[Message::KeepaliveRequest { cookie: 2 }]).expect("ok");
     assert_eq!(events(&mut s), vec![ServerEvent::KeepAlive]);
 }
 
@@ -558,4 +561,197 @@ fn buffers_hold_no_memory_when_idle() {
         "{}",
         std::mem::size_of::<ServerSession>()
     );
+}
+
+/// A ready session with one confirmed channel to 16992 (device id 77, window 32 KiB).
+fn with_channel(now: Instant) -> (ServerSession, ChannelId) {
+    let mut s = authenticated(now);
+    feed(&mut s, now, &[forward(5900)]).expect("ok");
+    let id = s.open_channel(16992).expect("room");
+    feed(
+        &mut s,
+        now,
+        &[Message::ChannelOpenConfirmation {
+            recipient: id.0,
+            sender: 77,
+            window: 32768,
+            max_packet: u32::MAX,
+        }],
+    )
+    .expect("ok");
+    let _ = sent(&mut s);
+    let _ = events(&mut s);
+    (s, id)
+}
+
+#[test]
+fn before_login_only_the_next_handshake_message_may_come() {
+    // A CHANNEL_DATA header announcing 1 MiB fails on its type byte: nothing is buffered.
+    for prefix in [
+        vec![],
+        vec![version()],
+        vec![version(), service(SERVICE_AUTH)],
+    ] {
+        let mut s = ServerSession::new(ServerConfig::default(), t0());
+        let mut bytes = Vec::new();
+        for m in &prefix {
+            m.encode(&mut bytes);
+        }
+        bytes.push(MessageType::CHANNEL_DATA.0);
+        let r = s.handle_input(t0(), &bytes);
+        assert_eq!(
+            r,
+            Err(SessionError::Decode(DecodeError::NotAllowedNow(
+                MessageType::CHANNEL_DATA
+            )))
+        );
+        assert_eq!(s.core.buffer_capacities().0, 0);
+    }
+    // Keep-alives and channel messages are for logged-in devices only, even while the login
+    // is being decided.
+    let mut s = ServerSession::new(ServerConfig::default(), t0());
+    let mut bytes = Vec::new();
+    for m in [version(), service(SERVICE_AUTH), userauth("pw")] {
+        m.encode(&mut bytes);
+    }
+    bytes.push(MessageType::KEEPALIVE_REQUEST.0);
+    assert!(matches!(
+        s.handle_input(t0(), &bytes),
+        Err(SessionError::Decode(DecodeError::NotAllowedNow(_)))
+    ));
+}
+
+#[test]
+fn strings_before_login_are_short_and_checked_on_their_length() {
+    let mut s = ServerSession::new(ServerConfig::default(), t0());
+    feed(&mut s, t0(), &[version(), service(SERVICE_AUTH)]).expect("ok");
+    // USERAUTH_REQUEST whose user name announces 513 bytes: refused before they arrive.
+    let mut bytes = vec![MessageType::USERAUTH_REQUEST.0];
+    bytes.extend_from_slice(&(PREAUTH_MAX_STRING_LEN as u32 + 1).to_be_bytes());
+    let r = s.handle_input(t0(), &bytes);
+    assert!(
+        matches!(r, Err(SessionError::Decode(DecodeError::TooLong { max, .. })) if max == PREAUTH_MAX_STRING_LEN),
+        "{r:?}"
+    );
+    // The longest legal login fits in about 2 KB and is accepted.
+    let mut s = ServerSession::new(ServerConfig::default(), t0());
+    let long = Message::UserauthRequest {
+        username: "u".repeat(PREAUTH_MAX_STRING_LEN),
+        service: SERVICE_PFWD.into(),
+        method: METHOD_PASSWORD.into(),
+        password: Some(Secret::new("p".repeat(PREAUTH_MAX_STRING_LEN))),
+    };
+    assert!(long.to_bytes().len() < 2200);
+    feed(&mut s, t0(), &[version(), service(SERVICE_AUTH), long]).expect("ok");
+    assert!(matches!(
+        events(&mut s).last(),
+        Some(ServerEvent::AuthRequest { .. })
+    ));
+}
+
+#[test]
+fn channel_data_longer_than_a_packet_fails_on_its_header() {
+    let (mut s, id) = with_channel(t0());
+    let mut bytes = vec![MessageType::CHANNEL_DATA.0];
+    bytes.extend_from_slice(&id.0.to_be_bytes());
+    bytes.extend_from_slice(&(DEFAULT_MAX_CHANNEL_PACKET as u32 + 1).to_be_bytes());
+    let r = s.handle_input(t0(), &bytes);
+    assert!(
+        matches!(r, Err(SessionError::Decode(DecodeError::TooLong { .. }))),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn data_beyond_the_window_ends_the_channel_not_the_session() {
+    let now = t0();
+    let (mut s, id) = with_channel(now);
+    let other = s.open_channel(16992).expect("room");
+    // One 40,960-byte message against a 32 KiB window, as a third-party client sends.
+    feed(
+        &mut s,
+        now,
+        &[Message::ChannelData {
+            recipient: id.0,
+            data: vec![b'x'; 40960],
+        }],
+    )
+    .expect("the session stays up");
+    assert!(!s.is_closed());
+    assert_eq!(
+        events(&mut s),
+        vec![ServerEvent::ChannelAborted {
+            id,
+            why: ChannelAbort::WindowExceeded {
+                received: 40960,
+                window: 32768
+            }
+        }]
+    );
+    assert!(sent(&mut s).contains(&Message::ChannelClose { recipient: 77 }));
+    assert_eq!(s.channel_count(), 1, "only the other channel is left");
+    // The rest of the session works: the other channel opens, keep-alives are answered.
+    feed(
+        &mut s,
+        now,
+        &[
+            Message::ChannelOpenConfirmation {
+                recipient: other.0,
+                sender: 78,
+                window: 100,
+                max_packet: u32::MAX,
+            },
+            Message::KeepaliveRequest { cookie: 9 },
+        ],
+    )
+    .expect("ok");
+    assert_eq!(
+        events(&mut s),
+        vec![
+            ServerEvent::ChannelOpened { id: other },
+            ServerEvent::KeepAlive
+        ]
+    );
+}
+
+#[test]
+fn close_answering_an_open_is_a_failed_open() {
+    let now = t0();
+    let mut s = authenticated(now);
+    feed(&mut s, now, &[forward(5900)]).expect("ok");
+    let id = s.open_channel(16994).expect("room");
+    let _ = sent(&mut s);
+    let _ = events(&mut s);
+    feed(&mut s, now, &[Message::ChannelClose { recipient: id.0 }]).expect("session stays up");
+    assert!(!s.is_closed());
+    assert_eq!(
+        events(&mut s),
+        vec![ServerEvent::ChannelOpenFailed {
+            id,
+            reason: ChannelOpenFailureReason::CONNECT_FAILED
+        }]
+    );
+    assert_eq!(s.channel_count(), 0);
+}
+
+#[test]
+fn a_keepalive_flood_is_answered_at_a_bounded_rate() {
+    let now = t0();
+    let mut s = authenticated(now);
+    feed(&mut s, now, &[forward(5900)]).expect("ok");
+    let _ = sent(&mut s);
+    let _ = events(&mut s);
+    // 500 requests within one second: one answer, the rest counted.
+    for i in 0..500u32 {
+        let at = now + Duration::from_millis(u64::from(i) * 2);
+        feed(&mut s, at, &[Message::KeepaliveRequest { cookie: i }]).expect("ok");
+    }
+    assert_eq!(sent(&mut s), vec![Message::KeepaliveReply { cookie: 0 }]);
+    assert_eq!(events(&mut s), vec![ServerEvent::KeepAlive]);
+    assert_eq!(s.keepalives_ignored(), 499);
+    // A second later the device is answered again.
+    let later = now + Duration::from_secs(1);
+    feed(&mut s, later, &[Message::KeepaliveRequest { cookie: 7 }]).expect("ok");
+    assert_eq!(sent(&mut s), vec![Message::KeepaliveReply { cookie: 7 }]);
+    assert!(!s.is_closed());
 }

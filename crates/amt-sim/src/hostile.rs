@@ -1,0 +1,238 @@
+//! Hostile CIRA peers, for the ingress' tests and `homeport-bench hostile`. Each one dials
+//! only the address it is given, is bounded in time, and reports how the server treated it.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use homeport_apf::{DeviceConfig, DeviceSession, Message, Secret};
+use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
+
+use crate::Identity;
+
+/// How long a hostile connection lasted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The server closed it after this long.
+    ClosedAfter(Duration),
+    /// Still open when the attack's bound ran out.
+    StillOpen,
+}
+
+impl Held {
+    pub fn closed(self) -> bool {
+        matches!(self, Held::ClosedAfter(_))
+    }
+}
+
+fn tls13() -> Result<SslConnector, String> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_min_proto_version(Some(SslVersion::TLS1_3))
+        .map_err(|e| e.to_string())?;
+    Ok(b.build())
+}
+
+/// A TCP connection to `addr` from `source` (any port), with blocking I/O; a small receive
+/// buffer when `small_window` (so what the server sends and nobody reads piles up at its end).
+fn dial(addr: SocketAddr, source: Option<IpAddr>, small_window: bool) -> io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    if small_window {
+        socket.set_recv_buffer_size(4096)?;
+    }
+    // tokio's socket only connects asynchronously; a tiny runtime does it, then the stream
+    // goes back to blocking mode.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let stream = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    })?;
+    let std = stream.into_std()?;
+    std.set_nonblocking(false)?;
+    Ok(std)
+}
+
+fn tls_connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    small_window: bool,
+) -> Result<SslStream<TcpStream>, String> {
+    let tcp = dial(addr, source, small_window).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    tls13()?
+        .connect("localhost", tcp)
+        .map_err(|e| format!("TLS: {e}"))
+}
+
+/// Logs in as `device` over `tls` and forwards ports until the server calls the session ready.
+fn log_in(tls: &mut SslStream<TcpStream>, device: &Identity) -> Result<(), String> {
+    let password = Secret::new(device.mps_password.expose().to_string());
+    let config = DeviceConfig::new(device.uuid_wire, device.mps_username.clone(), password);
+    let mut session = DeviceSession::new(config, Instant::now());
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !session.is_ready() {
+        if let Some(out) = session.poll_transmit() {
+            tls.write_all(&out).map_err(|e| format!("write: {e}"))?;
+        }
+        if Instant::now() > deadline || session.is_closed() {
+            return Err("login did not complete".into());
+        }
+        let n = tls.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("server closed during login".into());
+        }
+        session
+            .handle_input(Instant::now(), &buf[..n])
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(out) = session.poll_transmit() {
+        tls.write_all(&out).map_err(|e| format!("write: {e}"))?;
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn request_key_update(tls: &SslStream<TcpStream>) -> Result<(), String> {
+    use foreign_types::ForeignTypeRef;
+    extern "C" {
+        fn SSL_key_update(s: *mut openssl_sys::SSL, updatetype: std::ffi::c_int)
+            -> std::ffi::c_int;
+    }
+    // SAFETY: a live SSL of an established TLS 1.3 connection; the call only queues a
+    // KeyUpdate(update_requested) for the next write.
+    let ok = unsafe { SSL_key_update(tls.ssl().as_ptr(), 1) };
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err("SSL_key_update refused".into())
+    }
+}
+
+/// TLS 1.3, a login as `device` when given, then for at most `bound`: KeyUpdate
+/// (update_requested) before every one-byte record of keep-alive requests, never reading
+/// anything the server sends. A server that keeps reading must pile up answers nobody reads.
+pub fn keyupdate_flood(
+    addr: SocketAddr,
+    device: Option<&Identity>,
+    bound: Duration,
+) -> Result<Held, String> {
+    let mut tls = tls_connect(addr, None, true)?;
+    if let Some(device) = device {
+        log_in(&mut tls, device)?;
+    }
+    // A blocked write returns now and then so the bound is kept.
+    tls.get_ref()
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut cookie = 0u32;
+    while started.elapsed() < bound {
+        cookie = cookie.wrapping_add(1);
+        let request = Message::KeepaliveRequest { cookie }.to_bytes();
+        for byte in request {
+            request_key_update(&tls)?;
+            loop {
+                match tls.ssl_write(&[byte]) {
+                    Ok(_) => break,
+                    Err(e) if e.io_error().is_some_and(would_block) => {
+                        if started.elapsed() >= bound {
+                            return Ok(Held::StillOpen);
+                        }
+                    }
+                    Err(_) => return Ok(Held::ClosedAfter(started.elapsed())),
+                }
+            }
+            // Paced so the server reads each request on its own and owes an answer for each.
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    Ok(Held::StillOpen)
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Waits up to `bound` for the server to close `tcp`, reading and discarding what comes.
+fn wait_closed(tcp: &mut TcpStream, started: Instant, bound: Duration) -> Held {
+    let _ = tcp.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < bound {
+        match tcp.read(&mut buf) {
+            Ok(0) => return Held::ClosedAfter(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if would_block(&e) => {}
+            Err(_) => return Held::ClosedAfter(started.elapsed()),
+        }
+    }
+    Held::StillOpen
+}
+
+/// A TCP connection from `source` that sends the first byte of a TLS ClientHello and then
+/// nothing, held for at most `bound`.
+pub fn slow_handshake(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    bound: Duration,
+) -> Result<Held, String> {
+    let started = Instant::now();
+    let mut tcp = dial(addr, source, false).map_err(|e| format!("connect: {e}"))?;
+    // A handshake record's content type: the server has to wait for the rest.
+    if tcp.write_all(&[0x16]).is_err() {
+        return Ok(Held::ClosedAfter(started.elapsed()));
+    }
+    Ok(wait_closed(&mut tcp, started, bound))
+}
+
+/// TLS, PROTOCOL_VERSION, then a CHANNEL_DATA header announcing 1 MiB before any login, and
+/// then its bytes a kilobyte at a time. Returns how the server treated it and how many payload
+/// bytes it took before closing.
+pub fn preauth_bigframe(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    bound: Duration,
+) -> Result<(Held, usize), String> {
+    let mut tls = tls_connect(addr, source, false)?;
+    let started = Instant::now();
+    let mut frame = Message::ProtocolVersion {
+        major: 1,
+        minor: 0,
+        trigger: 1,
+        uuid: *b"hostile-bigframe",
+    }
+    .to_bytes();
+    frame.push(94);
+    frame.extend_from_slice(&4u32.to_be_bytes());
+    frame.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    if tls.write_all(&frame).is_err() {
+        return Ok((Held::ClosedAfter(started.elapsed()), 0));
+    }
+    tls.get_ref()
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let chunk = [0u8; 1024];
+    let mut sent = 0usize;
+    while sent < 1 << 20 && started.elapsed() < bound {
+        match tls.ssl_write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.io_error().is_some_and(would_block) => {}
+            Err(_) => return Ok((Held::ClosedAfter(started.elapsed()), sent)),
+        }
+        // Give the server the time to look at what came.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let held = wait_closed(tls.get_mut(), started, bound);
+    Ok((held, sent))
+}

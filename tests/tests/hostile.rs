@@ -1,0 +1,138 @@
+//! Hostile peers against a real ingress over real sockets: each attack is bounded, and each
+//! test shows what the ingress does about it and that legitimate devices are not hurt.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use homeport_amt_sim::hostile::{self, Held};
+use homeport_amt_sim::Fleet;
+use homeport_contracts::proto::event::Payload;
+use homeport_tests::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The hostile connections come from this loopback address, the simulated fleet from
+/// 127.0.0.1, so per-source limits can tell them apart.
+fn attacker() -> Option<IpAddr> {
+    Some("127.0.0.2".parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_asks_for_key_updates_and_never_reads_is_dropped_at_the_write_deadline() {
+    let env = TestEnv::new("keyupdate").await;
+    let mut config = TestEnv::ingress_config();
+    config.write_timeout_secs = 2;
+    // Timers that would otherwise end the session stay far away.
+    config.keepalive_interval_secs = 60;
+    config.idle_timeout_secs = 600;
+    let ingress = env.start_ingress("node-a", config).await;
+    let cfg = env
+        .enrolled_fleet(ingress.local_addr(), 1, 31, "acme")
+        .await;
+    let device = cfg.identities().next().unwrap();
+    let addr = ingress.local_addr();
+    let held = tokio::task::spawn_blocking(move || {
+        hostile::keyupdate_flood(addr, Some(&device), Duration::from_secs(40))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(held.closed(), "the session was still open: {held:?}");
+    let gone = env.wait_events("disconnected", 1, WAIT).await;
+    match &gone[0].1.payload {
+        Some(Payload::DeviceDisconnected(d)) => {
+            assert_eq!(d.reason, "io_error", "{d:?}");
+            assert!(d.detail.contains("write timed out"), "{d:?}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_data_before_login_is_refused_on_its_header() {
+    let env = TestEnv::new("bigframe").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let addr = ingress.local_addr();
+    let (held, sent) = tokio::task::spawn_blocking(move || {
+        hostile::preauth_bigframe(addr, attacker(), Duration::from_secs(20))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(held.closed(), "{held:?}");
+    // The header alone ends the session: the server buffers none of the announced MiB (what
+    // the client managed to send before noticing is in flight, not buffered).
+    assert!(sent < 256 * 1024, "{sent} bytes accepted");
+    assert_eq!(ingress.metrics().protocol_errors.get(), 1);
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_hold_no_permit_and_are_capped_per_source() {
+    let env = TestEnv::new("slowhs").await;
+    let mut config = TestEnv::ingress_config();
+    config.max_handshakes_per_source = 100;
+    config.handshake_timeout_secs = 60;
+    let ingress = env.start_ingress("node-a", config).await;
+    let addr = ingress.local_addr();
+    // 120 connections from one address that each send one byte of a ClientHello and stall:
+    // 100 are held (more than the node's 64 handshake permits), 20 are refused at once.
+    let stalled: Vec<_> = (0..120)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                hostile::slow_handshake(addr, attacker(), Duration::from_secs(25))
+            })
+        })
+        .collect();
+    let metrics = ingress.metrics();
+    wait_until("100 stalled connections held", WAIT, || {
+        metrics.connections_open.get() == 100 && metrics.connections_refused_source.get() == 20
+    })
+    .await;
+    // A real device still gets a handshake while all of them stall: waiting for the network
+    // holds no permit.
+    let cfg = env
+        .enrolled_fleet(ingress.local_addr(), 1, 32, "acme")
+        .await;
+    let fleet = Fleet::start(cfg).unwrap();
+    assert_eq!(fleet.wait_connected(1, WAIT).await, 1);
+    assert!(
+        metrics.connections_open.get() >= 100,
+        "the device connected while the stalled handshakes were still held"
+    );
+    fleet.stop().await;
+    for s in stalled {
+        let held = s.await.unwrap().unwrap();
+        // The refused ones were closed at accept; the others are dropped at the TLS deadline.
+        assert!(held.closed(), "{held:?}");
+    }
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_timeout_runs_from_accept_whatever_the_phase() {
+    let env = TestEnv::new("hstimeout").await;
+    let mut config = TestEnv::ingress_config();
+    config.handshake_timeout_secs = 2;
+    let ingress = env.start_ingress("node-a", config).await;
+    let addr = ingress.local_addr();
+    let held = tokio::task::spawn_blocking(move || {
+        hostile::slow_handshake(addr, attacker(), Duration::from_secs(20))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // Dropped at the 2 s handshake deadline, not at the TLS phase's own 10 s.
+    match held {
+        Held::ClosedAfter(after) => assert!(after < Duration::from_secs(8), "{after:?}"),
+        Held::StillOpen => panic!("never dropped"),
+    }
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
