@@ -52,7 +52,7 @@ impl TestEnv {
     pub async fn start_audit_with(&self, store: Store) -> AuditHandle {
         let audit = Audit::start(AuditParts {
             config: AuditConfig::with_jwt(homeport_auth::JwtArgs::default()),
-            stream_limits: Default::default(),
+            stream_limits: crate::test_stream_limits(),
             names: self.names.clone(),
             nats: self.nats.clone(),
             store,

@@ -108,7 +108,7 @@ impl TestEnv {
             store: self.store.clone(),
             secrets: self.secrets.clone(),
             auth: Authenticator::new(vec![Key::Hs256(TEST_JWT_SECRET.to_vec())], "tenant"),
-            stream_limits: Default::default(),
+            stream_limits: crate::test_stream_limits(),
         })
         .await
         .expect("mps-command starts");

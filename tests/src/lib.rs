@@ -28,6 +28,15 @@ pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -
     }
 }
 
+/// Events stream limits of a test: small, so streams a failed test leaves behind reserve
+/// little of the shared NATS server's storage.
+pub fn test_stream_limits() -> homeport_contracts::events::StreamLimits {
+    homeport_contracts::events::StreamLimits {
+        max_bytes: 64 << 20,
+        ..Default::default()
+    }
+}
+
 /// NATS the tests use (`HOMEPORT_TEST_NATS_URL`, default the machine's).
 pub fn nats_url() -> String {
     std::env::var("HOMEPORT_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -105,6 +114,7 @@ impl TestEnv {
             tunnel_timeout_ms: 3_000,
             drain_grace_secs: 5,
             heartbeat_interval_secs: 1,
+            auth_event_interval_secs: 2,
             ..IngressConfig::default()
         }
     }
@@ -127,7 +137,7 @@ impl TestEnv {
                 store: self.store.clone(),
                 secrets: self.secrets.clone(),
                 tls: acceptor,
-                stream_limits: Default::default(),
+                stream_limits: crate::test_stream_limits(),
             },
             listener,
         )

@@ -435,6 +435,58 @@ async fn garbage_on_the_subject_is_counted_and_skipped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_database_refuses_or_under_another_tenant_is_terminated_alone() {
+    let env = TestEnv::new("audrefuse").await;
+    let audit = env.start_audit().await;
+    let good = |i: u32| format!("00000000-0000-0000-0000-{i:012}");
+    for i in 0..50 {
+        env.publish_event("acme", &good(i), "connected").await;
+    }
+    // PostgreSQL refuses U+0000 in text: this event can never be stored.
+    let nul = homeport_contracts::proto::Event {
+        id: "refused-nul".into(),
+        tenant: "acme".into(),
+        kind: "connected".into(),
+        actor: "a\u{0}b".into(),
+        ..Default::default()
+    };
+    env.publish_raw(
+        &env.names.device_event("acme", "x", "connected"),
+        "refused-nul",
+        prost::Message::encode_to_vec(&nul),
+    )
+    .await;
+    // An event of tenant acme on another tenant's subject is not stored under either.
+    let misfiled = homeport_contracts::proto::Event {
+        id: "misfiled".into(),
+        tenant: "acme".into(),
+        kind: "connected".into(),
+        ..Default::default()
+    };
+    env.publish_raw(
+        &env.names.device_event("evil", "x", "connected"),
+        "misfiled",
+        prost::Message::encode_to_vec(&misfiled),
+    )
+    .await;
+    for i in 50..100 {
+        env.publish_event("acme", &good(i), "connected").await;
+    }
+    // Every good event of the batches around them is stored; the two are terminated.
+    wait_stored(&env, 100, WAIT).await;
+    wait_until("both are terminated", WAIT, || {
+        audit.metrics.poison.get() >= 2
+    })
+    .await;
+    env.publish_event("acme", &good(100), "connected").await;
+    wait_stored(&env, 101, WAIT).await;
+    assert_eq!(env.store.count_audit_events().await.unwrap(), 101);
+    assert_eq!(audit.metrics.poison.get(), 2);
+    audit.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_the_consumer_and_store_each_event_once() {
     let env = TestEnv::new("audrepl").await;
     let a = env.start_audit().await;

@@ -136,3 +136,52 @@ async fn the_handshake_timeout_runs_from_accept_whatever_the_phase() {
     ingress.shutdown().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_adds_one_event_per_source_and_interval_and_counts_every_try() {
+    let env = TestEnv::new("loginflood").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let addr = ingress.local_addr();
+    let started = std::time::Instant::now();
+    let tries: Vec<_> = (0..30)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                hostile::random_guid_login(addr, attacker(), Duration::from_secs(30))
+            })
+        })
+        .collect();
+    let mut refused = 0u32;
+    for t in tries {
+        refused += u32::from(t.await.unwrap().unwrap());
+    }
+    let lasted = started.elapsed();
+    assert_eq!(refused, 30);
+    // Every failure is counted, in few events: at most one per 2 s interval (plus the one
+    // that closes the last interval).
+    let deadline = std::time::Instant::now() + WAIT;
+    let (events, counted) = loop {
+        let failed: Vec<u32> = env
+            .events()
+            .await
+            .iter()
+            .filter_map(|(_, e)| match &e.payload {
+                Some(Payload::DeviceAuthFailed(f)) => Some(f.failures),
+                _ => None,
+            })
+            .collect();
+        let counted: u32 = failed.iter().sum();
+        if counted >= 30 || std::time::Instant::now() > deadline {
+            break (failed.len(), counted);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(counted, 30, "every failure is counted once");
+    let intervals = lasted.as_secs() / 2 + 2;
+    assert!(
+        events as u64 <= intervals,
+        "{events} events for {counted} failures over {lasted:?}"
+    );
+    assert!(ingress.metrics().auth_failures.get() >= 30);
+    ingress.shutdown().await;
+    env.cleanup().await;
+}

@@ -236,3 +236,72 @@ pub fn preauth_bigframe(
     let held = wait_closed(tls.get_mut(), started, bound);
     Ok((held, sent))
 }
+
+/// One login with a random GUID (no such device) from `source`: TLS, PROTOCOL_VERSION, the
+/// auth service and a password, then waits for the server's answer. True when the server
+/// refused the login (USERAUTH_FAILURE or a close), false when the bound ran out first.
+pub fn random_guid_login(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    bound: Duration,
+) -> Result<bool, String> {
+    let mut uuid = [0u8; 16];
+    uuid.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    let config = DeviceConfig::new(uuid, "admin", Secret::new("not-a-password"));
+    refused_login(addr, source, config, bound)
+}
+
+/// A login as `device` with a wrong password from `source` (a stranger squatting a known
+/// device's GUID); true when refused.
+pub fn guid_squat_login(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    device: &Identity,
+    bound: Duration,
+) -> Result<bool, String> {
+    let config = DeviceConfig::new(
+        device.uuid_wire,
+        device.mps_username.clone(),
+        Secret::new("wrong-password-123"),
+    );
+    refused_login(addr, source, config, bound)
+}
+
+fn refused_login(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    config: DeviceConfig,
+    bound: Duration,
+) -> Result<bool, String> {
+    let started = Instant::now();
+    let mut tls = tls_connect(addr, source, false)?;
+    tls.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let mut session = DeviceSession::new(config, Instant::now());
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < bound {
+        if let Some(out) = session.poll_transmit() {
+            if tls.write_all(&out).is_err() {
+                return Ok(true);
+            }
+        }
+        while let Some(event) = session.poll_event() {
+            if matches!(event, homeport_apf::DeviceEvent::AuthFailed) {
+                return Ok(true);
+            }
+        }
+        if session.is_closed() || session.is_ready() {
+            return Ok(!session.is_ready());
+        }
+        match tls.read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => session
+                .handle_input(Instant::now(), &buf[..n])
+                .map_err(|e| e.to_string())?,
+            Err(e) if would_block(&e) => {}
+            Err(_) => return Ok(true),
+        }
+    }
+    Ok(false)
+}

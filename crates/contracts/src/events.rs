@@ -84,11 +84,15 @@ pub struct StreamLimits {
     pub replicas: usize,
 }
 
+/// Default size limit of the events stream: a bound on what a flood can make NATS store
+/// (the oldest events go first once it is reached).
+pub const DEFAULT_EVENTS_MAX_BYTES: i64 = 1 << 30;
+
 impl Default for StreamLimits {
     fn default() -> Self {
         Self {
             max_age: Duration::from_secs(30 * 24 * 3600),
-            max_bytes: -1,
+            max_bytes: DEFAULT_EVENTS_MAX_BYTES,
             replicas: 1,
         }
     }

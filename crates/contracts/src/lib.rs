@@ -46,6 +46,20 @@ impl Names {
         &self.prefix
     }
 
+    /// The tenant token of an event subject (`<p>.evt.<tenant>.…`), if `subject` is one.
+    pub fn event_subject_tenant<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(".evt.")?;
+        rest.split('.').next().filter(|t| !t.is_empty())
+    }
+
+    /// Whether `subject` is an event subject of `tenant` (its tenant token is `tenant`'s), so a
+    /// consumer never stores or forwards a message under a tenant its subject does not carry.
+    pub fn event_subject_is_tenants(&self, subject: &str, tenant: &str) -> bool {
+        self.event_subject_tenant(subject) == Some(tenant_token(tenant).as_str())
+    }
+
     /// `<p>.evt.<tenant>.device.<guid>.<kind>`: device lifecycle events.
     pub fn device_event(&self, tenant: &str, guid: &str, kind: &str) -> String {
         format!(
@@ -182,6 +196,19 @@ fn token(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_subject_names_its_tenant() {
+        let n = Names::new("hp");
+        let s = n.device_event("acme", "g", "connected");
+        assert!(n.event_subject_is_tenants(&s, "acme"));
+        assert!(!n.event_subject_is_tenants(&s, "other"));
+        assert!(!n.event_subject_is_tenants(&s, ""));
+        let none = n.device_event("", "g", "auth_failed");
+        assert!(n.event_subject_is_tenants(&none, ""));
+        assert!(!n.event_subject_is_tenants("hpx.evt.acme.device.g.k", "acme"));
+        assert!(!n.event_subject_is_tenants("hp.cira.acme", "acme"));
+    }
 
     #[test]
     fn names_follow_the_taxonomy() {

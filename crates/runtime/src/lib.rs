@@ -74,7 +74,7 @@ pub struct CommonArgs {
     #[arg(long, env = "HOMEPORT_EVENTS_MAX_AGE_DAYS", default_value_t = 30)]
     pub events_max_age_days: u64,
     /// Bytes the events stream may hold before discarding the oldest (-1: no limit).
-    #[arg(long, env = "HOMEPORT_EVENTS_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    #[arg(long, env = "HOMEPORT_EVENTS_MAX_BYTES", default_value_t = homeport_contracts::events::DEFAULT_EVENTS_MAX_BYTES, allow_negative_numbers = true)]
     pub events_max_bytes: i64,
     /// Replicas of the events stream in a NATS cluster (1 on a single server).
     #[arg(long, env = "HOMEPORT_EVENTS_REPLICAS", default_value_t = 1)]

@@ -57,6 +57,32 @@ impl Store {
         Ok(inserted)
     }
 
+    /// Deletes events published before `before_nanos` (Unix nanoseconds), at most `limit` of
+    /// them (the oldest first), so one call holds its locks briefly; returns how many went.
+    pub async fn prune_audit_events(
+        &self,
+        before_nanos: i64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        let ids: Vec<String> = Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::TimeNanos.lt(before_nanos))
+            .order_by_asc(Column::TimeNanos)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let result = Entity::delete_many()
+            .filter(Column::Id.is_in(ids))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
     /// `tenant`'s events matching `filter` with a stream sequence above `after_seq`, oldest
     /// first, at most `limit`.
     pub async fn query_audit_events(

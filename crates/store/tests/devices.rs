@@ -41,6 +41,7 @@ both_backends!(
     connection_timestamps,
     invalid_guids,
     batched_login_lookup,
+    audit_retention_deletes_only_old_events,
 );
 
 fn guid(n: u32) -> String {
@@ -437,4 +438,32 @@ async fn batched_login_lookup(url: String) {
         .await
         .expect("upper case");
     assert!(found.contains_key(&guid(3)));
+}
+
+async fn audit_retention_deletes_only_old_events(url: String) {
+    let store = Store::connect(&url).await.expect("connect");
+    let record = |i: i64| homeport_store::AuditRecord {
+        id: format!("ev-{i}"),
+        stream_seq: i,
+        tenant: "acme".into(),
+        device_guid: guid(1),
+        kind: "connected".into(),
+        subject: "hp.evt.acme.device.x.connected".into(),
+        time_nanos: i * 1_000,
+        source: "test".into(),
+        actor: String::new(),
+        trace_id: String::new(),
+        payload: Vec::new(),
+        stored_nanos: 0,
+    };
+    store
+        .insert_audit_events((1..=25).map(record).collect())
+        .await
+        .expect("insert");
+    // Events before t=20,500 ns: 20 of them, deleted 8 at a time, oldest first.
+    assert_eq!(store.prune_audit_events(20_500, 8).await.expect("prune"), 8);
+    assert_eq!(store.prune_audit_events(20_500, 8).await.expect("prune"), 8);
+    assert_eq!(store.prune_audit_events(20_500, 8).await.expect("prune"), 4);
+    assert_eq!(store.prune_audit_events(20_500, 8).await.expect("prune"), 0);
+    assert_eq!(store.count_audit_events().await.expect("count"), 5);
 }

@@ -22,6 +22,9 @@ pub struct AuditConfig {
     /// Seconds JetStream waits for an ack before redelivering (to this or another replica).
     #[arg(long, env = "HOMEPORT_AUDIT_ACK_WAIT_SECS", default_value_t = 30)]
     pub ack_wait_secs: u64,
+    /// Days the audit trail keeps an event; older ones are deleted hourly.
+    #[arg(long, env = "HOMEPORT_AUDIT_RETENTION_DAYS", default_value_t = 365)]
+    pub retention_days: u64,
     #[command(flatten)]
     pub jwt: JwtArgs,
 }
@@ -35,7 +38,14 @@ impl AuditConfig {
         if self.ack_wait_secs == 0 {
             return Err("--ack-wait-secs must be positive".into());
         }
+        if self.retention_days == 0 {
+            return Err("--retention-days must be positive".into());
+        }
         Ok(())
+    }
+
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_days.saturating_mul(24 * 3600))
     }
 
     pub fn ack_wait(&self) -> Duration {
@@ -50,6 +60,7 @@ impl AuditConfig {
             consumer: "audit".into(),
             batch: 1000,
             ack_wait_secs: 30,
+            retention_days: 365,
             jwt,
         }
     }

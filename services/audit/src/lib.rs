@@ -90,6 +90,11 @@ impl Audit {
             metrics.clone(),
             cancel.clone(),
         ));
+        tasks.spawn(worker::prune(
+            parts.store.clone(),
+            parts.config.retention(),
+            cancel.clone(),
+        ));
         Audit {
             config: parts.config,
             names: parts.names,

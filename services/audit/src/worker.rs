@@ -1,7 +1,9 @@
 //! The durable consumer: pulls events from the stream, writes them to the database in batches
-//! (idempotent on the event id), and acks only after the commit. Undecodable messages are
-//! terminated and counted; a database outage pauses the worker, which retries the same batch
-//! with backoff and catches up when the database returns.
+//! (idempotent on the event id), and acks only after the commit. Undecodable messages, and
+//! events whose tenant is not their subject's, are terminated and counted; a database outage
+//! pauses the worker, which retries the same batch with backoff and catches up when the
+//! database returns. An event the database refuses for good (not an outage) is isolated by
+//! splitting its batch, terminated and counted, so it never stalls the others.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,10 +28,14 @@ fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-/// The record of one stream message, or `None` if it is not an event.
-pub fn record_of(subject: &str, seq: u64, payload: &[u8]) -> Option<AuditRecord> {
+/// The record of one stream message, or `None` if it is not an event of the tenant its
+/// subject names (a publisher must not file events under another tenant).
+pub fn record_of(names: &Names, subject: &str, seq: u64, payload: &[u8]) -> Option<AuditRecord> {
     let ev = proto::Event::decode(payload).ok()?;
     if ev.id.is_empty() || ev.id.len() > 64 {
+        return None;
+    }
+    if !names.event_subject_is_tenants(subject, &ev.tenant) {
         return None;
     }
     Some(AuditRecord {
@@ -115,14 +121,14 @@ async fn consume(
         for m in batch {
             let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
             let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
-            match record_of(m.subject.as_str(), seq, &m.payload) {
+            match record_of(names, m.subject.as_str(), seq, &m.payload) {
                 Some(r) => {
                     records.push(r);
                     acks.push(m);
                 }
                 None => {
                     metrics.poison.inc();
-                    tracing::warn!(subject = %m.subject, seq, bytes = m.payload.len(), "not an event; terminated");
+                    tracing::warn!(subject = %m.subject, seq, bytes = m.payload.len(), "not an event of its subject's tenant; terminated");
                     let _ = m.ack_with(AckKind::Term).await;
                 }
             }
@@ -130,40 +136,85 @@ async fn consume(
         if records.is_empty() {
             continue;
         }
-        write(store, records, metrics, cancel).await;
+        let refused = write(store, records, metrics, cancel).await;
         if cancel.is_cancelled() {
             // Not acked: redelivered to whichever replica runs next.
             return Ok(());
         }
-        for m in acks {
-            if let Err(e) = m.ack().await {
+        for (i, m) in acks.into_iter().enumerate() {
+            if refused.contains(&i) {
+                let _ = m.ack_with(AckKind::Term).await;
+            } else if let Err(e) = m.ack().await {
                 tracing::warn!(error = %e, "ack not sent; the event will be redelivered and skipped");
             }
         }
     }
 }
 
-/// Writes one batch, retrying with backoff until it commits or the worker stops.
+/// How one attempt at a slice of a batch ended.
+enum Written {
+    Committed,
+    /// The database refused it for a reason that retrying does not change.
+    Refused(String),
+    Cancelled,
+}
+
+/// Writes one batch; returns the indices of the events the database refused for good. A
+/// refused slice is split in halves until the refused events are alone (about log2(batch)
+/// extra statements per bad event); the others are committed.
 async fn write(
     store: &Store,
     mut records: Vec<AuditRecord>,
     metrics: &Metrics,
     cancel: &CancellationToken,
-) {
+) -> Vec<usize> {
+    let mut refused = Vec::new();
+    let mut slices = vec![(0, records.len())];
+    while let Some((lo, hi)) = slices.pop() {
+        let Some(slice) = records.get_mut(lo..hi) else {
+            continue;
+        };
+        match write_slice(store, slice, metrics, cancel).await {
+            Written::Committed => {}
+            Written::Cancelled => return refused,
+            Written::Refused(e) if hi - lo == 1 => {
+                metrics.poison.inc();
+                let r = &records[lo];
+                tracing::warn!(id = %r.id, subject = %r.subject, error = %e, "the database refuses this event; terminated");
+                refused.push(lo);
+            }
+            Written::Refused(_) => {
+                let mid = lo + (hi - lo) / 2;
+                slices.push((mid, hi));
+                slices.push((lo, mid));
+            }
+        }
+    }
+    refused
+}
+
+/// Writes `records` in one transaction, retrying with backoff while the database is
+/// unavailable, until it commits, is refused, or the worker stops.
+async fn write_slice(
+    store: &Store,
+    records: &mut [AuditRecord],
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> Written {
     let mut backoff = BACKOFF_MIN;
     let mut failing = false;
     loop {
         let at = now_nanos();
-        for r in &mut records {
+        for r in records.iter_mut() {
             r.stored_nanos = at;
         }
         let n = records.len() as u64;
         let started = std::time::Instant::now();
-        match store.insert_audit_events(records.clone()).await {
+        match store.insert_audit_events(records.to_vec()).await {
             Ok(new) => {
                 // Publish-to-commit lag of each event (clocks of one host or NTP-synced ones).
                 let committed = now_nanos();
-                for r in &records {
+                for r in records.iter() {
                     if r.time_nanos > 0 && committed >= r.time_nanos {
                         metrics.lag.observe(Duration::from_nanos(
                             u64::try_from(committed - r.time_nanos).unwrap_or(0),
@@ -178,7 +229,11 @@ async fn write(
                     tracing::info!("database writable again; catching up");
                 }
                 metrics.db_down.set(0);
-                return;
+                return Written::Committed;
+            }
+            Err(e) if !e.is_unavailable() => {
+                metrics.db_errors.inc();
+                return Written::Refused(e.to_string());
             }
             Err(e) => {
                 metrics.db_errors.inc();
@@ -188,11 +243,44 @@ async fn write(
                     failing = true;
                 }
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = cancel.cancelled() => return Written::Cancelled,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
+        }
+    }
+}
+
+/// Deletes events older than the retention, a bounded chunk at a time, once an hour (any
+/// replica may: deleting is idempotent).
+pub async fn prune(store: Store, retention: Duration, cancel: CancellationToken) {
+    const CHUNK: u64 = 10_000;
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let keep = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        let before = now_nanos().saturating_sub(keep);
+        let mut total = 0;
+        loop {
+            match store.prune_audit_events(before, CHUNK).await {
+                Ok(n) => {
+                    total += n;
+                    if n < CHUNK || cancel.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "old audit events not pruned; trying again later");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(events = total, "audit events past the retention deleted");
         }
     }
 }

@@ -160,11 +160,56 @@ pub async fn check(
     }
 }
 
+/// A map that holds at most `cap` keys, forgetting the least recently used ones in O(1): keys
+/// live in a current and a previous generation; when the current one is full it becomes the
+/// previous one and the old previous one is dropped whole. A key used in the previous
+/// generation moves to the current one.
+struct Generations<K, V> {
+    cap: usize,
+    current: HashMap<K, V>,
+    previous: HashMap<K, V>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Generations<K, V> {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(2),
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+
+    fn get_mut_or_insert(&mut self, key: &K, fresh: impl FnOnce() -> V) -> &mut V {
+        let value = match self.current.remove(key) {
+            Some(v) => v,
+            None => {
+                let v = self.previous.remove(key).unwrap_or_else(fresh);
+                if self.current.len() >= self.cap / 2 {
+                    self.previous = std::mem::take(&mut self.current);
+                }
+                v
+            }
+        };
+        self.current.entry(key.clone()).or_insert(value)
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
 /// Slows down sources that keep failing: after `FREE_FAILURES` failures within `WINDOW`, each
-/// further failure is answered after a delay that doubles up to `MAX_DELAY`.
-#[derive(Default)]
+/// further failure is answered after a delay that doubles up to `MAX_DELAY`. At most
+/// `MAX_TRACKED` sources are remembered (the least recently failing are forgotten first), and
+/// every failure costs O(1) under the lock.
 pub struct FailureLimiter {
-    by_source: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    by_source: Mutex<Generations<IpAddr, (u32, Instant)>>,
+}
+
+impl Default for FailureLimiter {
+    fn default() -> Self {
+        Self::with_capacity(MAX_TRACKED)
+    }
 }
 
 const FREE_FAILURES: u32 = 3;
@@ -173,21 +218,27 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 const MAX_TRACKED: usize = 100_000;
 
 impl FailureLimiter {
+    fn with_capacity(cap: usize) -> Self {
+        Self {
+            by_source: Mutex::new(Generations::new(cap)),
+        }
+    }
+
     /// Records a failure and returns how long to wait before answering it.
     pub fn failure(&self, source: IpAddr, now: Instant) -> Duration {
-        let Ok(mut map) = self.by_source.lock() else {
-            return Duration::ZERO;
-        };
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, (_, at)| now.duration_since(*at) < WINDOW);
-        }
-        let entry = map.entry(source).or_insert((0, now));
+        let mut map = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.get_mut_or_insert(&source, || (0, now));
         if now.duration_since(entry.1) >= WINDOW {
             *entry = (0, now);
         }
         entry.0 = entry.0.saturating_add(1);
         entry.1 = now;
         delay_for(entry.0)
+    }
+
+    /// Sources remembered now (at most `MAX_TRACKED`).
+    pub fn tracked(&self) -> usize {
+        self.by_source.lock().map(|m| m.len()).unwrap_or(0)
     }
 }
 
@@ -197,6 +248,141 @@ fn delay_for(failures: u32) -> Duration {
     }
     let exp = (failures - FREE_FAILURES - 1).min(10);
     (Duration::from_millis(250) * 2u32.pow(exp)).min(MAX_DELAY)
+}
+
+/// What a failed login's event says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedLogin {
+    pub guid: String,
+    pub remote: String,
+    pub reason: AuthFailure,
+    pub attempt: u32,
+}
+
+/// An `auth_failed` event to publish: the login it describes and how many failed logins
+/// (from its source, in its tenant) it stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureReport {
+    pub tenant: String,
+    pub login: FailedLogin,
+    pub failures: u32,
+}
+
+struct Window {
+    ends: Instant,
+    /// Failures since the window's event, with the latest of them.
+    suppressed: u32,
+    last: Option<FailedLogin>,
+}
+
+/// Failed-login events, at most one per source address and tenant per interval: the first
+/// failure of a quiet source is reported at once; the failures that follow within the
+/// interval are counted and reported together when it ends (which opens the next interval).
+/// A stranger cycling random GUIDs therefore adds one event per interval, not one per try.
+pub struct FailureEvents {
+    interval: Duration,
+    windows: Mutex<HashMap<(IpAddr, String), Window>>,
+    max_sources: usize,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl FailureEvents {
+    pub fn new(interval: Duration, max_sources: usize) -> Self {
+        Self {
+            interval,
+            windows: Mutex::new(HashMap::new()),
+            max_sources,
+            dropped: Default::default(),
+        }
+    }
+
+    /// Records a failed login; returns the event to publish now, if any.
+    pub fn record(
+        &self,
+        now: Instant,
+        source: IpAddr,
+        tenant: &str,
+        login: FailedLogin,
+    ) -> Option<FailureReport> {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (source, tenant.to_owned());
+        if let Some(w) = windows.get_mut(&key) {
+            if now < w.ends {
+                w.suppressed = w.suppressed.saturating_add(1);
+                w.last = Some(login);
+                return None;
+            }
+            // A window that ended without being swept: its count goes into this event.
+            let failures = w.suppressed.saturating_add(1);
+            *w = Window {
+                ends: now + self.interval,
+                suppressed: 0,
+                last: None,
+            };
+            return Some(FailureReport {
+                tenant: key.1,
+                login,
+                failures,
+            });
+        }
+        if windows.len() >= self.max_sources {
+            // Bounded: past this many noisy sources, failures are only counted.
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        windows.insert(
+            key.clone(),
+            Window {
+                ends: now + self.interval,
+                suppressed: 0,
+                last: None,
+            },
+        );
+        Some(FailureReport {
+            tenant: key.1,
+            login,
+            failures: 1,
+        })
+    }
+
+    /// Ends the windows that are over: one report for each that counted failures (opening a
+    /// new window), and quiet ones are forgotten.
+    pub fn sweep(&self, now: Instant) -> Vec<FailureReport> {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reports = Vec::new();
+        windows.retain(|(_, tenant), w| {
+            if now < w.ends {
+                return true;
+            }
+            match w.last.take() {
+                Some(login) => {
+                    reports.push(FailureReport {
+                        tenant: tenant.clone(),
+                        login,
+                        failures: w.suppressed,
+                    });
+                    *w = Window {
+                        ends: now + self.interval,
+                        suppressed: 0,
+                        last: None,
+                    };
+                    true
+                }
+                None => false,
+            }
+        });
+        reports
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Failures not reported because too many sources were being tracked.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -218,5 +404,88 @@ mod tests {
         assert_eq!(delay_for(100), MAX_DELAY);
         // The window forgets old failures.
         assert_eq!(l.failure(ip, now + WINDOW), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_limiter_is_bounded_and_forgets_the_least_recent_sources() {
+        let l = FailureLimiter::with_capacity(100);
+        let now = Instant::now();
+        let busy: IpAddr = "198.51.100.1".parse().unwrap();
+        for _ in 0..5 {
+            l.failure(busy, now);
+        }
+        for i in 0..10_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i));
+            l.failure(ip, now);
+            // The busy source keeps failing now and then, so it stays remembered.
+            if i % 20 == 0 {
+                l.failure(busy, now);
+            }
+            assert!(l.tracked() <= 100, "{}", l.tracked());
+        }
+        assert!(l.failure(busy, now) >= MAX_DELAY / 2, "still slowed down");
+    }
+
+    fn login(guid: &str) -> FailedLogin {
+        FailedLogin {
+            guid: guid.into(),
+            remote: "192.0.2.7:4000".into(),
+            reason: AuthFailure::UnknownDevice,
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn failed_login_events_are_one_per_source_and_tenant_per_interval() {
+        let ev = FailureEvents::new(Duration::from_secs(60), 1000);
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let b: IpAddr = "192.0.2.8".parse().unwrap();
+        // The first failure is reported at once.
+        let first = ev.record(t0, a, "", login("g0")).expect("first");
+        assert_eq!(first.failures, 1);
+        // A thousand more within the interval: none at once.
+        for i in 1..=1000 {
+            let at = t0 + Duration::from_millis(i * 10);
+            assert_eq!(ev.record(at, a, "", login(&format!("g{i}"))), None);
+        }
+        // Another source and another tenant are windows of their own.
+        assert!(ev.record(t0, b, "", login("x")).is_some());
+        assert!(ev.record(t0, a, "acme", login("y")).is_some());
+        assert!(ev.sweep(t0 + Duration::from_secs(59)).is_empty());
+        // The interval's end reports the thousand together, with the latest login.
+        let reports = ev.sweep(t0 + Duration::from_secs(60));
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].failures, 1000);
+        assert_eq!(reports[0].login.guid, "g1000");
+        // That report opened the next interval: a failure right after it is counted.
+        assert_eq!(
+            ev.record(t0 + Duration::from_secs(61), a, "", login("z")),
+            None
+        );
+        let later = ev.sweep(t0 + Duration::from_secs(120));
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].failures, 1);
+        // Quiet windows are forgotten; the next failure is reported at once again.
+        assert!(ev.sweep(t0 + Duration::from_secs(180)).is_empty());
+        assert_eq!(
+            ev.record(t0 + Duration::from_secs(181), a, "", login("w"))
+                .map(|r| r.failures),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn failed_login_events_track_a_bounded_number_of_sources() {
+        let ev = FailureEvents::new(Duration::from_secs(60), 10);
+        let now = Instant::now();
+        let reported = (0..50u32)
+            .filter(|i| {
+                let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i));
+                ev.record(now, ip, "", login("g")).is_some()
+            })
+            .count();
+        assert_eq!(reported, 10);
+        assert_eq!(ev.dropped(), 40);
     }
 }

@@ -68,6 +68,10 @@ pub struct IngressConfig {
     /// Deadline of every write to a device, seconds: a peer that stops reading is dropped.
     #[arg(long, env = "HOMEPORT_WRITE_TIMEOUT", default_value_t = 10)]
     pub write_timeout_secs: u64,
+    /// Failed-login events are at most one per source address and tenant per this many
+    /// seconds; the failures in between are counted in the next one.
+    #[arg(long, env = "HOMEPORT_AUTH_EVENT_INTERVAL", default_value_t = 60)]
+    pub auth_event_interval_secs: u64,
     /// Failed logins in one session before it is disconnected.
     #[arg(long, env = "HOMEPORT_MAX_AUTH_ATTEMPTS", default_value_t = 3)]
     pub max_auth_attempts: u32,
@@ -123,6 +127,9 @@ impl IngressConfig {
         if self.handshake_timeout_secs == 0 {
             return Err("--handshake-timeout-secs must be at least 1".into());
         }
+        if self.auth_event_interval_secs == 0 {
+            return Err("--auth-event-interval-secs must be at least 1".into());
+        }
         if self.max_auth_attempts == 0 {
             return Err("--max-auth-attempts must be at least 1".into());
         }
@@ -137,6 +144,9 @@ impl IngressConfig {
     }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.handshake_timeout_secs)
+    }
+    pub fn auth_event_interval(&self) -> Duration {
+        Duration::from_secs(self.auth_event_interval_secs)
     }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout_secs)
@@ -171,6 +181,7 @@ impl Default for IngressConfig {
             handshake_timeout_secs: 30,
             max_handshakes_per_source: 32,
             write_timeout_secs: 10,
+            auth_event_interval_secs: 60,
             max_auth_attempts: 3,
             tunnel_timeout_ms: 10_000,
             tunnel_concurrency: 4,

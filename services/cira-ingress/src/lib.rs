@@ -35,6 +35,9 @@ use tokio_util::task::TaskTracker;
 pub use config::IngressConfig;
 pub use metrics::{IngressObservable, Metrics};
 
+/// Sources (address and tenant) whose failed logins are being aggregated at once.
+const MAX_FAILURE_SOURCES: usize = 100_000;
+
 /// TLS handshakes computing at once per node.
 const MAX_CONCURRENT_HANDSHAKES: usize = 64;
 
@@ -72,6 +75,8 @@ pub(crate) struct Shared {
     pub presence: kv::Store,
     pub metrics: Arc<Metrics>,
     pub limiter: auth::FailureLimiter,
+    /// Failed-login events, at most one per source and tenant per interval.
+    pub failure_events: auth::FailureEvents,
     /// Live sessions of this node, by device guid.
     pub sessions: registry::Registry,
     /// TLS handshakes computing at once: bounds the CPU and transient memory of reconnect
@@ -126,6 +131,7 @@ impl Ingress {
             .local_addr()
             .map_err(|e| StartError::Config(format!("listener: {e}")))?;
         let per_source = parts.config.max_handshakes_per_source;
+        let auth_event_interval = parts.config.auth_event_interval();
         let shared = Arc::new(Shared {
             source: format!("cira-ingress/{}", parts.node_id),
             config: parts.config,
@@ -139,6 +145,7 @@ impl Ingress {
             presence: presence_kv,
             metrics: Arc::new(Metrics::default()),
             limiter: auth::FailureLimiter::default(),
+            failure_events: auth::FailureEvents::new(auth_event_interval, MAX_FAILURE_SOURCES),
             sessions: registry::Registry::default(),
             handshakes: tokio_util::sync::PollSemaphore::new(Arc::new(Semaphore::new(
                 MAX_CONCURRENT_HANDSHAKES,
@@ -160,6 +167,7 @@ impl Ingress {
             draining.clone(),
             stop_background.clone(),
         ));
+        background.spawn(failure_event_loop(shared.clone(), stop_background.clone()));
         let stop_accept = CancellationToken::new();
         let sessions = TaskTracker::new();
         tokio::spawn(accept_loop(
@@ -270,6 +278,21 @@ async fn accept_loop(
                 tracing::error!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// Publishes the failed-login counts of the intervals that ended.
+async fn failure_event_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = (shared.failure_events.interval() / 4).max(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for report in shared.failure_events.sweep(std::time::Instant::now()) {
+            session::publish_auth_failure(&shared, report);
         }
     }
 }

@@ -354,8 +354,9 @@ impl Conn {
                     let peer = self.peer;
                     let session_id = self.session_id;
                     let password = password.expose().as_bytes().to_vec();
+                    let attempt = self.auth_attempt;
                     self.auth = Some(tokio::spawn(login(
-                        shared, guid, username, password, peer, session_id,
+                        shared, guid, username, password, peer, session_id, attempt,
                     )));
                 }
                 ServerEvent::Ready { .. } => {
@@ -429,18 +430,8 @@ impl Conn {
                 self.session.accept_auth();
             }
             AuthOutcome::Rejected(r) => {
-                let m = &self.shared.metrics;
-                m.auth_failures.inc();
-                let guid = self.guid.clone().unwrap_or_default();
-                tracing::warn!(device = %guid, peer = %self.peer, reason = r.why.as_str(), attempt = self.auth_attempt, "device login refused");
-                let mut ev = envelope(&r.tenant, &guid, "auth_failed", &self.shared.source);
-                ev.payload = Some(Payload::DeviceAuthFailed(proto::DeviceAuthFailed {
-                    node: self.shared.node_id.clone(),
-                    remote_addr: self.peer.to_string(),
-                    reason: r.why.as_str().to_string(),
-                    attempt: self.auth_attempt,
-                }));
-                self.emit(&r.tenant, &guid, "auth_failed", &ev);
+                let guid = self.guid.as_deref().unwrap_or_default();
+                tracing::debug!(device = %guid, peer = %self.peer, reason = r.why.as_str(), attempt = self.auth_attempt, "device login refused");
                 self.session.reject_auth();
                 if self.session.is_closed() {
                     self.set_end(End::AuthFailed);
@@ -755,6 +746,32 @@ impl Conn {
     }
 }
 
+/// Publishes one `auth_failed` event (which may stand for several failed logins).
+pub(crate) fn publish_auth_failure(shared: &Shared, report: auth::FailureReport) {
+    let login = &report.login;
+    tracing::warn!(
+        device = %login.guid,
+        peer = %login.remote,
+        reason = login.reason.as_str(),
+        failures = report.failures,
+        "device login refused"
+    );
+    let mut ev = envelope(&report.tenant, &login.guid, "auth_failed", &shared.source);
+    ev.payload = Some(Payload::DeviceAuthFailed(proto::DeviceAuthFailed {
+        node: shared.node_id.clone(),
+        remote_addr: login.remote.clone(),
+        reason: login.reason.as_str().to_string(),
+        attempt: login.attempt,
+        failures: report.failures,
+    }));
+    let subject = shared
+        .names
+        .device_event(&report.tenant, &login.guid, "auth_failed");
+    if let Err(e) = shared.events.publish(subject, &ev) {
+        tracing::error!(device = %login.guid, error = %e, "event not queued");
+    }
+}
+
 async fn poll_auth(auth: &mut Option<tokio::task::JoinHandle<AuthOutcome>>) -> AuthOutcome {
     match auth {
         Some(task) => match task.await {
@@ -784,6 +801,7 @@ async fn login(
     password: Vec<u8>,
     peer: SocketAddr,
     session_id: u64,
+    attempt: u32,
 ) -> AuthOutcome {
     match auth::check(
         &shared.devices,
@@ -811,7 +829,20 @@ async fn login(
             }
         }
         Err(rejected) => {
-            let delay = shared.limiter.failure(peer.ip(), Instant::now());
+            // Counted when decided: a slowed-down answer may outlive the session.
+            shared.metrics.auth_failures.inc();
+            let login = auth::FailedLogin {
+                guid,
+                remote: peer.to_string(),
+                reason: rejected.why,
+                attempt,
+            };
+            let now = Instant::now();
+            let failures = &shared.failure_events;
+            if let Some(report) = failures.record(now, peer.ip(), &rejected.tenant, login) {
+                publish_auth_failure(&shared, report);
+            }
+            let delay = shared.limiter.failure(peer.ip(), now);
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

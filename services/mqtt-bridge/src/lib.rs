@@ -244,7 +244,9 @@ async fn bridge(
                 // Another tenant's event: not for this bridge's topic.
                 let _ = m.ack().await;
             }
-            Ok(ev) if !ev.id.is_empty() => {
+            Ok(ev)
+                if !ev.id.is_empty() && names.event_subject_is_tenants(&m.subject, &ev.tenant) =>
+            {
                 let json = to_open_amt(&ev).to_string();
                 // Not acked until the broker has it: a broker outage loses nothing.
                 client.publish(&config.topic, json.as_bytes()).await?;
@@ -252,6 +254,7 @@ async fn bridge(
                 let _ = m.ack().await;
             }
             _ => {
+                // Not an event, or one filed under another tenant's subject.
                 metrics.skipped.inc();
                 let _ = m.ack_with(AckKind::Term).await;
             }

@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20250101_000001_create_devices;
 mod m20261125_000002_create_audit_events;
+mod m20261206_000003_audit_time_index;
 
 /// All migrations in order.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20250101_000001_create_devices::Migration),
             Box::new(m20261125_000002_create_audit_events::Migration),
+            Box::new(m20261206_000003_audit_time_index::Migration),
         ]
     }
 }
