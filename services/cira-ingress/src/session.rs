@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::kv;
 use async_nats::Subject;
 use bytes::Bytes;
 use homeport_apf::{ChannelId, DisconnectReason, ServerConfig, ServerEvent, ServerSession};
@@ -75,8 +76,74 @@ enum AuthOutcome {
     Accepted {
         tenant: String,
         rx: mpsc::Receiver<SessionCmd>,
+        seen: Seen,
     },
     Rejected(auth::Rejected),
+}
+
+/// What a session knows of its device's presence entry before writing its own. Presence is
+/// only ever written with an expected revision, so a session can never overwrite an entry it
+/// has not seen, such as a newer session's on another node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Seen {
+    /// Not read (NATS was unreachable at login): read before writing.
+    #[default]
+    Unknown,
+    /// The last revision of the key, 0 for none; `superseded` is the session whose entry that
+    /// was (closed at login), which may still be there when the write is made.
+    At {
+        revision: u64,
+        superseded: Option<String>,
+    },
+}
+
+/// What the entry of a device says about ownership, for a session deciding to write.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// The entry is this session's: its revision.
+    Ours(u64),
+    /// Free to write over this revision (none, a delete, or the superseded session's).
+    Free(u64),
+    /// Another session owns the device now.
+    Taken(String),
+}
+
+/// Decides from the device's current entry (`None`: no key) whether `session`, which
+/// connected at `connected_at` (RFC 3339), may write.
+fn claim(
+    current: Option<(u64, Option<Presence>)>,
+    session: &str,
+    connected_at: &str,
+    seen: &Seen,
+) -> Claim {
+    let Some((revision, value)) = current else {
+        return Claim::Free(0);
+    };
+    match value {
+        None => Claim::Free(revision),
+        Some(p) if p.session == session => Claim::Ours(revision),
+        Some(p) => match seen {
+            // The login could not read presence: an entry of a session that connected earlier
+            // is an older one to take over, a later one is the device's newer session.
+            Seen::Unknown if earlier(&p.connected_at, connected_at) => Claim::Free(revision),
+            Seen::Unknown => Claim::Taken(p.session),
+            Seen::At { superseded, .. } if superseded.as_deref() == Some(p.session.as_str()) => {
+                Claim::Free(revision)
+            }
+            Seen::At { .. } => Claim::Taken(p.session),
+        },
+    }
+}
+
+/// Whether RFC 3339 time `a` is before `b` (unparsable times are never earlier).
+fn earlier(a: &str, b: &str) -> bool {
+    match (
+        chrono::DateTime::parse_from_rfc3339(a),
+        chrono::DateTime::parse_from_rfc3339(b),
+    ) {
+        (Ok(a), Ok(b)) => a < b,
+        _ => false,
+    }
 }
 
 /// A tunnelled HTTP request waiting for its device's answer.
@@ -116,6 +183,8 @@ struct Conn {
     registered: bool,
     ready_at: Option<Instant>,
     presence_rev: Option<u64>,
+    /// The presence entry as last seen, for the next conditional write.
+    presence_seen: Seen,
     /// Set while the presence write has to be retried.
     presence_retry_at: Option<Instant>,
     connected_at: String,
@@ -202,6 +271,7 @@ impl Conn {
             registered: false,
             ready_at: None,
             presence_rev: None,
+            presence_seen: Seen::Unknown,
             presence_retry_at: None,
             connected_at: String::new(),
             pending: Vec::new(),
@@ -423,7 +493,8 @@ impl Conn {
 
     fn on_auth(&mut self, outcome: AuthOutcome) {
         match outcome {
-            AuthOutcome::Accepted { tenant, rx } => {
+            AuthOutcome::Accepted { tenant, rx, seen } => {
+                self.presence_seen = seen;
                 self.tenant = tenant;
                 self.rx = Some(rx);
                 self.registered = true;
@@ -461,25 +532,54 @@ impl Conn {
         tracing::debug!(device = %guid, peer = %self.peer, "device connected");
     }
 
-    /// The revision of the device's presence entry if it is this session's.
-    async fn own_presence_revision(&self, guid: &str) -> Option<u64> {
+    /// The device's presence entry: `Some((revision, value))` with `None` for a deleted key,
+    /// `None` when the key never existed; `Err` when NATS did not answer.
+    async fn read_presence(&self, guid: &str) -> Result<Option<(u64, Option<Presence>)>, ()> {
         let entry = tokio::time::timeout(NATS_OP_TIMEOUT, self.shared.presence.entry(guid))
             .await
-            .ok()?
-            .ok()??;
-        let recorded: Presence = serde_json::from_slice(&entry.value).ok()?;
-        (recorded.session == format!("{:016x}", self.session_id)).then_some(entry.revision)
+            .map_err(|_| ())?
+            .map_err(|_| ())?;
+        Ok(entry.map(|e| {
+            let value = (e.operation == kv::Operation::Put)
+                .then(|| serde_json::from_slice::<Presence>(&e.value).ok())
+                .flatten();
+            (e.revision, value)
+        }))
     }
 
-    /// Records this session in the presence bucket. While NATS is unreachable the device stays
-    /// connected but cannot be found by callers, so a failed write is retried until it lands.
+    /// The revision of the device's presence entry if it is this session's.
+    async fn own_presence_revision(&self, guid: &str) -> Option<u64> {
+        match self.read_presence(guid).await {
+            Ok(current) => match claim(
+                current,
+                &self.session_hex(),
+                &self.connected_at,
+                &self.presence_seen,
+            ) {
+                Claim::Ours(rev) => Some(rev),
+                _ => None,
+            },
+            Err(()) => None,
+        }
+    }
+
+    fn session_hex(&self) -> String {
+        format!("{:016x}", self.session_id)
+    }
+
+    /// Records this session in the presence bucket, only over the revision it last saw (see
+    /// [`Seen`]). While NATS is unreachable the device stays connected but cannot be found by
+    /// callers, so a failed write is retried; a retry first re-reads the entry, since the
+    /// lost write may have landed or another session may own the device by now. A session
+    /// that finds the device taken ends as superseded.
     async fn write_presence(&mut self) {
         let Some(guid) = self.guid.clone() else {
             return;
         };
+        let session = self.session_hex();
         let presence = Presence {
             node: self.shared.node_id.clone(),
-            session: format!("{:016x}", self.session_id),
+            session: session.clone(),
             tenant: self.tenant.clone(),
             connected_at: self.connected_at.clone(),
             remote: self.peer.to_string(),
@@ -487,25 +587,69 @@ impl Conn {
         let Ok(value) = serde_json::to_vec(&presence) else {
             return;
         };
-        let written = tokio::time::timeout(
-            NATS_OP_TIMEOUT,
-            self.shared.presence.put(&guid, value.into()),
-        )
-        .await;
-        match written {
-            Ok(Ok(rev)) => {
-                if self.presence_retry_at.take().is_some() {
-                    tracing::info!(device = %guid, "presence recorded after retrying");
+        let mut must_read = self.presence_retry_at.is_some() || self.presence_seen == Seen::Unknown;
+        // A conflict means the entry changed since it was seen (a superseded session deleting
+        // its own, usually): read and decide again, a few times at most.
+        for _ in 0..4 {
+            let revision = if must_read {
+                let Ok(current) = self.read_presence(&guid).await else {
+                    return self.retry_presence(&guid, "presence not readable");
+                };
+                match claim(current, &session, &self.connected_at, &self.presence_seen) {
+                    Claim::Ours(rev) => return self.presence_recorded(&guid, rev),
+                    Claim::Taken(other) => return self.presence_taken(&guid, &other),
+                    Claim::Free(rev) => rev,
                 }
-                self.presence_rev = Some(rev);
-                return;
+            } else {
+                match &self.presence_seen {
+                    Seen::At { revision, .. } => *revision,
+                    Seen::Unknown => 0,
+                }
+            };
+            let written = tokio::time::timeout(
+                NATS_OP_TIMEOUT,
+                self.shared
+                    .presence
+                    .update(&guid, value.clone().into(), revision),
+            )
+            .await;
+            match written {
+                Ok(Ok(rev)) => return self.presence_recorded(&guid, rev),
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    must_read = true;
+                }
+                Ok(Err(e)) => return self.retry_presence(&guid, &e.to_string()),
+                Err(_) => return self.retry_presence(&guid, "presence write timed out"),
             }
-            Ok(Err(e)) => {
-                tracing::warn!(device = %guid, error = %e, "presence not recorded; will retry")
-            }
-            Err(_) => tracing::warn!(device = %guid, "presence write timed out; will retry"),
         }
+        self.retry_presence(&guid, "presence kept changing");
+    }
+
+    fn presence_recorded(&mut self, guid: &str, rev: u64) {
+        if self.presence_retry_at.take().is_some() {
+            tracing::info!(device = %guid, "presence recorded after retrying");
+        }
+        self.presence_rev = Some(rev);
+        self.presence_seen = Seen::At {
+            revision: rev,
+            superseded: None,
+        };
+    }
+
+    fn retry_presence(&mut self, guid: &str, why: &str) {
+        tracing::warn!(device = %guid, error = why, "presence not recorded; will retry");
         self.presence_retry_at = Some(Instant::now() + PRESENCE_RETRY);
+    }
+
+    /// Another session recorded the device after this one logged in: it is the device's
+    /// session now, and this one steps aside without touching its entry.
+    fn presence_taken(&mut self, guid: &str, other: &str) {
+        tracing::info!(device = %guid, newer = other, "device recorded by another session; closing this one");
+        self.presence_retry_at = None;
+        self.deregister();
+        self.shared.metrics.superseded.inc();
+        self.session.disconnect(DisconnectReason::BY_APPLICATION);
+        self.set_end(End::Superseded);
     }
 
     fn emit(&self, tenant: &str, guid: &str, kind: &str, ev: &proto::Event) {
@@ -813,7 +957,7 @@ async fn login(
     .await
     {
         Ok(login) => {
-            supersede_recorded(&shared, &guid, session_id).await;
+            let seen = supersede_recorded(&shared, &guid, session_id).await;
             let (tx, rx) = mpsc::channel(shared.config.tunnel_concurrency + 2);
             if let Some(older) = shared.sessions.register(&guid, session_id, tx) {
                 // An older session on this node that had not recorded presence yet.
@@ -826,6 +970,7 @@ async fn login(
             AuthOutcome::Accepted {
                 tenant: login.tenant,
                 rx,
+                seen,
             }
         }
         Err(rejected) => {
@@ -852,15 +997,29 @@ async fn login(
 }
 
 /// Asks the session recorded in presence, if it is not this one, to close, and waits for it
-/// (a dead node answers "no responders" at once).
-async fn supersede_recorded(shared: &Shared, guid: &str, session_id: u64) {
-    let recorded = match tokio::time::timeout(NATS_OP_TIMEOUT, shared.presence.get(guid)).await {
-        Ok(Ok(Some(v))) => serde_json::from_slice::<Presence>(&v).ok(),
-        _ => None,
+/// (a dead node answers "no responders" at once). Returns what it saw, for the conditional
+/// presence write that follows.
+async fn supersede_recorded(shared: &Shared, guid: &str, session_id: u64) -> Seen {
+    let entry = match tokio::time::timeout(NATS_OP_TIMEOUT, shared.presence.entry(guid)).await {
+        Ok(Ok(entry)) => entry,
+        _ => return Seen::Unknown,
     };
-    let Some(old) = recorded else { return };
+    let Some(entry) = entry else {
+        return Seen::At {
+            revision: 0,
+            superseded: None,
+        };
+    };
+    let recorded = (entry.operation == kv::Operation::Put)
+        .then(|| serde_json::from_slice::<Presence>(&entry.value).ok())
+        .flatten();
+    let seen = Seen::At {
+        revision: entry.revision,
+        superseded: recorded.as_ref().map(|p| p.session.clone()),
+    };
+    let Some(old) = recorded else { return seen };
     if old.session == format!("{session_id:016x}") {
-        return;
+        return seen;
     }
     let subject = shared.names.cira_node_supersede(&old.node, guid);
     match tokio::time::timeout(
@@ -875,5 +1034,77 @@ async fn supersede_recorded(shared: &Shared, guid: &str, session_id: u64) {
             tracing::warn!(device = %guid, error = %e, "superseding the older session failed")
         }
         Err(_) => tracing::warn!(device = %guid, "older session did not confirm closing"),
+    }
+    seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(session: &str, connected_at: &str) -> Presence {
+        Presence {
+            node: "node-x".into(),
+            session: session.into(),
+            tenant: "acme".into(),
+            connected_at: connected_at.into(),
+            remote: "192.0.2.1:1".into(),
+        }
+    }
+
+    const T1: &str = "2026-12-06T10:00:00+00:00";
+    const T2: &str = "2026-12-06T10:00:05+00:00";
+
+    #[test]
+    fn presence_is_written_only_over_what_the_session_may_replace() {
+        let at = |revision, superseded: Option<&str>| Seen::At {
+            revision,
+            superseded: superseded.map(str::to_owned),
+        };
+        // No key, or a deleted one: free, at its revision.
+        assert_eq!(claim(None, "me", T2, &at(0, None)), Claim::Free(0));
+        assert_eq!(
+            claim(Some((7, None)), "me", T2, &at(5, Some("old"))),
+            Claim::Free(7)
+        );
+        // Our own entry (a write whose answer was lost landed).
+        assert_eq!(
+            claim(Some((9, Some(entry("me", T2)))), "me", T2, &at(5, None)),
+            Claim::Ours(9)
+        );
+        // The session superseded at login may still be there: replace it.
+        assert_eq!(
+            claim(
+                Some((5, Some(entry("old", T1)))),
+                "me",
+                T2,
+                &at(5, Some("old"))
+            ),
+            Claim::Free(5)
+        );
+        // Any other session wrote after the login: it owns the device, never overwritten.
+        assert_eq!(
+            claim(
+                Some((8, Some(entry("newer", T1)))),
+                "me",
+                T2,
+                &at(5, Some("old"))
+            ),
+            Claim::Taken("newer".into())
+        );
+        // The login could not read: an earlier session is replaced, a later one is not.
+        assert_eq!(
+            claim(Some((3, Some(entry("old", T1)))), "me", T2, &Seen::Unknown),
+            Claim::Free(3)
+        );
+        assert_eq!(
+            claim(
+                Some((4, Some(entry("newer", T2)))),
+                "me",
+                T1,
+                &Seen::Unknown
+            ),
+            Claim::Taken("newer".into())
+        );
     }
 }
