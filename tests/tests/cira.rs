@@ -662,3 +662,84 @@ async fn tls_1_0_only_behind_the_legacy_switch() {
     legacy.shutdown().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_nodes_devices_are_reaped_once_with_node_lost() {
+    use homeport_contracts::presence::{nodes_bucket, NodeHeartbeat, Presence};
+    let env = TestEnv::new("reaper").await;
+    let a = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let b = env.start_ingress("node-b", TestEnv::ingress_config()).await;
+    // A real device on node-a, which stays.
+    let cfg = env.enrolled_fleet(a.local_addr(), 1, 41, "acme").await;
+    let fleet = env.start_connected(cfg, WAIT).await;
+    // A node that beat once and died with three devices recorded.
+    let nodes = nodes_bucket(&env.js, &env.names, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let beat = NodeHeartbeat {
+        node: "node-dead".into(),
+        sessions: 3,
+        at: "2026-12-06T00:00:00Z".into(),
+        draining: false,
+    };
+    nodes
+        .put("node-dead", serde_json::to_vec(&beat).unwrap().into())
+        .await
+        .unwrap();
+    let presence = env.presence().await;
+    let lost: Vec<String> = (0..3)
+        .map(|i| format!("00000000-0000-4000-8000-00000000dea{i}"))
+        .collect();
+    for (i, guid) in lost.iter().enumerate() {
+        let p = Presence {
+            node: "node-dead".into(),
+            session: format!("{i:016x}"),
+            tenant: "acme".into(),
+            connected_at: "2026-12-06T00:00:00Z".into(),
+            remote: "192.0.2.1:1".into(),
+        };
+        presence
+            .put(guid, serde_json::to_vec(&p).unwrap().into())
+            .await
+            .unwrap();
+    }
+    env.wait_presence("the lost node's entries are gone", WAIT, |p| {
+        p.iter().all(|(_, e)| e.node != "node-dead")
+    })
+    .await;
+    let gone = env.wait_events("disconnected", 3, WAIT).await;
+    // Both surviving nodes watch; exactly one acts: no second event per device.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all: Vec<_> = env
+        .events()
+        .await
+        .into_iter()
+        .filter(|(s, _)| s.ends_with(".disconnected"))
+        .collect();
+    assert_eq!(all.len(), 3, "{all:?}");
+    for (_, ev) in &gone {
+        assert!(lost.contains(&ev.device_guid));
+        match &ev.payload {
+            Some(Payload::DeviceDisconnected(d)) => {
+                assert_eq!(d.reason, "node-lost");
+                assert_eq!(d.node, "node-dead");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        a.metrics().presence_reaped.get() + b.metrics().presence_reaped.get(),
+        3
+    );
+    // The live node's device was not touched.
+    let guid = fleet.identities()[0].guid.clone();
+    assert!(env
+        .presence_entries()
+        .await
+        .iter()
+        .any(|(g, e)| *g == guid && e.node == "node-a"));
+    fleet.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
+    env.cleanup().await;
+}

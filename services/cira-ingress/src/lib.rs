@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod metrics;
+mod reaper;
 pub mod record;
 mod registry;
 mod session;
@@ -168,6 +169,12 @@ impl Ingress {
             stop_background.clone(),
         ));
         background.spawn(failure_event_loop(shared.clone(), stop_background.clone()));
+        background.spawn(reaper::run(
+            shared.clone(),
+            nodes.clone(),
+            heartbeat,
+            stop_background.clone(),
+        ));
         let stop_accept = CancellationToken::new();
         let sessions = TaskTracker::new();
         tokio::spawn(accept_loop(
@@ -321,6 +328,21 @@ async fn heartbeat_loop(
         };
         if let Err(e) = nodes.put(&shared.node_id, value.into()).await {
             tracing::warn!(error = %e, "node heartbeat not written");
+            continue;
+        }
+        // Declared dead by the others (cut off from NATS for too long): our devices' presence
+        // is gone, so they are disconnected to reconnect and be recorded again.
+        let mark = reaper::reaped_key(&shared.node_id);
+        if let Ok(Some(_)) = nodes.get(&mark).await {
+            let sessions = shared.sessions.senders();
+            tracing::error!(
+                sessions = sessions.len(),
+                "this node was declared lost by the others; disconnecting its devices so they reconnect"
+            );
+            for tx in sessions {
+                let _ = tx.try_send(registry::SessionCmd::Supersede(Box::new(None)));
+            }
+            let _ = nodes.delete(&mark).await;
         }
     }
 }

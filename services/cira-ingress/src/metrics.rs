@@ -28,6 +28,8 @@ pub struct Metrics {
     pub protocol_errors: Counter,
     pub idle_timeouts: Counter,
     pub superseded: Counter,
+    /// Presence entries of lost nodes removed by this node's reaper.
+    pub presence_reaped: Counter,
     pub channel_opens: Counter,
     pub tunnel_requests: Counter,
     pub tunnel_errors: Counter,
@@ -110,6 +112,11 @@ impl Observable for IngressObservable {
             "homeport_cira_keepalives_total",
             "Keep-alive requests answered",
             m.keepalives.get(),
+        );
+        e.counter(
+            "homeport_cira_presence_reaped_total",
+            "Presence entries of lost ingress nodes removed by this node (one disconnected event each)",
+            m.presence_reaped.get(),
         );
         e.counter(
             "homeport_cira_keepalives_ignored_total",

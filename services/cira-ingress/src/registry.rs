@@ -57,6 +57,12 @@ impl Registry {
         }
     }
 
+    /// Every session's sender (to close them all).
+    pub fn senders(&self) -> Vec<mpsc::Sender<SessionCmd>> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|e| e.tx.clone()).collect()
+    }
+
     fn sender(&self, guid: &str) -> Option<mpsc::Sender<SessionCmd>> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.get(guid).map(|e| e.tx.clone())
