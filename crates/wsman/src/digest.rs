@@ -1,5 +1,7 @@
 //! HTTP digest authentication as AMT does it (reference §1.2): MD5, qop=auth, the challenge
-//! nonce reused with an increasing nc until the device says it is stale.
+//! nonce reused with an increasing nc until the device says it is stale. A challenge without
+//! `qop=auth` is refused: RFC 2069's answer has no client nonce, so whoever sends the challenge
+//! would get a response of its own choosing to attack the password with offline.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DigestError {
@@ -7,6 +9,8 @@ pub enum DigestError {
     NotDigest,
     #[error("challenge without {0}")]
     Missing(&'static str),
+    #[error("challenge without qop=auth (RFC 2069 digest is not answered)")]
+    NoQopAuth,
 }
 
 /// A parsed `WWW-Authenticate: Digest …` header.
@@ -16,7 +20,6 @@ pub struct Challenge {
     pub nonce: String,
     pub opaque: Option<String>,
     pub stale: bool,
-    pub qop_auth: bool,
 }
 
 impl Challenge {
@@ -32,12 +35,14 @@ impl Challenge {
                 .find(|(n, _)| n.eq_ignore_ascii_case(k))
                 .map(|(_, v)| v.clone())
         };
+        if !get("qop").is_some_and(|q| q.split(',').any(|v| v.trim() == "auth")) {
+            return Err(DigestError::NoQopAuth);
+        }
         Ok(Challenge {
             realm: get("realm").ok_or(DigestError::Missing("realm"))?,
             nonce: get("nonce").ok_or(DigestError::Missing("nonce"))?,
             opaque: get("opaque"),
             stale: get("stale").is_some_and(|s| s.eq_ignore_ascii_case("true")),
-            qop_auth: get("qop").is_some_and(|q| q.split(',').any(|v| v.trim() == "auth")),
         })
     }
 }
@@ -96,15 +101,10 @@ impl DigestSession {
             quote(&c.realm),
             quote(&c.nonce)
         );
-        if c.qop_auth {
-            let response = md5_hex(&format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", c.nonce));
-            h.push_str(&format!(
-                r#"qop="auth",response="{response}",nc="{nc}",cnonce="{cnonce}""#
-            ));
-        } else {
-            let response = md5_hex(&format!("{ha1}:{}:{ha2}", c.nonce));
-            h.push_str(&format!(r#"response="{response}""#));
-        }
+        let response = md5_hex(&format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", c.nonce));
+        h.push_str(&format!(
+            r#"qop="auth",response="{response}",nc="{nc}",cnonce="{cnonce}""#
+        ));
         if let Some(o) = &c.opaque {
             h.push_str(&format!(r#",opaque="{}""#, quote(o)));
         }
@@ -145,7 +145,7 @@ mod tests {
         let c = Challenge::parse(r#"Digest realm="Digest:727734D63A1FC0423736E48DA554E462", nonce="B9AX94iAAAAAAAAAx6rrSfPHGUrx/3uA",stale="false",qop="auth""#).unwrap();
         assert_eq!(c.realm, "Digest:727734D63A1FC0423736E48DA554E462");
         assert_eq!(c.nonce, "B9AX94iAAAAAAAAAx6rrSfPHGUrx/3uA");
-        assert!(!c.stale && c.qop_auth);
+        assert!(!c.stale);
         assert!(
             Challenge::parse(r#"Digest realm="r",nonce="n",stale="true",qop="auth""#)
                 .unwrap()
@@ -156,9 +156,23 @@ mod tests {
             Err(DigestError::NotDigest)
         );
         assert_eq!(
-            Challenge::parse("Digest realm=x"),
+            Challenge::parse("Digest realm=x, qop=auth"),
             Err(DigestError::Missing("nonce"))
         );
+    }
+
+    #[test]
+    fn a_challenge_without_qop_auth_is_refused() {
+        for header in [
+            r#"Digest realm="Digest:ABC", nonce="n""#,
+            r#"Digest realm="Digest:ABC", nonce="n", qop="auth-int""#,
+        ] {
+            assert_eq!(
+                Challenge::parse(header),
+                Err(DigestError::NoQopAuth),
+                "{header}"
+            );
+        }
     }
 
     #[test]
@@ -185,7 +199,7 @@ mod tests {
 
     #[test]
     fn hostile_challenge_cannot_inject_headers() {
-        let c = Challenge::parse("Digest realm=\"a\r\nX-Evil: 1\", nonce=\"n\"").unwrap();
+        let c = Challenge::parse("Digest realm=\"a\r\nX-Evil: 1\", nonce=\"n\", qop=auth").unwrap();
         let h = DigestSession::new(c).authorize("admin", "p", "POST", "/wsman");
         assert!(!h.contains('\r') && !h.contains('\n'));
     }

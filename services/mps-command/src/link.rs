@@ -4,7 +4,9 @@
 //! Credentials are cached per device and dropped when a registry event says the device's
 //! secrets changed (or it was deleted); a digest rejection also re-reads them once. Digest
 //! state (realm, nonce, nc) is cached per device so later calls authenticate pre-emptively,
-//! like MPS does, instead of paying a 401 round trip each time.
+//! like MPS does, instead of paying a 401 round trip each time. A device's realm is pinned
+//! when first seen: a challenge under another realm is refused, so whoever answers for the
+//! device cannot choose the realm the password is hashed with.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +45,7 @@ pub struct DeviceLink {
     secrets: DynSecretStore,
     passwords: Mutex<HashMap<String, (SecretString, std::time::Instant)>>,
     digests: Mutex<HashMap<String, DigestSession>>,
+    realms: RealmPins,
     timeout: Duration,
     next_id: AtomicU64,
     /// Per-device limit of exchanges in flight from this replica (entries live while used).
@@ -57,6 +60,7 @@ impl DeviceLink {
             secrets,
             passwords: Mutex::new(HashMap::new()),
             digests: Mutex::new(HashMap::new()),
+            realms: RealmPins::default(),
             timeout,
             next_id: AtomicU64::new(fastrand::u64(..1 << 40)),
             in_flight: Mutex::new(HashMap::new()),
@@ -90,6 +94,7 @@ impl DeviceLink {
     pub fn forget(&self, guid: &str) {
         lock(&self.passwords).remove(guid);
         lock(&self.digests).remove(guid);
+        self.realms.forget(guid);
     }
 
     async fn password(&self, guid: &str, fresh: bool) -> Result<SecretString, CommandError> {
@@ -146,6 +151,40 @@ impl Drop for Slot<'_> {
         }) {
             map.remove(&self.guid);
         }
+    }
+}
+
+/// Each device's digest realm, pinned when first seen (until the device's secrets change or
+/// it is deleted). AMT's realm (`Digest:` and 32 hex digits) does not change while a device
+/// stays provisioned.
+#[derive(Default)]
+struct RealmPins {
+    map: Mutex<HashMap<String, String>>,
+}
+
+impl RealmPins {
+    /// Pins `realm` for `guid` if none is pinned; refuses another realm than the pinned one.
+    fn check(&self, guid: &str, realm: &str) -> Result<(), String> {
+        let mut map = lock(&self.map);
+        match map.get(guid) {
+            Some(pinned) if pinned == realm => Ok(()),
+            Some(pinned) => Err(format!(
+                "device challenged with digest realm {:?}, not its realm {pinned:?}; not answered",
+                realm.chars().take(64).collect::<String>()
+            )),
+            None => {
+                if map.len() >= PASSWORD_CACHE_MAX {
+                    // Bounded like the other caches; forgetting only costs re-pinning.
+                    map.clear();
+                }
+                map.insert(guid.to_string(), realm.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn forget(&self, guid: &str) {
+        lock(&self.map).remove(guid);
     }
 }
 
@@ -217,6 +256,9 @@ impl Call<'_> {
                         .transpose()
                         .map_err(|e| CommandError::BadReply(format!("401 challenge: {e}")))?
                         .ok_or_else(|| CommandError::BadReply("401 without a challenge".into()))?;
+                    link.realms
+                        .check(&self.guid, &challenge.realm)
+                        .map_err(CommandError::BadReply)?;
                     let stale = challenge.stale;
                     lock(&link.digests).insert(self.guid.clone(), DigestSession::new(challenge));
                     if authorization.is_some() && !stale {
@@ -293,5 +335,24 @@ impl Call<'_> {
             "{} enumeration did not end after {MAX_PULLS} pulls",
             class.name
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_devices_realm_is_pinned_when_first_seen() {
+        let pins = RealmPins::default();
+        let realm = "Digest:727734D63A1FC0423736E48DA554E462";
+        assert_eq!(pins.check("g1", realm), Ok(()));
+        assert_eq!(pins.check("g1", realm), Ok(()));
+        assert!(pins.check("g1", "Digest:attacker-chosen").is_err());
+        // Another device has its own.
+        assert_eq!(pins.check("g2", "Digest:OTHER"), Ok(()));
+        // Once the device's secrets change (re-provisioned), a new realm is accepted.
+        pins.forget("g1");
+        assert_eq!(pins.check("g1", "Digest:NEW"), Ok(()));
     }
 }
