@@ -411,3 +411,73 @@ async fn concurrent_commands_to_one_device_queue_instead_of_failing() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_authorised_valid_commands_are_announced_and_client_strings_are_capped() {
+    let s = Setup::start("cmdcap", 1, 36, "acme", |_| {}).await;
+    let guid = s.guid(0);
+    // Another tenant's power action: NOT_FOUND, and nothing announced.
+    let mut evil = s.cmd.devices("evil").await;
+    let e = evil
+        .power_action(pb::PowerActionRequest {
+            guid: guid.clone(),
+            action: 8,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let mut api = s.cmd.devices("acme").await;
+    // A 100,000-character alarm name: refused before the device is touched or announced.
+    let long = "n".repeat(100_000);
+    let e = api
+        .add_alarm(pb::AddAlarmRequest {
+            guid: guid.clone(),
+            name: long.clone(),
+            start_time: 4_102_444_800,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // 1.1 MiB: refused by the server before decoding.
+    let huge = "n".repeat(1_100_000);
+    let e = api
+        .add_alarm(pb::AddAlarmRequest {
+            guid: guid.clone(),
+            name: huge,
+            start_time: 4_102_444_800,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(e.code(), Code::Ok);
+    // A real command still announces itself and completes; its events arrive.
+    api.power_action(pb::PowerActionRequest {
+        guid: guid.clone(),
+        action: 8,
+    })
+    .await
+    .unwrap();
+    let power = s.env.wait_events("PowerAction", 3, WAIT).await;
+    let requested: Vec<_> = power
+        .iter()
+        .filter(|(_, e)| matches!(e.payload, Some(Payload::CommandRequested(_))))
+        .collect();
+    assert_eq!(requested.len(), 1, "only acme's own action is announced");
+    assert_eq!(requested[0].1.tenant, "acme");
+    let alarms = s.env.wait_events("AddAlarm", 1, WAIT).await;
+    assert!(alarms
+        .iter()
+        .all(|(_, e)| !matches!(e.payload, Some(Payload::CommandRequested(_)))));
+    match &alarms[0].1.payload {
+        Some(Payload::CommandExecuted(c)) => {
+            assert_eq!(c.result, "INVALID_ARGUMENT");
+            assert!(
+                c.parameters["name"].len() <= 256,
+                "the event carries a capped name"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    s.stop().await;
+}

@@ -146,8 +146,14 @@ pub struct PublisherStats {
     pub dropped: AtomicU64,
 }
 
+/// Largest event published (the protobuf envelope). Events are small; a larger one would be
+/// refused by NATS for good, so it is refused here, counted and never retried.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    #[error("event {1} is {0} bytes, over the {max} byte limit; dropped", max = MAX_EVENT_BYTES)]
+    TooLarge(usize, String),
     #[error("event buffer full ({0} events waiting for JetStream); event {1} dropped")]
     BufferFull(usize, String),
     #[error("event publisher stopped; event {0} dropped")]
@@ -203,6 +209,11 @@ impl EventPublisher {
 
     /// Queues an event for publishing on `subject`. Never waits.
     pub fn publish(&self, subject: String, event: &proto::Event) -> Result<(), PublishError> {
+        let len = event.encoded_len();
+        if len > MAX_EVENT_BYTES {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(PublishError::TooLarge(len, event.id.clone()));
+        }
         let out = Outgoing {
             subject,
             id: event.id.clone(),
@@ -273,8 +284,12 @@ async fn run(
                 Some(out) => in_flight.push(publish_until_acked(js.clone(), out, stats.clone(), config.max_backoff)),
                 None => rx_open = false,
             },
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {
-                stats.published.fetch_add(1, Ordering::Relaxed);
+            Some(published) = in_flight.next(), if !in_flight.is_empty() => {
+                if published {
+                    stats.published.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 stats.pending.fetch_sub(1, Ordering::Relaxed);
             }
             _ = cancel.cancelled(), if drain_deadline.is_none() => {}
@@ -287,23 +302,44 @@ async fn run(
     }
 }
 
+/// Whether a publish error will recur however often the event is sent again: too large for
+/// the server or the stream.
+fn permanent(e: &jetstream::context::PublishError) -> bool {
+    use jetstream::context::PublishErrorKind;
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => true,
+        PublishErrorKind::Other => {
+            // JetStream's "message size exceeds maximum allowed" (10054).
+            let text = e.to_string();
+            text.contains("10054") || text.contains("message size exceeds")
+        }
+        _ => false,
+    }
+}
+
+/// Publishes until JetStream acknowledges (true), retrying with backoff while it is away;
+/// an event refused for good is dropped (false) and logged once.
 async fn publish_until_acked(
     js: jetstream::Context,
     out: Outgoing,
     stats: Arc<PublisherStats>,
     max_backoff: Duration,
-) {
+) -> bool {
     let mut backoff = Duration::from_millis(50);
     loop {
         let publish = PublishMessage::build()
             .payload(out.payload.clone())
             .message_id(out.id.as_str());
         let result = match js.send_publish(out.subject.clone(), publish).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
         };
         match result {
-            Ok(()) => return,
+            Ok(()) => return true,
+            Err(error) if permanent(&error) => {
+                tracing::error!(event = %out.id, subject = %out.subject, %error, "event refused by NATS for good; dropped");
+                return false;
+            }
             Err(error) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(event = %out.id, subject = %out.subject, %error, "event not acknowledged by JetStream; retrying");

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
 
 use futures_util::StreamExt;
 use homeport_contracts::events::{
@@ -39,6 +40,9 @@ const TENANT_CACHE_TTL: Duration = Duration::from_secs(30);
 const TENANT_CACHE_MAX: usize = 200_000;
 
 /// Everything the service needs, ready-made (tests build it without ports or environment).
+/// Largest gRPC request decoded (bulk power state: 10,000 guids of 36 characters fit).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
 pub struct CommandParts {
     pub config: CommandConfig,
     /// Names this replica in events ("mps-command/<instance>").
@@ -165,16 +169,20 @@ impl MpsCommand {
             .set_serving::<DeviceRegistryServer<registry::RegistryApi>>()
             .await;
         let interceptor = self.auth.clone().interceptor();
-        let device = DeviceServiceServer::with_interceptor(
-            service::DeviceApi {
+        // Requests are small (a guid and a few fields; a bulk call 10,000 guids): anything
+        // bigger is refused before it is decoded.
+        let device = InterceptedService::new(
+            DeviceServiceServer::new(service::DeviceApi {
                 inner: self.inner.clone(),
-            },
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
             interceptor.clone(),
         );
-        let registry = DeviceRegistryServer::with_interceptor(
-            registry::RegistryApi {
+        let registry = InterceptedService::new(
+            DeviceRegistryServer::new(registry::RegistryApi {
                 inner: self.inner.clone(),
-            },
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
             interceptor,
         );
         tonic::transport::Server::builder()

@@ -38,21 +38,30 @@ macro_rules! command {
         let inner = &$self.inner;
         let (caller, parent): &(Caller, Option<String>) = &$caller;
         let trace = child_traceparent(parent.as_deref());
+        let params: HashMap<String, String> = $params;
+        let invalid = check_params(&params);
         let record = CommandRecord {
             inner: inner.clone(),
             caller: caller.clone(),
             trace: trace.clone(),
-            guid: ($guid).to_string(),
+            guid: clip($guid, MAX_GUID_TEXT),
             action: $action,
-            parameters: Some($params),
+            parameters: Some(clipped(params)),
             started: Instant::now(),
         };
-        record.requested();
         let work = async {
             let guid = canonical_guid($guid).ok_or_else(|| {
-                CommandError::InvalidArgument(format!("{:?} is not a device GUID", $guid))
+                CommandError::InvalidArgument(format!(
+                    "{:?} is not a device GUID",
+                    clip($guid, MAX_GUID_TEXT)
+                ))
             })?;
+            if let Some(e) = invalid {
+                return Err(e);
+            }
             inner.authorize_device(&caller.tenant, &guid).await?;
+            // Only an authorised, valid command is announced as about to change a device.
+            record.requested();
             let mut $call: Call<'_> = inner.link.open(&guid, trace.clone()).await?;
             let $call = &mut $call;
             $body.await
@@ -60,11 +69,49 @@ macro_rules! command {
         let result: Result<_, CommandError> =
             match tokio::time::timeout(inner.config.command_timeout(), work).await {
                 Ok(r) => r,
-                Err(_) => Err(CommandError::Timeout(($guid).to_string())),
+                Err(_) => Err(CommandError::Timeout(clip($guid, MAX_GUID_TEXT))),
             };
         record.finish(&result);
         result
     }};
+}
+
+/// Longest parameter a client may send in a command (alarm names, instance ids, consent
+/// modes are all far shorter); longer ones are refused, and never copied into events.
+const MAX_PARAM_LEN: usize = 256;
+/// How much of a malformed guid is echoed in errors and events.
+const MAX_GUID_TEXT: usize = 40;
+
+/// `s`, cut to at most `max` characters.
+fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// The error for a parameter that is too long, if any.
+fn check_params(params: &HashMap<String, String>) -> Option<CommandError> {
+    params
+        .iter()
+        .find(|(_, v)| v.chars().count() > MAX_PARAM_LEN)
+        .map(|(k, v)| {
+            CommandError::InvalidArgument(format!(
+                "{k} is {} characters long; at most {MAX_PARAM_LEN} are allowed",
+                v.chars().count()
+            ))
+        })
+}
+
+/// Parameters as events carry them: each cut to `MAX_PARAM_LEN` characters.
+fn clipped(params: HashMap<String, String>) -> HashMap<String, String> {
+    params
+        .into_iter()
+        .map(|(k, v)| {
+            if v.chars().count() > MAX_PARAM_LEN {
+                (k, clip(&v, MAX_PARAM_LEN))
+            } else {
+                (k, v)
+            }
+        })
+        .collect()
 }
 
 /// The verified caller and the W3C trace context the caller sent, if any.
@@ -398,6 +445,11 @@ impl DeviceService for DeviceApi {
         let c = caller(&req)?;
         let r = req.into_inner();
         // The code itself is a one-time secret shown on the device: never in events.
+        if r.code.len() > 16 {
+            return Err(Status::invalid_argument(
+                "a consent code has at most 16 characters",
+            ));
+        }
         reply(command!(
             self,
             c,
