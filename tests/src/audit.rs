@@ -98,7 +98,7 @@ impl TestEnv {
 
     /// Publishes bytes with a de-duplication id and waits for the stream's ack.
     pub async fn publish_raw(&self, subject: &str, msg_id: &str, payload: Vec<u8>) {
-        events::ensure_events_stream(&self.js, &self.names, &Default::default())
+        events::ensure_events_stream(&self.js, &self.names, &crate::test_stream_limits())
             .await
             .expect("events stream");
         let mut headers = async_nats::HeaderMap::new();

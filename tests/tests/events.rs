@@ -62,3 +62,25 @@ async fn an_event_refused_for_good_is_dropped_and_the_others_go_on() {
     let _ = task.await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_events_stream_with_other_limits_is_used_as_it_is() {
+    let env = TestEnv::new("evlimits").await;
+    // Created by an older version without a size limit.
+    let old = homeport_contracts::events::StreamLimits {
+        max_bytes: -1,
+        ..test_stream_limits()
+    };
+    homeport_contracts::events::ensure_events_stream(&env.js, &env.names, &old)
+        .await
+        .unwrap();
+    let mut stream = homeport_contracts::events::ensure_events_stream(
+        &env.js,
+        &env.names,
+        &test_stream_limits(),
+    )
+    .await
+    .expect("the existing stream is used");
+    assert_eq!(stream.info().await.unwrap().config.max_bytes, -1);
+    env.cleanup().await;
+}

@@ -98,24 +98,38 @@ impl Default for StreamLimits {
     }
 }
 
-/// Creates the events stream if it does not exist yet.
+/// Creates the events stream if it does not exist yet. An existing stream is used as it is,
+/// even if its limits differ from `limits` (they were set when it was created, possibly by an
+/// older version or another service; change them with the NATS tools).
 pub async fn ensure_events_stream(
     js: &jetstream::Context,
     names: &Names,
     limits: &StreamLimits,
 ) -> Result<stream::Stream, String> {
-    js.get_or_create_stream(stream::Config {
-        name: names.events_stream(),
-        subjects: vec![names.events_subjects()],
-        max_age: limits.max_age,
-        max_bytes: limits.max_bytes,
-        num_replicas: limits.replicas,
-        duplicate_window: Duration::from_secs(120),
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| format!("events stream {}: {e}", names.events_stream()))
+    let name = names.events_stream();
+    let created = js
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![names.events_subjects()],
+            max_age: limits.max_age,
+            max_bytes: limits.max_bytes,
+            num_replicas: limits.replicas,
+            duplicate_window: Duration::from_secs(120),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(stream) => Ok(stream),
+        // "stream name already in use with a different configuration"
+        Err(e) if e.to_string().contains("10058") => {
+            tracing::info!(stream = %name, "events stream exists with other limits; keeping them");
+            js.get_stream(&name)
+                .await
+                .map_err(|e| format!("events stream {name}: {e}"))
+        }
+        Err(e) => Err(format!("events stream {name}: {e}")),
+    }
 }
 
 #[derive(Clone, Debug)]
