@@ -54,7 +54,7 @@ impl TestEnv {
             config: AuditConfig::with_jwt(homeport_auth::JwtArgs::default()),
             stream_limits: crate::test_stream_limits(),
             names: self.names.clone(),
-            nats: self.nats.clone(),
+            nats: self.nats_as(homeport_contracts::access::Role::Audit),
             store,
             auth: homeport_auth::Authenticator::new(
                 vec![homeport_auth::Key::Hs256(TEST_JWT_SECRET.to_vec())],

@@ -104,7 +104,7 @@ impl TestEnv {
             config,
             instance: "test".into(),
             names: self.names.clone(),
-            nats: self.nats.clone(),
+            nats: self.nats_as(homeport_contracts::access::Role::Command),
             store: self.store.clone(),
             secrets: self.secrets.clone(),
             auth: Authenticator::new(vec![Key::Hs256(TEST_JWT_SECRET.to_vec())], "tenant"),

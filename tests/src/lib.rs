@@ -56,6 +56,8 @@ pub struct TestEnv {
     pub store: Store,
     pub secrets: DynSecretStore,
     pub dir: PathBuf,
+    /// Clients the services started by this environment use, by role (default: `nats`).
+    pub role_nats: std::collections::HashMap<homeport_contracts::access::Role, async_nats::Client>,
     db: Option<TempDatabase>,
 }
 
@@ -66,8 +68,18 @@ impl TestEnv {
 
     /// Like [`TestEnv::new`], against the NATS server at `url`.
     pub async fn with_nats(label: &str, url: &str) -> TestEnv {
+        let nats =
+            homeport_runtime::connect_nats(url, &format!("test-{label}"), Duration::from_secs(10))
+                .await
+                .expect("NATS for tests (is it running? scripts/test.sh starts it)");
         let unique = format!("{label}{:08x}", fastrand::u32(..));
-        let prefix = format!("t{unique}");
+        Self::with_client(label, nats, &format!("t{unique}")).await
+    }
+
+    /// A test environment whose own NATS client (for setup and assertions) is `nats`, with
+    /// subjects under `prefix`.
+    pub async fn with_client(label: &str, nats: async_nats::Client, prefix: &str) -> TestEnv {
+        let unique = format!("{label}{:08x}", fastrand::u32(..));
         let db = homeport_store::testing::temp_postgres(&pg_admin_url(), label)
             .await
             .expect("PostgreSQL for tests (is it running? scripts/test.sh starts it)");
@@ -84,13 +96,10 @@ impl TestEnv {
             .await
             .expect("local secret store"),
         );
-        let nats =
-            homeport_runtime::connect_nats(url, &format!("test-{label}"), Duration::from_secs(10))
-                .await
-                .expect("NATS for tests (is it running? scripts/test.sh starts it)");
         TestEnv {
             label: label.to_string(),
-            names: Names::new(&prefix),
+            names: Names::new(prefix),
+            role_nats: std::collections::HashMap::new(),
             js: jetstream::new(nats.clone()),
             nats,
             store,
@@ -101,6 +110,11 @@ impl TestEnv {
     }
 
     /// URL of this test's own database.
+    /// The NATS client a service of `role` started by this environment uses.
+    pub fn nats_as(&self, role: homeport_contracts::access::Role) -> async_nats::Client {
+        self.role_nats.get(&role).unwrap_or(&self.nats).clone()
+    }
+
     pub fn database_url(&self) -> &str {
         self.db.as_ref().map(|d| d.url.as_str()).unwrap_or_default()
     }
@@ -133,7 +147,7 @@ impl TestEnv {
                 config,
                 node_id: node.to_string(),
                 names: self.names.clone(),
-                nats: self.nats.clone(),
+                nats: self.nats_as(homeport_contracts::access::Role::Ingress),
                 store: self.store.clone(),
                 secrets: self.secrets.clone(),
                 tls: acceptor,
@@ -394,12 +408,24 @@ pub struct PrivateNats {
 
 impl PrivateNats {
     pub fn start() -> PrivateNats {
+        Self::start_with("")
+    }
+
+    /// A private server whose configuration file ends with `config` (an `authorization`
+    /// block, say); its log goes to `log_path()`.
+    pub fn start_with(config: &str) -> PrivateNats {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
         let dir =
             std::env::temp_dir().join(format!("homeport-nats-{port}-{:x}", fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).expect("nats dir");
+        let conf = format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{config}",
+            dir.join("js").display()
+        );
+        std::fs::write(dir.join("nats.conf"), conf).expect("nats.conf");
         let mut nats = PrivateNats {
             child: None,
             port,
@@ -407,6 +433,11 @@ impl PrivateNats {
         };
         nats.restart();
         nats
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("nats.log")
     }
 
     pub fn url(&self) -> String {
@@ -425,15 +456,10 @@ impl PrivateNats {
     pub fn restart(&mut self) {
         self.stop();
         let child = std::process::Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
+            .arg("-c")
+            .arg(self.dir.join("nats.conf"))
+            .arg("-l")
+            .arg(self.log_path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

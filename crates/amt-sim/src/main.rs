@@ -41,7 +41,7 @@ enum Command {
         #[arg(long, default_value = "")]
         tenant: String,
         #[command(flatten)]
-        common: homeport_runtime::CommonArgs,
+        common: Box<homeport_runtime::CommonArgs>,
     },
     /// Connect the devices and keep them connected until interrupted.
     Run {

@@ -3,6 +3,7 @@
 //! Every name takes the deployment's subject prefix (`hp` in production) so that tests, each on
 //! its own prefix, can share one NATS server without seeing each other's traffic.
 
+pub mod access;
 pub mod events;
 pub mod presence;
 pub mod tunnel;

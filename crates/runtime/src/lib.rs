@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use homeport_secrets::DynSecretStore;
 
 /// Settings shared by every service. Each can be given as a flag or a `HOMEPORT_*` variable.
-#[derive(clap::Args, Clone, Debug)]
+#[derive(clap::Args, Clone)]
 pub struct CommonArgs {
     /// NATS server URL.
     #[arg(
@@ -79,6 +79,8 @@ pub struct CommonArgs {
     /// Replicas of the events stream in a NATS cluster (1 on a single server).
     #[arg(long, env = "HOMEPORT_EVENTS_REPLICAS", default_value_t = 1)]
     pub events_replicas: usize,
+    #[command(flatten)]
+    pub nats_auth: NatsAuthArgs,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(
         long,
@@ -86,6 +88,126 @@ pub struct CommonArgs {
         default_value = "info,async_nats=warn,sqlx=warn,sea_orm_migration=warn"
     )]
     pub log: String,
+}
+
+/// Secrets print as `***`: this goes into logs on start-up errors.
+impl std::fmt::Debug for CommonArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommonArgs")
+            .field("nats_url", &self.nats_url)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database_pool", &self.database_pool)
+            .field("secrets", &self.secrets)
+            .field("secrets_file", &self.secrets_file)
+            .field("secrets_key_file", &self.secrets_key_file)
+            .field("vault_addr", &self.vault_addr)
+            .field("vault_token", &"***")
+            .field("vault_mount", &self.vault_mount)
+            .field("events_max_age_days", &self.events_max_age_days)
+            .field("events_max_bytes", &self.events_max_bytes)
+            .field("events_replicas", &self.events_replicas)
+            .field("nats_auth", &self.nats_auth)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+/// How this process authenticates to NATS: its own user (an NKey, a credentials file, or a
+/// user and password) and TLS. Without any, it connects anonymously (a NATS without
+/// authorization, as in development).
+#[derive(clap::Args, Clone, Default)]
+pub struct NatsAuthArgs {
+    /// File holding this service's NKey seed (`SU…`); the server knows its public key.
+    #[arg(long, env = "HOMEPORT_NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
+    /// NATS credentials file (user JWT and NKey seed, from an operator/account setup).
+    #[arg(long, env = "HOMEPORT_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user, with --nats-password-file (NKeys are preferred).
+    #[arg(long, env = "HOMEPORT_NATS_USER", requires = "nats_password_file")]
+    pub nats_user: Option<String>,
+    /// File holding the NATS user's password.
+    #[arg(long, env = "HOMEPORT_NATS_PASSWORD_FILE", requires = "nats_user")]
+    pub nats_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the NATS server with; implies TLS.
+    #[arg(long, env = "HOMEPORT_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS TLS, with --nats-tls-key.
+    #[arg(long, env = "HOMEPORT_NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for NATS TLS, with --nats-tls-cert.
+    #[arg(long, env = "HOMEPORT_NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// NKey seeds by role, set by the all-in-one for the NATS server it starts (not a flag).
+    #[arg(skip)]
+    pub role_seeds: Vec<(
+        homeport_contracts::access::Role,
+        homeport_secrets::SecretString,
+    )>,
+}
+
+impl std::fmt::Debug for NatsAuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuthArgs")
+            .field("nats_nkey_file", &self.nats_nkey_file)
+            .field("nats_creds", &self.nats_creds)
+            .field("nats_user", &self.nats_user)
+            .field("nats_password_file", &self.nats_password_file)
+            .field("nats_tls_ca", &self.nats_tls_ca)
+            .field("nats_tls_cert", &self.nats_tls_cert)
+            .field("nats_tls_key", &self.nats_tls_key)
+            .field("role_seeds", &self.role_seeds.len())
+            .finish()
+    }
+}
+
+/// A NATS user's proof of identity.
+#[derive(Clone, Debug, Default)]
+pub enum NatsCredential {
+    #[default]
+    Anonymous,
+    NKeySeed(homeport_secrets::SecretString),
+    CredsFile(PathBuf),
+    UserPassword(String, homeport_secrets::SecretString),
+}
+
+/// Everything a connection needs to authenticate as one role.
+#[derive(Clone, Debug, Default)]
+pub struct NatsAuth {
+    /// The role: its reply inboxes get the role's prefix (the only ones it may read).
+    pub role: Option<homeport_contracts::access::Role>,
+    pub credential: NatsCredential,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+}
+
+impl NatsAuthArgs {
+    /// The authentication of `role` from these settings (reading secret files now).
+    pub fn for_role(&self, role: homeport_contracts::access::Role) -> anyhow::Result<NatsAuth> {
+        let read = |p: &PathBuf| -> anyhow::Result<homeport_secrets::SecretString> {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(homeport_secrets::SecretString::new(text.trim().to_string()))
+        };
+        let credential = if let Some((_, seed)) = self.role_seeds.iter().find(|(r, _)| *r == role) {
+            NatsCredential::NKeySeed(seed.clone())
+        } else if let Some(f) = &self.nats_nkey_file {
+            NatsCredential::NKeySeed(read(f)?)
+        } else if let Some(f) = &self.nats_creds {
+            NatsCredential::CredsFile(f.clone())
+        } else if let (Some(user), Some(f)) = (&self.nats_user, &self.nats_password_file) {
+            NatsCredential::UserPassword(user.clone(), read(f)?)
+        } else {
+            NatsCredential::Anonymous
+        };
+        Ok(NatsAuth {
+            role: Some(role),
+            credential,
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_client: self.nats_tls_cert.clone().zip(self.nats_tls_key.clone()),
+        })
+    }
 }
 
 impl CommonArgs {
@@ -186,30 +308,72 @@ impl CommonArgs {
             .with_context(|| format!("database {}", redact_url(&self.database_url)))
     }
 
-    /// Connects to NATS, retrying for up to `wait` while it is unreachable.
+    /// Connects to NATS as `role`, retrying for up to `wait` while it is unreachable.
     pub async fn connect_nats(
         &self,
+        role: homeport_contracts::access::Role,
         name: &str,
         wait: Duration,
     ) -> anyhow::Result<async_nats::Client> {
-        connect_nats(&self.nats_url, name, wait).await
+        let auth = self.nats_auth.for_role(role)?;
+        connect_nats_with(&self.nats_url, name, wait, &auth).await
     }
 }
 
 /// Messages a subscription buffers before NATS drops them (async-nats' default).
 pub const SUBSCRIPTION_CAPACITY: usize = 65_536;
 
-/// Connects to NATS, retrying for up to `wait` while it is unreachable. After the first
-/// connection the client reconnects by itself forever.
+/// Connects to NATS anonymously (tools and tests against a development NATS).
 pub async fn connect_nats(
     url: &str,
     name: &str,
     wait: Duration,
 ) -> anyhow::Result<async_nats::Client> {
+    connect_nats_with(url, name, wait, &NatsAuth::default()).await
+}
+
+/// The options of one connection attempt with `auth`.
+async fn auth_options(auth: &NatsAuth) -> anyhow::Result<async_nats::ConnectOptions> {
+    let mut opts = match &auth.credential {
+        NatsCredential::Anonymous => async_nats::ConnectOptions::new(),
+        NatsCredential::NKeySeed(seed) => {
+            async_nats::ConnectOptions::with_nkey(seed.expose().to_string())
+        }
+        NatsCredential::CredsFile(path) => {
+            async_nats::ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .with_context(|| format!("NATS credentials {}", path.display()))?
+        }
+        NatsCredential::UserPassword(user, password) => async_nats::ConnectOptions::new()
+            .user_and_password(user.clone(), password.expose().to_string()),
+    };
+    if let Some(role) = auth.role {
+        opts = opts.custom_inbox_prefix(role.inbox_prefix());
+    }
+    if let Some(ca) = &auth.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &auth.tls_client {
+        opts = opts
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    Ok(opts)
+}
+
+/// Connects to NATS with `auth`, retrying for up to `wait` while it is unreachable. After the
+/// first connection the client reconnects by itself forever.
+pub async fn connect_nats_with(
+    url: &str,
+    name: &str,
+    wait: Duration,
+    auth: &NatsAuth,
+) -> anyhow::Result<async_nats::Client> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut delay = Duration::from_millis(100);
     loop {
-        let opts = async_nats::ConnectOptions::new()
+        let opts = auth_options(auth)
+            .await?
             .name(name)
             // Few, busy subscriptions (one per ingress node, one reply inbox per client): a
             // burst must queue, not be dropped. Slots are allocated as used, not up front.
@@ -223,6 +387,9 @@ pub async fn connect_nats(
                         )
                     }
                     async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    async_nats::Event::ServerError(e) => {
+                        tracing::error!(error = %e, "NATS refused an operation (permissions?)")
+                    }
                     async_nats::Event::Connected => tracing::info!("NATS connected"),
                     other => tracing::debug!(event = %other, "NATS event"),
                 }

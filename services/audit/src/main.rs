@@ -34,7 +34,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let store = cli.common.open_store().await?;
     let nats = cli
         .common
-        .connect_nats("audit", std::time::Duration::from_secs(30))
+        .connect_nats(
+            homeport_contracts::access::Role::Audit,
+            "audit",
+            std::time::Duration::from_secs(30),
+        )
         .await?;
     let listener = tokio::net::TcpListener::bind(cli.audit.grpc_listen)
         .await

@@ -42,7 +42,11 @@ pub async fn serve(
     // Batched login lookups use one connection at a time, plus one being checked after use.
     let store = common.open_store_keeping(auth::LOOKUP_CONNECTIONS).await?;
     let nats = common
-        .connect_nats(&format!("cira-ingress/{node_id}"), Duration::from_secs(30))
+        .connect_nats(
+            homeport_contracts::access::Role::Ingress,
+            &format!("cira-ingress/{node_id}"),
+            Duration::from_secs(30),
+        )
         .await?;
     let listener = bind_cira(config.listen, config.reuse_port)
         .with_context(|| format!("binding CIRA port {}", config.listen))?;

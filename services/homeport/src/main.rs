@@ -4,6 +4,7 @@
 
 mod nats;
 
+use homeport_contracts::access::Role;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -90,19 +91,26 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| "homeport".into());
     let served = bootstrap::serve(&cli.common, &cli.ingress, node_id).await?;
-    let (ingress, store, secrets, nats) = (
-        &served.ingress,
-        &served.store,
-        &served.secrets,
-        &served.nats,
-    );
+    let (ingress, store, secrets) = (&served.ingress, &served.store, &served.secrets);
     let names = cli.common.names();
     let secret_file = match &cli.jwt_hs256_secret_file {
         Some(f) => f.clone(),
         None => token_secret(&cli.data_dir)?,
     };
-    let command = start_command(&cli, &secret_file, nats, store, secrets).await?;
-    let audit = start_audit(&cli, &secret_file, nats, store).await?;
+    // Each service in this process signs in to NATS as its own role.
+    let wait = Duration::from_secs(30);
+    let command_nats = cli
+        .common
+        .connect_nats(Role::Command, "homeport/mps-command", wait)
+        .await?;
+    let audit_nats = cli
+        .common
+        .connect_nats(Role::Audit, "homeport/audit", wait)
+        .await?;
+    let command = start_command(&cli, &secret_file, &command_nats, store, secrets).await?;
+    let audit = start_audit(&cli, &secret_file, &audit_nats, store).await?;
+    // The demo asks devices through the tunnel as mps-command does.
+    let nats = &command_nats;
     println!(
         "Homeport is running: CIRA on {}, device API (gRPC) on {}, audit API on {}, health and metrics on http://{}/metrics, NATS {}, database {}",
         ingress.local_addr(),

@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod error;
 mod names;
+mod natskeys;
 mod output;
 mod secret;
 mod time;
@@ -70,6 +71,10 @@ enum TopLevel {
     Api(commands::Command),
     /// Mint an HS256 JWT for development and embedded setups.
     Token(token::TokenArgs),
+    /// Make one NATS NKey per service for the shipped NATS server configuration.
+    NatsKeys(natskeys::NatsKeysArgs),
+    /// Print the NATS server configuration (users and permissions) for a subject prefix.
+    NatsConfig(natskeys::NatsConfigArgs),
 }
 
 /// Runs a whole command line (argv\[0\] is the program name), printing responses to `sink`.
@@ -123,6 +128,8 @@ pub fn main_entry() -> ! {
 fn run(cli: Cli, mut sink: Box<dyn std::io::Write + Send>) -> Result<(), CliError> {
     let command = match cli.command {
         TopLevel::Token(args) => return Ok(token::run(&args, &mut sink)?),
+        TopLevel::NatsKeys(args) => return Ok(natskeys::run(&args, &mut sink)?),
+        TopLevel::NatsConfig(args) => return Ok(natskeys::config(&args, &mut sink)?),
         TopLevel::Api(command) => command,
     };
     command.check()?;

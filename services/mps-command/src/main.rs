@@ -36,6 +36,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let nats = cli
         .common
         .connect_nats(
+            homeport_contracts::access::Role::Command,
             &format!("mps-command/{instance}"),
             std::time::Duration::from_secs(30),
         )

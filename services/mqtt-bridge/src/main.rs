@@ -30,7 +30,11 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let nats = cli
         .common
-        .connect_nats("mqtt-bridge", std::time::Duration::from_secs(30))
+        .connect_nats(
+            homeport_contracts::access::Role::Bridge,
+            "mqtt-bridge",
+            std::time::Duration::from_secs(30),
+        )
         .await?;
     let cancel = CancellationToken::new();
     let metrics = Arc::new(BridgeMetrics::default());
