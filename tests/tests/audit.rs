@@ -512,3 +512,54 @@ async fn replicas_share_the_consumer_and_store_each_event_once() {
     b.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_feeds_are_capped_per_caller() {
+    let env = TestEnv::new("audfeeds").await;
+    let audit = env.start_audit().await;
+    env.publish_event("acme", "00000000-0000-0000-0000-000000000001", "connected")
+        .await;
+    let mut client = audit.client("acme").await;
+    let mut open = Vec::new();
+    for _ in 0..homeport_audit::MAX_FEEDS_PER_CALLER {
+        open.push(
+            client
+                .subscribe(pb::SubscribeRequest::default())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let refused = client
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    // Another tenant's caller is not held back by this one.
+    let mut other = audit.client("evil").await;
+    assert!(other
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .is_ok());
+    // A closed feed gives its place back.
+    drop(open.pop());
+    let mut freed = false;
+    for _ in 0..50 {
+        if client
+            .subscribe(pb::SubscribeRequest::default())
+            .await
+            .is_ok()
+        {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the closed feed's place came back");
+    audit.stop().await;
+    env.cleanup().await;
+}

@@ -160,6 +160,7 @@ async fn once(
     cancel: &CancellationToken,
 ) -> Outcome {
     let stats = &shared.stats;
+    let dialed = Instant::now();
     // A disconnect asked for while not connected does not carry over to the next connection.
     slot.disconnect.store(false, Ordering::SeqCst);
     let tcp = match connect_tcp(shared, id.index).await {
@@ -302,6 +303,7 @@ async fn once(
             match ev {
                 DeviceEvent::Ready => {
                     ready_at = Some(Instant::now());
+                    stats.record_connect(dialed.elapsed());
                     stats.connected.fetch_add(1, Ordering::Relaxed);
                     stats.ready_total.fetch_add(1, Ordering::Relaxed);
                 }

@@ -117,9 +117,41 @@ fn request_key_update(tls: &SslStream<TcpStream>) -> Result<(), String> {
     }
 }
 
+/// What a flood sends one byte per record: keep-alive requests forever once logged in, or,
+/// without a login, the start of a login that never completes (PROTOCOL_VERSION, the auth
+/// service and a USERAUTH_REQUEST with a 512-byte user name, cut before its end).
+fn flood_bytes(logged_in: bool) -> Box<dyn Iterator<Item = u8> + Send> {
+    if logged_in {
+        return Box::new(
+            (0u32..).flat_map(|cookie| Message::KeepaliveRequest { cookie }.to_bytes()),
+        );
+    }
+    let mut bytes = Message::ProtocolVersion {
+        major: 1,
+        minor: 0,
+        trigger: 1,
+        uuid: *b"hostile-keyupdat",
+    }
+    .to_bytes();
+    Message::ServiceRequest {
+        service: homeport_apf::SERVICE_AUTH.into(),
+    }
+    .encode(&mut bytes);
+    let mut login = Message::UserauthRequest {
+        username: "u".repeat(512),
+        service: homeport_apf::SERVICE_PFWD.into(),
+        method: homeport_apf::METHOD_PASSWORD.into(),
+        password: Some(Secret::new("p")),
+    }
+    .to_bytes();
+    login.truncate(login.len() - 8);
+    bytes.extend(login);
+    Box::new(bytes.into_iter())
+}
+
 /// TLS 1.3, a login as `device` when given, then for at most `bound`: KeyUpdate
-/// (update_requested) before every one-byte record of keep-alive requests, never reading
-/// anything the server sends. A server that keeps reading must pile up answers nobody reads.
+/// (update_requested) before every one-byte record of [`flood_bytes`], never reading anything
+/// the server sends. A server that keeps reading must pile up answers nobody reads.
 pub fn keyupdate_flood(
     addr: SocketAddr,
     device: Option<&Identity>,
@@ -134,28 +166,29 @@ pub fn keyupdate_flood(
         .set_write_timeout(Some(Duration::from_millis(200)))
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let mut cookie = 0u32;
-    while started.elapsed() < bound {
-        cookie = cookie.wrapping_add(1);
-        let request = Message::KeepaliveRequest { cookie }.to_bytes();
-        for byte in request {
-            request_key_update(&tls)?;
-            loop {
-                match tls.ssl_write(&[byte]) {
-                    Ok(_) => break,
-                    Err(e) if e.io_error().is_some_and(would_block) => {
-                        if started.elapsed() >= bound {
-                            return Ok(Held::StillOpen);
-                        }
-                    }
-                    Err(_) => return Ok(Held::ClosedAfter(started.elapsed())),
-                }
-            }
-            // Paced so the server reads each request on its own and owes an answer for each.
-            std::thread::sleep(Duration::from_micros(100));
+    for byte in flood_bytes(device.is_some()) {
+        if started.elapsed() >= bound {
+            return Ok(Held::StillOpen);
         }
+        if request_key_update(&tls).is_err() {
+            return Ok(Held::ClosedAfter(started.elapsed()));
+        }
+        loop {
+            match tls.ssl_write(&[byte]) {
+                Ok(_) => break,
+                Err(e) if e.io_error().is_some_and(would_block) => {
+                    if started.elapsed() >= bound {
+                        return Ok(Held::StillOpen);
+                    }
+                }
+                Err(_) => return Ok(Held::ClosedAfter(started.elapsed())),
+            }
+        }
+        // Paced so the server reads each request on its own and owes an answer for each.
+        std::thread::sleep(Duration::from_micros(100));
     }
-    Ok(Held::StillOpen)
+    // Out of bytes to send: see what the server makes of the silence.
+    Ok(wait_closed(tls.get_mut(), started, bound))
 }
 
 fn would_block(e: &io::Error) -> bool {

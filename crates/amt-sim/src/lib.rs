@@ -201,11 +201,43 @@ pub struct FleetStats {
     pub server_disconnects: AtomicU64,
     pub http_requests: AtomicU64,
     pub injected_faults: AtomicU64,
+    /// Milliseconds from dialing to a ready session, per connection (the first million).
+    pub connect_ms: std::sync::Mutex<Vec<u32>>,
 }
+
+/// Connect times kept at most (a sample for percentiles, bounded).
+const MAX_CONNECT_SAMPLES: usize = 1_000_000;
 
 impl FleetStats {
     pub fn connected(&self) -> u64 {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_connect(&self, took: Duration) {
+        let mut samples = self
+            .connect_ms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if samples.len() < MAX_CONNECT_SAMPLES {
+            samples.push(u32::try_from(took.as_millis()).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// The `q` quantile (0..=1) of connect times in milliseconds, if any connected.
+    pub fn connect_quantile_ms(&self, q: f64) -> Option<u32> {
+        let mut samples = self
+            .connect_ms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let rank = ((samples.len() as f64) * q.clamp(0.0, 1.0)).ceil() as usize;
+        samples
+            .get(rank.saturating_sub(1).min(samples.len() - 1))
+            .copied()
     }
 }
 

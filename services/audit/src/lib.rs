@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::AuditConfig;
+pub use service::{MAX_FEEDS, MAX_FEEDS_PER_CALLER};
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -71,6 +72,7 @@ pub struct Audit {
     auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     subscribers: Arc<Gauge>,
+    feeds: Arc<service::Feeds>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -103,6 +105,7 @@ impl Audit {
             auth: Arc::new(parts.auth),
             metrics,
             subscribers: Arc::new(Gauge::default()),
+            feeds: Arc::default(),
             cancel,
             tasks,
         }
@@ -124,6 +127,7 @@ impl Audit {
                 js: async_nats::jetstream::new(self.nats.clone()),
                 names: self.names.clone(),
                 subscribers: self.subscribers.clone(),
+                feeds: self.feeds.clone(),
             },
             self.auth.clone().interceptor(),
         );

@@ -25,6 +25,64 @@ pub struct AuditApi {
     pub(crate) js: jetstream::Context,
     pub(crate) names: Names,
     pub(crate) subscribers: Arc<homeport_telemetry::Gauge>,
+    pub(crate) feeds: Arc<Feeds>,
+}
+
+/// Live feeds open per caller (token subject in its tenant); each holds a JetStream consumer.
+pub const MAX_FEEDS_PER_CALLER: u32 = 8;
+/// Live feeds open on one replica.
+pub const MAX_FEEDS: u32 = 1024;
+
+/// Feeds open on the replica, and per caller (tenant, token subject).
+type OpenFeeds = (u32, std::collections::HashMap<(String, String), u32>);
+
+/// Open live feeds, by caller: bounds the consumers one token can make NATS keep.
+#[derive(Default)]
+pub struct Feeds {
+    open: std::sync::Mutex<OpenFeeds>,
+}
+
+/// One open feed; gives its place back when dropped.
+pub(crate) struct FeedSlot {
+    feeds: Arc<Feeds>,
+    caller: (String, String),
+}
+
+impl Feeds {
+    fn enter(self: &Arc<Self>, tenant: &str, subject: &str) -> Result<FeedSlot, Status> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 >= MAX_FEEDS {
+            return Err(Status::resource_exhausted(format!(
+                "this audit replica already serves {MAX_FEEDS} live feeds"
+            )));
+        }
+        let caller = (tenant.to_string(), subject.to_string());
+        let n = open.1.entry(caller.clone()).or_insert(0);
+        if *n >= MAX_FEEDS_PER_CALLER {
+            return Err(Status::resource_exhausted(format!(
+                "at most {MAX_FEEDS_PER_CALLER} live feeds per caller; close one first"
+            )));
+        }
+        *n += 1;
+        open.0 += 1;
+        Ok(FeedSlot {
+            feeds: self.clone(),
+            caller,
+        })
+    }
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        let mut open = self.feeds.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.1.remove(&self.caller);
+            }
+        }
+    }
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -103,6 +161,7 @@ impl AuditService for AuditApi {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let c = caller(&req)?;
+        let slot = self.feeds.enter(&c.tenant, &c.subject)?;
         let r = req.into_inner();
         let f = r.filter.unwrap_or_default();
         let device = opt(&f.device_guid).map(|g| g.to_ascii_lowercase());
@@ -140,6 +199,7 @@ impl AuditService for AuditApi {
         let tenant = c.tenant.clone();
         gauge.inc();
         tokio::spawn(async move {
+            let _slot = slot;
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => break,

@@ -11,6 +11,10 @@
 //!
 //! `tls`: the ingress' TLS handshake alone, server CPU per handshake.
 //!
+//! `hostile`: bounded attacks from other loopback addresses against one ingress while
+//! legitimate simulated devices connect to it; reports whether they all got in, how fast,
+//! the ingress' memory growth and what the attack added to the events stream.
+//!
 //! `command`: starts cira-ingress, amt-sim and mps-command processes, connects N devices and
 //! drives power-state queries through gRPC, closed-loop (`--concurrency`) or at a fixed rate
 //! (`--rate`), and reports throughput and latency percentiles.
@@ -18,6 +22,7 @@
 mod audit;
 mod command;
 mod cpu;
+mod hostile;
 mod tls;
 
 use std::net::SocketAddr;
@@ -53,6 +58,8 @@ enum Bench {
     Audit(audit::AuditArgs),
     /// The ingress' TLS handshake alone: server CPU per handshake against a device's offer.
     Tls(tls::TlsArgs),
+    /// Hostile peers against one ingress while legitimate devices connect to it.
+    Hostile(hostile::HostileArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -113,6 +120,7 @@ fn main() {
             Bench::Command(args) => command::run(args).await,
             Bench::Audit(args) => audit::run(args).await,
             Bench::Tls(args) => tls::run(args).await,
+            Bench::Hostile(args) => hostile::run(args).await,
         }
     });
     if let Err(e) = result {
@@ -163,10 +171,10 @@ pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-struct Node {
-    child: Child,
-    cira: SocketAddr,
-    health: SocketAddr,
+pub(crate) struct Node {
+    pub(crate) child: Child,
+    pub(crate) cira: SocketAddr,
+    pub(crate) health: SocketAddr,
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {
@@ -274,6 +282,81 @@ pub(crate) async fn remove_nats_state(nats_url: &str, run: &str) {
     }
 }
 
+/// What every ingress node of a bench run shares.
+pub(crate) struct NodeEnv {
+    pub nats_url: String,
+    pub run: String,
+    pub db_url: String,
+    pub secrets_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl NodeEnv {
+    /// Starts ingress node `i` (CIRA and health on free loopback ports) with `extra` settings.
+    pub(crate) fn spawn_node(
+        &self,
+        ingress_bin: &Path,
+        i: u64,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Node> {
+        let cira = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        // HOMEPORT_BENCH_WRAPPER runs the ingress under a tool, e.g. "valgrind --tool=callgrind".
+        // The ingress links mimalloc over `malloc`, which valgrind cannot intercept: massif
+        // needs `--pages-as-heap=yes` there.
+        let mut command = match std::env::var("HOMEPORT_BENCH_WRAPPER") {
+            Ok(w) if !w.trim().is_empty() => {
+                let mut parts = w.split_whitespace();
+                let mut c = tokio::process::Command::new(parts.next().unwrap_or_default());
+                c.args(parts).arg(ingress_bin);
+                c
+            }
+            _ => tokio::process::Command::new(ingress_bin),
+        };
+        let child = command
+            .env("HOMEPORT_NATS_URL", &self.nats_url)
+            .env("HOMEPORT_SUBJECT_PREFIX", &self.run)
+            .env("HOMEPORT_DATABASE_URL", &self.db_url)
+            .env("HOMEPORT_DATABASE_POOL", "8")
+            .env("HOMEPORT_SECRETS_FILE", &self.secrets_file)
+            .env("HOMEPORT_SECRETS_KEY_FILE", &self.key_file)
+            .env("HOMEPORT_CIRA_LISTEN", cira.to_string())
+            .env("HOMEPORT_HEALTH_LISTEN", health.to_string())
+            .env("HOMEPORT_NODE_ID", format!("bench-{i}"))
+            .env("HOMEPORT_LOG", "warn")
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting cira-ingress")?;
+        Ok(Node {
+            child: Child {
+                inner: child,
+                name: format!("cira-ingress bench-{i}"),
+            },
+            cira,
+            health,
+        })
+    }
+}
+
+/// Waits until every node answers `/readyz` (60 s at most each).
+pub(crate) async fn wait_ready(nodes: &[Node]) -> anyhow::Result<()> {
+    for node in nodes {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if matches!(http_get(node.health, "/readyz").await, Ok((200, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready after 60 s", node.child.name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn cira_inner(
     args: &CiraArgs,
@@ -305,62 +388,27 @@ async fn cira_inner(
     drop(ids);
 
     eprintln!("starting {processes} ingress node(s)…");
+    let env = NodeEnv {
+        nats_url: args.nats_url.clone(),
+        run: run.to_string(),
+        db_url: db_url.to_string(),
+        secrets_file: secrets_file.clone(),
+        key_file: key_file.clone(),
+    };
     let mut nodes = Vec::new();
     for i in 0..processes {
-        let cira = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        // HOMEPORT_BENCH_WRAPPER runs the ingress under a tool, e.g. "valgrind --tool=callgrind".
-        // The ingress links mimalloc over `malloc`, which valgrind cannot intercept: massif
-        // needs `--pages-as-heap=yes` there.
-        let mut command = match std::env::var("HOMEPORT_BENCH_WRAPPER") {
-            Ok(w) if !w.trim().is_empty() => {
-                let mut parts = w.split_whitespace();
-                let mut c = tokio::process::Command::new(parts.next().unwrap_or_default());
-                c.args(parts).arg(ingress_bin);
-                c
-            }
-            _ => tokio::process::Command::new(ingress_bin),
-        };
-        let child = command
-            .env("HOMEPORT_NATS_URL", &args.nats_url)
-            .env("HOMEPORT_SUBJECT_PREFIX", run)
-            .env("HOMEPORT_DATABASE_URL", db_url)
-            .env("HOMEPORT_DATABASE_POOL", "8")
-            .env("HOMEPORT_SECRETS_FILE", &secrets_file)
-            .env("HOMEPORT_SECRETS_KEY_FILE", &key_file)
-            .env("HOMEPORT_CIRA_LISTEN", cira.to_string())
-            .env("HOMEPORT_HEALTH_LISTEN", health.to_string())
-            .env("HOMEPORT_NODE_ID", format!("bench-{i}"))
-            .env("HOMEPORT_KEEPALIVE_INTERVAL", args.keepalive.to_string())
-            .env("HOMEPORT_IDLE_TIMEOUT", (args.keepalive * 3).to_string())
-            .env("HOMEPORT_HANDSHAKE_TIMEOUT", "120")
-            .env("HOMEPORT_WORKER_THREADS", args.ingress_threads.to_string())
-            .env("HOMEPORT_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting cira-ingress")?;
-        nodes.push(Node {
-            child: Child {
-                inner: child,
-                name: format!("cira-ingress bench-{i}"),
-            },
-            cira,
-            health,
-        });
+        nodes.push(env.spawn_node(
+            ingress_bin,
+            i,
+            &[
+                ("HOMEPORT_KEEPALIVE_INTERVAL", args.keepalive.to_string()),
+                ("HOMEPORT_IDLE_TIMEOUT", (args.keepalive * 3).to_string()),
+                ("HOMEPORT_HANDSHAKE_TIMEOUT", "120".into()),
+                ("HOMEPORT_WORKER_THREADS", args.ingress_threads.to_string()),
+            ],
+        )?);
     }
-    for node in &nodes {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if matches!(http_get(node.health, "/readyz").await, Ok((200, _))) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{} not ready after 60 s", node.child.name);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_ready(&nodes).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss_before, cpu_before) = usage(&nodes);
 

@@ -52,6 +52,9 @@ impl AuthFailure {
     }
 }
 
+/// A GUID no device has (the nil UUID), read in place of an unknown device's secrets.
+const UNKNOWN_DEVICE_PATH_GUID: &str = "00000000-0000-0000-0000-000000000000";
+
 /// Longest wait for one batch of device rows before its logins fail as "store unavailable".
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most devices read in one query.
@@ -126,7 +129,12 @@ pub async fn check(
 ) -> Result<LoggedIn, Rejected> {
     let device = match devices.get(guid).await {
         Ok(Some(d)) => d,
-        Ok(None) => return Err(AuthFailure::UnknownDevice.without_tenant()),
+        Ok(None) => {
+            // The same secret read a known device costs, so the answer's timing does not tell
+            // a stranger which GUIDs are registered.
+            let _ = secrets.get(&device_path(UNKNOWN_DEVICE_PATH_GUID)).await;
+            return Err(AuthFailure::UnknownDevice.without_tenant());
+        }
         Err(e) => {
             tracing::warn!(device = %guid, error = %e, "device lookup failed during login");
             return Err(AuthFailure::StoreUnavailable.without_tenant());

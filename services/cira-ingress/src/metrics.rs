@@ -19,6 +19,8 @@ pub struct Metrics {
     pub tls_openssl_records: Counter,
     pub http_probes: Counter,
     pub auth_failures: Counter,
+    /// `auth_failed` events published (each may stand for several failed logins).
+    pub auth_failure_events: Counter,
     pub sessions_connected: Gauge,
     pub keepalives: Counter,
     /// Keep-alive requests left unanswered (too soon after the last answered one).
@@ -102,6 +104,11 @@ impl Observable for IngressObservable {
             "homeport_cira_auth_failures_total",
             "Failed device logins",
             m.auth_failures.get(),
+        );
+        e.counter(
+            "homeport_cira_auth_failure_events_total",
+            "auth_failed events published (at most one per source address and tenant per interval)",
+            m.auth_failure_events.get(),
         );
         e.gauge(
             "homeport_cira_devices_connected",

@@ -423,7 +423,8 @@ impl Conn {
                     let shared = self.shared.clone();
                     let peer = self.peer;
                     let session_id = self.session_id;
-                    let password = password.expose().as_bytes().to_vec();
+                    // Zeroised when the login ends, whatever its outcome.
+                    let password = zeroize::Zeroizing::new(password.expose().as_bytes().to_vec());
                     let attempt = self.auth_attempt;
                     self.auth = Some(tokio::spawn(login(
                         shared, guid, username, password, peer, session_id, attempt,
@@ -892,6 +893,7 @@ impl Conn {
 
 /// Publishes one `auth_failed` event (which may stand for several failed logins).
 pub(crate) fn publish_auth_failure(shared: &Shared, report: auth::FailureReport) {
+    shared.metrics.auth_failure_events.inc();
     let login = &report.login;
     tracing::warn!(
         device = %login.guid,
@@ -942,7 +944,7 @@ async fn login(
     shared: Arc<Shared>,
     guid: String,
     username: String,
-    password: Vec<u8>,
+    password: zeroize::Zeroizing<Vec<u8>>,
     peer: SocketAddr,
     session_id: u64,
     attempt: u32,

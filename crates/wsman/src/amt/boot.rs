@@ -5,8 +5,10 @@ use crate::envelope::epr;
 use crate::response::boolean;
 use crate::Request;
 
-/// Flags cleared before a plain power action and reset by a boot-options request.
-const BOOT_FLAGS: [&str; 15] = [
+/// Flags cleared before a plain power action and reset by a boot-options request, as the
+/// reference does. EnforceSecureBoot is a setting that survives boots, not a one-shot option,
+/// so it is kept.
+const BOOT_FLAGS: [&str; 14] = [
     "BIOSPause",
     "BIOSSetup",
     "ConfigurationDataReset",
@@ -21,7 +23,6 @@ const BOOT_FLAGS: [&str; 15] = [
     "UseSafeMode",
     "UserPasswordBypass",
     "SecureErase",
-    "EnforceSecureBoot",
 ];
 const BOOT_NUMBERS: [&str; 3] = ["BootMediaIndex", "FirmwareVerbosity", "IDERBootDevice"];
 
@@ -45,7 +46,6 @@ pub struct BootPlan {
     pub bios_setup: bool,
     pub use_ider: bool,
     pub ider_boot_device: u32,
-    pub secure_erase: bool,
     /// InstanceID of the CIM_BootSourceSetting to boot from, if any.
     pub source: Option<&'static str>,
     /// RequestPowerStateChange code: 10 reset or 2 power on.
@@ -61,7 +61,6 @@ pub fn boot_plan(action: u32) -> Option<BootPlan> {
         bios_setup: action < 104,
         use_ider: (200..300).contains(&action),
         ider_boot_device: u32::from(matches!(action, 202 | 203)),
-        secure_erase: action == 104,
         source: matches!(action, 400 | 401).then_some("Intel(r) AMT: Force PXE Boot"),
         power: if matches!(action, 101 | 200 | 202 | 301 | 400) {
             10
@@ -78,9 +77,8 @@ pub fn planned_boot_settings(current: &Properties, plan: &BootPlan, use_sol: boo
     p.set("UseIDER", plan.use_ider.to_string());
     p.set("IDERBootDevice", plan.ider_boot_device.to_string());
     p.set("UseSOL", use_sol.to_string());
-    if plan.secure_erase {
-        p.set("SecureErase", "true");
-    }
+    // Action 104 ("reset to secure erase") sends SecureErase false like the reference: a
+    // true here would wipe the disk on the next boot, which no client of the API expects.
     p
 }
 
@@ -201,5 +199,22 @@ mod tests {
         assert_eq!(p.get("BIOSSetup"), Some("true"));
         assert_eq!(p.get("UseSOL"), Some("false"));
         assert_eq!(cleared_boot_settings(&p).get("BIOSSetup"), Some("false"));
+    }
+
+    #[test]
+    fn power_actions_keep_secure_boot_and_never_ask_for_a_secure_erase() {
+        let current = Properties(vec![
+            ("EnforceSecureBoot".into(), "true".into()),
+            ("SecureErase".into(), "true".into()),
+            ("BIOSSetup".into(), "true".into()),
+        ]);
+        let cleared = cleared_boot_settings(&current);
+        assert_eq!(cleared.get("EnforceSecureBoot"), Some("true"));
+        assert_eq!(cleared.get("SecureErase"), Some("false"));
+        let erase = boot_plan(104).unwrap();
+        let p = planned_boot_settings(&current, &erase, false);
+        assert_eq!(p.get("SecureErase"), Some("false"));
+        assert_eq!(p.get("EnforceSecureBoot"), Some("true"));
+        assert_eq!(erase.power, 2);
     }
 }

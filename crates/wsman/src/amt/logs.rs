@@ -136,7 +136,10 @@ impl EventRecord {
                 1 => "Memory initialization".into(),
                 2 => "Hard-disk initialization".into(),
                 6 => "USB resource configuration".into(),
-                12 => "Video initialization".into(),
+                // IPMI's System Firmware Progress offsets: 0x09 is video, 0x0C the keyboard
+                // controller.
+                9 => "Video initialization".into(),
+                12 => "Keyboard controller initialization".into(),
                 19 => "Starting operating system boot process".into(),
                 23 => "Keyboard test".into(),
                 24 => "Pointing device test".into(),
@@ -354,5 +357,18 @@ mod tests {
         assert_eq!(r.description(), "USB resource configuration");
         assert_eq!(r.encode(), raw);
         assert!(EventRecord::decode(&raw[..20]).is_none());
+    }
+
+    #[test]
+    fn firmware_progress_offsets_follow_ipmi() {
+        let mut raw = [
+            0x10, 0, 0, 0, 0xFF, 0x0F, 0x6F, 0x02, 0x68, 0x01, 0xFF, 34, 0, 0x40, 0x0C, 0, 0, 0, 0,
+            0, 0,
+        ];
+        let r = EventRecord::decode(&raw).unwrap();
+        assert_eq!(r.description(), "Keyboard controller initialization");
+        raw[14] = 0x09;
+        let r = EventRecord::decode(&raw).unwrap();
+        assert_eq!(r.description(), "Video initialization");
     }
 }
