@@ -48,13 +48,32 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
   pg_isready -h 127.0.0.1 -p 5432 -q || { echo "PostgreSQL did not start" >&2; exit 1; }
 fi
 
-# Tests connect as postgres over TCP without a password.
-if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; then
-  hba=$(ls /etc/postgresql/*/main/pg_hba.conf 2>/dev/null | head -n 1)
-  if [ -n "$hba" ] && ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
-    echo "allowing trusted local TCP connections for the test user ($hba)"
-    sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
-    pg_ctlcluster --skip-systemctl-redirect "$(basename "$(dirname "$(dirname "$hba")")")" main reload
+# Tests connect as postgres over TCP without a password. When the system cluster does not let
+# them in that way, a private throwaway cluster (initdb in the temporary directory, its own
+# port, trust only on 127.0.0.1) serves them instead; the system cluster's configuration is
+# never changed. scripts/test.sh reads the URL the tests should use from $pg_env.
+pg_env="${TMPDIR:-/tmp}/homeport-test-pg.env"
+system_url="postgres://postgres@127.0.0.1:5432/postgres"
+if [ -z "${HOMEPORT_TEST_PG_PRIVATE:-}" ] \
+  && psql "$system_url" -tAc 'select 1' >/dev/null 2>&1; then
+  echo "HOMEPORT_TEST_PG_URL=$system_url" > "$pg_env"
+else
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  bin="/usr/lib/postgresql/$version/bin"
+  dir="${TMPDIR:-/tmp}/homeport-test-pg"
+  port=55432
+  if ! pg_isready -h 127.0.0.1 -p "$port" -q; then
+    if [ ! -f "$dir/PG_VERSION" ]; then
+      echo "starting a private PostgreSQL for the tests in $dir (port $port)"
+      rm -rf "$dir"
+      mkdir -p "$dir"
+      chown postgres: "$dir"
+      su postgres -s /bin/sh -c "$bin/initdb -D '$dir' -U postgres --auth=trust >/dev/null"
+    fi
+    su postgres -s /bin/sh -c "$bin/pg_ctl -D '$dir' -l '$dir/log' -w \
+      -o \"-p $port -k '$dir' -c listen_addresses=127.0.0.1\" start >/dev/null"
   fi
+  pg_isready -h 127.0.0.1 -p "$port" -q || { echo "private PostgreSQL did not start; see $dir/log" >&2; exit 1; }
+  echo "HOMEPORT_TEST_PG_URL=postgres://postgres@127.0.0.1:$port/postgres" > "$pg_env"
 fi
-echo "services ready: NATS 127.0.0.1:4222, PostgreSQL 127.0.0.1:5432, Mosquitto 127.0.0.1:1883"
+echo "services ready: NATS 127.0.0.1:4222, $(cat "$pg_env"), Mosquitto 127.0.0.1:1883"

@@ -8,6 +8,14 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 bash scripts/ensure-build-deps.sh
 bash scripts/ensure-services.sh
+# The PostgreSQL the tests use (the system one, or a private one ensure-services.sh started),
+# unless the caller chose one.
+if [ -z "${HOMEPORT_TEST_PG_URL:-}" ]; then
+  set -a
+  # shellcheck disable=SC1091
+  . "${TMPDIR:-/tmp}/homeport-test-pg.env"
+  set +a
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -242,16 +242,19 @@ async fn a_restarted_worker_loses_nothing_and_stores_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_loses_nothing() {
     let env = TestEnv::new("audpg").await;
-    let pg: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    // The server the test database is on (the system PostgreSQL or the suite's private one).
+    let host_port = env
+        .database_url()
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    let pg: std::net::SocketAddr = host_port.parse().unwrap();
     let proxy = TcpProxy::start(pg).await;
     let url = env
         .database_url()
-        .replace("127.0.0.1:5432", &proxy.addr.to_string());
-    assert_ne!(
-        url,
-        env.database_url(),
-        "the test database must be on 127.0.0.1:5432"
-    );
+        .replace(&host_port, &proxy.addr.to_string());
+    assert_ne!(url, env.database_url(), "the database URL goes through the proxy");
     let mut config = homeport_store::StoreConfig::new(url);
     config.acquire_timeout = Duration::from_secs(2);
     let store = homeport_store::Store::connect_with(config).await.unwrap();
