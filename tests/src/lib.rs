@@ -129,6 +129,8 @@ impl TestEnv {
             drain_grace_secs: 5,
             heartbeat_interval_secs: 1,
             auth_event_interval_secs: 2,
+            // Whole fleets dial from 127.0.0.1 at once here; the rate limit has its own tests.
+            max_connections_per_source_per_sec: 10_000,
             ..IngressConfig::default()
         }
     }

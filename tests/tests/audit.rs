@@ -254,7 +254,11 @@ async fn a_database_outage_loses_nothing() {
     let url = env
         .database_url()
         .replace(&host_port, &proxy.addr.to_string());
-    assert_ne!(url, env.database_url(), "the database URL goes through the proxy");
+    assert_ne!(
+        url,
+        env.database_url(),
+        "the database URL goes through the proxy"
+    );
     let mut config = homeport_store::StoreConfig::new(url);
     config.acquire_timeout = Duration::from_secs(2);
     let store = homeport_store::Store::connect_with(config).await.unwrap();

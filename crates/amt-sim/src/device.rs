@@ -50,6 +50,10 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) {
     let mut failures: u32 = 0;
+    // Set at the first dial; taken when the first session is ready (the connect time
+    // recorded, refused and failed attempts included).
+    let mut first_dial: Option<Instant> = None;
+    let mut dialed = false;
     loop {
         // A deprovisioned device has no CIRA configuration left: wait to be re-provisioned.
         while !slot.provisioned() {
@@ -63,7 +67,11 @@ pub(crate) async fn run(
             return;
         }
         shared.stats.attempts.fetch_add(1, Ordering::Relaxed);
-        let outcome = once(&shared, &id, &slot, fault, &cancel).await;
+        if !dialed {
+            dialed = true;
+            first_dial = Some(Instant::now());
+        }
+        let outcome = once(&shared, &id, &slot, fault, &cancel, &mut first_dial).await;
         match &outcome {
             Outcome::Cancelled => return,
             Outcome::Deprovisioned => {
@@ -158,9 +166,9 @@ async fn once(
     slot: &DeviceSlot,
     fault: Fault,
     cancel: &CancellationToken,
+    first_dial: &mut Option<Instant>,
 ) -> Outcome {
     let stats = &shared.stats;
-    let dialed = Instant::now();
     // A disconnect asked for while not connected does not carry over to the next connection.
     slot.disconnect.store(false, Ordering::SeqCst);
     let tcp = match connect_tcp(shared, id.index).await {
@@ -303,7 +311,9 @@ async fn once(
             match ev {
                 DeviceEvent::Ready => {
                     ready_at = Some(Instant::now());
-                    stats.record_connect(dialed.elapsed());
+                    if let Some(t) = first_dial.take() {
+                        stats.record_connect(t.elapsed());
+                    }
                     stats.connected.fetch_add(1, Ordering::Relaxed);
                     stats.ready_total.fetch_add(1, Ordering::Relaxed);
                 }

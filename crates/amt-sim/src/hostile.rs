@@ -156,6 +156,7 @@ pub fn keyupdate_flood(
     addr: SocketAddr,
     device: Option<&Identity>,
     bound: Duration,
+    pace: Duration,
 ) -> Result<Held, String> {
     let mut tls = tls_connect(addr, None, true)?;
     if let Some(device) = device {
@@ -185,7 +186,7 @@ pub fn keyupdate_flood(
             }
         }
         // Paced so the server reads each request on its own and owes an answer for each.
-        std::thread::sleep(Duration::from_micros(100));
+        std::thread::sleep(pace);
     }
     // Out of bytes to send: see what the server makes of the silence.
     Ok(wait_closed(tls.get_mut(), started, bound))

@@ -201,7 +201,8 @@ pub struct FleetStats {
     pub server_disconnects: AtomicU64,
     pub http_requests: AtomicU64,
     pub injected_faults: AtomicU64,
-    /// Milliseconds from dialing to a ready session, per connection (the first million).
+    /// Milliseconds from a device's first dial to its first ready session, refused and failed
+    /// attempts included (the first million devices).
     pub connect_ms: std::sync::Mutex<Vec<u32>>,
 }
 

@@ -18,6 +18,13 @@ use tonic::{Request, Status};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: i64 = 60;
+/// The `aud` claim required by default, and what `mint_hs256` and `homeportctl token` put in.
+pub const DEFAULT_AUDIENCE: &str = "homeport";
+/// Smallest RSA key accepted for RS256.
+const MIN_RSA_BITS: u32 = 2048;
+/// Longest `sub` claim accepted (it goes into events and logs).
+const MAX_SUBJECT_CHARS: usize = 256;
+
 /// Longest token accepted; real tokens are a few hundred bytes.
 const MAX_TOKEN_BYTES: usize = 8192;
 
@@ -40,8 +47,12 @@ pub struct JwtArgs {
         default_value = "tenant"
     )]
     pub tenant_claim: String,
-    /// Required `aud` claim, if set.
-    #[arg(long = "jwt-audience", env = "HOMEPORT_JWT_AUDIENCE")]
+    /// Required `aud` claim (an empty value accepts tokens without one).
+    #[arg(
+        long = "jwt-audience",
+        env = "HOMEPORT_JWT_AUDIENCE",
+        default_value = DEFAULT_AUDIENCE
+    )]
     pub audience: Option<String>,
     /// Required `iss` claim, if set.
     #[arg(long = "jwt-issuer", env = "HOMEPORT_JWT_ISSUER")]
@@ -54,6 +65,7 @@ impl JwtArgs {
         JwtArgs {
             hs256_secret_file: Some(secret_file),
             tenant_claim: "tenant".into(),
+            audience: Some(DEFAULT_AUDIENCE.into()),
             ..JwtArgs::default()
         }
     }
@@ -82,10 +94,23 @@ impl JwtArgs {
             let pem = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
             let key = openssl::pkey::PKey::public_key_from_pem(&pem)
                 .with_context(|| format!("{}: not a PEM public key", f.display()))?;
+            anyhow::ensure!(
+                key.id() == openssl::pkey::Id::RSA,
+                "{}: RS256 needs an RSA public key, not {:?}",
+                f.display(),
+                key.id()
+            );
+            anyhow::ensure!(
+                key.bits() >= MIN_RSA_BITS,
+                "{}: the RSA key has {} bits; at least {MIN_RSA_BITS} are required",
+                f.display(),
+                key.bits()
+            );
             keys.push(Key::Rs256(key));
         }
+        let audience = self.audience.clone().filter(|a| !a.is_empty());
         Ok(Authenticator::new(keys, &self.tenant_claim)
-            .with_audience(self.audience.clone(), self.issuer.clone()))
+            .with_audience(audience, self.issuer.clone()))
     }
 }
 
@@ -260,12 +285,16 @@ impl Authenticator {
         if !valid_tenant(tenant) {
             return Err(AuthError::Tenant);
         }
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        // The subject is recorded as the actor of events and in logs: printable text only.
+        if subject.chars().count() > MAX_SUBJECT_CHARS || subject.chars().any(char::is_control) {
+            return Err(AuthError::Claim("sub".into()));
+        }
         Ok(Caller {
-            subject: claims
-                .get("sub")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
+            subject: subject.to_string(),
             tenant: tenant.to_string(),
         })
     }
@@ -315,7 +344,7 @@ pub fn mint_hs256(
     let e = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
     let header = e(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = e(
-        serde_json::json!({"sub": subject, "tenant": tenant, "iat": now, "exp": now + ttl_secs})
+        serde_json::json!({"sub": subject, "tenant": tenant, "aud": DEFAULT_AUDIENCE, "iat": now, "exp": now + ttl_secs})
             .to_string()
             .as_bytes(),
     );
@@ -368,6 +397,68 @@ mod tests {
         assert!(valid_tenant("") && valid_tenant("acme_corp-2"));
         let a2 = Authenticator::new(vec![Key::Hs256(b"s3cret".to_vec())], "org");
         assert_eq!(a2.verify(&t), Err(AuthError::Claim("org".into())));
+    }
+
+    #[test]
+    fn configured_verifiers_require_the_audience_strong_rsa_and_a_printable_subject() {
+        let dir = std::env::temp_dir().join(format!("homeport-jwt-{:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("hs256");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+        let a = JwtArgs::hs256(secret.clone()).authenticator().unwrap();
+        let key = b"0123456789abcdef0123456789abcdef";
+        // Ours carry the audience; a token without one is refused.
+        assert!(a
+            .verify(&mint_hs256(key, "ops", "acme", 60).unwrap())
+            .is_ok());
+        let e = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let sign = |claims: &str| {
+            let header = e(br#"{"alg":"HS256"}"#);
+            let body = e(claims.as_bytes());
+            let pkey = PKey::hmac(key).unwrap();
+            let mut signer = Signer::new(MessageDigest::sha256(), &pkey).unwrap();
+            signer
+                .update(format!("{header}.{body}").as_bytes())
+                .unwrap();
+            format!("{header}.{body}.{}", e(&signer.sign_to_vec().unwrap()))
+        };
+        let no_aud = sign(r#"{"sub":"ops","tenant":"acme","exp":99999999999}"#);
+        assert_eq!(a.verify(&no_aud), Err(AuthError::Audience));
+        // A subject with a NUL (or any control character) never reaches events.
+        let nul = sign(r#"{"sub":"o\u0000ps","tenant":"acme","aud":"homeport","exp":99999999999}"#);
+        assert_eq!(a.verify(&nul), Err(AuthError::Claim("sub".into())));
+        // An empty --jwt-audience accepts tokens without one.
+        let open = JwtArgs {
+            audience: Some(String::new()),
+            ..JwtArgs::hs256(secret)
+        };
+        assert!(open.authenticator().unwrap().verify(&no_aud).is_ok());
+        // RS256 keys must be RSA of at least 2048 bits.
+        for (name, pem) in [
+            (
+                "rsa1024",
+                Rsa::generate(1024).unwrap().public_key_to_pem().unwrap(),
+            ),
+            (
+                "ec",
+                openssl::ec::EcKey::generate(
+                    &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+                        .unwrap(),
+                )
+                .unwrap()
+                .public_key_to_pem()
+                .unwrap(),
+            ),
+        ] {
+            let file = dir.join(name);
+            std::fs::write(&file, pem).unwrap();
+            let args = JwtArgs {
+                rs256_public_key_file: Some(file),
+                ..JwtArgs::default()
+            };
+            assert!(args.authenticator().is_err(), "{name}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

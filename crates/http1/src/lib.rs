@@ -178,6 +178,135 @@ fn complete(buf: &[u8], is_response: bool, closed: bool) -> Result<Option<Comple
     }))
 }
 
+/// [`complete_response`] for a response that arrives piece by piece, as a device's does over
+/// CIRA: it remembers how far the bytes are understood (the head once parsed, the chunks
+/// already walked), so a response fed in n pieces costs O(length) in all, not O(n × length).
+#[derive(Debug, Default, Clone)]
+pub struct ResponseFramer {
+    state: FrameState,
+}
+
+#[derive(Debug, Clone)]
+enum FrameState {
+    /// Bytes already searched for the end of the head.
+    Head { scanned: usize },
+    Body {
+        head_len: usize,
+        framing: Framing,
+        chunks: ChunkWalk,
+    },
+}
+
+impl Default for FrameState {
+    fn default() -> Self {
+        FrameState::Head { scanned: 0 }
+    }
+}
+
+/// How far a chunked body has been walked: `pos` is where the next size line (or trailer
+/// line) starts, `data` the chunk bytes so far.
+#[derive(Debug, Default, Clone)]
+struct ChunkWalk {
+    pos: usize,
+    data: usize,
+    trailers: bool,
+}
+
+impl ResponseFramer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The length of the complete response at the start of `buf`, which holds every byte fed
+    /// so far (the same buffer, grown); `None` while it is incomplete. With `closed`, an
+    /// until-close body ends at the end of `buf`.
+    pub fn advance(&mut self, buf: &[u8], closed: bool) -> Result<Option<usize>, Error> {
+        if let FrameState::Head { scanned } = self.state {
+            let from = scanned.saturating_sub(3).min(buf.len());
+            if find(buf.get(from..).unwrap_or_default(), b"\r\n\r\n").is_none() {
+                if buf.len() > MAX_HEAD {
+                    return Err(Error::HeadTooLarge);
+                }
+                self.state = FrameState::Head { scanned: buf.len() };
+                return Ok(None);
+            }
+            let head = parse_head(buf)?.ok_or(Error::Malformed("head"))?;
+            self.state = FrameState::Body {
+                head_len: head.len,
+                framing: head.framing(true)?,
+                chunks: ChunkWalk::default(),
+            };
+        }
+        let FrameState::Body {
+            head_len,
+            framing,
+            chunks,
+        } = &mut self.state
+        else {
+            return Ok(None);
+        };
+        let body = buf.get(*head_len..).unwrap_or_default();
+        let body_len = match *framing {
+            Framing::Length(n) => (body.len() >= n).then_some(n),
+            Framing::UntilClose => {
+                if body.len() > MAX_BODY {
+                    return Err(Error::BodyTooLarge);
+                }
+                closed.then_some(body.len())
+            }
+            Framing::Chunked => chunks.walk(body)?,
+        };
+        Ok(body_len.map(|b| *head_len + b))
+    }
+}
+
+impl ChunkWalk {
+    /// Walks on from where the last call stopped; the length of the complete chunked body.
+    fn walk(&mut self, body: &[u8]) -> Result<Option<usize>, Error> {
+        loop {
+            let rest = body.get(self.pos..).unwrap_or_default();
+            let Some(eol) = find(rest, b"\r\n") else {
+                return if rest.len() > 1024 && !self.trailers {
+                    Err(Error::Malformed("chunk size line"))
+                } else {
+                    Ok(None)
+                };
+            };
+            if self.trailers {
+                // Trailers end with an empty line.
+                self.pos += eol + 2;
+                if eol == 0 {
+                    return Ok(Some(self.pos));
+                }
+                continue;
+            }
+            let line = str::from_utf8(rest.get(..eol).unwrap_or_default())
+                .map_err(|_| Error::Malformed("chunk size"))?;
+            let hex = line.split(';').next().unwrap_or_default().trim();
+            let size =
+                usize::from_str_radix(hex, 16).map_err(|_| Error::Malformed("chunk size"))?;
+            let data = self.data.checked_add(size).ok_or(Error::BodyTooLarge)?;
+            if data > MAX_BODY {
+                return Err(Error::BodyTooLarge);
+            }
+            if size == 0 {
+                self.pos += eol + 2;
+                self.trailers = true;
+                continue;
+            }
+            let after = eol + 2 + size;
+            match rest.get(after..after + 2) {
+                Some(b"\r\n") => {
+                    self.pos += after + 2;
+                    self.data = data;
+                }
+                Some(_) => return Err(Error::Malformed("chunk terminator")),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
 /// Length of a complete chunked body (including the last chunk and trailers), or `None`.
 pub fn chunked_len(body: &[u8]) -> Result<Option<usize>, Error> {
     let mut pos = 0usize;
@@ -271,6 +400,58 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_framer_agrees_with_whole_buffer_framing_at_every_split() {
+        let responses: [&[u8]; 5] = [
+            CHUNKED,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n2;x=y\r\nbc\r\n0\r\nT: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+        ];
+        let mut rng = 0x2545_f491_u64;
+        for full in responses {
+            for _ in 0..50 {
+                let mut framer = ResponseFramer::new();
+                let mut buf = Vec::new();
+                let mut at = 0;
+                while at < full.len() {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let n = 1 + (rng % 7) as usize;
+                    let end = (at + n).min(full.len());
+                    buf.extend_from_slice(&full[at..end]);
+                    at = end;
+                    let whole = complete_response(&buf, false).map(|c| c.map(|c| c.len));
+                    assert_eq!(
+                        framer.advance(&buf, false),
+                        whole,
+                        "{:?}",
+                        String::from_utf8_lossy(&buf)
+                    );
+                }
+                let whole = complete_response(&buf, true).map(|c| c.map(|c| c.len));
+                assert_eq!(framer.advance(&buf, true), whole);
+            }
+        }
+    }
+
+    #[test]
+    fn the_framer_walks_a_long_chunked_body_once() {
+        // 20,000 one-byte chunks fed one chunk at a time: each step looks at the new bytes
+        // only (a whole-buffer parse per step would walk 200 million chunk lines).
+        let mut framer = ResponseFramer::new();
+        let mut buf = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        assert_eq!(framer.advance(&buf, false), Ok(None));
+        for _ in 0..20_000 {
+            buf.extend_from_slice(b"1\r\nx\r\n");
+            assert_eq!(framer.advance(&buf, false), Ok(None));
+        }
+        buf.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(framer.advance(&buf, false), Ok(Some(buf.len())));
+    }
 
     const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/soap+xml\r\nTransfer-Encoding: chunked\r\n\r\n0005\r\nhello\r\n0006\r\n world\r\n0\r\n\r\n";
     const UNAUTHORIZED: &[u8] = b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm=\"x\"\r\nContent-Length: 14\r\nConnection: close\r\n\r\n<html></html>\n";

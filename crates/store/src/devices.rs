@@ -226,6 +226,25 @@ impl Store {
         }
     }
 
+    /// Registers a device that does not exist yet, in any tenant: `Ok(None)` when the guid is
+    /// already registered (so of two racing creates exactly one succeeds, and only its caller
+    /// goes on to store secrets).
+    pub async fn create_device(&self, new: NewDevice) -> Result<Option<Device>, StoreError> {
+        let (guid, active) = to_active(new, now())?;
+        let inserted = Entity::insert(active)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::column(device::Column::Guid)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        self.get_device(&guid).await
+    }
+
     /// Upserts many devices in one transaction, `BULK_CHUNK` rows per statement, as a
     /// simulator enrolling tens of thousands of devices needs. Guids repeated in `devices`
     /// keep the last entry. Devices that exist under another tenant are skipped. Returns the

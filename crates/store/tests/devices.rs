@@ -42,6 +42,7 @@ both_backends!(
     invalid_guids,
     batched_login_lookup,
     audit_retention_deletes_only_old_events,
+    racing_creates_register_a_device_once,
 );
 
 fn guid(n: u32) -> String {
@@ -466,4 +467,24 @@ async fn audit_retention_deletes_only_old_events(url: String) {
     assert_eq!(store.prune_audit_events(20_500, 8).await.expect("prune"), 4);
     assert_eq!(store.prune_audit_events(20_500, 8).await.expect("prune"), 0);
     assert_eq!(store.count_audit_events().await.expect("count"), 5);
+}
+
+async fn racing_creates_register_a_device_once(url: String) {
+    let store = Store::connect(&url).await.expect("connect");
+    let (a, b, other) = tokio::join!(
+        store.create_device(device(7, "acme")),
+        store.create_device(device(7, "acme")),
+        store.create_device(device(7, "evil")),
+    );
+    let won: Vec<_> = [a, b, other]
+        .into_iter()
+        .map(|r| r.expect("no database error"))
+        .filter(Option::is_some)
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one create registers the device");
+    assert!(store
+        .create_device(device(7, "acme"))
+        .await
+        .expect("no database error")
+        .is_none());
 }

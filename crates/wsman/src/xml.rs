@@ -11,6 +11,8 @@ pub const MAX_DEPTH: usize = 64;
 pub const MAX_ELEMENTS: usize = 50_000;
 /// Largest document accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Most attributes on one element (AMT's carry a handful).
+pub const MAX_ATTRIBUTES: usize = 64;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum XmlError {
@@ -20,6 +22,8 @@ pub enum XmlError {
     TooDeep,
     #[error("more than {MAX_ELEMENTS} elements")]
     TooManyElements,
+    #[error("an element with more than {MAX_ATTRIBUTES} attributes")]
+    TooManyAttributes,
     #[error("DOCTYPE declarations are not accepted")]
     DocType,
     #[error("unknown entity &{0};")]
@@ -118,7 +122,13 @@ pub fn parse(doc: &[u8]) -> Result<Element, XmlError> {
                     name: local(s.local_name().as_ref()),
                     ..Element::default()
                 };
-                for a in s.attributes() {
+                // quick-xml's duplicate check compares each attribute with all before it
+                // (80,000 attributes in a sub-MiB reply took seconds); the count is bounded
+                // here instead, and a duplicate is harmless to a reader of local names.
+                for (i, a) in s.attributes().with_checks(false).enumerate() {
+                    if i >= MAX_ATTRIBUTES {
+                        return Err(XmlError::TooManyAttributes);
+                    }
                     let a = a.map_err(syntax)?;
                     let key = a.key.local_name();
                     if a.key.as_ref().starts_with(b"xmlns") {
@@ -205,6 +215,14 @@ mod tests {
         let e = parse(doc).unwrap();
         assert_eq!(e.name, "E");
         assert_eq!(e.attribute("k"), Some("v"));
+        // Many attributes on one element are refused (counted, not compared pairwise).
+        let mut many = String::from("<a");
+        for i in 0..80_000 {
+            many.push_str(&format!(" a{i}=\"\""));
+        }
+        many.push_str("/>");
+        assert!(many.len() < MAX_DOCUMENT_BYTES);
+        assert_eq!(parse(many.as_bytes()), Err(XmlError::TooManyAttributes));
         assert_eq!(e.text_of("X"), Some("1 & 2!"));
         assert_eq!(e.texts_of("X").collect::<Vec<_>>(), ["1 & 2!", "3"]);
         assert_eq!(e.text_of("Y"), Some(""));

@@ -1,6 +1,9 @@
 //! `homeport-bench hostile`: attacks from other loopback addresses (127.0.0.2–127.0.0.9)
-//! against one ingress node, while legitimate simulated devices (from 127.0.0.1) connect to
-//! it. Every attack is bounded in time and count and dials only the node it started.
+//! against one ingress node, while legitimate simulated devices (ten per address from
+//! 127.0.1.1) connect to it. Every attack is bounded in time and count and dials only the
+//! node it started. The attackers run in their own process at the lowest priority: on this
+//! two-core machine they would otherwise take the CPU the ingress and the devices need, which
+//! measures the machine, not the ingress.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +29,8 @@ const SOURCES: u8 = 8;
 
 #[derive(clap::Args, Debug)]
 pub struct HostileArgs {
-    /// slow-handshake, keyupdate-flood, preauth-bigframe, login-flood, guid-squat or all.
+    /// slow-handshake, keyupdate-flood, preauth-bigframe, login-flood, guid-squat, all, or
+    /// none (the baseline).
     #[arg(long, default_value = "all")]
     attack: String,
     /// Seconds the attack lasts (the legitimate devices connect during it).
@@ -36,7 +40,7 @@ pub struct HostileArgs {
     #[arg(long, default_value_t = 1000)]
     devices: u64,
     /// Attacking connections at once per attack.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1000))]
     concurrency: u64,
     /// The ingress' --auth-event-interval-secs.
     #[arg(long, default_value_t = 10)]
@@ -51,6 +55,60 @@ pub struct HostileArgs {
     /// PostgreSQL admin URL (a throwaway database is created and dropped).
     #[arg(long, env = "HOMEPORT_BENCH_PG_URL", default_value = homeport_store::testing::DEFAULT_ADMIN_URL)]
     pg_admin_url: String,
+}
+
+/// The attackers' own process (started by `hostile` under `nice -n 19`, so that on a machine
+/// shared with the ingress they model attackers on other machines rather than starve it).
+#[derive(clap::Args, Debug)]
+pub struct AttackerArgs {
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long, value_delimiter = ',')]
+    attacks: Vec<String>,
+    #[arg(long)]
+    seconds: u64,
+    #[arg(long)]
+    concurrency: u64,
+    /// Seed and index of the device whose GUID guid-squat uses.
+    #[arg(long)]
+    squat_seed: u64,
+}
+
+/// Runs the attacks until the deadline and prints the tally as one JSON line.
+pub async fn attacker(args: AttackerArgs) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let tally = Arc::new(Tally::default());
+    let squat = Identity::derive(args.squat_seed, 0);
+    let mut workers = Vec::new();
+    for attack in &args.attacks {
+        let attack = ATTACKS
+            .iter()
+            .find(|a| **a == attack.as_str())
+            .with_context(|| format!("unknown attack {attack:?}"))?;
+        workers.extend(launch(
+            attack,
+            args.addr,
+            squat.clone(),
+            args.concurrency,
+            until,
+            tally.clone(),
+        ));
+    }
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "attempts": tally.attempts.load(Ordering::Relaxed),
+            "refused_or_dropped": tally.refused_or_dropped.load(Ordering::Relaxed),
+            "errors": tally.errors.load(Ordering::Relaxed),
+            "cpu_seconds": homeport_telemetry::usage_of("self")
+                .map(|(_, c)| c.as_secs_f64())
+                .unwrap_or(0.0),
+        })
+    );
+    Ok(())
 }
 
 fn source(i: u64) -> IpAddr {
@@ -88,7 +146,8 @@ fn launch(
                             hostile::slow_handshake(addr, from, bound).map(|h| h.closed())
                         }
                         "keyupdate-flood" => {
-                            hostile::keyupdate_flood(addr, None, bound).map(|h| h.closed())
+                            hostile::keyupdate_flood(addr, None, bound, Duration::from_millis(1))
+                                .map(|h| h.closed())
                         }
                         "preauth-bigframe" => {
                             hostile::preauth_bigframe(addr, from, bound).map(|(h, _)| h.closed())
@@ -116,9 +175,11 @@ fn launch(
 pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
     let attacks: Vec<&'static str> = match args.attack.as_str() {
         "all" => ATTACKS.to_vec(),
+        // The baseline: the same devices, no attack.
+        "none" => Vec::new(),
         one => match ATTACKS.iter().find(|a| **a == one) {
             Some(a) => vec![*a],
-            None => bail!("--attack must be one of {ATTACKS:?} or all, not {one:?}"),
+            None => bail!("--attack must be one of {ATTACKS:?}, all or none, not {one:?}"),
         },
     };
     let ingress_bin = sibling("cira-ingress")?;
@@ -154,7 +215,6 @@ async fn run_inner(
     let ids: Vec<_> = cfg.identities().collect();
     homeport_amt_sim::enroll(&store, &secrets, &ids, "bench").await?;
     homeport_cira_ingress::tls::load_or_generate(&secrets, "localhost", &[]).await?;
-    let squat = ids.first().cloned().context("at least one device")?;
     drop(ids);
 
     let env = NodeEnv {
@@ -193,6 +253,13 @@ async fn run_inner(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss();
     let events_before = stream_messages().await;
+    let cpu_of = |pid: &str| {
+        homeport_telemetry::usage_of(pid)
+            .map(|(_, c)| c)
+            .unwrap_or_default()
+    };
+    let me = std::process::id().to_string();
+    let (ingress_cpu_before, bench_cpu_before) = (cpu_of(&pid), cpu_of(&me));
 
     eprintln!(
         "attacking with {attacks:?} for {} s ({} connections each, from {SOURCES} addresses)…",
@@ -200,22 +267,34 @@ async fn run_inner(
     );
     let started = Instant::now();
     let until = started + Duration::from_secs(args.seconds);
-    let tally = Arc::new(Tally::default());
-    let mut workers = Vec::new();
-    for attack in attacks {
-        workers.extend(launch(
-            attack,
-            node.cira,
-            squat.clone(),
-            args.concurrency,
-            until,
-            tally.clone(),
-        ));
-    }
+    let attackers = if attacks.is_empty() {
+        None
+    } else {
+        let me = std::env::current_exe()?;
+        Some(
+            tokio::process::Command::new("nice")
+                .args(["-n", "19"])
+                .arg(me)
+                .arg("hostile-attacker")
+                .args(["--addr", &node.cira.to_string()])
+                .args(["--attacks", &attacks.join(",")])
+                .args(["--seconds", &args.seconds.to_string()])
+                .args(["--concurrency", &args.concurrency.to_string()])
+                .args(["--squat-seed", &cfg.seed.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting the attackers")?,
+        )
+    };
     // The attack is under way when the real devices come.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut legit = cfg.clone();
     legit.server = node.cira;
+    // Real devices come from many addresses: ten per loopback address from 127.0.1.1 up.
+    legit.source_ips = (0..args.devices.div_ceil(10))
+        .map(|i| IpAddr::from([127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8]))
+        .collect();
     legit.reconnect_min = Duration::from_millis(200);
     legit.reconnect_max = Duration::from_secs(2);
     let fleet = Fleet::start(legit)?;
@@ -231,12 +310,23 @@ async fn run_inner(
         rss_max = rss_max.max(rss());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let attack_seconds = started.elapsed().as_secs_f64();
+    let ingress_cpu = cpu_of(&pid)
+        .saturating_sub(ingress_cpu_before)
+        .as_secs_f64();
+    let bench_cpu = cpu_of(&me).saturating_sub(bench_cpu_before).as_secs_f64();
     let legit_connected = fleet.stats().connected();
     let p99 = fleet.stats().connect_quantile_ms(0.99);
     let p50 = fleet.stats().connect_quantile_ms(0.5);
-    for w in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
-    }
+    let tally: serde_json::Value = match attackers {
+        Some(child) => {
+            let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+                .await
+                .context("the attackers did not stop")??;
+            serde_json::from_slice(&out.stdout).unwrap_or_default()
+        }
+        None => serde_json::json!({}),
+    };
     // The last failed-login interval closes, and its count is published.
     tokio::time::sleep(Duration::from_secs(args.auth_event_interval + 2)).await;
     rss_max = rss_max.max(rss());
@@ -266,14 +356,20 @@ async fn run_inner(
         "seconds": args.seconds,
         "attack_connections": args.concurrency,
         "attack_sources": SOURCES,
-        "attack_attempts": tally.attempts.load(Ordering::Relaxed),
-        "attack_refused_or_dropped": tally.refused_or_dropped.load(Ordering::Relaxed),
-        "attack_connect_errors": tally.errors.load(Ordering::Relaxed),
+        "attack_attempts": tally["attempts"],
+        "attack_refused_or_dropped": tally["refused_or_dropped"],
+        "attack_connect_errors": tally["errors"],
+        "attackers_cpu_percent": round(
+            tally["cpu_seconds"].as_f64().unwrap_or(0.0) / args.seconds as f64 * 100.0
+        ),
         "legit_devices": args.devices,
         "legit_connected": legit_connected,
         "legit_all_connected_seconds": all_connected_after.map(round),
+        "legit_source_addresses": args.devices.div_ceil(10),
         "legit_connect_p50_ms": p50,
         "legit_connect_p99_ms": p99,
+        "ingress_cpu_percent": round(ingress_cpu / attack_seconds * 100.0),
+        "devices_cpu_percent": round(bench_cpu / attack_seconds * 100.0),
         "ingress_rss_before_bytes": rss_before,
         "ingress_rss_growth_bytes": rss_max.saturating_sub(rss_before),
         "events_published": events_after.saturating_sub(events_before),

@@ -60,6 +60,9 @@ enum Bench {
     Tls(tls::TlsArgs),
     /// Hostile peers against one ingress while legitimate devices connect to it.
     Hostile(hostile::HostileArgs),
+    /// (Started by `hostile`: the attackers' own process.)
+    #[command(hide = true)]
+    HostileAttacker(hostile::AttackerArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -121,6 +124,7 @@ fn main() {
             Bench::Audit(args) => audit::run(args).await,
             Bench::Tls(args) => tls::run(args).await,
             Bench::Hostile(args) => hostile::run(args).await,
+            Bench::HostileAttacker(args) => hostile::attacker(args).await,
         }
     });
     if let Err(e) = result {

@@ -65,6 +65,14 @@ pub struct IngressConfig {
     /// refused at accept (devices behind one NAT rarely log in at the same moment).
     #[arg(long, env = "HOMEPORT_MAX_HANDSHAKES_PER_SOURCE", default_value_t = 32)]
     pub max_handshakes_per_source: u32,
+    /// New connections one source address may open per second (bursts of twice that); more
+    /// are refused at accept, before any TLS work.
+    #[arg(
+        long,
+        env = "HOMEPORT_MAX_CONNECTIONS_PER_SOURCE_PER_SEC",
+        default_value_t = 20
+    )]
+    pub max_connections_per_source_per_sec: u32,
     /// Deadline of every write to a device, seconds: a peer that stops reading is dropped.
     #[arg(long, env = "HOMEPORT_WRITE_TIMEOUT", default_value_t = 10)]
     pub write_timeout_secs: u64,
@@ -120,6 +128,9 @@ impl IngressConfig {
         }
         if self.max_handshakes_per_source == 0 {
             return Err("--max-handshakes-per-source must be at least 1".into());
+        }
+        if self.max_connections_per_source_per_sec == 0 {
+            return Err("--max-connections-per-source-per-sec must be at least 1".into());
         }
         if self.write_timeout_secs == 0 {
             return Err("--write-timeout-secs must be at least 1".into());
@@ -180,6 +191,7 @@ impl Default for IngressConfig {
             idle_timeout_secs: 90,
             handshake_timeout_secs: 30,
             max_handshakes_per_source: 32,
+            max_connections_per_source_per_sec: 20,
             write_timeout_secs: 10,
             auth_event_interval_secs: 60,
             max_auth_attempts: 3,

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+mod bounded;
 pub mod config;
 pub mod metrics;
 mod reaper;
@@ -132,6 +133,7 @@ impl Ingress {
             .local_addr()
             .map_err(|e| StartError::Config(format!("listener: {e}")))?;
         let per_source = parts.config.max_handshakes_per_source;
+        let per_source_rate = parts.config.max_connections_per_source_per_sec;
         let auth_event_interval = parts.config.auth_event_interval();
         let shared = Arc::new(Shared {
             source: format!("cira-ingress/{}", parts.node_id),
@@ -151,7 +153,7 @@ impl Ingress {
             handshakes: tokio_util::sync::PollSemaphore::new(Arc::new(Semaphore::new(
                 MAX_CONCURRENT_HANDSHAKES,
             ))),
-            sources: sources::SourceGate::new(per_source),
+            sources: sources::SourceGate::new(per_source, per_source_rate),
             drain: CancellationToken::new(),
         });
         let node_sub = shared

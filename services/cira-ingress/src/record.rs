@@ -326,6 +326,8 @@ pub struct RecordLayer {
     peer_closed: bool,
     /// Records in a row without application data.
     empty_records: u8,
+    /// KeyUpdates received (the transport limits their rate).
+    key_updates: u32,
 }
 
 impl RecordLayer {
@@ -401,6 +403,7 @@ impl RecordLayer {
             pending: Vec::new(),
             peer_closed: false,
             empty_records: 0,
+            key_updates: 0,
         }
     }
 
@@ -589,6 +592,7 @@ impl RecordLayer {
                 }
                 _ => return Err(RecordError::Decode("KeyUpdate")),
             }
+            self.key_updates = self.key_updates.saturating_add(1);
             self.read.update(self.hash, self.aead);
             msgs = after;
         }
@@ -614,6 +618,11 @@ impl RecordLayer {
             alert::FATAL
         };
         self.seal_record(content::ALERT, &[level, description], out)
+    }
+
+    /// KeyUpdates received so far.
+    pub fn key_updates(&self) -> u32 {
+        self.key_updates
     }
 
     /// Records waiting to be sent (a KeyUpdate answer, a refusal), if any.

@@ -153,6 +153,8 @@ struct Pending {
     /// Sent once the channel is open.
     request: Option<Vec<u8>>,
     response: Vec<u8>,
+    /// Where the response's framing stands (each piece is looked at once).
+    framer: homeport_http1::ResponseFramer,
     started: Instant,
     deadline: Instant,
     /// The caller's W3C traceparent, for the log line of a failure.
@@ -465,9 +467,9 @@ impl Conn {
                 }
                 ServerEvent::ChannelClosed { id } => {
                     if let Some(i) = self.pending.iter().position(|p| p.channel == id) {
-                        let p = self.pending.swap_remove(i);
-                        match homeport_http1::complete_response(&p.response, true) {
-                            Ok(Some(c)) => self.answer(p, c.len).await,
+                        let mut p = self.pending.swap_remove(i);
+                        match p.framer.advance(&p.response, true) {
+                            Ok(Some(len)) => self.answer(p, len).await,
                             _ => {
                                 self.fail(
                                     p,
@@ -743,6 +745,7 @@ impl Conn {
                     reply,
                     request: Some(msg.payload.to_vec()),
                     response: Vec::new(),
+                    framer: homeport_http1::ResponseFramer::new(),
                     started: now,
                     deadline: now + self.shared.config.tunnel_timeout(),
                     trace: msg
@@ -777,12 +780,12 @@ impl Conn {
                 .await;
         }
         p.response.extend_from_slice(data);
-        match homeport_http1::complete_response(&p.response, false) {
+        match p.framer.advance(&p.response, false) {
             Ok(None) => {}
-            Ok(Some(c)) => {
+            Ok(Some(len)) => {
                 let p = self.pending.swap_remove(i);
                 let _ = self.session.close_channel(id);
-                self.answer(p, c.len).await;
+                self.answer(p, len).await;
             }
             Err(e) => {
                 let p = self.pending.swap_remove(i);

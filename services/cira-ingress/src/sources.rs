@@ -1,16 +1,35 @@
-//! Handshakes in progress per source address: one host cannot hold more than its share of the
-//! node's unauthenticated connections, whatever it sends.
+//! Per source address: handshakes in progress (one host cannot hold more than its share of the
+//! node's unauthenticated connections, whatever it sends) and new connections per second (one
+//! host cannot make the node spend its CPU on TLS handshakes).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::bounded::Generations;
+
+/// Sources whose connection rate is remembered (the least recent are forgotten first).
+const MAX_RATED_SOURCES: usize = 100_000;
 
 /// Counts connections per source address from accept until login (or their end). The map holds
 /// only addresses with a connection in that phase, so it is bounded by the connection limit.
-#[derive(Debug)]
 pub(crate) struct SourceGate {
     max: u32,
     counts: Mutex<HashMap<IpAddr, u32>>,
+    /// New connections per second per source, and the burst allowed.
+    rate: f64,
+    burst: f64,
+    /// Token bucket per source: tokens left, when last refilled.
+    buckets: Mutex<Generations<IpAddr, (f64, Instant)>>,
+}
+
+impl std::fmt::Debug for SourceGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceGate")
+            .field("max", &self.max)
+            .finish()
+    }
 }
 
 /// One connection's place in its source's count; given back on drop.
@@ -21,15 +40,42 @@ pub(crate) struct SourceSlot {
 }
 
 impl SourceGate {
-    pub(crate) fn new(max: u32) -> Arc<Self> {
+    /// At most `max` handshakes in progress and `per_second` new connections a second (bursts
+    /// of twice that) per source address.
+    pub(crate) fn new(max: u32, per_second: u32) -> Arc<Self> {
         Arc::new(Self {
             max,
             counts: Mutex::new(HashMap::new()),
+            rate: f64::from(per_second),
+            burst: f64::from(per_second) * 2.0,
+            buckets: Mutex::new(Generations::new(MAX_RATED_SOURCES)),
         })
     }
 
-    /// A slot for `ip`, or `None` when that address already has `max` handshakes in progress.
+    /// Spends one of `ip`'s new-connection tokens; false when it has none left.
+    fn take_token(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, at) = buckets.get_mut_or_insert(&ip, || (self.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate)
+            .min(self.burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+
+    /// A slot for `ip`, or `None` when that address already has `max` handshakes in progress
+    /// or has opened connections faster than its rate.
     pub(crate) fn try_enter(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        self.try_enter_at(ip, Instant::now())
+    }
+
+    fn try_enter_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<SourceSlot> {
+        if !self.take_token(ip, now) {
+            return None;
+        }
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let n = counts.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -66,7 +112,7 @@ mod tests {
 
     #[test]
     fn each_source_has_its_own_bound_and_empty_sources_are_forgotten() {
-        let gate = SourceGate::new(2);
+        let gate = SourceGate::new(2, 1000);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let a1 = gate.try_enter(a).expect("first");
@@ -77,5 +123,23 @@ mod tests {
         let a3 = gate.try_enter(a).expect("a slot came back");
         drop((a2, a3, b1));
         assert_eq!(gate.sources(), 0);
+    }
+
+    #[test]
+    fn new_connections_per_source_are_rate_limited() {
+        let gate = SourceGate::new(1000, 10);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let t0 = Instant::now();
+        // A burst of twice the rate, then nothing until tokens come back.
+        let burst = (0..100).filter_map(|_| gate.try_enter_at(a, t0)).count();
+        assert_eq!(burst, 20);
+        assert!(
+            gate.try_enter_at(b, t0).is_some(),
+            "another source is not affected"
+        );
+        let later = t0 + std::time::Duration::from_millis(500);
+        let refilled = (0..100).filter_map(|_| gate.try_enter_at(a, later)).count();
+        assert_eq!(refilled, 5, "half a second at ten a second");
     }
 }

@@ -205,6 +205,7 @@ pub(crate) enum Transport {
         records: RecordLayer,
         /// Application data that arrived with the client's Finished, not yet returned.
         early: Vec<u8>,
+        key_updates: KeyUpdateBudget,
     },
     OpenSsl(SslStream<Socket>),
 }
@@ -237,6 +238,7 @@ pub(crate) async fn accept(
                 tcp,
                 records,
                 early,
+                key_updates: KeyUpdateBudget::new(Instant::now()),
             })
         }
         Ok(None) => {
@@ -244,6 +246,50 @@ pub(crate) async fn accept(
             Ok(Transport::OpenSsl(stream))
         }
         Err(e) => Err(format!("taking over the TLS session: {e}")),
+    }
+}
+
+/// KeyUpdates a peer may send: a burst of `KEY_UPDATE_BURST`, then one per
+/// `KEY_UPDATE_EVERY`. AMT firmware sends none; each costs two key derivations, so a flood of
+/// them is a way to burn the node's CPU.
+pub(crate) struct KeyUpdateBudget {
+    seen: u32,
+    tokens: u32,
+    refilled: Instant,
+}
+
+const KEY_UPDATE_BURST: u32 = 8;
+const KEY_UPDATE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl KeyUpdateBudget {
+    fn new(now: Instant) -> Self {
+        Self {
+            seen: 0,
+            tokens: KEY_UPDATE_BURST,
+            refilled: now,
+        }
+    }
+
+    /// Whether the peer, having sent `total` KeyUpdates by `now`, is within its budget.
+    fn allow(&mut self, total: u32, now: Instant) -> bool {
+        let new = total.saturating_sub(self.seen);
+        self.seen = total;
+        if new == 0 {
+            return true;
+        }
+        let earned = (now.saturating_duration_since(self.refilled).as_millis()
+            / KEY_UPDATE_EVERY.as_millis()) as u32;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(KEY_UPDATE_BURST);
+            self.refilled = now;
+        }
+        match self.tokens.checked_sub(new) {
+            Some(left) => {
+                self.tokens = left;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -284,6 +330,7 @@ impl Transport {
                 tcp,
                 records,
                 early,
+                key_updates,
             } => loop {
                 if !early.is_empty() {
                     return Ok(std::mem::take(early));
@@ -298,6 +345,12 @@ impl Transport {
                 let mut out = Vec::new();
                 open_or_alert(tcp, records, input, &mut out)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                if !key_updates.allow(records.key_updates(), Instant::now()) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "more TLS KeyUpdates than allowed",
+                    ));
+                }
                 if !out.is_empty() {
                     return Ok(out);
                 }
@@ -440,6 +493,38 @@ mod tests {
         let mut reply = [0u8; 5];
         client.read_exact(&mut reply).unwrap();
         assert_eq!(&reply, b"reply");
+    }
+
+    #[tokio::test]
+    async fn a_write_to_a_peer_that_does_not_read_fails_at_its_deadline() {
+        // The client reads nothing after the handshake: the server's writes fill the
+        // socket buffers and then must end at their deadline instead of waiting forever.
+        let (mut server, client) = coalesced(b"x").await;
+        let chunk = vec![0u8; 64 * 1024];
+        let mut failed = None;
+        for _ in 0..2_000 {
+            let deadline = Instant::now() + std::time::Duration::from_millis(300);
+            if let Err(e) = server.write_all(&chunk, deadline).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("the writes never blocked");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        drop(client);
+    }
+
+    #[test]
+    fn key_updates_get_a_burst_then_one_per_interval() {
+        let t0 = Instant::now();
+        let mut b = KeyUpdateBudget::new(t0);
+        assert!(b.allow(0, t0), "no KeyUpdate, nothing spent");
+        assert!(b.allow(8, t0), "a burst of eight");
+        assert!(!b.allow(9, t0), "the ninth at once is refused");
+        let mut b = KeyUpdateBudget::new(t0);
+        assert!(b.allow(8, t0));
+        assert!(b.allow(9, t0 + KEY_UPDATE_EVERY), "one more per interval");
+        assert!(!b.allow(11, t0 + KEY_UPDATE_EVERY * 2), "but not two");
     }
 
     #[tokio::test]

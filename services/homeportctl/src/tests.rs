@@ -79,6 +79,7 @@ fn token_command_mints_the_documented_claims() {
     let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
     assert_eq!(claims["sub"], "homeportctl");
     assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["aud"], "homeport");
     let (iat, exp) = (
         claims["iat"].as_u64().unwrap(),
         claims["exp"].as_u64().unwrap(),

@@ -26,6 +26,9 @@ pub struct TokenArgs {
     /// The `sub` claim.
     #[arg(long, default_value = "homeportctl")]
     pub subject: String,
+    /// The `aud` claim (what mps-command requires by default, `--jwt-audience`).
+    #[arg(long, default_value = "homeport")]
+    pub audience: String,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl_secs: u64,
@@ -36,6 +39,7 @@ pub struct TokenArgs {
 pub struct Claims {
     pub sub: String,
     pub tenant: String,
+    pub aud: String,
     pub iat: u64,
     pub exp: u64,
 }
@@ -57,6 +61,7 @@ pub fn run(args: &TokenArgs, sink: &mut dyn std::io::Write) -> anyhow::Result<()
     let claims = Claims {
         sub: args.subject.clone(),
         tenant: args.tenant.clone(),
+        aud: args.audience.clone(),
         iat: now,
         exp: now
             .checked_add(args.ttl_secs)
@@ -113,6 +118,7 @@ mod tests {
         let claims = Claims {
             sub: "ops".into(),
             tenant: "acme".into(),
+            aud: "homeport".into(),
             iat: 1_700_000_000,
             exp: 1_700_003_600,
         };

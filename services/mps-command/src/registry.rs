@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt as _;
 use homeport_contracts::events::envelope;
 use homeport_proto::device::v1 as pb;
 use homeport_proto::device::v1::device_registry_server::DeviceRegistry;
@@ -40,16 +41,25 @@ fn unix(t: chrono::DateTime<chrono::Utc>) -> i64 {
     t.timestamp()
 }
 
+/// Deadline of one device's presence read.
+const PRESENCE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Presence reads in flight at once while listing devices.
+const PRESENCE_READS: usize = 32;
+
 impl Inner {
     async fn to_pb(&self, d: Device) -> pb::Device {
-        let presence = self.link.tunnel().locate(&d.guid).await.ok().flatten();
+        // A presence read that does not answer in time leaves the status unknown
+        // (unspecified) rather than holding the whole call.
+        let located =
+            tokio::time::timeout(PRESENCE_READ_TIMEOUT, self.link.tunnel().locate(&d.guid)).await;
+        let (status, presence) = match located {
+            Ok(Ok(Some(p))) => (pb::ConnectionStatus::Connected, Some(p)),
+            Ok(Ok(None)) => (pb::ConnectionStatus::Disconnected, None),
+            Ok(Err(_)) | Err(_) => (pb::ConnectionStatus::Unspecified, None),
+        };
         let info = d.device_info.unwrap_or_default();
         pb::Device {
-            status: if presence.is_some() {
-                pb::ConnectionStatus::Connected
-            } else {
-                pb::ConnectionStatus::Disconnected
-            } as i32,
+            status: status as i32,
             node: presence
                 .as_ref()
                 .map(|p| p.node.clone())
@@ -142,19 +152,18 @@ impl DeviceRegistry for RegistryApi {
             return Err(CommandError::InvalidArgument("mps_username is required".into()).into());
         }
         let inner = &self.inner;
-        if inner.store.get_device(&guid).await.map_err(db)?.is_some() {
-            return Err(Status::already_exists(format!(
-                "device {guid} is already registered"
-            )));
-        }
         let secrets = DeviceSecrets {
             amt_password: secret(&r.amt_password),
             mebx_password: secret(&r.mebx_password),
             mps_password: secret(&r.mps_password),
         };
+        // A GUID identifies one machine, registered in one tenant: it is refused the same way
+        // whichever tenant holds it (ALREADY_EXISTS, the same words), so the answer tells
+        // nothing about that tenant. The insert itself decides, so of two racing creates
+        // exactly one wins.
         let device = inner
             .store
-            .upsert_device(NewDevice {
+            .create_device(NewDevice {
                 guid: guid.clone(),
                 tenant_id: c.tenant.clone(),
                 hostname: Some(r.hostname).filter(|h| !h.is_empty()),
@@ -164,14 +173,12 @@ impl DeviceRegistry for RegistryApi {
                 device_info: None,
             })
             .await
-            .map_err(|e| match e {
-                StoreError::TenantConflict { guid } => {
-                    Status::already_exists(format!("device {guid} is already registered"))
-                }
-                other => db(other).into(),
+            .map_err(db)?
+            .ok_or_else(|| {
+                Status::already_exists(format!("device {guid} is already registered"))
             })?;
-        // Secrets only once the row is ours: a concurrent create by another tenant fails
-        // above (TenantConflict) and never touches this device's secrets.
+        // Secrets only by the create that inserted the row: a racing create (any tenant) was
+        // refused above and never touches this device's secrets.
         if secrets != DeviceSecrets::default() {
             secrets
                 .save(inner.secrets.as_ref(), &guid)
@@ -290,15 +297,24 @@ impl DeviceRegistry for RegistryApi {
                 exhausted = true;
                 break;
             }
-            for d in batch {
-                offset += 1;
-                if !r.tags.iter().all(|t| d.tags.contains(t)) {
-                    continue;
-                }
-                if !r.hostname.is_empty() && d.hostname.as_deref() != Some(r.hostname.as_str()) {
-                    continue;
-                }
-                let device = inner.to_pb(d).await;
+            let start = offset;
+            offset += batch.len() as u64;
+            let candidates: Vec<(u64, Device)> = batch
+                .into_iter()
+                .zip(start..)
+                .filter(|(d, _)| r.tags.iter().all(|t| d.tags.contains(t)))
+                .filter(|(d, _)| {
+                    r.hostname.is_empty() || d.hostname.as_deref() == Some(r.hostname.as_str())
+                })
+                .map(|(d, at)| (at, d))
+                .collect();
+            // Presence of the batch's candidates, read concurrently, kept in order.
+            let devices: Vec<(u64, pb::Device)> = futures_util::stream::iter(candidates)
+                .map(|(at, d)| async move { (at, inner.to_pb(d).await) })
+                .buffered(PRESENCE_READS)
+                .collect()
+                .await;
+            for (at, device) in devices {
                 if want_status != pb::ConnectionStatus::Unspecified
                     && device.status != want_status as i32
                 {
@@ -306,6 +322,8 @@ impl DeviceRegistry for RegistryApi {
                 }
                 out.push(device);
                 if out.len() == page {
+                    // The next page starts after the last device of this one.
+                    offset = at + 1;
                     break 'scan;
                 }
             }

@@ -1,11 +1,13 @@
 //! A cross-process writer lock for the secrets file, without `flock`.
 //!
 //! `flock` needs libc and `unsafe`, which the workspace denies, so the lock is a file created
-//! with `create_new` (atomic on local filesystems). A crashed writer leaves the file behind;
-//! a lock older than the stale limit is removed. Removal is best effort: two waiters that both
-//! judge the same lock stale at the same instant could let a third writer through, which needs
-//! a writer to have hung for the whole stale limit first. Every write is a whole-file
-//! replace, so even then no file is ever half written; at worst one update is lost.
+//! with `create_new` (atomic on local filesystems) holding the writer's pid and a random
+//! token. A crashed writer leaves the file behind: a lock older than the stale limit whose pid
+//! is no longer running is removed (one older than `FORCE_AFTER_STALE` times the limit is
+//! removed whatever its pid says, since pids are reused). A slow but live writer keeps its
+//! lock, and a holder only ever deletes the lock file that still carries its own token, so it
+//! never removes another writer's lock. Every write is a whole-file replace, so no file is
+//! ever half written.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -19,11 +21,15 @@ use crate::SecretError;
 /// First wait between attempts; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_millis(50);
+/// A lock this many stale limits old is removed even if its pid runs (a reused pid).
+const FORCE_AFTER_STALE: u32 = 10;
 
 /// Held while a process rewrites the secrets file; removes the lock file when dropped.
 #[derive(Debug)]
 pub(super) struct FileLock {
     path: PathBuf,
+    /// What this holder wrote into the lock file.
+    token: String,
 }
 
 impl FileLock {
@@ -44,12 +50,20 @@ impl FileLock {
                 .await;
             match created {
                 Ok(mut file) => {
-                    // The pid is only a hint for a human looking at a leftover lock.
-                    let _ = file
-                        .write_all(format!("{}\n", std::process::id()).as_bytes())
-                        .await;
+                    let mut nonce = [0u8; 8];
+                    let _ = openssl::rand::rand_bytes(&mut nonce);
+                    let token = format!(
+                        "{} {:016x}\n",
+                        std::process::id(),
+                        u64::from_le_bytes(nonce)
+                    );
+                    file.write_all(token.as_bytes())
+                        .await
+                        .map_err(|e| io_error("cannot write lock file", path, &e))?;
+                    let _ = file.flush().await;
                     return Ok(FileLock {
                         path: path.to_owned(),
+                        token,
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -86,6 +100,16 @@ async fn remove_if_stale(path: &Path, stale_after: Duration) -> bool {
     if age < stale_after {
         return false;
     }
+    let holder = tokio::fs::read_to_string(path).await.ok().and_then(|t| {
+        t.split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+    });
+    let running = holder.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    if running && age < stale_after * FORCE_AFTER_STALE {
+        // A slow writer, not a crashed one: wait for it.
+        return false;
+    }
     tracing::warn!(
         path = %path.display(),
         age_secs = age.as_secs(),
@@ -99,9 +123,18 @@ async fn remove_if_stale(path: &Path, stale_after: Duration) -> bool {
 
 impl Drop for FileLock {
     fn drop(&mut self) {
-        // A blocking unlink is microseconds; doing it in Drop means every error path releases.
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove secrets lock file");
+        // Only our own lock: if it was judged stale and taken over, the file is another
+        // writer's now. Blocking file calls of microseconds; in Drop so every path releases.
+        match std::fs::read_to_string(&self.path) {
+            Ok(t) if t == self.token => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove secrets lock file");
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(path = %self.path.display(), "secrets lock was taken over; left to its new holder")
+            }
+            Err(_) => {}
         }
     }
 }
@@ -123,9 +156,23 @@ mod tests {
         let held = FileLock::acquire(&path, long, long)
             .await
             .expect("after release");
-        // Pretend the holder crashed: a zero stale limit lets the next writer take over.
+        // A live holder (this process) keeps its lock even past the stale limit.
+        let waited = FileLock::acquire(&path, Duration::from_millis(30), Duration::ZERO).await;
+        assert!(matches!(waited, Err(SecretError::Unavailable(_))));
+        // A crashed holder (a pid that is not running) loses it.
         std::mem::forget(held);
-        let taken = FileLock::acquire(&path, long, Duration::ZERO).await;
-        assert!(taken.is_ok());
+        std::fs::write(&path, "4294967295 dead\n").unwrap();
+        let taken = FileLock::acquire(&path, long, Duration::ZERO)
+            .await
+            .expect("taken over");
+        // The old holder's release leaves the new holder's lock alone.
+        let old = FileLock {
+            path: path.clone(),
+            token: "4294967295 dead\n".into(),
+        };
+        drop(old);
+        assert!(path.exists(), "the new holder's lock is still there");
+        drop(taken);
+        assert!(!path.exists());
     }
 }
