@@ -210,6 +210,8 @@ struct ChunkWalk {
     pos: usize,
     data: usize,
     trailers: bool,
+    /// The body's length once complete (asking again gives the same answer).
+    done: Option<usize>,
 }
 
 impl ResponseFramer {
@@ -263,6 +265,9 @@ impl ResponseFramer {
 impl ChunkWalk {
     /// Walks on from where the last call stopped; the length of the complete chunked body.
     fn walk(&mut self, body: &[u8]) -> Result<Option<usize>, Error> {
+        if self.done.is_some() {
+            return Ok(self.done);
+        }
         loop {
             let rest = body.get(self.pos..).unwrap_or_default();
             let Some(eol) = find(rest, b"\r\n") else {
@@ -276,7 +281,8 @@ impl ChunkWalk {
                 // Trailers end with an empty line.
                 self.pos += eol + 2;
                 if eol == 0 {
-                    return Ok(Some(self.pos));
+                    self.done = Some(self.pos);
+                    return Ok(self.done);
                 }
                 continue;
             }

@@ -24,16 +24,8 @@ pub struct AuditArgs {
     /// Seconds of the lag phase.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
-    /// NATS server.
-    #[arg(
-        long,
-        env = "HOMEPORT_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
-    /// PostgreSQL admin URL (a throwaway database is created and dropped).
-    #[arg(long, env = "HOMEPORT_BENCH_PG_URL", default_value = homeport_store::testing::DEFAULT_ADMIN_URL)]
-    pg_admin_url: String,
+    #[command(flatten)]
+    backends: crate::Backends,
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
@@ -41,13 +33,13 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
     let run = format!("audbench{:06x}", fastrand::u32(..0xff_ffff));
     let dir = std::env::temp_dir().join(format!("homeport-{run}"));
     std::fs::create_dir_all(&dir)?;
-    let db = homeport_store::testing::temp_postgres(&args.pg_admin_url, "audbench")
+    let db = homeport_store::testing::temp_postgres(&args.backends.pg_admin_url, "audbench")
         .await
         .context("creating the bench database")?;
     let result = inner(&args, &run, &dir, &db.url, &bin).await;
     let _ = db.drop_db().await;
     let _ = std::fs::remove_dir_all(&dir);
-    crate::remove_nats_state(&args.nats_url, &run).await;
+    crate::remove_nats_state(&args.backends.nats_url, &run).await;
     result
 }
 
@@ -122,9 +114,12 @@ async fn inner(
     db_url: &str,
     bin: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let nats =
-        homeport_runtime::connect_nats(&args.nats_url, "bench-audit", Duration::from_secs(10))
-            .await?;
+    let nats = homeport_runtime::connect_nats(
+        &args.backends.nats_url,
+        "bench-audit",
+        Duration::from_secs(10),
+    )
+    .await?;
     let js = async_nats::jetstream::new(nats);
     let names = homeport_contracts::Names::new(run);
     events::ensure_events_stream(&js, &names, &Default::default())
@@ -141,7 +136,7 @@ async fn inner(
     let health = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let mut c = tokio::process::Command::new(bin);
-    c.env("HOMEPORT_NATS_URL", &args.nats_url)
+    c.env("HOMEPORT_NATS_URL", &args.backends.nats_url)
         .env("HOMEPORT_SUBJECT_PREFIX", run)
         .env("HOMEPORT_DATABASE_URL", db_url)
         .env("HOMEPORT_DATABASE_POOL", "4")

@@ -36,16 +36,8 @@ pub struct CommandArgs {
     /// WS-Man latency of the simulated firmware, milliseconds.
     #[arg(long, default_value_t = 0)]
     wsman_latency_ms: u64,
-    /// NATS server.
-    #[arg(
-        long,
-        env = "HOMEPORT_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
-    /// PostgreSQL admin URL (a throwaway database is created and dropped).
-    #[arg(long, env = "HOMEPORT_BENCH_PG_URL", default_value = homeport_store::testing::DEFAULT_ADMIN_URL)]
-    pg_admin_url: String,
+    #[command(flatten)]
+    backends: crate::Backends,
 }
 
 const JWT_SECRET: &[u8] = b"homeport-bench-secret-0123456789abcdef";
@@ -59,13 +51,13 @@ pub async fn run(args: CommandArgs) -> anyhow::Result<()> {
     let run = format!("cmdbench{:06x}", fastrand::u32(..0xff_ffff));
     let dir = std::env::temp_dir().join(format!("homeport-{run}"));
     std::fs::create_dir_all(&dir)?;
-    let db = homeport_store::testing::temp_postgres(&args.pg_admin_url, "cmdbench")
+    let db = homeport_store::testing::temp_postgres(&args.backends.pg_admin_url, "cmdbench")
         .await
         .context("creating the bench database")?;
     let result = inner(&args, &run, &dir, &db.url, (&bins.0, &bins.1, &bins.2)).await;
     let _ = db.drop_db().await;
     let _ = std::fs::remove_dir_all(&dir);
-    crate::remove_nats_state(&args.nats_url, &run).await;
+    crate::remove_nats_state(&args.backends.nats_url, &run).await;
     result
 }
 
@@ -123,7 +115,7 @@ async fn inner(
 
     let common = |health: SocketAddr| {
         vec![
-            ("HOMEPORT_NATS_URL", args.nats_url.clone()),
+            ("HOMEPORT_NATS_URL", args.backends.nats_url.clone()),
             ("HOMEPORT_SUBJECT_PREFIX", run.to_string()),
             ("HOMEPORT_DATABASE_URL", db_url.to_string()),
             ("HOMEPORT_DATABASE_POOL", "8".to_string()),

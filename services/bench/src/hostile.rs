@@ -45,16 +45,8 @@ pub struct HostileArgs {
     /// The ingress' --auth-event-interval-secs.
     #[arg(long, default_value_t = 10)]
     auth_event_interval: u64,
-    /// NATS server.
-    #[arg(
-        long,
-        env = "HOMEPORT_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
-    /// PostgreSQL admin URL (a throwaway database is created and dropped).
-    #[arg(long, env = "HOMEPORT_BENCH_PG_URL", default_value = homeport_store::testing::DEFAULT_ADMIN_URL)]
-    pg_admin_url: String,
+    #[command(flatten)]
+    backends: crate::Backends,
 }
 
 /// The attackers' own process (started by `hostile` under `nice -n 19`, so that on a machine
@@ -186,13 +178,13 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<()> {
     let run_id = format!("bench{:06x}", fastrand::u32(..0xff_ffff));
     let dir = std::env::temp_dir().join(format!("homeport-{run_id}"));
     std::fs::create_dir_all(&dir)?;
-    let db = homeport_store::testing::temp_postgres(&args.pg_admin_url, "bench")
+    let db = homeport_store::testing::temp_postgres(&args.backends.pg_admin_url, "bench")
         .await
         .context("creating the bench database")?;
     let result = run_inner(&args, &attacks, &run_id, &dir, &db.url, &ingress_bin).await;
     let _ = db.drop_db().await;
     let _ = std::fs::remove_dir_all(&dir);
-    crate::remove_nats_state(&args.nats_url, &run_id).await;
+    crate::remove_nats_state(&args.backends.nats_url, &run_id).await;
     result
 }
 
@@ -218,7 +210,7 @@ async fn run_inner(
     drop(ids);
 
     let env = NodeEnv {
-        nats_url: args.nats_url.clone(),
+        nats_url: args.backends.nats_url.clone(),
         run: run_id.to_string(),
         db_url: db_url.to_string(),
         secrets_file,
@@ -239,9 +231,12 @@ async fn run_inner(
             .map(|(r, _)| r)
             .unwrap_or(0)
     };
-    let nats =
-        homeport_runtime::connect_nats(&args.nats_url, "bench-hostile", Duration::from_secs(10))
-            .await?;
+    let nats = homeport_runtime::connect_nats(
+        &args.backends.nats_url,
+        "bench-hostile",
+        Duration::from_secs(10),
+    )
+    .await?;
     let js = async_nats::jetstream::new(nats);
     let names = homeport_contracts::Names::new(run_id);
     let stream_messages = || async {

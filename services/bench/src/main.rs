@@ -65,6 +65,21 @@ enum Bench {
     HostileAttacker(hostile::AttackerArgs),
 }
 
+/// The NATS and PostgreSQL every bench runs against.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Backends {
+    /// NATS server.
+    #[arg(
+        long,
+        env = "HOMEPORT_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub(crate) nats_url: String,
+    /// PostgreSQL admin URL (a throwaway database is created and dropped).
+    #[arg(long, env = "HOMEPORT_BENCH_PG_URL", default_value = homeport_store::testing::DEFAULT_ADMIN_URL)]
+    pub(crate) pg_admin_url: String,
+}
+
 #[derive(clap::Args, Debug)]
 struct CiraArgs {
     /// Simulated devices.
@@ -92,16 +107,8 @@ struct CiraArgs {
     /// Give up waiting for all devices after this many seconds.
     #[arg(long, default_value_t = 600)]
     connect_timeout: u64,
-    /// NATS server.
-    #[arg(
-        long,
-        env = "HOMEPORT_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_url: String,
-    /// PostgreSQL admin URL (a throwaway database is created and dropped).
-    #[arg(long, env = "HOMEPORT_BENCH_PG_URL", default_value = homeport_store::testing::DEFAULT_ADMIN_URL)]
-    pg_admin_url: String,
+    #[command(flatten)]
+    backends: crate::Backends,
 }
 
 fn main() {
@@ -263,13 +270,13 @@ async fn cira(args: CiraArgs) -> anyhow::Result<()> {
     let run = format!("bench{:06x}", fastrand::u32(..0xff_ffff));
     let dir = std::env::temp_dir().join(format!("homeport-{run}"));
     std::fs::create_dir_all(&dir)?;
-    let db = homeport_store::testing::temp_postgres(&args.pg_admin_url, "bench")
+    let db = homeport_store::testing::temp_postgres(&args.backends.pg_admin_url, "bench")
         .await
         .context("creating the bench database")?;
     let result = cira_inner(&args, &run, &dir, &db.url, &ingress_bin, &sim_bin, rsa_ms).await;
     let _ = db.drop_db().await;
     let _ = std::fs::remove_dir_all(&dir);
-    remove_nats_state(&args.nats_url, &run).await;
+    remove_nats_state(&args.backends.nats_url, &run).await;
     result
 }
 
@@ -393,7 +400,7 @@ async fn cira_inner(
 
     eprintln!("starting {processes} ingress node(s)…");
     let env = NodeEnv {
-        nats_url: args.nats_url.clone(),
+        nats_url: args.backends.nats_url.clone(),
         run: run.to_string(),
         db_url: db_url.to_string(),
         secrets_file: secrets_file.clone(),
