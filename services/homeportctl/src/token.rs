@@ -132,7 +132,7 @@ mod tests {
         let payload = URL_SAFE_NO_PAD.decode(parts[1]).unwrap();
         assert_eq!(
             std::str::from_utf8(&payload).unwrap(),
-            r#"{"sub":"ops","tenant":"acme","iat":1700000000,"exp":1700003600}"#
+            r#"{"sub":"ops","tenant":"acme","aud":"homeport","iat":1700000000,"exp":1700003600}"#
         );
 
         let signed = format!("{}.{}", parts[0], parts[1]);

@@ -156,8 +156,9 @@ mod tests {
         let held = FileLock::acquire(&path, long, long)
             .await
             .expect("after release");
-        // A live holder (this process) keeps its lock even past the stale limit.
-        let waited = FileLock::acquire(&path, Duration::from_millis(30), Duration::ZERO).await;
+        // A live holder (this process) keeps its lock past the stale limit (until ten times it).
+        let waited =
+            FileLock::acquire(&path, Duration::from_millis(60), Duration::from_millis(20)).await;
         assert!(matches!(waited, Err(SecretError::Unavailable(_))));
         // A crashed holder (a pid that is not running) loses it.
         std::mem::forget(held);
