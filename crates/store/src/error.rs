@@ -41,6 +41,41 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// True when the database refuses this data for good (SQLSTATE classes 22 data exception,
+    /// 23 integrity, 54 limits; SQLite TOOBIG, CONSTRAINT, MISMATCH; values sqlx cannot
+    /// encode): retrying the same rows cannot succeed. Anything else (outages, read-only
+    /// failovers, full disks, timeouts, deadlocks) may pass later and is retried.
+    pub fn is_refused_data(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return matches!(self, StoreError::InvalidInput(_));
+        };
+        let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e
+        else {
+            return false;
+        };
+        use sea_orm::sqlx::Error;
+        match e {
+            Error::Encode(_) => true,
+            Error::Database(db) => {
+                let Some(code) = db.code() else {
+                    return false;
+                };
+                if db
+                    .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                    .is_some()
+                {
+                    code.parse::<u32>()
+                        .is_ok_and(|c| matches!(c & 0xff, 18..=20))
+                } else {
+                    matches!(code.get(..2), Some("22" | "23" | "54"))
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 fn db_unavailable(e: &DbErr) -> bool {
     match e {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,

@@ -193,8 +193,9 @@ async fn write(
     refused
 }
 
-/// Writes `records` in one transaction, retrying with backoff while the database is
-/// unavailable, until it commits, is refused, or the worker stops.
+/// Writes `records` in one transaction, retrying with backoff while the database fails for
+/// any reason but refusing the data itself (outages, failovers, full disks, deadlocks), until
+/// it commits, is refused, or the worker stops.
 async fn write_slice(
     store: &Store,
     records: &mut [AuditRecord],
@@ -231,7 +232,7 @@ async fn write_slice(
                 metrics.db_down.set(0);
                 return Written::Committed;
             }
-            Err(e) if !e.is_unavailable() => {
+            Err(e) if e.is_refused_data() => {
                 metrics.db_errors.inc();
                 return Written::Refused(e.to_string());
             }

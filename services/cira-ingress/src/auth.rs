@@ -198,6 +198,7 @@ impl FailureLimiter {
 
     /// Records a failure and returns how long to wait before answering it.
     pub fn failure(&self, source: IpAddr, now: Instant) -> Duration {
+        let source = crate::sources::source_key(source);
         let mut map = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.get_mut_or_insert(&source, || (0, now));
         if now.duration_since(entry.1) >= WINDOW {
@@ -277,7 +278,14 @@ impl FailureEvents {
         login: FailedLogin,
     ) -> Option<FailureReport> {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (source, tenant.to_owned());
+        let mut key = (crate::sources::source_key(source), tenant.to_owned());
+        if !windows.contains_key(&key) && windows.len() >= self.max_sources {
+            // Bounded: past this many noisy sources, new ones share one window per tenant,
+            // which still reports (so a fresh address cannot fail unseen).
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            key.0 = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        }
         if let Some(w) = windows.get_mut(&key) {
             if now < w.ends {
                 w.suppressed = w.suppressed.saturating_add(1);
@@ -296,12 +304,6 @@ impl FailureEvents {
                 login,
                 failures,
             });
-        }
-        if windows.len() >= self.max_sources {
-            // Bounded: past this many noisy sources, failures are only counted.
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return None;
         }
         windows.insert(
             key.clone(),
@@ -351,8 +353,8 @@ impl FailureEvents {
         self.interval
     }
 
-    /// Failures not reported because too many sources were being tracked.
-    pub fn dropped(&self) -> u64 {
+    /// Failures counted in the shared window because too many sources were being tracked.
+    pub fn pooled(&self) -> u64 {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
@@ -457,7 +459,10 @@ mod tests {
                 ev.record(now, ip, "", login("g")).is_some()
             })
             .count();
-        assert_eq!(reported, 10);
-        assert_eq!(ev.dropped(), 40);
+        // Ten sources of their own, then one shared window for the rest (still reported).
+        assert_eq!(reported, 11);
+        assert_eq!(ev.pooled(), 40);
+        let later = ev.sweep(now + Duration::from_secs(60));
+        assert_eq!(later.iter().map(|r| r.failures).sum::<u32>(), 39);
     }
 }

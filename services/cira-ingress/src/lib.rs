@@ -314,6 +314,7 @@ async fn heartbeat_loop(
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
+    let mut last_beat = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -332,19 +333,31 @@ async fn heartbeat_loop(
             tracing::warn!(error = %e, "node heartbeat not written");
             continue;
         }
-        // Declared dead by the others (cut off from NATS for too long): our devices' presence
-        // is gone, so they are disconnected to reconnect and be recorded again.
+        let now = tokio::time::Instant::now();
+        let silent = now.saturating_duration_since(last_beat);
+        last_beat = now;
+        // Declared lost by the others (its `reaped.` mark, which expires with the bucket's
+        // TTL), or silent for longer than they wait before declaring it: the devices'
+        // presence may be gone, so they are disconnected to reconnect and be recorded again.
         let mark = reaper::reaped_key(&shared.node_id);
-        if let Ok(Some(_)) = nodes.get(&mark).await {
+        let marked = matches!(nodes.get(&mark).await, Ok(Some(_)));
+        if marked || silent > reaper::dead_after(every) {
             let sessions = shared.sessions.senders();
             tracing::error!(
                 sessions = sessions.len(),
-                "this node was declared lost by the others; disconnecting its devices so they reconnect"
+                silent_secs = silent.as_secs(),
+                marked,
+                "this node may have been declared lost; disconnecting its devices so they reconnect"
             );
-            for tx in sessions {
-                let _ = tx.try_send(registry::SessionCmd::Supersede(Box::new(None)));
+            tokio::spawn(async move {
+                for tx in sessions {
+                    let cmd = registry::SessionCmd::Supersede(Box::new(None));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(cmd)).await;
+                }
+            });
+            if marked {
+                let _ = nodes.delete(&mark).await;
             }
-            let _ = nodes.delete(&mark).await;
         }
     }
 }

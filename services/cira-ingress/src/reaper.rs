@@ -37,6 +37,12 @@ const SCAN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 const REAPED_PREFIX: &str = "reaped.";
 
+/// How long a node may go without a heartbeat before the others declare it lost (with
+/// heartbeats every `every`).
+pub(crate) fn dead_after(every: Duration) -> Duration {
+    every / 2 * DEAD_AFTER
+}
+
 pub(crate) fn reaped_key(node: &str) -> String {
     format!("{REAPED_PREFIX}{node}")
 }
@@ -60,7 +66,8 @@ pub(crate) async fn run(
         let Some(alive) = heartbeats(&nodes, &shared.node_id).await else {
             continue;
         };
-        let mut dead = Vec::new();
+        // Each with the heartbeat revision it was last seen at (None: no heartbeat).
+        let mut dead: Vec<(String, Option<u64>)> = Vec::new();
         seen.retain(|node, (revision, still)| match alive.get(node) {
             Some(&now) if now != *revision => {
                 *revision = now;
@@ -70,14 +77,14 @@ pub(crate) async fn run(
             Some(_) => {
                 *still += 1;
                 if *still >= DEAD_AFTER {
-                    dead.push(node.clone());
+                    dead.push((node.clone(), Some(*revision)));
                     false
                 } else {
                     true
                 }
             }
             None => {
-                dead.push(node.clone());
+                dead.push((node.clone(), None));
                 false
             }
         });
@@ -88,15 +95,15 @@ pub(crate) async fn run(
             // Entries of nodes that are neither alive nor this one.
             if let Some(orphans) = orphan_nodes(&shared, &alive).await {
                 for node in orphans {
-                    if !dead.contains(&node) {
-                        dead.push(node);
+                    if !dead.iter().any(|(n, _)| *n == node) {
+                        dead.push((node, None));
                     }
                 }
             }
         }
         ticks = ticks.wrapping_add(1);
-        for node in dead {
-            reap(&shared, &nodes, &node).await;
+        for (node, last) in dead {
+            reap(&shared, &nodes, &node, last).await;
         }
     }
 }
@@ -174,8 +181,9 @@ async fn orphan_nodes(shared: &Shared, alive: &HashMap<String, u64>) -> Option<V
 }
 
 /// Removes `node`'s presence entries and publishes their `disconnected`, unless another node
-/// already took the job.
-async fn reap(shared: &Shared, nodes: &kv::Store, node: &str) {
+/// already took the job or the node turns out to be alive (its heartbeat is not the one last
+/// seen, `last`).
+async fn reap(shared: &Shared, nodes: &kv::Store, node: &str, last: Option<u64>) {
     let claimed = tokio::time::timeout(
         OP_TIMEOUT,
         nodes.create(reaped_key(node), shared.node_id.clone().into()),
@@ -189,6 +197,19 @@ async fn reap(shared: &Shared, nodes: &kv::Store, node: &str) {
             return;
         }
         Err(_) => return,
+    }
+    // The claim is ours; a node that beat (or started) since it was judged is not dead.
+    let current = match tokio::time::timeout(OP_TIMEOUT, nodes.entry(node)).await {
+        Ok(Ok(Some(e))) if e.operation == kv::Operation::Put => Some(e.revision),
+        Ok(Ok(_)) => None,
+        _ => {
+            let _ = nodes.delete(reaped_key(node)).await;
+            return;
+        }
+    };
+    if current.is_some() && current != last {
+        let _ = nodes.delete(reaped_key(node)).await;
+        return;
     }
     let Some(entries) = presence_entries(shared).await else {
         tracing::warn!(

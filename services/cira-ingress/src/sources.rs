@@ -9,6 +9,20 @@ use std::time::Instant;
 
 use crate::bounded::Generations;
 
+/// The address limits apply to: IPv4 as it is, IPv6 by its /64 (one host commonly holds a whole
+/// /64, so per-address limits would not bound it).
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !0xFFFF_FFFF_FFFF_FFFF_u128,
+            )),
+        },
+    }
+}
+
 /// Sources whose connection rate is remembered (the least recent are forgotten first).
 const MAX_RATED_SOURCES: usize = 100_000;
 
@@ -73,6 +87,7 @@ impl SourceGate {
     }
 
     fn try_enter_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<SourceSlot> {
+        let ip = source_key(ip);
         if !self.take_token(ip, now) {
             return None;
         }
@@ -141,5 +156,19 @@ mod tests {
         let later = t0 + std::time::Duration::from_millis(500);
         let refilled = (0..100).filter_map(|_| gate.try_enter_at(a, later)).count();
         assert_eq!(refilled, 5, "half a second at ten a second");
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_source_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(source_key(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+        let gate = SourceGate::new(1, 1000);
+        let _held = gate.try_enter(a).expect("first");
+        assert!(gate.try_enter(b).is_none(), "same /64, same budget");
     }
 }
