@@ -342,16 +342,23 @@ async fn heartbeat_loop(
         let mark = reaper::reaped_key(&shared.node_id);
         let marked = matches!(nodes.get(&mark).await, Ok(Some(_)));
         if marked || silent > reaper::dead_after(every) {
+            // Marked: lost for sure, every device is disconnected. Only silent (NATS may have
+            // been down for every node, and nobody reaped): each session checks that its
+            // entry is still there and closes only if it is gone.
             let sessions = shared.sessions.senders();
-            tracing::error!(
+            tracing::warn!(
                 sessions = sessions.len(),
                 silent_secs = silent.as_secs(),
                 marked,
-                "this node may have been declared lost; disconnecting its devices so they reconnect"
+                "heartbeats were not written for longer than the other nodes wait; checking this node's presence"
             );
             tokio::spawn(async move {
                 for tx in sessions {
-                    let cmd = registry::SessionCmd::Supersede(Box::new(None));
+                    let cmd = if marked {
+                        registry::SessionCmd::Supersede(Box::new(None))
+                    } else {
+                        registry::SessionCmd::RecheckPresence
+                    };
                     let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(cmd)).await;
                 }
             });

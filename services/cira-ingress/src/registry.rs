@@ -23,6 +23,9 @@ pub(crate) enum SessionCmd {
     Http(Box<async_nats::Message>),
     /// A newer session of the device asks this one to close; reply (if any) once closed.
     Supersede(Box<Option<Subject>>),
+    /// The node was cut off from NATS for long enough to have been declared lost: check that
+    /// the device's presence entry is still this session's, and close if it is gone.
+    RecheckPresence,
 }
 
 struct Entry {

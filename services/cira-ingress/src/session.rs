@@ -187,6 +187,10 @@ struct Conn {
     presence_rev: Option<u64>,
     /// The presence entry as last seen, for the next conditional write.
     presence_seen: Seen,
+    /// Checking that a recorded entry survived a long NATS cut (a reaper may have removed it).
+    recheck: bool,
+    /// Another node reaped this session's presence and published its `disconnected`.
+    reaped: bool,
     /// Set while the presence write has to be retried.
     presence_retry_at: Option<Instant>,
     connected_at: String,
@@ -274,6 +278,8 @@ impl Conn {
             ready_at: None,
             presence_rev: None,
             presence_seen: Seen::Unknown,
+            recheck: false,
+            reaped: false,
             presence_retry_at: None,
             connected_at: String::new(),
             pending: Vec::new(),
@@ -330,6 +336,12 @@ impl Conn {
                 Step::Cmd(Some(SessionCmd::Http(msg))) => Box::pin(self.on_http(*msg)).await,
                 Step::Cmd(Some(SessionCmd::Supersede(reply))) => {
                     Box::pin(self.on_supersede(*reply)).await
+                }
+                Step::Cmd(Some(SessionCmd::RecheckPresence)) => {
+                    if self.presence_rev.is_some() {
+                        self.recheck = true;
+                        Box::pin(self.write_presence()).await;
+                    }
                 }
                 Step::Cmd(None) => self.rx = None,
                 Step::Timer => {
@@ -590,7 +602,8 @@ impl Conn {
         let Ok(value) = serde_json::to_vec(&presence) else {
             return;
         };
-        let mut must_read = self.presence_retry_at.is_some() || self.presence_seen == Seen::Unknown;
+        let mut must_read =
+            self.recheck || self.presence_retry_at.is_some() || self.presence_seen == Seen::Unknown;
         // A conflict means the entry changed since it was seen (a superseded session deleting
         // its own, usually): read and decide again, a few times at most.
         for _ in 0..4 {
@@ -599,8 +612,19 @@ impl Conn {
                     return self.retry_presence(&guid, "presence not readable");
                 };
                 match claim(current, &session, &self.connected_at, &self.presence_seen) {
-                    Claim::Ours(rev) => return self.presence_recorded(&guid, rev),
+                    Claim::Ours(rev) => {
+                        self.recheck = false;
+                        return self.presence_recorded(&guid, rev);
+                    }
                     Claim::Taken(other) => return self.presence_taken(&guid, &other),
+                    Claim::Free(_) if self.recheck => {
+                        // Our entry is gone: another node reaped it (and published our
+                        // `disconnected`); the device reconnects and is recorded afresh.
+                        self.recheck = false;
+                        self.presence_rev = None;
+                        self.reaped = true;
+                        return self.presence_taken(&guid, "none (reaped)");
+                    }
                     Claim::Free(rev) => rev,
                 }
             } else {
@@ -880,6 +904,10 @@ impl Conn {
                     .delete_expect_revision(&guid, Some(rev)),
             )
             .await;
+        }
+        if self.reaped {
+            // The reaper published this session's one `disconnected` (node-lost).
+            return;
         }
         let mut ev = envelope(&self.tenant, &guid, "disconnected", &self.shared.source);
         ev.payload = Some(Payload::DeviceDisconnected(proto::DeviceDisconnected {
