@@ -21,6 +21,16 @@ pub struct Presence {
     pub remote: String,
 }
 
+impl Presence {
+    /// What a presence bucket entry records: `None` for a delete or purge marker, or a value
+    /// that does not decode.
+    pub fn from_entry(entry: &kv::Entry) -> Option<Presence> {
+        (entry.operation == kv::Operation::Put)
+            .then(|| serde_json::from_slice(&entry.value).ok())
+            .flatten()
+    }
+}
+
 /// Value of `<p>_nodes/<node id>`: a node's heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeHeartbeat {

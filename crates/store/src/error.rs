@@ -39,38 +39,23 @@ impl StoreError {
             _ => false,
         }
     }
-}
 
-impl StoreError {
     /// True when the database refuses this data for good (SQLSTATE classes 22 data exception,
     /// 23 integrity, 54 limits; SQLite TOOBIG, CONSTRAINT, MISMATCH; values sqlx cannot
     /// encode): retrying the same rows cannot succeed. Anything else (outages, read-only
     /// failovers, full disks, timeouts, deadlocks) may pass later and is retried.
     pub fn is_refused_data(&self) -> bool {
-        let StoreError::Db(e) = self else {
-            return matches!(self, StoreError::InvalidInput(_));
-        };
-        let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = e
-        else {
-            return false;
-        };
         use sea_orm::sqlx::Error;
-        match e {
-            Error::Encode(_) => true,
-            Error::Database(db) => {
-                let Some(code) = db.code() else {
-                    return false;
-                };
-                if db
-                    .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
-                    .is_some()
-                {
-                    code.parse::<u32>()
-                        .is_ok_and(|c| matches!(c & 0xff, 18..=20))
-                } else {
-                    matches!(code.get(..2), Some("22" | "23" | "54"))
+        match self {
+            StoreError::InvalidInput(_) => true,
+            StoreError::Db(DbErr::Exec(RuntimeErr::SqlxError(e)))
+            | StoreError::Db(DbErr::Query(RuntimeErr::SqlxError(e))) => match e {
+                Error::Encode(_) => true,
+                Error::Database(db) => {
+                    database_code_is(db.as_ref(), sqlite_code_refused, postgres_code_refused)
                 }
-            }
+                _ => false,
+            },
             _ => false,
         }
     }
@@ -95,21 +80,44 @@ fn sqlx_unavailable(e: &sea_orm::sqlx::Error) -> bool {
         | Error::PoolClosed
         | Error::WorkerCrashed
         | Error::Protocol(_) => true,
-        Error::Database(db) => {
-            let Some(code) = db.code() else {
-                return false;
-            };
-            if db
-                .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
-                .is_some()
-            {
-                sqlite_code_unavailable(&code)
-            } else {
-                postgres_code_unavailable(&code)
-            }
-        }
+        Error::Database(db) => database_code_is(
+            db.as_ref(),
+            sqlite_code_unavailable,
+            postgres_code_unavailable,
+        ),
         _ => false,
     }
+}
+
+/// Applies the SQLite or the PostgreSQL test to a database error's code, by its backend.
+fn database_code_is(
+    db: &dyn sea_orm::sqlx::error::DatabaseError,
+    sqlite: fn(&str) -> bool,
+    postgres: fn(&str) -> bool,
+) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db
+        .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+        .is_some()
+    {
+        sqlite(&code)
+    } else {
+        postgres(&code)
+    }
+}
+
+/// SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH (extended codes keep the primary one in
+/// the low byte): the row itself is refused.
+fn sqlite_code_refused(code: &str) -> bool {
+    code.parse::<u32>()
+        .is_ok_and(|c| matches!(c & 0xff, 18..=20))
+}
+
+/// Data exceptions (class 22), integrity violations (23), program limits (54).
+fn postgres_code_refused(code: &str) -> bool {
+    matches!(code.get(..2), Some("22" | "23" | "54"))
 }
 
 /// SQLITE_BUSY / SQLITE_LOCKED, including extended codes (which keep the primary code in the
@@ -136,6 +144,12 @@ mod tests {
         assert!(postgres_code_unavailable("57P01"));
         assert!(!postgres_code_unavailable("23505"));
         assert!(!postgres_code_unavailable("42501"));
+        assert!(postgres_code_refused("22021")); // invalid byte sequence (U+0000)
+        assert!(postgres_code_refused("23505"));
+        assert!(!postgres_code_refused("25006")); // read-only transaction: retried
+        assert!(!postgres_code_refused("40P01")); // deadlock: retried
+        assert!(sqlite_code_refused("2067")); // SQLITE_CONSTRAINT_UNIQUE
+        assert!(!sqlite_code_refused("13")); // SQLITE_FULL: retried
         let io = DbErr::Conn(RuntimeErr::SqlxError(sea_orm::sqlx::Error::PoolTimedOut));
         assert!(StoreError::from(io).is_unavailable());
         assert!(!StoreError::from(DbErr::RecordNotFound("x".into())).is_unavailable());

@@ -248,6 +248,17 @@ struct Window {
     last: Option<FailedLogin>,
 }
 
+impl Window {
+    /// A window whose event was just reported, ending at `ends`.
+    fn open(ends: Instant) -> Self {
+        Self {
+            ends,
+            suppressed: 0,
+            last: None,
+        }
+    }
+}
+
 /// Failed-login events, at most one per source address and tenant per interval: the first
 /// failure of a quiet source is reported at once; the failures that follow within the
 /// interval are counted and reported together when it ends (which opens the next interval).
@@ -294,25 +305,14 @@ impl FailureEvents {
             }
             // A window that ended without being swept: its count goes into this event.
             let failures = w.suppressed.saturating_add(1);
-            *w = Window {
-                ends: now + self.interval,
-                suppressed: 0,
-                last: None,
-            };
+            *w = Window::open(now + self.interval);
             return Some(FailureReport {
                 tenant: key.1,
                 login,
                 failures,
             });
         }
-        windows.insert(
-            key.clone(),
-            Window {
-                ends: now + self.interval,
-                suppressed: 0,
-                last: None,
-            },
-        );
+        windows.insert(key.clone(), Window::open(now + self.interval));
         Some(FailureReport {
             tenant: key.1,
             login,
@@ -336,11 +336,7 @@ impl FailureEvents {
                         login,
                         failures: w.suppressed,
                     });
-                    *w = Window {
-                        ends: now + self.interval,
-                        suppressed: 0,
-                        last: None,
-                    };
+                    *w = Window::open(now + self.interval);
                     true
                 }
                 None => false,

@@ -155,10 +155,8 @@ async fn presence_entries(shared: &Shared) -> Option<Vec<(String, u64, Presence)
             .await
             .ok()??
             .ok()?;
-        if entry.operation == kv::Operation::Put {
-            if let Ok(p) = serde_json::from_slice::<Presence>(&entry.value) {
-                found.push((entry.key.clone(), entry.revision, p));
-            }
+        if let Some(p) = Presence::from_entry(&entry) {
+            found.push((entry.key.clone(), entry.revision, p));
         }
         // The last entry of the snapshot has nothing pending behind it.
         if entry.delta == 0 {

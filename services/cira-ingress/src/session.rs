@@ -535,7 +535,7 @@ impl Conn {
         let mut ev = envelope(&self.tenant, &guid, "connected", &self.shared.source);
         ev.payload = Some(Payload::DeviceConnected(proto::DeviceConnected {
             node: self.shared.node_id.clone(),
-            session: format!("{:016x}", self.session_id),
+            session: self.session_hex(),
             remote_addr: self.peer.to_string(),
             apf_major: self.apf_version.0,
             apf_minor: self.apf_version.1,
@@ -547,24 +547,9 @@ impl Conn {
         tracing::debug!(device = %guid, peer = %self.peer, "device connected");
     }
 
-    /// The device's presence entry: `Some((revision, value))` with `None` for a deleted key,
-    /// `None` when the key never existed; `Err` when NATS did not answer.
-    async fn read_presence(&self, guid: &str) -> Result<Option<(u64, Option<Presence>)>, ()> {
-        let entry = tokio::time::timeout(NATS_OP_TIMEOUT, self.shared.presence.entry(guid))
-            .await
-            .map_err(|_| ())?
-            .map_err(|_| ())?;
-        Ok(entry.map(|e| {
-            let value = (e.operation == kv::Operation::Put)
-                .then(|| serde_json::from_slice::<Presence>(&e.value).ok())
-                .flatten();
-            (e.revision, value)
-        }))
-    }
-
     /// The revision of the device's presence entry if it is this session's.
     async fn own_presence_revision(&self, guid: &str) -> Option<u64> {
-        match self.read_presence(guid).await {
+        match read_presence(&self.shared, guid).await {
             Ok(current) => match claim(
                 current,
                 &self.session_hex(),
@@ -608,7 +593,7 @@ impl Conn {
         // its own, usually): read and decide again, a few times at most.
         for _ in 0..4 {
             let revision = if must_read {
-                let Ok(current) = self.read_presence(&guid).await else {
+                let Ok(current) = read_presence(&self.shared, &guid).await else {
                     return self.retry_presence(&guid, "presence not readable");
                 };
                 match claim(current, &session, &self.connected_at, &self.presence_seen) {
@@ -912,7 +897,7 @@ impl Conn {
         let mut ev = envelope(&self.tenant, &guid, "disconnected", &self.shared.source);
         ev.payload = Some(Payload::DeviceDisconnected(proto::DeviceDisconnected {
             node: self.shared.node_id.clone(),
-            session: format!("{:016x}", self.session_id),
+            session: self.session_hex(),
             reason: end.code().to_string(),
             detail: end.detail(),
             duration_seconds: ready_at.elapsed().as_secs(),
@@ -1029,25 +1014,27 @@ async fn login(
     }
 }
 
+/// The device's presence entry: `Some((revision, value))` with `None` for a deleted key,
+/// `None` when the key never existed; `Err` when NATS did not answer.
+async fn read_presence(shared: &Shared, guid: &str) -> Result<Option<(u64, Option<Presence>)>, ()> {
+    let entry = tokio::time::timeout(NATS_OP_TIMEOUT, shared.presence.entry(guid))
+        .await
+        .map_err(|_| ())?
+        .map_err(|_| ())?;
+    Ok(entry.map(|e| (e.revision, Presence::from_entry(&e))))
+}
+
 /// Asks the session recorded in presence, if it is not this one, to close, and waits for it
 /// (a dead node answers "no responders" at once). Returns what it saw, for the conditional
 /// presence write that follows.
 async fn supersede_recorded(shared: &Shared, guid: &str, session_id: u64) -> Seen {
-    let entry = match tokio::time::timeout(NATS_OP_TIMEOUT, shared.presence.entry(guid)).await {
-        Ok(Ok(entry)) => entry,
-        _ => return Seen::Unknown,
+    let (revision, recorded) = match read_presence(shared, guid).await {
+        Ok(Some(current)) => current,
+        Ok(None) => (0, None),
+        Err(()) => return Seen::Unknown,
     };
-    let Some(entry) = entry else {
-        return Seen::At {
-            revision: 0,
-            superseded: None,
-        };
-    };
-    let recorded = (entry.operation == kv::Operation::Put)
-        .then(|| serde_json::from_slice::<Presence>(&entry.value).ok())
-        .flatten();
     let seen = Seen::At {
-        revision: entry.revision,
+        revision,
         superseded: recorded.as_ref().map(|p| p.session.clone()),
     };
     let Some(old) = recorded else { return seen };
