@@ -53,9 +53,10 @@ impl FileLock {
                     let mut nonce = [0u8; 8];
                     let _ = openssl::rand::rand_bytes(&mut nonce);
                     let token = format!(
-                        "{} {:016x}\n",
+                        "{} {:016x} {}\n",
                         std::process::id(),
-                        u64::from_le_bytes(nonce)
+                        u64::from_le_bytes(nonce),
+                        host_name()
                     );
                     file.write_all(token.as_bytes())
                         .await
@@ -100,12 +101,14 @@ async fn remove_if_stale(path: &Path, stale_after: Duration) -> bool {
     if age < stale_after {
         return false;
     }
-    let holder = tokio::fs::read_to_string(path).await.ok().and_then(|t| {
-        t.split_whitespace()
-            .next()
-            .and_then(|p| p.parse::<u32>().ok())
-    });
-    let running = holder.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    let content = tokio::fs::read_to_string(path).await.unwrap_or_default();
+    let mut fields = content.split_whitespace();
+    let holder = fields.next().and_then(|p| p.parse::<u32>().ok());
+    // A holder on another host (a container sharing the volume, with its own pids) cannot be
+    // checked here: taken for alive until the forced limit.
+    let elsewhere = fields.nth(1).is_some_and(|h| h != host_name());
+    let running =
+        elsewhere || holder.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
     if running && age < stale_after * FORCE_AFTER_STALE {
         // A slow writer, not a crashed one: wait for it.
         return false;
@@ -119,6 +122,13 @@ async fn remove_if_stale(path: &Path, stale_after: Duration) -> bool {
         Ok(()) => true,
         Err(e) => e.kind() == ErrorKind::NotFound,
     }
+}
+
+/// This host's name (a container's own), as the kernel has it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 impl Drop for FileLock {
@@ -175,5 +185,11 @@ mod tests {
         assert!(path.exists(), "the new holder's lock is still there");
         drop(taken);
         assert!(!path.exists());
+        // A holder on another host (another container's pid namespace) is not judged by pid.
+        std::fs::write(&path, "4294967295 other other-host\n").unwrap();
+        let waited =
+            FileLock::acquire(&path, Duration::from_millis(60), Duration::from_millis(20)).await;
+        assert!(matches!(waited, Err(SecretError::Unavailable(_))));
+        std::fs::remove_file(&path).unwrap();
     }
 }
