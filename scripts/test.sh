@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs missing build tools, starts (installing if needed) NATS
-# and PostgreSQL, then checks formatting, lints and runs every test of the workspace.
+# and PostgreSQL, then checks formatting, lints and runs every test of the workspace, and
+# validates the deployment artefacts (scripts/validate-deploy.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${TMPDIR:-/tmp}/homeport-target}"
@@ -31,4 +32,6 @@ set -e
 # One closing line for the whole workspace (cargo prints one per test binary, the last
 # usually being an empty doc-test run).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+echo "== deployment artefacts"
+bash scripts/validate-deploy.sh || status=1
 exit "$status"

@@ -253,5 +253,33 @@ fn the_shipped_nats_configuration_is_current_and_starts_with_generated_keys() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
+
+    // The Kubernetes NATS cluster includes the same users and permissions.
+    let k8s = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k8s/base/nats/");
+    assert_eq!(
+        std::fs::read_to_string(format!("{k8s}auth.conf")).unwrap(),
+        access::deployment_authorization(&Names::new("hp")),
+        "regenerate it: homeportctl nats-config --authorization-only > deploy/k8s/base/nats/auth.conf"
+    );
+    let cluster = |vars: &[(String, String)]| {
+        std::process::Command::new("nats-server")
+            .args(["-t", "-c", &format!("{k8s}nats.conf")])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("POD_NAME", "nats-0")
+            .envs(vars.iter().cloned())
+            .output()
+            .unwrap()
+    };
+    let out = cluster(&vars);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !cluster(&vars[1..]).status.success(),
+        "a missing key stops it"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -236,10 +236,6 @@ pub fn nkey_variable(role: Role) -> String {
 /// and one NKey user per service role, its public key from `$HP_<ROLE>_NKEY` (the server
 /// refuses to start when one is missing). `homeportctl nats-keys` makes the keys.
 pub fn deployment_config(names: &Names) -> String {
-    let users: Vec<(Role, Credential)> = Role::ALL
-        .into_iter()
-        .map(|r| (r, Credential::NKey(format!("${}", nkey_variable(r)))))
-        .collect();
     format!(
         "# NATS server configuration for Homeport (subject prefix \"{p}\"), generated from\n\
          # crates/contracts/src/access.rs: each service signs in with its own NKey and may only\n\
@@ -250,9 +246,19 @@ pub fn deployment_config(names: &Names) -> String {
          http: \"0.0.0.0:8222\"\n\
          jetstream {{ store_dir: \"/data/jetstream\" }}\n\
          {}",
-        authorization_block(names, &users, &[]),
+        deployment_authorization(names),
         p = names.prefix()
     )
+}
+
+/// The `authorization` block of [`deployment_config`] alone, for servers whose configuration
+/// is assembled elsewhere (the Kubernetes NATS cluster includes it as `auth.conf`).
+pub fn deployment_authorization(names: &Names) -> String {
+    let users: Vec<(Role, Credential)> = Role::ALL
+        .into_iter()
+        .map(|r| (r, Credential::NKey(format!("${}", nkey_variable(r)))))
+        .collect();
+    authorization_block(names, &users, &[])
 }
 
 /// A user that may only read `names`' events over core NATS (`nats sub '<p>.evt.>'`), for

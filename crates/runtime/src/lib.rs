@@ -32,6 +32,10 @@ pub struct CommonArgs {
         default_value = "sqlite://homeport-data/homeport.db?mode=rwc"
     )]
     pub database_url: String,
+    /// File holding the database URL (a mounted secret: the URL carries the password); used
+    /// instead of --database-url when set.
+    #[arg(long, env = "HOMEPORT_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// Database connection pool size.
     #[arg(long, env = "HOMEPORT_DATABASE_POOL", default_value_t = 16)]
     pub database_pool: u32,
@@ -67,6 +71,9 @@ pub struct CommonArgs {
         hide_env_values = true
     )]
     pub vault_token: String,
+    /// File holding the Vault token (a mounted secret), instead of --vault-token.
+    #[arg(long, env = "HOMEPORT_VAULT_TOKEN_FILE")]
+    pub vault_token_file: Option<PathBuf>,
     /// Vault KV v2 mount.
     #[arg(long, env = "HOMEPORT_VAULT_MOUNT", default_value = "secret")]
     pub vault_mount: String,
@@ -97,12 +104,14 @@ impl std::fmt::Debug for CommonArgs {
             .field("nats_url", &self.nats_url)
             .field("subject_prefix", &self.subject_prefix)
             .field("database_url", &redact_url(&self.database_url))
+            .field("database_url_file", &self.database_url_file)
             .field("database_pool", &self.database_pool)
             .field("secrets", &self.secrets)
             .field("secrets_file", &self.secrets_file)
             .field("secrets_key_file", &self.secrets_key_file)
             .field("vault_addr", &self.vault_addr)
             .field("vault_token", &"***")
+            .field("vault_token_file", &self.vault_token_file)
             .field("vault_mount", &self.vault_mount)
             .field("events_max_age_days", &self.events_max_age_days)
             .field("events_max_bytes", &self.events_max_bytes)
@@ -215,8 +224,8 @@ impl CommonArgs {
     pub fn validate(&self) -> anyhow::Result<()> {
         match self.secrets.as_str() {
             "local" => {}
-            "vault" if self.vault_token.is_empty() => {
-                bail!("--secrets vault needs a token (HOMEPORT_VAULT_TOKEN)")
+            "vault" if self.vault_token.is_empty() && self.vault_token_file.is_none() => {
+                bail!("--secrets vault needs a token (HOMEPORT_VAULT_TOKEN or HOMEPORT_VAULT_TOKEN_FILE)")
             }
             "vault" => {}
             other => bail!("--secrets must be \"local\" or \"vault\", not {other:?}"),
@@ -227,13 +236,38 @@ impl CommonArgs {
         if self.events_max_age_days == 0 {
             bail!("--events-max-age-days must be positive");
         }
-        if !(self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://")
-            || self.database_url.starts_with("sqlite:"))
+        let url = self.database_url()?;
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
         {
             bail!("--database-url must start with postgres:// or sqlite:");
         }
         Ok(())
+    }
+
+    /// The database URL: the content of --database-url-file when set, else --database-url.
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        match &self.database_url_file {
+            Some(path) => {
+                let url = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --database-url-file {}", path.display()))?;
+                Ok(url.trim().to_owned())
+            }
+            None => Ok(self.database_url.clone()),
+        }
+    }
+
+    /// The Vault token: the content of --vault-token-file when set, else --vault-token.
+    fn vault_token(&self) -> anyhow::Result<String> {
+        match &self.vault_token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --vault-token-file {}", path.display()))?;
+                Ok(token.trim().to_owned())
+            }
+            None => Ok(self.vault_token.clone()),
+        }
     }
 
     /// Limits of the events stream, applied when a process creates it.
@@ -255,7 +289,7 @@ impl CommonArgs {
             "vault" => {
                 let mut config = homeport_secrets::VaultConfig::new(
                     self.vault_addr.clone(),
-                    homeport_secrets::SecretString::new(self.vault_token.clone()),
+                    homeport_secrets::SecretString::new(self.vault_token()?),
                 );
                 config.mount = self.vault_mount.clone();
                 let store = homeport_secrets::VaultStore::new(config).context("Vault client")?;
@@ -290,7 +324,8 @@ impl CommonArgs {
         &self,
         min_connections: u32,
     ) -> anyhow::Result<homeport_store::Store> {
-        if let Some(path) = self.database_url.strip_prefix("sqlite://") {
+        let url = self.database_url()?;
+        if let Some(path) = url.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or_default();
             if let Some(dir) = std::path::Path::new(file)
                 .parent()
@@ -300,12 +335,12 @@ impl CommonArgs {
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
         }
-        let mut config = homeport_store::StoreConfig::new(self.database_url.clone());
+        let mut config = homeport_store::StoreConfig::new(url.clone());
         config.max_connections = self.database_pool;
         config.min_connections = min_connections;
         homeport_store::Store::connect_with(config)
             .await
-            .with_context(|| format!("database {}", redact_url(&self.database_url)))
+            .with_context(|| format!("database {}", redact_url(&url)))
     }
 
     /// Connects to NATS as `role`, retrying for up to `wait` while it is unreachable.
@@ -535,6 +570,45 @@ mod tests {
             one_line(&e),
             "database postgres://x: database error: pool timed out"
         );
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn the_database_url_and_vault_token_can_come_from_mounted_files() {
+        use clap::Parser as _;
+        let dir = std::env::temp_dir().join(format!("hp-runtime-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (url, token) = (dir.join("database-url"), dir.join("vault-token"));
+        std::fs::write(&url, "postgres://hp:pw@db:5432/hp\n").unwrap();
+        std::fs::write(&token, "hvs.token\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "x".as_ref(),
+            "--secrets".as_ref(),
+            "vault".as_ref(),
+            "--database-url-file".as_ref(),
+            url.as_os_str(),
+            "--vault-token-file".as_ref(),
+            token.as_os_str(),
+        ])
+        .unwrap();
+        cli.common.validate().expect("a token file is a token");
+        assert_eq!(
+            cli.common.database_url().unwrap(),
+            "postgres://hp:pw@db:5432/hp"
+        );
+        assert_eq!(cli.common.vault_token().unwrap(), "hvs.token");
+        assert!(!format!("{:?}", cli.common).contains("pw@"), "redacted");
+        std::fs::write(&url, "mysql://nope\n").unwrap();
+        assert!(cli.common.validate().is_err(), "the file's URL is checked");
+        std::fs::remove_file(&url).unwrap();
+        let e = cli.common.database_url().unwrap_err().to_string();
+        assert!(e.contains("--database-url-file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

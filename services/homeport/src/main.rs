@@ -118,7 +118,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         cli.audit_grpc_listen,
         cli.ingress.health_listen,
         cli.common.nats_url,
-        homeport_runtime::redact_url(&cli.common.database_url),
+        homeport_runtime::redact_url(&cli.common.database_url().unwrap_or_default()),
     );
     println!(
         "  token for homeportctl: export HOMEPORT_TOKEN=$(homeportctl token --secret-file {} --tenant demo)",

@@ -21,12 +21,21 @@ pub struct NatsConfigArgs {
     /// Subject prefix of the deployment (as HOMEPORT_SUBJECT_PREFIX).
     #[arg(long, default_value = "hp")]
     pub prefix: String,
+    /// Print only the `authorization` block (users and permissions), for a server
+    /// configuration that includes it (deploy/k8s/base/nats/auth.conf).
+    #[arg(long)]
+    pub authorization_only: bool,
 }
 
 /// Prints the NATS server configuration for a deployment's prefix.
 pub fn config(args: &NatsConfigArgs, sink: &mut dyn std::io::Write) -> anyhow::Result<()> {
     let names = homeport_contracts::Names::new(&args.prefix);
-    sink.write_all(homeport_contracts::access::deployment_config(&names).as_bytes())?;
+    let text = if args.authorization_only {
+        homeport_contracts::access::deployment_authorization(&names)
+    } else {
+        homeport_contracts::access::deployment_config(&names)
+    };
+    sink.write_all(text.as_bytes())?;
     Ok(())
 }
 

@@ -1,0 +1,20 @@
+#!/bin/bash
+# One-shot development secrets for the Compose stack, made on first start and kept in the
+# `keys` volume: one NATS NKey per service, the HS256 key that signs API tokens, and the
+# PostgreSQL password with the database URL the services read. Later starts change nothing.
+set -euo pipefail
+umask 077
+keys="${HOMEPORT_KEYS_DIR:-/var/lib/homeport/keys}"
+[ -f "$keys/ingress.nk" ] || homeportctl nats-keys --out "$keys"
+# Readable by the NATS server's container (public keys only).
+chmod 0644 "$keys/nats-users.env"
+[ -f "$keys/jwt-hs256.key" ] || head -c 48 /dev/urandom | base64 -w0 > "$keys/jwt-hs256.key"
+if [ ! -f "$keys/postgres-password" ]; then
+  head -c 24 /dev/urandom | base64 -w0 | tr '+/' '-_' > "$keys/postgres-password"
+fi
+# PostgreSQL's entrypoint reads the password file as its own user.
+chmod 0644 "$keys/postgres-password"
+printf 'postgres://homeport:%s@postgres:5432/homeport\n' "$(cat "$keys/postgres-password")" > "$keys/database-url"
+echo "Homeport development secrets are in the keys volume."
+echo "API token (tenant \"default\", 24 h):"
+echo "  export HOMEPORT_TOKEN=$(homeportctl token --secret-file "$keys/jwt-hs256.key" --tenant default --ttl-secs 86400)"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Creates the Secrets the Homeport manifests mount, once, in namespace homeport (existing
+# ones are kept: delete one to make it anew). Needs kubectl and homeportctl (on PATH, or from
+# the image: docker run --rm homeport homeportctl).
+#   --local                 also the PostgreSQL password and a database URL for the local
+#                           overlay's StatefulSet
+#   HOMEPORT_DATABASE_URL   the database URL otherwise (RDS, Azure Database for PostgreSQL)
+#   HOMEPORT_VAULT_TOKEN_FILE  a file with the services' Vault token (cloud overlays)
+#   HOMEPORT_CIRA_CERT, HOMEPORT_CIRA_KEY  the CIRA server certificate and key (PEM; cloud
+#                           overlays: the FQDN devices are configured with)
+set -euo pipefail
+ns=homeport
+local_db=false
+[ "${1:-}" = "--local" ] && local_db=true
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+umask 077
+
+kubectl get namespace "$ns" >/dev/null 2>&1 || kubectl create namespace "$ns"
+exists() { kubectl -n "$ns" get secret "$1" >/dev/null 2>&1; }
+create() { # name, then kubectl create secret generic arguments
+  local name=$1
+  shift
+  if exists "$name"; then
+    echo "kept    secret/$name"
+  else
+    kubectl -n "$ns" create secret generic "$name" "$@" >/dev/null && echo "created secret/$name"
+  fi
+}
+
+if ! exists homeport-nats-keys || ! exists homeport-nats-users; then
+  homeportctl nats-keys --out "$work/nats" >/dev/null
+  args=()
+  for seed in "$work"/nats/*.nk; do args+=(--from-file="$(basename "$seed")=$seed"); done
+  create homeport-nats-keys "${args[@]}"
+  create homeport-nats-users --from-env-file="$work/nats/nats-users.env"
+fi
+head -c 48 /dev/urandom | base64 -w0 > "$work/jwt"
+create homeport-jwt --from-file=hs256.key="$work/jwt"
+if $local_db; then
+  if ! exists homeport-postgres; then
+    head -c 24 /dev/urandom | base64 -w0 | tr '+/' '-_' > "$work/pg"
+    create homeport-postgres --from-file=password="$work/pg"
+    printf 'postgres://homeport:%s@postgres:5432/homeport' "$(cat "$work/pg")" > "$work/url"
+    kubectl -n "$ns" delete secret homeport-database --ignore-not-found >/dev/null
+    create homeport-database --from-file=url="$work/url"
+  fi
+else
+  : "${HOMEPORT_DATABASE_URL:?set HOMEPORT_DATABASE_URL (or pass --local)}"
+  printf '%s' "$HOMEPORT_DATABASE_URL" > "$work/url"
+  create homeport-database --from-file=url="$work/url"
+fi
+if [ -n "${HOMEPORT_VAULT_TOKEN_FILE:-}" ]; then
+  create homeport-vault --from-file=token="$HOMEPORT_VAULT_TOKEN_FILE"
+fi
+if [ -n "${HOMEPORT_CIRA_CERT:-}" ]; then
+  if exists homeport-cira-tls; then
+    echo "kept    secret/homeport-cira-tls"
+  else
+    kubectl -n "$ns" create secret tls homeport-cira-tls --cert="$HOMEPORT_CIRA_CERT" --key="$HOMEPORT_CIRA_KEY" >/dev/null
+    echo "created secret/homeport-cira-tls"
+  fi
+fi
+echo "API token: homeportctl token --secret-file <(kubectl -n $ns get secret homeport-jwt -o jsonpath='{.data.hs256\\.key}' | base64 -d) --tenant <tenant>"
