@@ -1,0 +1,349 @@
+//! A cluster on one machine: two ingress nodes, two mps-command replicas and two audit
+//! workers, each its own process started from the environment the deployment manifests set
+//! (NKey files, a database URL file, the shared secret store, health and gRPC listeners),
+//! against one NATS (with the shipped users and permissions) and one PostgreSQL, devices
+//! behind an L4 balancer as in front of the ingress pods. One ingress node is killed: its
+//! devices reconnect through the balancer to the other, answer commands on both API replicas
+//! again, and the audit trail holds every event of the stream exactly once.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use homeport_contracts::access::{self, Credential, Role};
+use homeport_contracts::Names;
+use homeport_proto::device::v1 as pb;
+use homeport_proto::device::v1::device_service_client::DeviceServiceClient;
+use homeport_runtime::{connect_nats_with, NatsAuth, NatsCredential};
+use homeport_secrets::SecretString;
+use homeport_tests::command::{Bearer, CommandHandle, Devices, TEST_JWT_SECRET};
+use homeport_tests::*;
+use tokio::process::{Child, Command};
+
+const DEVICES: u64 = 20;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A workspace binary next to this test's own (scripts/test.sh builds them all first).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// Ready by the image's own health check (scripts/healthcheck.sh: GET /readyz over bash).
+async fn wait_ready(what: &str, health: u16, child: &mut Child) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/healthcheck.sh");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ok = Command::new("bash")
+            .arg(script)
+            .arg(health.to_string())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await
+            .unwrap()
+            .success();
+        if ok {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before it was ready: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} not ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An L4 balancer like the one in front of the ingress pods: each new connection goes to the
+/// next backend that accepts it.
+async fn balancer(backends: Vec<SocketAddr>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (backends, next) = (backends.clone(), next.clone());
+            tokio::spawn(async move {
+                for _ in 0..backends.len() {
+                    let target = backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
+                    let connect = tokio::net::TcpStream::connect(target);
+                    if let Ok(Ok(mut outbound)) =
+                        tokio::time::timeout(Duration::from_secs(1), connect).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Cluster {
+    keys: PathBuf,
+    common: HashMap<&'static str, String>,
+}
+
+impl Cluster {
+    /// Starts `binary` as `role` with the common environment plus `extra`.
+    fn spawn(&self, binary: &str, role: &str, extra: &[(&str, String)]) -> Child {
+        Command::new(bin(binary))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.common.iter().map(|(k, v)| (*k, v.as_str())))
+            .env(
+                "HOMEPORT_NATS_NKEY_FILE",
+                self.keys.join(format!("{role}.nk")),
+            )
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+}
+
+async fn devices_client(port: u16) -> Devices {
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = CommandHandle::token("acme");
+    DeviceServiceClient::with_interceptor(channel, Bearer::new(Some(&token)))
+}
+
+/// Power state of every device, alternating between the API replicas; the failures.
+async fn query_all(apis: &mut [Devices], guids: &[String]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (i, guid) in guids.iter().enumerate() {
+        let api = &mut apis[i % apis.len()];
+        let request = pb::DeviceRef { guid: guid.clone() };
+        if let Err(e) = api.get_power_state(request).await {
+            failed.push(format!("{guid}: {}", e.message()));
+        }
+    }
+    failed
+}
+
+async fn nodes_holding(env: &TestEnv) -> HashMap<String, usize> {
+    let mut held = HashMap::new();
+    for (_, p) in env.presence_entries().await {
+        *held.entry(p.node).or_insert(0) += 1;
+    }
+    held
+}
+
+fn write_secret(dir: &Path, name: &str, content: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
+    // NATS with the shipped users and permissions; keys made as operators make them.
+    let names = Names::new("hp");
+    let keys = std::env::temp_dir().join(format!("homeport-cluster-{:08x}", fastrand::u32(..)));
+    let made = std::process::Command::new(bin("homeportctl"))
+        .args(["nats-keys", "--out"])
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let public: HashMap<String, String> = std::fs::read_to_string(keys.join("nats-users.env"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let users: Vec<_> = Role::ALL
+        .into_iter()
+        .map(|r| {
+            (
+                r,
+                Credential::NKey(public[&access::nkey_variable(r)].clone()),
+            )
+        })
+        .collect();
+    let admin = r#"{ user: "test", password: "test-admin-password" }"#.to_string();
+    let nats = PrivateNats::start_with(&access::authorization_block(&names, &users, &[admin]));
+    let auth = NatsAuth {
+        credential: NatsCredential::UserPassword(
+            "test".into(),
+            SecretString::new("test-admin-password"),
+        ),
+        ..Default::default()
+    };
+    let client = connect_nats_with(&nats.url(), "test", Duration::from_secs(10), &auth)
+        .await
+        .unwrap();
+    let env = TestEnv::with_client("cluster", client, names.prefix()).await;
+    homeport_cira_ingress::tls::load_or_generate(&env.secrets, "localhost", &[])
+        .await
+        .unwrap();
+
+    // The environment the manifests set (deploy/k8s/base, compose/): secrets as files.
+    let common = HashMap::from([
+        ("HOMEPORT_NATS_URL", nats.url()),
+        ("HOMEPORT_SUBJECT_PREFIX", names.prefix().to_string()),
+        (
+            "HOMEPORT_DATABASE_URL_FILE",
+            write_secret(&keys, "database-url", env.database_url().as_bytes()),
+        ),
+        ("HOMEPORT_SECRETS", "local".into()),
+        (
+            "HOMEPORT_SECRETS_FILE",
+            env.dir.join("secrets.enc").display().to_string(),
+        ),
+        (
+            "HOMEPORT_SECRETS_KEY_FILE",
+            env.dir.join("secrets.key").display().to_string(),
+        ),
+        ("HOMEPORT_EVENTS_MAX_BYTES", (64 << 20).to_string()),
+        ("HOMEPORT_LOG", "warn".into()),
+    ]);
+    let jwt = write_secret(&keys, "jwt-hs256.key", TEST_JWT_SECRET);
+    let cluster = Cluster {
+        keys: keys.clone(),
+        common,
+    };
+
+    let mut ingress = Vec::new();
+    let mut cira = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let (port, health) = (free_port(), free_port());
+        let mut child = cluster.spawn(
+            "cira-ingress",
+            "ingress",
+            &[
+                ("HOMEPORT_CIRA_LISTEN", format!("127.0.0.1:{port}")),
+                ("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
+                ("HOMEPORT_NODE_ID", node.into()),
+                ("HOMEPORT_HEARTBEAT_INTERVAL", "1".into()),
+                ("HOMEPORT_DRAIN_GRACE", "5".into()),
+                // Every simulated device dials from 127.0.0.1.
+                ("HOMEPORT_MAX_CONNECTIONS_PER_SOURCE_PER_SEC", "1000".into()),
+            ],
+        );
+        wait_ready(node, health, &mut child).await;
+        ingress.push(child);
+        cira.push(format!("127.0.0.1:{port}").parse().unwrap());
+    }
+    let mut workers = Vec::new();
+    let mut api_ports = Vec::new();
+    for (binary, role) in [("mps-command", "command"), ("audit", "audit")] {
+        for _ in 0..2 {
+            let (grpc, health) = (free_port(), free_port());
+            let mut child = cluster.spawn(
+                binary,
+                role,
+                &[
+                    ("HOMEPORT_GRPC_LISTEN", format!("127.0.0.1:{grpc}")),
+                    ("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
+                    ("HOMEPORT_JWT_HS256_SECRET_FILE", jwt.clone()),
+                ],
+            );
+            wait_ready(binary, health, &mut child).await;
+            workers.push(child);
+            if binary == "mps-command" {
+                api_ports.push(grpc);
+            }
+        }
+    }
+
+    // The fleet dials the balancer; both nodes take a share.
+    let lb = balancer(cira).await;
+    let cfg = env.enrolled_fleet(lb, DEVICES, 61, "acme").await;
+    let guids: Vec<String> = cfg.identities().map(|i| i.guid.clone()).collect();
+    let fleet = env.start_connected(cfg, WAIT).await;
+    let held = nodes_holding(&env).await;
+    assert!(
+        held.get("node-a").is_some_and(|n| *n > 0) && held.get("node-b").is_some_and(|n| *n > 0),
+        "both nodes hold devices: {held:?}"
+    );
+    let mut apis = Vec::new();
+    for port in &api_ports {
+        apis.push(devices_client(*port).await);
+    }
+    assert_eq!(query_all(&mut apis, &guids).await, Vec::<String>::new());
+
+    // Node A dies without a goodbye.
+    let lost = held["node-a"];
+    ingress[0].start_kill().unwrap();
+    let _ = ingress[0].wait().await;
+    env.wait_presence("every device on node-b", WAIT, |entries| {
+        entries.len() as u64 == DEVICES && entries.iter().all(|(_, p)| p.node == "node-b")
+    })
+    .await;
+    assert!(fleet.wait_connected(DEVICES, WAIT).await >= DEVICES);
+    // Every device answers again, through both API replicas (a reconnecting device may still
+    // be finishing its login: give the retries a little time).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let failed = query_all(&mut apis, &guids).await;
+        if failed.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after the node loss: {failed:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The audit trail holds every event of the stream, once: the connects on both nodes, the
+    // node-b reconnects of node-a's {lost} devices and every command.
+    let mut stream = env.js.get_stream(names.events_stream()).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let (published, stored) = loop {
+        let published = stream.info().await.unwrap().state.messages;
+        let stored = env.store.count_audit_events().await.unwrap();
+        if stored >= published || Instant::now() > deadline {
+            break (published, stored);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(stored, published, "audit rows vs events in the stream");
+    let connects = env
+        .events()
+        .await
+        .into_iter()
+        .filter(|(_, e)| e.kind == "connected")
+        .count() as u64;
+    assert!(
+        connects >= DEVICES + lost as u64,
+        "{connects} connects for {DEVICES} devices and {lost} reconnects"
+    );
+    assert!(
+        published >= connects + 2 * DEVICES,
+        "commands are events too"
+    );
+
+    fleet.stop().await;
+    for mut child in workers.into_iter().chain(ingress) {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    let _ = std::fs::remove_dir_all(&keys);
+    env.cleanup().await;
+}
