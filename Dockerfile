@@ -13,6 +13,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# No debug information in the image's binaries (the release profile keeps it for profiling).
+ENV CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=debuginfo
 RUN cargo build --release --locked \
       -p homeport-cira-ingress -p homeport-mps-command -p homeport-audit \
       -p homeport-mqtt-bridge -p homeport -p homeportctl -p homeport-amt-sim \

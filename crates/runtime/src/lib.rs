@@ -249,11 +249,7 @@ impl CommonArgs {
     /// The database URL: the content of --database-url-file when set, else --database-url.
     pub fn database_url(&self) -> anyhow::Result<String> {
         match &self.database_url_file {
-            Some(path) => {
-                let url = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading --database-url-file {}", path.display()))?;
-                Ok(url.trim().to_owned())
-            }
+            Some(path) => read_setting_file("--database-url-file", path),
             None => Ok(self.database_url.clone()),
         }
     }
@@ -261,11 +257,7 @@ impl CommonArgs {
     /// The Vault token: the content of --vault-token-file when set, else --vault-token.
     fn vault_token(&self) -> anyhow::Result<String> {
         match &self.vault_token_file {
-            Some(path) => {
-                let token = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading --vault-token-file {}", path.display()))?;
-                Ok(token.trim().to_owned())
-            }
+            Some(path) => read_setting_file("--vault-token-file", path),
             None => Ok(self.vault_token.clone()),
         }
     }
@@ -459,6 +451,14 @@ pub async fn connect_nats_with(
 }
 
 /// Hides a password in a database URL for logs and errors.
+/// A setting kept in a mounted file (a Kubernetes or Swarm secret), surrounding whitespace
+/// (the trailing newline editors add) removed.
+fn read_setting_file(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {flag} {}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {

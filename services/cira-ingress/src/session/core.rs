@@ -1050,6 +1050,12 @@ mod tests {
     const SESSION: u64 = 0xfeed;
     const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
+    /// What a login that found no entry saw.
+    const NONE_SEEN: Seen = Seen::At {
+        revision: 0,
+        superseded: None,
+    };
+
     fn entry(session: &str, connected_at: &str) -> Presence {
         Presence {
             node: "node-x".into(),
@@ -1430,10 +1436,7 @@ mod tests {
     #[test]
     fn conflicts_without_end_wait_for_the_retry_interval() {
         let mut rig = Rig::new();
-        rig.login(Seen::At {
-            revision: 0,
-            superseded: None,
-        });
+        rig.login(NONE_SEEN);
         for rev in 1..=3 {
             rig.core.presence_written(rig.now, Written::Conflict);
             assert_eq!(reads(&rig.take()), 1);
@@ -1451,10 +1454,7 @@ mod tests {
     #[test]
     fn a_failed_write_waits_then_reads_before_writing_again() {
         let mut rig = Rig::new();
-        rig.login(Seen::At {
-            revision: 0,
-            superseded: None,
-        });
+        rig.login(NONE_SEEN);
         rig.core
             .presence_written(rig.now, Written::Failed("no responders".into()));
         assert!(rig.take().is_empty());
@@ -1496,10 +1496,7 @@ mod tests {
     #[test]
     fn an_older_session_recorded_after_the_login_read_is_replaced_and_told() {
         let mut rig = Rig::new();
-        rig.login(Seen::At {
-            revision: 0,
-            superseded: None,
-        });
+        rig.login(NONE_SEEN);
         // An older connection of the device, on another node, recorded itself late.
         rig.core.presence_written(rig.now, Written::Conflict);
         assert_eq!(reads(&rig.take()), 1);
@@ -1517,10 +1514,7 @@ mod tests {
     #[test]
     fn a_session_whose_entry_was_reaped_closes_without_a_second_disconnected() {
         let mut rig = Rig::new();
-        rig.login(Seen::At {
-            revision: 0,
-            superseded: None,
-        });
+        rig.login(NONE_SEEN);
         rig.core.presence_written(rig.now, Written::Ok(1));
         // The entry survived the cut: the session goes on.
         rig.core.recheck_presence();
@@ -1542,10 +1536,7 @@ mod tests {
     #[test]
     fn a_write_answer_lost_at_the_end_is_found_and_released() {
         let mut rig = Rig::new();
-        rig.login(Seen::At {
-            revision: 0,
-            superseded: None,
-        });
+        rig.login(NONE_SEEN);
         rig.dev.disconnect(DisconnectReason::BY_APPLICATION);
         rig.pump();
         rig.core
@@ -1565,10 +1556,7 @@ mod tests {
     #[test]
     fn a_peer_that_stops_reading_is_not_read_and_is_dropped_at_the_write_deadline() {
         let mut rig = Rig::new();
-        rig.login(Seen::At {
-            revision: 0,
-            superseded: None,
-        });
+        rig.login(NONE_SEEN);
         rig.core.presence_written(rig.now, Written::Ok(1));
         rig.core.http_request(
             rig.now,
@@ -1615,10 +1603,7 @@ mod tests {
         );
         let refused = rig.core.poll_action().into_iter().collect::<Vec<_>>();
         assert_eq!(replies(&refused), [(1, Err(TunnelError::NotConnected))]);
-        rig.login(Seen::At {
-            revision: 0,
-            superseded: None,
-        });
+        rig.login(NONE_SEEN);
         rig.request(2, Some("22"));
         assert_eq!(replies(&rig.take()), [(2, Err(TunnelError::BadRequest))]);
         // Two in flight (the setting); the device does not answer them.
@@ -1659,10 +1644,7 @@ mod tests {
     #[test]
     fn drain_and_supersede_tell_the_device_and_end_the_session() {
         let mut rig = Rig::new();
-        rig.login(Seen::At {
-            revision: 0,
-            superseded: None,
-        });
+        rig.login(NONE_SEEN);
         rig.core.drain();
         rig.pump();
         assert_eq!(rig.core.end(), Some(&End::Drain));
@@ -1672,10 +1654,7 @@ mod tests {
             .any(|e| matches!(e, DeviceEvent::PeerDisconnected { .. })));
 
         let mut rig = Rig::new();
-        rig.login(Seen::At {
-            revision: 0,
-            superseded: None,
-        });
+        rig.login(NONE_SEEN);
         rig.core.presence_written(rig.now, Written::Ok(3));
         rig.core.supersede();
         let actions = rig.take();
