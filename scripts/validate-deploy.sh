@@ -3,7 +3,8 @@
 # the Swarm stack (docker-compose config), each Kubernetes overlay (kubectl kustomize, then
 # kubernetes-validate --strict against 1.30), YAML lint, the CloudFormation pipeline
 # (cfn-lint), the GitHub workflows (actionlint), buildspec.yml (parsed, each command through
-# bash -n), the Dockerfile (hadolint) and the shell scripts (bash -n). Without --static it also
+# bash -n), the Prometheus rules (promtool check and unit tests) and configurations, the Grafana
+# dashboards, the Dockerfile (hadolint) and the shell scripts (bash -n). Without --static it also
 # checks that every service binary has an image, a Compose and a Swarm service and a Kubernetes
 # Deployment using only environment variables its --help lists (builds the binaries into
 # $CARGO_TARGET_DIR/debug first).
@@ -21,6 +22,7 @@ apt_need=()
 command -v docker-compose >/dev/null 2>&1 || apt_need+=(docker-compose)
 command -v node >/dev/null 2>&1 || apt_need+=(nodejs npm)
 command -v python3 >/dev/null 2>&1 || apt_need+=(python3 python3-venv)
+command -v promtool >/dev/null 2>&1 || apt_need+=(prometheus)
 if [ ${#apt_need[@]} -gt 0 ]; then
   echo "installing ${apt_need[*]} (Debian packages)"
   apt-get update -qq && apt-get install -y -qq "${apt_need[@]}" >/dev/null
@@ -83,6 +85,23 @@ for phase in ("install", "pre_build", "build", "post_build"):
         r = subprocess.run(["bash", "-n", "-c", c], capture_output=True, text=True)
         if r.returncode:
             sys.exit(f"{phase}: {c}: {r.stderr.strip()}")
+PY
+
+step "Observability"
+check "promtool check rules" promtool check rules deploy/observability/alerts.yml
+check "promtool test rules (a unit test per alert)" promtool test rules deploy/observability/alerts.test.yml
+# prometheus-k8s.yml is left out: Debian's promtool is built without Kubernetes discovery.
+check "promtool check config (Compose)" \
+  promtool check config --syntax-only deploy/observability/prometheus.yml
+check "Grafana dashboards are JSON with panels" "$venv/bin/python" - <<'PY'
+import glob, json
+boards = sorted(glob.glob("deploy/observability/grafana/dashboards/*.json"))
+assert len(boards) >= 4, boards
+for b in boards:
+    d = json.load(open(b))
+    assert d.get("uid") and d.get("panels"), b
+    for p in d["panels"]:
+        assert p.get("targets") and all(t.get("expr") for t in p["targets"]), (b, p.get("title"))
 PY
 
 step "Dockerfile and scripts"

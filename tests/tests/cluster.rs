@@ -4,7 +4,8 @@
 //! against one NATS (with the shipped users and permissions) and one PostgreSQL, devices
 //! behind an L4 balancer as in front of the ingress pods. One ingress node is killed: its
 //! devices reconnect through the balancer to the other, answer commands on both API replicas
-//! again, and the audit trail holds every event of the stream exactly once.
+//! again, and the audit trail holds every event of the stream exactly once. Every metric the
+//! shipped dashboards and alert rules ask for is in the processes' real `/metrics`.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
@@ -152,6 +153,34 @@ async fn nodes_holding(env: &TestEnv) -> HashMap<String, usize> {
     held
 }
 
+async fn scrape_metrics(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The `homeport_*` metric names a rule file or dashboard refers to.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("homeport_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
 fn write_secret(dir: &Path, name: &str, content: &[u8]) -> String {
     let path = dir.join(name);
     std::fs::write(&path, content).unwrap();
@@ -233,6 +262,8 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
 
     let mut ingress = Vec::new();
     let mut cira = Vec::new();
+    // Health and metrics ports of the processes that stay up.
+    let mut scraped = Vec::new();
     for node in ["node-a", "node-b"] {
         let (port, health) = (free_port(), free_port());
         let mut child = cluster.spawn(
@@ -249,6 +280,9 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
             ],
         );
         wait_ready(node, health, &mut child).await;
+        if node == "node-b" {
+            scraped.push(health);
+        }
         ingress.push(child);
         cira.push(format!("127.0.0.1:{port}").parse().unwrap());
     }
@@ -267,12 +301,28 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
                 ],
             );
             wait_ready(binary, health, &mut child).await;
+            scraped.push(health);
             workers.push(child);
             if binary == "mps-command" {
                 api_ports.push(grpc);
             }
         }
     }
+
+    // The MQTT bridge (against the machine's Mosquitto), for the metrics check at the end.
+    let health = free_port();
+    let mut bridge = cluster.spawn(
+        "mqtt-bridge",
+        "bridge",
+        &[
+            ("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
+            ("HOMEPORT_MQTT_ADDRESS", "127.0.0.1:1883".into()),
+            ("HOMEPORT_MQTT_CONSUMER", "cluster-bridge".into()),
+        ],
+    );
+    wait_ready("mqtt-bridge", health, &mut bridge).await;
+    scraped.push(health);
+    workers.push(bridge);
 
     // The fleet dials the balancer; both nodes take a share.
     let lb = balancer(cira).await;
@@ -338,6 +388,60 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
         published >= connects + 2 * DEVICES,
         "commands are events too"
     );
+
+    // What the dashboards and alert rules ask Prometheus for is what the services export.
+    let mut exported = std::collections::HashSet::new();
+    let mut expiry = None;
+    for port in scraped {
+        for line in scrape_metrics(port).await.lines() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let name = line
+                .split(['{', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if name == "homeport_cira_tls_certificate_expiry_timestamp_seconds" {
+                expiry = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            }
+            exported.insert(name);
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry.is_some_and(|e| e > now + 86_400.0),
+        "the certificate's expiry is exported: {expiry:?}"
+    );
+    let observability = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/observability/");
+    let mut asked = vec![std::fs::read_to_string(format!("{observability}alerts.yml")).unwrap()];
+    for board in ["fleet", "ingress", "commands", "audit"] {
+        let path = format!("{observability}grafana/dashboards/{board}.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        assert!(
+            json["panels"].as_array().is_some_and(|p| !p.is_empty()),
+            "{path}"
+        );
+        asked.push(text);
+    }
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for text in &asked {
+        for name in metric_names(text) {
+            checked += 1;
+            if !exported.contains(&name) {
+                missing.push(name);
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(checked > 30, "only {checked} metric references found");
+    assert_eq!(missing, Vec::<String>::new(), "asked for but not exported");
 
     fleet.stop().await;
     for mut child in workers.into_iter().chain(ingress) {

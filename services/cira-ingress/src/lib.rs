@@ -156,6 +156,9 @@ impl Ingress {
             sources: sources::SourceGate::new(per_source, per_source_rate),
             drain: CancellationToken::new(),
         });
+        if let Some(expiry) = certificate_expiry(&shared.tls) {
+            shared.metrics.tls_certificate_expiry.set(expiry);
+        }
         let node_sub = shared
             .nats
             .subscribe(shared.names.cira_node_wildcard(&shared.node_id))
@@ -367,4 +370,14 @@ async fn heartbeat_loop(
             }
         }
     }
+}
+
+/// When the acceptor's server certificate expires, in Unix seconds.
+fn certificate_expiry(tls: &openssl::ssl::SslAcceptor) -> Option<i64> {
+    let not_after = tls.context().certificate()?.not_after();
+    let diff = openssl::asn1::Asn1Time::from_unix(0)
+        .ok()?
+        .diff(not_after)
+        .ok()?;
+    Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
 }

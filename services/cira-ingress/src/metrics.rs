@@ -32,6 +32,11 @@ pub struct Metrics {
     pub superseded: Counter,
     /// Presence entries of lost nodes removed by this node's reaper.
     pub presence_reaped: Counter,
+    /// Attempts to record a session's presence that failed (NATS unreachable, or the entry
+    /// kept changing); each is retried.
+    pub presence_write_failures: Counter,
+    /// When the CIRA server certificate expires (Unix seconds).
+    pub tls_certificate_expiry: Gauge,
     pub channel_opens: Counter,
     pub tunnel_requests: Counter,
     pub tunnel_errors: Counter,
@@ -119,6 +124,16 @@ impl Observable for IngressObservable {
             "homeport_cira_keepalives_total",
             "Keep-alive requests answered",
             m.keepalives.get(),
+        );
+        e.counter(
+            "homeport_cira_presence_write_failures_total",
+            "Failed attempts to record a session's presence (retried)",
+            m.presence_write_failures.get(),
+        );
+        e.gauge(
+            "homeport_cira_tls_certificate_expiry_timestamp_seconds",
+            "When the CIRA server certificate expires, Unix time",
+            m.tls_certificate_expiry.get(),
         );
         e.counter(
             "homeport_cira_presence_reaped_total",

@@ -196,6 +196,7 @@ pub(crate) enum Count {
     IdleTimeout,
     Superseded,
     HttpProbe,
+    PresenceWriteFailed,
 }
 
 /// Work for the shell; outcomes come back through the matching `Core` method.
@@ -809,6 +810,8 @@ impl<R> Core<R> {
     /// so a failed attempt is tried again later.
     fn retry_presence(&mut self, now: Instant, why: &str) {
         tracing::warn!(device = ?self.guid, error = why, "presence not recorded; will retry");
+        self.actions
+            .push_back(Action::Count(Count::PresenceWriteFailed));
         self.presence.again = false;
         self.presence.retrying = true;
         self.presence.retry_at = Some(now + self.settings.presence_retry);
@@ -1444,7 +1447,10 @@ mod tests {
             assert_eq!(writes(&rig.take()), [rev]);
         }
         rig.core.presence_written(rig.now, Written::Conflict);
-        assert!(rig.take().is_empty(), "the fourth conflict waits");
+        assert!(
+            matches!(rig.take()[..], [Action::Count(Count::PresenceWriteFailed)]),
+            "the fourth conflict waits"
+        );
         assert_eq!(
             rig.core.poll_timeout(),
             Some(rig.now + Duration::from_secs(3))
@@ -1457,7 +1463,10 @@ mod tests {
         rig.login(NONE_SEEN);
         rig.core
             .presence_written(rig.now, Written::Failed("no responders".into()));
-        assert!(rig.take().is_empty());
+        assert!(matches!(
+            rig.take()[..],
+            [Action::Count(Count::PresenceWriteFailed)]
+        ));
         rig.advance(Duration::from_millis(2_900));
         assert!(rig.take().is_empty(), "not before the retry interval");
         rig.advance(Duration::from_millis(100));
@@ -1469,7 +1478,7 @@ mod tests {
         );
         // NATS still down: wait again.
         rig.core.presence_read(rig.now, Err("timed out".into()));
-        assert!(rig.take().is_empty());
+        assert_eq!(rig.take().len(), 1, "counted, nothing else");
         rig.advance(Duration::from_secs(3));
         assert_eq!(reads(&rig.take()), 1);
         // The write whose answer was lost had landed: nothing more to write.

@@ -354,6 +354,7 @@ impl Shell {
                         Count::IdleTimeout => m.idle_timeouts.inc(),
                         Count::Superseded => m.superseded.inc(),
                         Count::HttpProbe => m.http_probes.inc(),
+                        Count::PresenceWriteFailed => m.presence_write_failures.inc(),
                     }
                 }
             }
