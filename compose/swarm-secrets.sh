@@ -22,17 +22,37 @@ create() { # name file
   fi
 }
 
-homeportctl nats-keys --out "$work/nats" >/dev/null
-create homeport_nats_users "$work/nats/nats-users.env"
-for role in ingress command audit bridge; do
-  create "homeport_nats_$role" "$work/nats/$role.nk"
-done
+# Keys and passwords come in sets that must match: made only when none of a set exists.
+set_state() { # names… → "all", "none" or "some"
+  local have=0
+  for n in "$@"; do docker secret inspect "$n" >/dev/null 2>&1 && have=$((have + 1)); done
+  if [ "$have" -eq "$#" ]; then echo all; elif [ "$have" -eq 0 ]; then echo none; else echo some; fi
+}
+nats_set=(homeport_nats_users homeport_nats_ingress homeport_nats_command homeport_nats_audit homeport_nats_bridge)
+case $(set_state "${nats_set[@]}") in
+  all) echo "kept    ${nats_set[*]}" ;;
+  some) echo "some of ${nats_set[*]} exist: remove them all to make a matching set" >&2; exit 1 ;;
+  none)
+    homeportctl nats-keys --out "$work/nats" >/dev/null
+    create homeport_nats_users "$work/nats/nats-users.env"
+    for role in ingress command audit bridge; do
+      create "homeport_nats_$role" "$work/nats/$role.nk"
+    done
+    ;;
+esac
 head -c 48 /dev/urandom | base64 -w0 > "$work/jwt"
 create homeport_jwt_hs256 "$work/jwt"
-head -c 24 /dev/urandom | base64 -w0 | tr '+/' '-_' > "$work/pg"
-create homeport_postgres_password "$work/pg"
-printf 'postgres://homeport:%s@postgres:5432/homeport\n' "$(cat "$work/pg")" > "$work/url"
-create homeport_database_url "$work/url"
+db_set=(homeport_postgres_password homeport_database_url)
+case $(set_state "${db_set[@]}") in
+  all) echo "kept    ${db_set[*]}" ;;
+  some) echo "one of ${db_set[*]} exists: remove both to make a matching pair" >&2; exit 1 ;;
+  none)
+    head -c 24 /dev/urandom | base64 -w0 | tr '+/' '-_' > "$work/pg"
+    create homeport_postgres_password "$work/pg"
+    printf 'postgres://homeport:%s@postgres:5432/homeport\n' "$(cat "$work/pg")" > "$work/url"
+    create homeport_database_url "$work/url"
+    ;;
+esac
 create homeport_vault_token "$HOMEPORT_VAULT_TOKEN_FILE"
 create homeport_cira_cert "$HOMEPORT_CIRA_CERT"
 create homeport_cira_key "$HOMEPORT_CIRA_KEY"

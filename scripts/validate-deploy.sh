@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Validates every deployment artefact without a Docker engine or a cluster: the Compose file and
 # the Swarm stack (docker-compose config), each Kubernetes overlay (kubectl kustomize, then
-# kubernetes-validate --strict against 1.30), YAML lint, the CloudFormation pipeline
+# kubernetes-validate --strict against 1.30 and 1.33, what the clusters are created with),
+# YAML lint, the CloudFormation pipeline
 # (cfn-lint), the GitHub workflows (actionlint), buildspec.yml (parsed, each command through
 # bash -n), the Prometheus rules (promtool check and unit tests) and configurations, the Grafana
 # dashboards, the Dockerfile (hadolint) and the shell scripts (bash -n). Without --static it also
@@ -63,11 +64,15 @@ check "kustomize base" bash -c "kubectl kustomize deploy/k8s/base > '$rendered/b
 for overlay in deploy/k8s/overlays/*/; do
   name=$(basename "$overlay")
   check "kustomize $name" bash -c "kubectl kustomize '$overlay' > '$rendered/$name.yaml'"
-  check "kubernetes-validate --strict 1.30: $name" "$venv/bin/kubernetes-validate" --strict --quiet -k 1.30 "$rendered/$name.yaml"
+  for version in 1.30 1.33; do
+    check "kubernetes-validate --strict $version: $name" "$venv/bin/kubernetes-validate" --strict --quiet -k "$version" "$rendered/$name.yaml"
+  done
 done
 
 step "YAML lint"
-mapfile -t yamls < <(git ls-files --cached --others --exclude-standard '*.yml' '*.yaml' | grep -v '^\.yamllint\.yaml$')
+# find, not git: a build service's source archive may have no .git.
+mapfile -t yamls < <(find . \( -path ./target -o -path ./.git -o -name node_modules -o -name 'homeport-data' \) -prune -o \
+  \( -name '*.yml' -o -name '*.yaml' \) -type f ! -name .yamllint.yaml -print | sort)
 check "yamllint (${#yamls[@]} files)" "$venv/bin/yamllint" -s -c .yamllint.yaml "${yamls[@]}"
 
 step "Pipeline"

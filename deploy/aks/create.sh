@@ -12,7 +12,7 @@ AKS_NAME="${AKS_NAME:-homeport}"
 AKS_LOCATION="${AKS_LOCATION:-westeurope}"
 az group create --name "$AKS_GROUP" --location "$AKS_LOCATION" --output none
 az aks create --resource-group "$AKS_GROUP" --name "$AKS_NAME" \
-  --kubernetes-version 1.30 --node-count 3 --node-vm-size Standard_D2s_v5 \
+  --kubernetes-version 1.33 --node-count 3 --node-vm-size Standard_D2s_v5 \
   --network-plugin azure --network-policy azure --load-balancer-sku standard \
   --enable-cluster-autoscaler --min-count 3 --max-count 6 \
   --generate-ssh-keys --output none

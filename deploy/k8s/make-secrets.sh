@@ -6,6 +6,7 @@
 #                           overlay's StatefulSet
 #   HOMEPORT_DATABASE_URL   the database URL otherwise (RDS, Azure Database for PostgreSQL)
 #   HOMEPORT_VAULT_TOKEN_FILE  a file with the services' Vault token (cloud overlays)
+#   HOMEPORT_VAULT_CA       the CA that signed Vault's certificate (PEM; cloud overlays)
 #   HOMEPORT_CIRA_CERT, HOMEPORT_CIRA_KEY  the CIRA server certificate and key (PEM; cloud
 #                           overlays: the FQDN devices are configured with)
 set -euo pipefail
@@ -28,7 +29,12 @@ create() { # name, then kubectl create secret generic arguments
   fi
 }
 
-if ! exists homeport-nats-keys || ! exists homeport-nats-users; then
+if exists homeport-nats-keys && exists homeport-nats-users; then
+  echo "kept    secret/homeport-nats-keys, secret/homeport-nats-users"
+elif exists homeport-nats-keys || exists homeport-nats-users; then
+  echo "only one of homeport-nats-keys and homeport-nats-users exists: delete it to make a matching pair" >&2
+  exit 1
+else
   homeportctl nats-keys --out "$work/nats" >/dev/null
   args=()
   for seed in "$work"/nats/*.nk; do args+=(--from-file="$(basename "$seed")=$seed"); done
@@ -51,7 +57,10 @@ else
   create homeport-database --from-file=url="$work/url"
 fi
 if [ -n "${HOMEPORT_VAULT_TOKEN_FILE:-}" ]; then
-  create homeport-vault --from-file=token="$HOMEPORT_VAULT_TOKEN_FILE"
+  vault_args=(--from-file=token="$HOMEPORT_VAULT_TOKEN_FILE")
+  # HOMEPORT_VAULT_CA: the CA that signed Vault's certificate (the cloud overlays expect it).
+  [ -n "${HOMEPORT_VAULT_CA:-}" ] && vault_args+=(--from-file=ca.crt="$HOMEPORT_VAULT_CA")
+  create homeport-vault "${vault_args[@]}"
 fi
 if [ -n "${HOMEPORT_CIRA_CERT:-}" ]; then
   if exists homeport-cira-tls; then

@@ -220,13 +220,13 @@ impl TestEnv {
 
     /// A tunnel client of this test's deployment.
     pub async fn tunnel(&self) -> homeport_contracts::tunnel::TunnelClient {
-        homeport_contracts::tunnel::TunnelClient::new(self.nats.clone(), self.names.clone())
+        homeport_contracts::tunnel::TunnelClient::new(self.nats.clone(), self.names.clone(), 1)
             .await
             .expect("tunnel client")
     }
 
     pub async fn presence(&self) -> kv::Store {
-        homeport_contracts::presence::presence_bucket(&self.js, &self.names)
+        homeport_contracts::presence::presence_bucket(&self.js, &self.names, 1)
             .await
             .expect("presence bucket")
     }

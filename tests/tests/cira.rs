@@ -673,7 +673,7 @@ async fn a_lost_nodes_devices_are_reaped_once_with_node_lost() {
     let cfg = env.enrolled_fleet(a.local_addr(), 1, 41, "acme").await;
     let fleet = env.start_connected(cfg, WAIT).await;
     // A node that beat once and died with three devices recorded.
-    let nodes = nodes_bucket(&env.js, &env.names, Duration::from_secs(3))
+    let nodes = nodes_bucket(&env.js, &env.names, Duration::from_secs(3), 1)
         .await
         .unwrap();
     let beat = NodeHeartbeat {

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use homeport_amt_sim::{enroll, serve_control, Fault, Fleet, SimConfig, SimTls};
 
@@ -47,9 +48,9 @@ enum Command {
     Run {
         #[command(flatten)]
         fleet: FleetArgs,
-        /// CIRA server address.
+        /// CIRA server address: host:port (a name is resolved once, at start).
         #[arg(long, default_value = "127.0.0.1:4433")]
-        server: SocketAddr,
+        server: String,
         /// New connections per second (0: as fast as possible).
         #[arg(long, default_value_t = 500)]
         ramp: u32,
@@ -162,7 +163,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             log: _,
         } => {
-            let mut cfg = SimConfig::new(server, fleet.devices);
+            let address = tokio::net::lookup_host(server.as_str())
+                .await
+                .with_context(|| format!("resolving --server {server}"))?
+                .next()
+                .with_context(|| format!("--server {server}: no address"))?;
+            let mut cfg = SimConfig::new(address, fleet.devices);
             cfg.seed = fleet.seed;
             cfg.first_index = fleet.first_index;
             cfg.ramp_per_second = ramp;

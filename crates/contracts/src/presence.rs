@@ -47,12 +47,13 @@ pub enum PresenceError {
     Bucket { bucket: String, message: String },
 }
 
-/// Opens (creating if needed) the presence bucket.
+/// Opens (creating if needed, on `replicas` servers of a cluster) the presence bucket.
 pub async fn presence_bucket(
     js: &jetstream::Context,
     names: &Names,
+    replicas: usize,
 ) -> Result<kv::Store, PresenceError> {
-    open_bucket(js, names.presence_bucket(), Duration::ZERO).await
+    open_bucket(js, names.presence_bucket(), Duration::ZERO, replicas).await
 }
 
 /// Opens (creating if needed) the node heartbeat bucket; entries expire after `ttl`, so a dead
@@ -61,14 +62,16 @@ pub async fn nodes_bucket(
     js: &jetstream::Context,
     names: &Names,
     ttl: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, PresenceError> {
-    open_bucket(js, names.nodes_bucket(), ttl).await
+    open_bucket(js, names.nodes_bucket(), ttl, replicas).await
 }
 
 async fn open_bucket(
     js: &jetstream::Context,
     bucket: String,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<kv::Store, PresenceError> {
     let err = |e: &dyn std::fmt::Display| PresenceError::Bucket {
         bucket: bucket.clone(),
@@ -89,7 +92,7 @@ async fn open_bucket(
         allow_rollup: true,
         deny_delete: true,
         allow_direct: true,
-        num_replicas: 1,
+        num_replicas: replicas.max(1),
         storage: stream::StorageType::File,
         ..Default::default()
     })

@@ -179,12 +179,14 @@ pub struct TunnelClient {
 }
 
 impl TunnelClient {
+    /// A client over `names`' presence bucket (created, if missing, on `replicas` servers).
     pub async fn new(
         nats: async_nats::Client,
         names: crate::Names,
+        replicas: usize,
     ) -> Result<Self, crate::presence::PresenceError> {
         let js = async_nats::jetstream::new(nats.clone());
-        let presence = crate::presence::presence_bucket(&js, &names).await?;
+        let presence = crate::presence::presence_bucket(&js, &names, replicas).await?;
         Ok(Self {
             nats,
             names,

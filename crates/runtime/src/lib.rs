@@ -74,6 +74,9 @@ pub struct CommonArgs {
     /// File holding the Vault token (a mounted secret), instead of --vault-token.
     #[arg(long, env = "HOMEPORT_VAULT_TOKEN_FILE")]
     pub vault_token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed Vault's certificate (when the system's CAs do not).
+    #[arg(long, env = "HOMEPORT_VAULT_CA_FILE")]
+    pub vault_ca_file: Option<PathBuf>,
     /// Vault KV v2 mount.
     #[arg(long, env = "HOMEPORT_VAULT_MOUNT", default_value = "secret")]
     pub vault_mount: String,
@@ -83,7 +86,8 @@ pub struct CommonArgs {
     /// Bytes the events stream may hold before discarding the oldest (-1: no limit).
     #[arg(long, env = "HOMEPORT_EVENTS_MAX_BYTES", default_value_t = homeport_contracts::events::DEFAULT_EVENTS_MAX_BYTES, allow_negative_numbers = true)]
     pub events_max_bytes: i64,
-    /// Replicas of the events stream in a NATS cluster (1 on a single server).
+    /// Replicas of the events stream and of the presence and node buckets in a NATS cluster
+    /// (1 on a single server), applied by whichever process creates them.
     #[arg(long, env = "HOMEPORT_EVENTS_REPLICAS", default_value_t = 1)]
     pub events_replicas: usize,
     #[command(flatten)]
@@ -112,6 +116,7 @@ impl std::fmt::Debug for CommonArgs {
             .field("vault_addr", &self.vault_addr)
             .field("vault_token", &"***")
             .field("vault_token_file", &self.vault_token_file)
+            .field("vault_ca_file", &self.vault_ca_file)
             .field("vault_mount", &self.vault_mount)
             .field("events_max_age_days", &self.events_max_age_days)
             .field("events_max_bytes", &self.events_max_bytes)
@@ -284,6 +289,11 @@ impl CommonArgs {
                     homeport_secrets::SecretString::new(self.vault_token()?),
                 );
                 config.mount = self.vault_mount.clone();
+                config.ca_files = self
+                    .vault_ca_file
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
                 let store = homeport_secrets::VaultStore::new(config).context("Vault client")?;
                 Ok(Arc::new(store))
             }

@@ -29,6 +29,9 @@ pub struct VaultConfig {
     pub prefix: String,
     /// Per-request timeout, so a hung Vault fails a device login instead of stalling it.
     pub timeout: Duration,
+    /// PEM files of CAs that verify Vault's certificate, besides the system's (a Vault with a
+    /// cluster-internal name, say).
+    pub ca_files: Vec<String>,
 }
 
 impl VaultConfig {
@@ -44,6 +47,7 @@ impl VaultConfig {
             token,
             mount: Self::DEFAULT_MOUNT.to_owned(),
             prefix: String::new(),
+            ca_files: Vec::new(),
             timeout: Self::DEFAULT_TIMEOUT,
         }
     }
@@ -75,7 +79,7 @@ impl VaultStore {
         // environment variables, which a library must not read.
         let settings = VaultClientSettings {
             address,
-            ca_certs: Vec::new(),
+            ca_certs: config.ca_files.clone(),
             identity: None,
             timeout: Some(config.timeout),
             token: config.token.expose().to_owned(),

@@ -111,11 +111,12 @@ impl Ingress {
         homeport_contracts::events::ensure_events_stream(&js, &parts.names, &parts.stream_limits)
             .await
             .map_err(StartError::JetStream)?;
-        let presence_kv = presence::presence_bucket(&js, &parts.names)
+        let replicas = parts.stream_limits.replicas;
+        let presence_kv = presence::presence_bucket(&js, &parts.names, replicas)
             .await
             .map_err(|e| StartError::JetStream(e.to_string()))?;
         let heartbeat = parts.config.heartbeat_interval();
-        let nodes = presence::nodes_bucket(&js, &parts.names, heartbeat * 3)
+        let nodes = presence::nodes_bucket(&js, &parts.names, heartbeat * 3, replicas)
             .await
             .map_err(|e| StartError::JetStream(e.to_string()))?;
         let stop_background = CancellationToken::new();
@@ -345,9 +346,9 @@ async fn heartbeat_loop(
         let mark = reaper::reaped_key(&shared.node_id);
         let marked = matches!(nodes.get(&mark).await, Ok(Some(_)));
         if marked || silent > reaper::dead_after(every) {
-            // Marked: lost for sure, every device is disconnected. Only silent (NATS may have
-            // been down for every node, and nobody reaped): each session checks that its
-            // entry is still there and closes only if it is gone.
+            // Marked (another node reaped this one) or only silent (NATS may have been down
+            // for every node, and nobody reaped): each session checks that its entry is still
+            // there and closes, without a second `disconnected`, only if it is gone.
             let sessions = shared.sessions.senders();
             tracing::warn!(
                 sessions = sessions.len(),
@@ -357,11 +358,7 @@ async fn heartbeat_loop(
             );
             tokio::spawn(async move {
                 for tx in sessions {
-                    let cmd = if marked {
-                        registry::SessionCmd::Supersede(Box::new(None))
-                    } else {
-                        registry::SessionCmd::RecheckPresence
-                    };
+                    let cmd = registry::SessionCmd::RecheckPresence;
                     let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(cmd)).await;
                 }
             });

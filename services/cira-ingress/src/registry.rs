@@ -22,10 +22,18 @@ pub(crate) enum SessionCmd {
     /// A tunnel request.
     Http(Box<async_nats::Message>),
     /// A newer session of the device asks this one to close; reply (if any) once closed.
-    Supersede(Box<Option<Subject>>),
+    Supersede(Box<Supersede>),
     /// The node was cut off from NATS for long enough to have been declared lost: check that
     /// the device's presence entry is still this session's, and close if it is gone.
     RecheckPresence,
+}
+
+/// A request to close a device's session.
+pub(crate) struct Supersede {
+    pub reply: Option<Subject>,
+    /// The session meant (hex id, from the request body); `None` means whichever this node
+    /// holds. A node whose session of the device is another one leaves it alone.
+    pub session: Option<String>,
 }
 
 struct Entry {
@@ -108,9 +116,17 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut sub: Subscriber) {
                 }
             }
             (NodeOp::Supersede, Some(tx)) => {
+                let session = std::str::from_utf8(&msg.payload)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned);
+                let cmd = SessionCmd::Supersede(Box::new(Supersede {
+                    reply: msg.reply,
+                    session,
+                }));
                 // Rare; never let it block the dispatcher.
                 tokio::spawn(async move {
-                    let _ = tx.send(SessionCmd::Supersede(Box::new(msg.reply))).await;
+                    let _ = tx.send(cmd).await;
                 });
             }
             (NodeOp::Supersede, None) => {

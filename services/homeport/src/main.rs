@@ -139,6 +139,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             let presence = homeport_contracts::presence::presence_bucket(
                 &async_nats::jetstream::new(nats.clone()),
                 &names,
+                1,
             )
             .await?;
             let started = Instant::now();
@@ -379,7 +380,7 @@ async fn probe_tunnel(nats: &async_nats::Client, names: &homeport_contracts::Nam
         return;
     };
     let client =
-        match homeport_contracts::tunnel::TunnelClient::new(nats.clone(), names.clone()).await {
+        match homeport_contracts::tunnel::TunnelClient::new(nats.clone(), names.clone(), 1).await {
             Ok(c) => c,
             Err(e) => return println!("Tunnel check failed: {e}"),
         };

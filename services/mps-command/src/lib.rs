@@ -92,7 +92,12 @@ impl MpsCommand {
         ensure_events_stream(&js, &parts.names, &parts.stream_limits)
             .await
             .map_err(anyhow::Error::msg)?;
-        let tunnel = TunnelClient::new(parts.nats.clone(), parts.names.clone()).await?;
+        let tunnel = TunnelClient::new(
+            parts.nats.clone(),
+            parts.names.clone(),
+            parts.stream_limits.replicas,
+        )
+        .await?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (events, publisher) = EventPublisher::start(

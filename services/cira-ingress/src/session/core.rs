@@ -102,7 +102,11 @@ pub(crate) enum Claim {
     /// The entry is an older session's that the login did not close (it could not read
     /// presence, or the older one recorded itself after the login read): write over it and
     /// ask that session to close.
-    Replace { revision: u64, node: String },
+    Replace {
+        revision: u64,
+        node: String,
+        session: String,
+    },
     /// Another, newer session owns the device now.
     Taken(String),
 }
@@ -131,6 +135,7 @@ pub(crate) fn claim(
             _ if earlier(&p.connected_at, connected_at) => Claim::Replace {
                 revision,
                 node: p.node,
+                session: p.session,
             },
             _ => Claim::Taken(p.session),
         },
@@ -227,10 +232,12 @@ pub(crate) enum Action<R> {
         guid: String,
         revision: u64,
     },
-    /// Ask the device's older session on `node` to close (no answer needed).
+    /// Ask the device's older session `session` on `node` to close (no answer needed; a
+    /// node whose session of the device is another one ignores it).
     SupersedeOlder {
         node: String,
         guid: String,
+        session: String,
     },
     /// Leave the node's registry (only this session's entry).
     Deregister {
@@ -296,6 +303,11 @@ struct PresenceState {
     conflicts: u32,
     /// A round was asked for while an operation was in flight.
     again: bool,
+    /// A re-check was asked for while an operation was in flight: it starts (reading) when
+    /// that one ends, whatever it found.
+    recheck_after: bool,
+    /// The session ended while an operation was in flight: the release waits for its answer.
+    closing_waits: bool,
 }
 
 /// Where the session stands.
@@ -333,6 +345,11 @@ pub(crate) struct Core<R> {
     out: VecDeque<Vec<u8>>,
     /// When the write in progress must end.
     write_deadline: Option<Instant>,
+    /// A write failed or timed out: nothing more is sent.
+    write_failed: bool,
+    /// `connected` waits for the first presence write's answer (so a caller that reacts to it
+    /// finds the device), whatever the answer.
+    connected_pending: Option<proto::DeviceConnected>,
     draining: bool,
     end: Option<End>,
     actions: VecDeque<Action<R>>,
@@ -366,6 +383,8 @@ impl<R> Core<R> {
             pending: Vec::new(),
             out: VecDeque::new(),
             write_deadline: None,
+            write_failed: false,
+            connected_pending: None,
             draining: false,
             end: None,
             actions: VecDeque::new(),
@@ -406,7 +425,7 @@ impl<R> Core<R> {
 
     /// Bytes to send; the shell writes them by the deadline of [`Core::start_write`].
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        if matches!(self.end, Some(End::Io(_))) {
+        if self.write_failed {
             return None;
         }
         if let Some(out) = self.out.pop_front() {
@@ -431,6 +450,7 @@ impl<R> Core<R> {
     pub fn write_done(&mut self, result: std::io::Result<()>) {
         self.write_deadline = None;
         if let Err(e) = result {
+            self.write_failed = true;
             self.set_end(End::Io(e.to_string()));
         }
     }
@@ -460,6 +480,7 @@ impl<R> Core<R> {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.write_deadline.is_some_and(|d| d <= now) {
             self.write_deadline = None;
+            self.write_failed = true;
             self.set_end(End::Io("write timed out: the peer is not reading".into()));
             return;
         }
@@ -638,20 +659,29 @@ impl<R> Core<R> {
         self.connected_at = (self.wall_start + since_start).to_rfc3339();
         self.ready_at = Some(now);
         self.actions.push_back(Action::Connected);
+        self.connected_pending = Some(proto::DeviceConnected {
+            node: self.settings.node.clone(),
+            session: self.session_hex(),
+            remote_addr: self.peer.to_string(),
+            apf_major: self.apf_version.0,
+            apf_minor: self.apf_version.1,
+        });
         self.presence_round();
+        tracing::debug!(device = %guid, peer = %self.peer, "device connected");
+    }
+
+    /// Publishes `connected` once the first presence write has an answer.
+    fn flush_connected(&mut self) {
+        let (Some(connected), Some(guid)) = (self.connected_pending.take(), self.guid.clone())
+        else {
+            return;
+        };
         self.actions.push_back(Action::Emit {
             tenant: self.tenant.clone(),
             guid,
             kind: "connected",
-            payload: Payload::DeviceConnected(proto::DeviceConnected {
-                node: self.settings.node.clone(),
-                session: self.session_hex(),
-                remote_addr: self.peer.to_string(),
-                apf_major: self.apf_version.0,
-                apf_minor: self.apf_version.1,
-            }),
+            payload: Payload::DeviceConnected(connected),
         });
-        tracing::debug!(device = ?self.guid, peer = %self.peer, "device connected");
     }
 
     // ----- presence -----
@@ -659,10 +689,16 @@ impl<R> Core<R> {
     /// The node was cut off from NATS long enough to be declared lost: check that the
     /// recorded entry is still this session's.
     pub fn recheck_presence(&mut self) {
-        if self.presence.rev.is_some() && !self.is_over() {
-            self.presence.recheck = true;
-            self.presence_round();
+        if self.presence.rev.is_none() || self.is_over() {
+            return;
         }
+        if self.presence.op.is_some() {
+            // What is in flight may have started before the cut: check after it.
+            self.presence.recheck_after = true;
+            return;
+        }
+        self.presence.recheck = true;
+        self.presence_round();
     }
 
     fn presence_value(&self) -> Presence {
@@ -716,11 +752,12 @@ impl<R> Core<R> {
         let Some(guid) = self.guid.clone() else {
             return;
         };
+        let session = self.session_hex();
         if op == Some(PresenceOp::FinalRead) {
-            let own = read.ok().and_then(|current| {
+            let own = read.as_ref().ok().and_then(|current| {
                 match claim(
-                    current,
-                    &self.session_hex(),
+                    current.clone(),
+                    &session,
                     &self.connected_at,
                     &Seen::Unknown,
                 ) {
@@ -728,16 +765,38 @@ impl<R> Core<R> {
                     _ => None,
                 }
             });
+            if own.is_none() && self.recheck_outstanding() && read.is_ok() {
+                // Recorded once, gone now: reaped, and the reaper published `disconnected`.
+                self.presence.reaped = true;
+            }
             return self.finish_steps(now, own);
         }
         if self.is_over() {
-            return;
+            // A read that was in flight when the session ended: what it says of a re-check
+            // still counts.
+            if let Ok(current) = &read {
+                if self.presence.recheck {
+                    match claim(
+                        current.clone(),
+                        &session,
+                        &self.connected_at,
+                        &self.presence.seen,
+                    ) {
+                        Claim::Ours(_) => self.presence.recheck = false,
+                        _ => {
+                            self.presence.recheck = false;
+                            self.presence.rev = None;
+                            self.presence.reaped = true;
+                        }
+                    }
+                }
+            }
+            return self.closing_op_done(now);
         }
         let current = match read {
             Ok(current) => current,
             Err(e) => return self.retry_presence(now, &format!("presence not readable: {e}")),
         };
-        let session = self.session_hex();
         match claim(current, &session, &self.connected_at, &self.presence.seen) {
             Claim::Ours(rev) => {
                 self.presence.recheck = false;
@@ -753,10 +812,15 @@ impl<R> Core<R> {
                 self.presence_taken("none (reaped)");
             }
             Claim::Free(rev) => self.write_presence(guid, rev),
-            Claim::Replace { revision, node } => {
+            Claim::Replace {
+                revision,
+                node,
+                session,
+            } => {
                 self.actions.push_back(Action::SupersedeOlder {
                     node,
                     guid: guid.clone(),
+                    session,
                 });
                 self.write_presence(guid, revision);
             }
@@ -771,7 +835,7 @@ impl<R> Core<R> {
             if let Written::Ok(rev) = written {
                 self.presence.rev = Some(rev);
             }
-            return;
+            return self.closing_op_done(now);
         }
         match written {
             Written::Ok(rev) => self.presence_recorded(rev),
@@ -796,11 +860,17 @@ impl<R> Core<R> {
         if std::mem::take(&mut self.presence.retrying) {
             tracing::info!(device = ?self.guid, "presence recorded after retrying");
         }
+        self.presence.retry_at = None;
         self.presence.rev = Some(rev);
         self.presence.seen = Seen::At {
             revision: rev,
             superseded: None,
         };
+        self.flush_connected();
+        if std::mem::take(&mut self.presence.recheck_after) {
+            self.presence.recheck = true;
+            self.presence.again = true;
+        }
         if std::mem::take(&mut self.presence.again) {
             self.presence_round();
         }
@@ -815,6 +885,10 @@ impl<R> Core<R> {
         self.presence.again = false;
         self.presence.retrying = true;
         self.presence.retry_at = Some(now + self.settings.presence_retry);
+        if std::mem::take(&mut self.presence.recheck_after) {
+            self.presence.recheck = true;
+        }
+        self.flush_connected();
     }
 
     /// Another session recorded the device after this one logged in: it is the device's
@@ -823,6 +897,8 @@ impl<R> Core<R> {
         tracing::info!(device = ?self.guid, newer = other, "device recorded by another session; closing this one");
         self.presence.retry_at = None;
         self.presence.again = false;
+        self.presence.recheck_after = false;
+        self.flush_connected();
         self.close_for_another();
     }
 
@@ -986,12 +1062,33 @@ impl<R> Core<R> {
             self.phase = Phase::Finished;
             return;
         }
+        if self.presence.op.is_some() {
+            // Its answer says which entry is ours (a write may land) or whether we were reaped.
+            self.presence.closing_waits = true;
+            return;
+        }
+        self.release_presence(now);
+    }
+
+    /// A re-check was asked for and has not found this session's entry yet.
+    fn recheck_outstanding(&self) -> bool {
+        self.presence.recheck || self.presence.recheck_after
+    }
+
+    /// The presence operation in flight at the end answered.
+    fn closing_op_done(&mut self, now: Instant) {
+        if self.phase == Phase::Closing && std::mem::take(&mut self.presence.closing_waits) {
+            self.release_presence(now);
+        }
+    }
+
+    fn release_presence(&mut self, now: Instant) {
         match self.presence.rev {
-            Some(rev) => self.finish_steps(now, Some(rev)),
-            // A write whose answer was lost (or is still out) may have landed: find our own
-            // entry before releasing it.
-            None if self.presence.reaped => self.finish_steps(now, None),
-            None => {
+            Some(rev) if !self.recheck_outstanding() => self.finish_steps(now, Some(rev)),
+            _ if self.presence.reaped => self.finish_steps(now, None),
+            // A write whose answer was lost may have landed, or a re-check is owed: find our
+            // own entry before releasing it.
+            _ => {
                 self.presence.op = Some(PresenceOp::FinalRead);
                 let guid = self.guid.clone().unwrap_or_default();
                 self.actions.push_back(Action::ReadPresence { guid });
@@ -1012,6 +1109,7 @@ impl<R> Core<R> {
             });
         }
         self.phase = Phase::Finished;
+        self.flush_connected();
         if self.presence.reaped {
             // The reaper published this session's one `disconnected` (node-lost).
             return;
@@ -1279,6 +1377,7 @@ mod tests {
         let replace = Claim::Replace {
             revision: 3,
             node: "node-x".into(),
+            session: "old".into(),
         };
         let earlier = Some((3, Some(entry("old", T1))));
         assert_eq!(claim(earlier.clone(), "me", T2, &Seen::Unknown), replace);
@@ -1379,10 +1478,13 @@ mod tests {
             ("node-a", "000000000000feed")
         );
         assert_eq!(value.connected_at, T2, "from the clock argument");
-        assert_eq!(emitted(&actions), [("connected", String::new())]);
+        assert!(
+            emitted(&actions).is_empty(),
+            "`connected` waits for presence: a caller reacting to it finds the device"
+        );
 
         rig.core.presence_written(rig.now, Written::Ok(5));
-        assert!(rig.take().is_empty());
+        assert_eq!(emitted(&rig.take()), [("connected", String::new())]);
         rig.dev.disconnect(DisconnectReason::BY_APPLICATION);
         rig.pump();
         assert!(rig.core.is_over());
@@ -1415,8 +1517,18 @@ mod tests {
         let actions = rig.take();
         assert!(writes(&actions).is_empty());
         assert!(
-            matches!(actions[0], Action::Deregister { .. }),
-            "{actions:?}"
+            matches!(
+                &actions[..],
+                [
+                    Action::Emit {
+                        kind: "connected",
+                        ..
+                    },
+                    Action::Deregister { .. },
+                    Action::Count(Count::Superseded)
+                ]
+            ),
+            "the first answer releases `connected`, then it steps aside: {actions:?}"
         );
         assert_eq!(rig.core.end(), Some(&End::Superseded));
         assert!(
@@ -1447,9 +1559,19 @@ mod tests {
             assert_eq!(writes(&rig.take()), [rev]);
         }
         rig.core.presence_written(rig.now, Written::Conflict);
+        let actions = rig.take();
         assert!(
-            matches!(rig.take()[..], [Action::Count(Count::PresenceWriteFailed)]),
-            "the fourth conflict waits"
+            matches!(
+                &actions[..],
+                [
+                    Action::Count(Count::PresenceWriteFailed),
+                    Action::Emit {
+                        kind: "connected",
+                        ..
+                    }
+                ]
+            ),
+            "the fourth conflict waits (and releases `connected`): {actions:?}"
         );
         assert_eq!(
             rig.core.poll_timeout(),
@@ -1463,10 +1585,20 @@ mod tests {
         rig.login(NONE_SEEN);
         rig.core
             .presence_written(rig.now, Written::Failed("no responders".into()));
-        assert!(matches!(
-            rig.take()[..],
-            [Action::Count(Count::PresenceWriteFailed)]
-        ));
+        let actions = rig.take();
+        assert!(
+            matches!(
+                &actions[..],
+                [
+                    Action::Count(Count::PresenceWriteFailed),
+                    Action::Emit {
+                        kind: "connected",
+                        ..
+                    }
+                ]
+            ),
+            "{actions:?}"
+        );
         rig.advance(Duration::from_millis(2_900));
         assert!(rig.take().is_empty(), "not before the retry interval");
         rig.advance(Duration::from_millis(100));
@@ -1513,11 +1645,92 @@ mod tests {
             .presence_read(rig.now, Ok(Some((2, Some(entry("old", T1))))));
         let actions = rig.take();
         assert!(
-            matches!(&actions[0], Action::SupersedeOlder { node, .. } if node == "node-x"),
+            matches!(&actions[0], Action::SupersedeOlder { node, session, .. } if node == "node-x" && session == "old"),
             "{actions:?}"
         );
         assert_eq!(writes(&actions), [2]);
         assert!(!rig.core.is_over());
+    }
+
+    #[test]
+    fn a_recheck_asked_during_a_write_reads_after_it() {
+        let mut rig = Rig::new();
+        rig.login(NONE_SEEN);
+        rig.core.presence_written(rig.now, Written::Ok(1));
+        rig.core.recheck_presence();
+        assert_eq!(reads(&rig.take()), 1, "nothing in flight: read at once");
+        rig.core.recheck_presence();
+        assert!(rig.take().is_empty(), "one operation at a time");
+        // The read in flight started before the reap and finds our entry...
+        let own = rig.own();
+        rig.core.presence_read(rig.now, Ok(Some((1, Some(own)))));
+        // ...so the re-check asked meanwhile reads again, and finds it gone.
+        assert_eq!(reads(&rig.take()), 1);
+        rig.core.presence_read(rig.now, Ok(Some((2, None))));
+        assert_eq!(rig.core.end(), Some(&End::Superseded));
+        let actions = close(&mut rig);
+        assert!(emitted(&actions).is_empty() && deletes(&actions).is_empty());
+    }
+
+    #[test]
+    fn a_recheck_in_flight_at_the_end_still_decides_the_event() {
+        let mut rig = Rig::new();
+        rig.login(NONE_SEEN);
+        rig.core.presence_written(rig.now, Written::Ok(1));
+        rig.core.recheck_presence();
+        assert_eq!(reads(&rig.take()), 1);
+        rig.dev.disconnect(DisconnectReason::BY_APPLICATION);
+        rig.pump();
+        // Deregistered and callers answered at once; presence waits for the read's answer.
+        let actions = close(&mut rig);
+        assert!(
+            matches!(actions[..], [Action::Deregister { .. }]),
+            "{actions:?}"
+        );
+        assert!(!rig.core.is_finished());
+        rig.core.presence_read(rig.now, Ok(Some((2, None))));
+        let actions = rig.take();
+        assert!(rig.core.is_finished());
+        assert!(
+            emitted(&actions).is_empty(),
+            "reaped: the reaper's event is the one"
+        );
+        assert!(deletes(&actions).is_empty());
+    }
+
+    #[test]
+    fn a_write_in_flight_at_the_end_is_released_once_it_answers() {
+        let mut rig = Rig::new();
+        rig.login(NONE_SEEN);
+        rig.dev.disconnect(DisconnectReason::BY_APPLICATION);
+        rig.pump();
+        let actions = close(&mut rig);
+        assert!(
+            matches!(actions[..], [Action::Deregister { .. }]),
+            "{actions:?}"
+        );
+        rig.core.presence_written(rig.now, Written::Ok(4));
+        let actions = rig.take();
+        assert_eq!(deletes(&actions), [4]);
+        assert_eq!(
+            emitted(&actions),
+            [
+                ("connected", String::new()),
+                ("disconnected", "peer_disconnect".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn after_a_failed_write_nothing_more_is_sent() {
+        let mut rig = Rig::new();
+        rig.login(NONE_SEEN);
+        rig.core.drain();
+        assert!(rig.core.poll_transmit().is_some(), "the DISCONNECT");
+        rig.core.start_write(rig.now);
+        rig.core.write_done(Err(std::io::Error::other("timed out")));
+        rig.core.supersede();
+        assert!(rig.core.poll_transmit().is_none());
     }
 
     #[test]
@@ -1558,7 +1771,11 @@ mod tests {
         assert_eq!(deletes(&actions), [1]);
         assert_eq!(
             emitted(&actions),
-            [("disconnected", "peer_disconnect".into())]
+            [
+                ("connected", String::new()),
+                ("disconnected", "peer_disconnect".into())
+            ],
+            "the session did connect: both, in order"
         );
     }
 
@@ -1595,7 +1812,13 @@ mod tests {
         );
         let actions = close(&mut rig);
         assert_eq!(replies(&actions), [(1, Err(TunnelError::DeviceDropped))]);
-        assert_eq!(emitted(&actions), [("disconnected", "io_error".into())]);
+        assert_eq!(
+            emitted(&actions),
+            [
+                ("connected", String::new()),
+                ("disconnected", "io_error".into())
+            ]
+        );
     }
 
     #[test]
@@ -1665,6 +1888,7 @@ mod tests {
         let mut rig = Rig::new();
         rig.login(NONE_SEEN);
         rig.core.presence_written(rig.now, Written::Ok(3));
+        assert_eq!(emitted(&rig.take()), [("connected", String::new())]);
         rig.core.supersede();
         let actions = rig.take();
         assert!(matches!(

@@ -25,7 +25,7 @@ use self::core::{
     Action, Core, Count, HttpRequest, LoginResult, PresenceRead, Seen, Settings, Written,
 };
 use crate::auth::{self, AuthFailure};
-use crate::registry::{reply_error, SessionCmd};
+use crate::registry::{reply_error, SessionCmd, Supersede};
 use crate::sources::SourceSlot;
 use crate::transport::{self, Transport};
 use crate::Shared;
@@ -215,16 +215,18 @@ impl Shell {
                     self.presence_done(now, outcome);
                 }
                 Step::Cmd(Some(SessionCmd::Http(msg))) => self.on_http(now, *msg).await,
-                Step::Cmd(Some(SessionCmd::Supersede(reply))) => {
+                Step::Cmd(Some(SessionCmd::Supersede(request))) => {
+                    let meant = request.session.as_deref();
+                    if meant.is_some_and(|s| s != self.core.session_hex()) {
+                        // Meant for an older session of the device that is gone already.
+                        confirm(&self.shared, request.reply, b"no session").await;
+                        continue;
+                    }
                     self.core.supersede();
                     // Out of the registry before confirming, so the newer session is the only
                     // one requests reach.
                     Box::pin(self.run_actions()).await;
-                    if let Some(reply) = *reply {
-                        let nats = &self.shared.nats;
-                        let _ = nats.publish(reply, Bytes::from_static(b"closing")).await;
-                        let _ = nats.flush().await;
-                    }
+                    confirm(&self.shared, request.reply, b"closing").await;
                 }
                 Step::Cmd(Some(SessionCmd::RecheckPresence)) => self.core.recheck_presence(),
                 Step::Cmd(None) => self.rx = None,
@@ -303,12 +305,16 @@ impl Shell {
                     )
                     .await;
                 }
-                Action::SupersedeOlder { node, guid } => {
+                Action::SupersedeOlder {
+                    node,
+                    guid,
+                    session,
+                } => {
                     let shared = self.shared.clone();
                     // Not awaited: the older session closes on its own node, in its own time.
                     tokio::spawn(async move {
                         let subject = shared.names.cira_node_supersede(&node, &guid);
-                        let request = shared.nats.request(subject, Bytes::new());
+                        let request = shared.nats.request(subject, Bytes::from(session));
                         let _ = tokio::time::timeout(SUPERSEDE_TIMEOUT, request).await;
                     });
                 }
@@ -366,12 +372,12 @@ impl Shell {
     async fn finish(&mut self) {
         if let Some(task) = self.login.take() {
             task.abort();
+            // Ended for sure before the registry entry is removed: an aborted login that
+            // registered must not register after that.
+            let _ = task.await;
         }
-        // A write in flight may land: its answer tells the core which entry is its own.
-        if let Some(op) = self.presence.take() {
-            let outcome = op.await;
-            self.presence_done(Instant::now(), outcome);
-        }
+        // Deregisters and answers callers at once; the release of presence waits for the
+        // operation in flight, if any (its answer says which entry is ours).
         self.core.close(Instant::now());
         loop {
             self.run_actions().await;
@@ -391,17 +397,36 @@ impl Shell {
             // Requests queued behind the end of the session get a clear answer.
             rx.close();
             while let Ok(cmd) = rx.try_recv() {
-                if let SessionCmd::Http(msg) = cmd {
-                    if let Some(reply) = msg.reply {
-                        let (error, detail) = (TunnelError::DeviceDropped, "device disconnected");
-                        reply_error(&self.shared, reply, error, detail).await;
+                match cmd {
+                    SessionCmd::Http(msg) => {
+                        if let Some(reply) = msg.reply {
+                            let (error, detail) =
+                                (TunnelError::DeviceDropped, "device disconnected");
+                            reply_error(&self.shared, reply, error, detail).await;
+                        }
                     }
+                    // The newer session need not wait for its timeout: this one is gone.
+                    SessionCmd::Supersede(request) => {
+                        confirm(&self.shared, request.reply, b"closing").await
+                    }
+                    SessionCmd::RecheckPresence => {}
                 }
             }
         }
         if self.core.was_connected() {
             self.shared.metrics.sessions_connected.dec();
         }
+    }
+}
+
+/// Answers a supersede request, within the NATS deadline.
+async fn confirm(shared: &Shared, reply: Option<Subject>, answer: &'static [u8]) {
+    if let Some(reply) = reply {
+        let sent = async {
+            let _ = shared.nats.publish(reply, Bytes::from_static(answer)).await;
+            let _ = shared.nats.flush().await;
+        };
+        let _ = tokio::time::timeout(NATS_OP_TIMEOUT, sent).await;
     }
 }
 
@@ -500,7 +525,10 @@ async fn login(
                 // An older session on this node that had not recorded presence yet.
                 let _ = tokio::time::timeout(
                     SUPERSEDE_TIMEOUT,
-                    older.send(SessionCmd::Supersede(Box::new(None))),
+                    older.send(SessionCmd::Supersede(Box::new(Supersede {
+                        reply: None,
+                        session: None,
+                    }))),
                 )
                 .await;
             }
@@ -563,7 +591,9 @@ async fn supersede_recorded(shared: &Shared, guid: &str, session_id: u64) -> See
     let subject = shared.names.cira_node_supersede(&old.node, guid);
     match tokio::time::timeout(
         SUPERSEDE_TIMEOUT,
-        shared.nats.request(subject, Bytes::new()),
+        shared
+            .nats
+            .request(subject, Bytes::from(old.session.clone())),
     )
     .await
     {
