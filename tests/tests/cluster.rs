@@ -317,7 +317,6 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
         &[
             ("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
             ("HOMEPORT_MQTT_ADDRESS", "127.0.0.1:1883".into()),
-            ("HOMEPORT_MQTT_CONSUMER", "cluster-bridge".into()),
         ],
     );
     wait_ready("mqtt-bridge", health, &mut bridge).await;

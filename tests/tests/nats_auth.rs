@@ -184,6 +184,43 @@ async fn every_service_works_with_only_its_permissions_and_nothing_more() {
             "{r:?} reads replies to mps-command"
         );
     }
+    // The bridge uses its own durable consumer and no other: the audit worker's events are not
+    // its to take (nor the gateway's, which reads events through the audit service).
+    let bridge = async_nats::jetstream::new(as_role(Role::Bridge));
+    homeport_contracts::events::durable_consumer(
+        &bridge,
+        &names,
+        &test_stream_limits(),
+        access::BRIDGE_CONSUMER,
+        Duration::from_secs(30),
+        100,
+    )
+    .await
+    .expect("the bridge's own consumer");
+    let admin_js = async_nats::jetstream::new(admin.clone());
+    let events = names.events_stream();
+    let audit_consumer = |js: async_nats::jetstream::Context| {
+        let events = events.clone();
+        async move {
+            let stream = js.get_stream(events).await.ok()?;
+            stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("audit")
+                .await
+                .ok()
+        }
+    };
+    assert!(
+        audit_consumer(admin_js).await.is_some(),
+        "the audit worker's consumer is there"
+    );
+    for r in [Role::Bridge, Role::Gateway] {
+        let js = async_nats::jetstream::new(as_role(r));
+        let taken = tokio::time::timeout(Duration::from_secs(3), audit_consumer(js)).await;
+        assert!(
+            !matches!(taken, Ok(Some(_))),
+            "{r:?} reaches the audit worker's consumer"
+        );
+    }
     assert!(
         !violations(&server).is_empty(),
         "the refusals were the server's"

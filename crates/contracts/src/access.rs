@@ -101,6 +101,22 @@ fn stream_consume(stream: &str) -> Vec<String> {
     ]
 }
 
+/// The durable consumer the MQTT bridge replicas share (`--consumer`), the only one its user
+/// may read and acknowledge: a bridge may not take events from the audit worker's consumer.
+pub const BRIDGE_CONSUMER: &str = "mqtt-bridge";
+
+/// JetStream API subjects to create, read and acknowledge the one durable consumer `name`.
+fn consumer_use(stream: &str, name: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{name}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.>"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{name}"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.{name}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"),
+        format!("$JS.ACK.{stream}.{name}.>"),
+    ]
+}
+
 /// What `role` may do in the deployment named by `names`.
 pub fn permissions(role: Role, names: &Names) -> Permissions {
     let p = names.prefix();
@@ -143,9 +159,18 @@ pub fn permissions(role: Role, names: &Names) -> Permissions {
             // Registry events drop its caches (core NATS, not a consumer).
             subscribe.push(format!("{p}.evt.*.device.*.*"));
         }
-        Role::Audit | Role::Bridge | Role::Gateway => {
+        Role::Audit => {
+            // Its durable consumer, and ordered consumers for the live Subscribe feeds.
             publish.extend(stream_read(&events));
             publish.extend(stream_consume(&events));
+        }
+        Role::Bridge => {
+            publish.extend(stream_read(&events));
+            publish.extend(consumer_use(&events, BRIDGE_CONSUMER));
+        }
+        Role::Gateway => {
+            // Live events come through the audit service's Subscribe, not the stream.
+            publish.extend(stream_read(&events));
         }
         Role::Rps => {
             publish.push(format!("{p}.evt.*.provisioning.>"));

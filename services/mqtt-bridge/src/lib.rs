@@ -24,7 +24,9 @@ pub struct BridgeConfig {
     #[arg(long, env = "HOMEPORT_MQTT_TOPIC", default_value = "mps/events")]
     pub topic: String,
     /// Durable consumer the bridge replicas share.
-    #[arg(long, env = "HOMEPORT_MQTT_CONSUMER", default_value = "mqtt-bridge")]
+    /// With NATS permissions (deploy/nats), the bridge's user may only use the consumer named
+    /// there (`mqtt-bridge`).
+    #[arg(long, env = "HOMEPORT_MQTT_CONSUMER", default_value = homeport_contracts::access::BRIDGE_CONSUMER)]
     pub consumer: String,
     /// Only this tenant's events ("" is the default tenant); every tenant's when not set.
     /// The Open AMT JSON has no tenant field, so a multi-tenant deployment runs one bridge (and
