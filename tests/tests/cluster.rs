@@ -106,6 +106,16 @@ struct Cluster {
 impl Cluster {
     /// Starts `binary` as `role` with the common environment plus `extra`.
     fn spawn(&self, binary: &str, role: &str, extra: &[(&str, String)]) -> Child {
+        self.spawn_logging(binary, role, extra, std::process::Stdio::null())
+    }
+
+    fn spawn_logging(
+        &self,
+        binary: &str,
+        role: &str,
+        extra: &[(&str, String)],
+        log: std::process::Stdio,
+    ) -> Child {
         Command::new(bin(binary))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -115,7 +125,7 @@ impl Cluster {
                 self.keys.join(format!("{role}.nk")),
             )
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(std::process::Stdio::null())
+            .stdout(log)
             .kill_on_drop(true)
             .spawn()
             .unwrap()
@@ -264,12 +274,22 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
     let mut cira = Vec::new();
     // Health and metrics ports of the processes that stay up.
     let mut scraped = Vec::new();
+    // Node B logs JSON lines (HOMEPORT_LOG_FORMAT=json), checked at the end.
+    let json_log = keys.join("node-b.log");
     for node in ["node-a", "node-b"] {
         let (port, health) = (free_port(), free_port());
-        let mut child = cluster.spawn(
+        let log = if node == "node-b" {
+            std::process::Stdio::from(std::fs::File::create(&json_log).unwrap())
+        } else {
+            std::process::Stdio::null()
+        };
+        let format = if node == "node-b" { "json" } else { "text" };
+        let mut child = cluster.spawn_logging(
             "cira-ingress",
             "ingress",
             &[
+                ("HOMEPORT_LOG_FORMAT", format.into()),
+                ("HOMEPORT_LOG", "info".into()),
                 ("HOMEPORT_CIRA_LISTEN", format!("127.0.0.1:{port}")),
                 ("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
                 ("HOMEPORT_NODE_ID", node.into()),
@@ -278,6 +298,7 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
                 // Every simulated device dials from 127.0.0.1.
                 ("HOMEPORT_MAX_CONNECTIONS_PER_SOURCE_PER_SEC", "1000".into()),
             ],
+            log,
         );
         wait_ready(node, health, &mut child).await;
         if node == "node-b" {
@@ -441,6 +462,21 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
     missing.dedup();
     assert!(checked > 30, "only {checked} metric references found");
     assert_eq!(missing, Vec::<String>::new(), "asked for but not exported");
+
+    // Every line node B logged is a JSON object with its time and level.
+    let lines: Vec<String> = std::fs::read_to_string(&json_log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(!lines.is_empty(), "node-b logged nothing");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string() && v["message"].is_string(),
+            "{line}"
+        );
+    }
 
     fleet.stop().await;
     for mut child in workers.into_iter().chain(ingress) {

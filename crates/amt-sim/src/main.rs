@@ -93,8 +93,11 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let log = match &cli.command {
-        Command::Enroll { common, .. } => common.log.clone(),
-        Command::Run { log, .. } => log.clone(),
+        Command::Enroll { common, .. } => common.logging(),
+        Command::Run { log, .. } => homeport_runtime::Logging {
+            filter: log.clone(),
+            json: false,
+        },
     };
     let valid = match &cli.command {
         Command::Enroll { common, .. } => common.validate(),
@@ -131,7 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             common,
         } => {
             common.validate()?;
-            homeport_telemetry::init_logging(&common.log);
+            homeport_telemetry::init_logging_as(&common.log, common.log_format == "json");
             let store = common.open_store().await?;
             let secrets = common.open_secrets().await?;
             let mut cfg = SimConfig::new(SocketAddr::from(([127, 0, 0, 1], 4433)), fleet.devices);

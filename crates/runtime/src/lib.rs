@@ -12,6 +12,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use homeport_secrets::DynSecretStore;
 
+/// How a process logs: an `EnvFilter` and text or JSON lines.
+#[derive(Clone, Debug)]
+pub struct Logging {
+    pub filter: String,
+    pub json: bool,
+}
+
 /// Settings shared by every service. Each can be given as a flag or a `HOMEPORT_*` variable.
 #[derive(clap::Args, Clone)]
 pub struct CommonArgs {
@@ -99,6 +106,10 @@ pub struct CommonArgs {
         default_value = "info,async_nats=warn,sqlx=warn,sea_orm_migration=warn"
     )]
     pub log: String,
+    /// Log lines as text for people ("text") or one JSON object per line for log collectors
+    /// ("json").
+    #[arg(long, env = "HOMEPORT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// Secrets print as `***`: this goes into logs on start-up errors.
@@ -264,6 +275,14 @@ impl CommonArgs {
         match &self.vault_token_file {
             Some(path) => read_setting_file("--vault-token-file", path),
             None => Ok(self.vault_token.clone()),
+        }
+    }
+
+    /// How this process logs.
+    pub fn logging(&self) -> Logging {
+        Logging {
+            filter: self.log.clone(),
+            json: self.log_format == "json",
         }
     }
 
@@ -485,19 +504,19 @@ pub fn redact_url(url: &str) -> String {
 /// The common `main` of every binary: exits 2 when the configuration is invalid (before any
 /// port is bound), starts logging and a multi-threaded runtime, runs `body`, and exits 1 with
 /// one line on error.
-pub fn run_main<F, Fut>(name: &str, valid: anyhow::Result<()>, log_filter: &str, body: F)
+pub fn run_main<F, Fut>(name: &str, valid: anyhow::Result<()>, logging: &Logging, body: F)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    run_main_with_threads(name, valid, log_filter, 0, body)
+    run_main_with_threads(name, valid, logging, 0, body)
 }
 
 /// [`run_main`] with `worker_threads` runtime threads (0: one per core).
 pub fn run_main_with_threads<F, Fut>(
     name: &str,
     valid: anyhow::Result<()>,
-    log_filter: &str,
+    logging: &Logging,
     worker_threads: usize,
     body: F,
 ) where
@@ -508,7 +527,7 @@ pub fn run_main_with_threads<F, Fut>(
         eprintln!("{name}: {e:#}");
         std::process::exit(2);
     }
-    homeport_telemetry::init_logging(log_filter);
+    homeport_telemetry::init_logging_as(&logging.filter, logging.json);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if worker_threads > 0 {
         builder.worker_threads(worker_threads);

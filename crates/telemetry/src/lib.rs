@@ -12,15 +12,32 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Installs the global subscriber. `filter` uses `tracing_subscriber::EnvFilter` syntax.
+/// Installs the global subscriber, human-readable text. `filter` uses
+/// `tracing_subscriber::EnvFilter` syntax.
 pub fn init_logging(filter: &str) {
+    init_logging_as(filter, false);
+}
+
+/// Like [`init_logging`]; with `json`, one JSON object per line (time, level, message and
+/// fields at the top level) for log collectors.
+pub fn init_logging_as(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // A second init (tests, all-in-one) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
+    if json {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .try_init();
+    }
 }
 
 #[derive(Debug, Default)]

@@ -25,7 +25,7 @@ fn main() {
         .common
         .validate()
         .and_then(|()| cli.audit.validate().map_err(anyhow::Error::msg));
-    let log = cli.common.log.clone();
+    let log = cli.common.logging();
     homeport_runtime::run_main("audit", valid, &log, || run(cli));
 }
 

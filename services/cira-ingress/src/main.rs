@@ -33,7 +33,7 @@ fn main() {
         .common
         .validate()
         .and_then(|()| cli.ingress.validate().map_err(anyhow::Error::msg));
-    let log = cli.common.log.clone();
+    let log = cli.common.logging();
     let threads = cli.worker_threads;
     homeport_runtime::run_main_with_threads("cira-ingress", valid, &log, threads, || run(cli));
 }

@@ -77,7 +77,7 @@ fn main() {
             "auto" | "always" | "never" => Ok(()),
             other => anyhow::bail!("--embedded-nats must be auto, always or never, not {other:?}"),
         });
-    let log = cli.common.log.clone();
+    let log = cli.common.logging();
     homeport_runtime::run_main("homeport", valid, &log, || run(cli));
 }
 

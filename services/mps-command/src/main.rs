@@ -24,7 +24,7 @@ fn main() {
         .common
         .validate()
         .and_then(|()| cli.command.validate().map_err(anyhow::Error::msg));
-    let log = cli.common.log.clone();
+    let log = cli.common.logging();
     homeport_runtime::run_main("mps-command", valid, &log, || run(cli));
 }
 

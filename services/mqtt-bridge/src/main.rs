@@ -23,7 +23,7 @@ struct Cli {
 fn main() {
     let cli = Cli::parse();
     let valid = cli.common.validate();
-    let log = cli.common.log.clone();
+    let log = cli.common.logging();
     homeport_runtime::run_main("mqtt-bridge", valid, &log, || run(cli));
 }
 
