@@ -698,6 +698,8 @@ impl<R> Core<R> {
             return;
         }
         self.presence.recheck = true;
+        // The re-check's read is the retry, too.
+        self.presence.retry_at = None;
         self.presence_round();
     }
 
@@ -754,19 +756,18 @@ impl<R> Core<R> {
         };
         let session = self.session_hex();
         if op == Some(PresenceOp::FinalRead) {
-            let own = read.as_ref().ok().and_then(|current| {
-                match claim(
-                    current.clone(),
-                    &session,
-                    &self.connected_at,
-                    &Seen::Unknown,
-                ) {
-                    Claim::Ours(rev) => Some(rev),
-                    _ => None,
-                }
-            });
-            if own.is_none() && self.recheck_outstanding() && read.is_ok() {
-                // Recorded once, gone now: reaped, and the reaper published `disconnected`.
+            let found = read
+                .ok()
+                .map(|current| claim(current, &session, &self.connected_at, &Seen::Unknown));
+            let own = match found {
+                Some(Claim::Ours(rev)) => Some(rev),
+                _ => None,
+            };
+            if self.recheck_outstanding()
+                && matches!(found, Some(Claim::Free(_) | Claim::Replace { .. }))
+            {
+                // Recorded once, removed since: reaped, and the reaper published
+                // `disconnected`. (Taken by a newer session is not a reap: ours to publish.)
                 self.presence.reaped = true;
             }
             return self.finish_steps(now, own);
@@ -776,15 +777,16 @@ impl<R> Core<R> {
             // still counts.
             if let Ok(current) = &read {
                 if self.presence.recheck {
+                    self.presence.recheck = false;
                     match claim(
                         current.clone(),
                         &session,
                         &self.connected_at,
                         &self.presence.seen,
                     ) {
-                        Claim::Ours(_) => self.presence.recheck = false,
-                        _ => {
-                            self.presence.recheck = false;
+                        Claim::Ours(_) => {}
+                        Claim::Taken(_) => self.presence.rev = None,
+                        Claim::Free(_) | Claim::Replace { .. } => {
                             self.presence.rev = None;
                             self.presence.reaped = true;
                         }
@@ -831,9 +833,12 @@ impl<R> Core<R> {
     pub fn presence_written(&mut self, now: Instant, written: Written) {
         self.presence.op = None;
         if self.is_over() {
-            // A write that landed after the end is this session's entry: release it.
-            if let Written::Ok(rev) = written {
-                self.presence.rev = Some(rev);
+            // A write that landed after the end is this session's entry: release it. One whose
+            // answer was lost may have landed too: the final read finds it.
+            match written {
+                Written::Ok(rev) => self.presence.rev = Some(rev),
+                Written::Failed(_) => self.presence.rev = None,
+                Written::Conflict => {}
             }
             return self.closing_op_done(now);
         }
@@ -842,6 +847,11 @@ impl<R> Core<R> {
             // The entry changed since it was seen (a superseded session deleting its own,
             // usually): read and decide again, a few times at most.
             Written::Conflict => {
+                // Our own recorded entry changed under us, or a re-check is owed: the read
+                // that follows is judged as a re-check (gone means reaped).
+                if std::mem::take(&mut self.presence.recheck_after) || self.presence.rev.is_some() {
+                    self.presence.recheck = true;
+                }
                 self.presence.conflicts += 1;
                 if self.presence.conflicts >= PRESENCE_CONFLICTS {
                     return self.retry_presence(now, "presence kept changing");
@@ -867,11 +877,11 @@ impl<R> Core<R> {
             superseded: None,
         };
         self.flush_connected();
+        // Recorded: a round asked for meanwhile (a retry's timer) has nothing left to do,
+        // unless a re-check is owed.
+        self.presence.again = false;
         if std::mem::take(&mut self.presence.recheck_after) {
             self.presence.recheck = true;
-            self.presence.again = true;
-        }
-        if std::mem::take(&mut self.presence.again) {
             self.presence_round();
         }
     }
@@ -897,7 +907,10 @@ impl<R> Core<R> {
         tracing::info!(device = ?self.guid, newer = other, "device recorded by another session; closing this one");
         self.presence.retry_at = None;
         self.presence.again = false;
+        self.presence.recheck = false;
         self.presence.recheck_after = false;
+        // The entry is the other session's now; ours is gone.
+        self.presence.rev = None;
         self.flush_connected();
         self.close_for_another();
     }
@@ -1653,7 +1666,7 @@ mod tests {
     }
 
     #[test]
-    fn a_recheck_asked_during_a_write_reads_after_it() {
+    fn a_recheck_asked_during_a_recheck_reads_after_it() {
         let mut rig = Rig::new();
         rig.login(NONE_SEEN);
         rig.core.presence_written(rig.now, Written::Ok(1));
@@ -1725,12 +1738,85 @@ mod tests {
     fn after_a_failed_write_nothing_more_is_sent() {
         let mut rig = Rig::new();
         rig.login(NONE_SEEN);
+        // The drain queues a DISCONNECT; the write before it fails.
         rig.core.drain();
-        assert!(rig.core.poll_transmit().is_some(), "the DISCONNECT");
         rig.core.start_write(rig.now);
         rig.core.write_done(Err(std::io::Error::other("timed out")));
-        rig.core.supersede();
-        assert!(rig.core.poll_transmit().is_none());
+        assert!(
+            rig.core.poll_transmit().is_none(),
+            "the DISCONNECT is not sent"
+        );
+    }
+
+    #[test]
+    fn a_recheck_owed_during_a_retry_read_is_not_forgotten() {
+        let mut rig = Rig::new();
+        rig.login(NONE_SEEN);
+        rig.core.presence_written(rig.now, Written::Ok(1));
+        // NATS answers badly for a while: a re-check read fails, and its retry is due.
+        rig.core.recheck_presence();
+        assert_eq!(reads(&rig.take()), 1);
+        rig.core.presence_read(rig.now, Err("timed out".into()));
+        rig.take();
+        rig.advance(Duration::from_secs(3));
+        assert_eq!(reads(&rig.take()), 1, "the retry reads");
+        // A second re-check while that read is out is owed, and is not forgotten when the
+        // read finds the entry.
+        rig.core.recheck_presence();
+        let own = rig.own();
+        rig.core.presence_read(rig.now, Ok(Some((1, Some(own)))));
+        assert_eq!(reads(&rig.take()), 1, "the owed re-check reads");
+        rig.core.presence_read(rig.now, Ok(Some((2, None))));
+        assert_eq!(rig.core.end(), Some(&End::Superseded), "reaped meanwhile");
+        let actions = close(&mut rig);
+        assert!(emitted(&actions).is_empty() && deletes(&actions).is_empty());
+    }
+
+    #[test]
+    fn a_recheck_that_finds_a_newer_session_publishes_its_own_disconnected() {
+        let mut rig = Rig::new();
+        rig.login(NONE_SEEN);
+        rig.core.presence_written(rig.now, Written::Ok(1));
+        rig.take();
+        rig.core.recheck_presence();
+        assert_eq!(reads(&rig.take()), 1);
+        let newer = entry("newer", "2026-12-06T10:00:09+00:00");
+        rig.core.presence_read(rig.now, Ok(Some((2, Some(newer)))));
+        assert_eq!(rig.core.end(), Some(&End::Superseded));
+        assert_eq!(
+            reads(&close(&mut rig)),
+            1,
+            "the final read looks for an entry of ours"
+        );
+        let newer = entry("newer", "2026-12-06T10:00:09+00:00");
+        rig.core.presence_read(rig.now, Ok(Some((2, Some(newer)))));
+        let actions = rig.take();
+        assert!(
+            deletes(&actions).is_empty(),
+            "the newer session's entry stays"
+        );
+        assert_eq!(emitted(&actions), [("disconnected", "superseded".into())]);
+    }
+
+    #[test]
+    fn a_recheck_in_flight_at_the_end_that_finds_our_entry_releases_it() {
+        let mut rig = Rig::new();
+        rig.login(NONE_SEEN);
+        rig.core.presence_written(rig.now, Written::Ok(1));
+        rig.take();
+        rig.core.recheck_presence();
+        assert_eq!(reads(&rig.take()), 1);
+        rig.dev.disconnect(DisconnectReason::BY_APPLICATION);
+        rig.pump();
+        close(&mut rig);
+        let own = rig.own();
+        rig.core.presence_read(rig.now, Ok(Some((1, Some(own)))));
+        let actions = rig.take();
+        assert_eq!(deletes(&actions), [1]);
+        assert_eq!(
+            emitted(&actions),
+            [("disconnected", "peer_disconnect".into())]
+        );
     }
 
     #[test]
