@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use homeport_contracts::access::{self, Credential, Role};
+use homeport_contracts::proto::event::Payload;
 use homeport_contracts::Names;
 use homeport_proto::device::v1 as pb;
 use homeport_proto::device::v1::device_service_client::DeviceServiceClient;
@@ -360,8 +361,16 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
     }
     assert_eq!(query_all(&mut apis, &guids).await, Vec::<String>::new());
 
-    // Node A dies without a goodbye.
+    // Node A dies without a goodbye; the sessions it held:
     let lost = held["node-a"];
+    let lost_sessions: Vec<(String, String)> = env
+        .presence_entries()
+        .await
+        .into_iter()
+        .filter(|(_, p)| p.node == "node-a")
+        .map(|(guid, p)| (guid, p.session))
+        .collect();
+    assert_eq!(lost_sessions.len(), lost);
     ingress[0].start_kill().unwrap();
     let _ = ingress[0].wait().await;
     env.wait_presence("every device on node-b", WAIT, |entries| {
@@ -394,18 +403,34 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(stored, published, "audit rows vs events in the stream");
-    let connects = env
-        .events()
-        .await
-        .into_iter()
-        .filter(|(_, e)| e.kind == "connected")
-        .count() as u64;
+    let events = env.events().await;
+    let connects = events.iter().filter(|(_, e)| e.kind == "connected").count() as u64;
+    // Each of node A's sessions has its one `disconnected` (node-lost), published by the
+    // device's next session or a reaper, whichever saw it first.
+    for (guid, session) in &lost_sessions {
+        let told: Vec<_> = events
+            .iter()
+            .filter_map(|(_, e)| match &e.payload {
+                Some(Payload::DeviceDisconnected(d))
+                    if e.device_guid == *guid && d.session == *session =>
+                {
+                    Some(d)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told.len(), 1, "{guid}: {told:?}");
+        assert_eq!(
+            (told[0].node.as_str(), told[0].reason.as_str()),
+            ("node-a", "node-lost")
+        );
+    }
     assert!(
         connects >= DEVICES + lost as u64,
         "{connects} connects for {DEVICES} devices and {lost} reconnects"
     );
     assert!(
-        published >= connects + 2 * DEVICES,
+        published >= connects + lost as u64 + 2 * DEVICES,
         "commands are events too"
     );
 

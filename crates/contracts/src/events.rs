@@ -25,6 +25,37 @@ pub fn new_event_id() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
 
+/// The id of the one `disconnected` event of `node`'s session `session`: the same whoever
+/// publishes it (the session itself, a reaper, or the device's next session when the node is
+/// gone), so the stream's duplicate window and the audit trail keep it once.
+pub fn disconnected_event_id(node: &str, session: &str) -> String {
+    // FNV-1a: stable across builds and machines (the ids must agree between nodes).
+    let fnv = |bytes: &[u8]| {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let node_hash = fnv(format!("disconnected:{node}").as_bytes());
+    if session.len() == 16 && session.bytes().all(|b| b.is_ascii_hexdigit()) {
+        format!("{node_hash:016x}{}", session.to_ascii_lowercase())
+    } else {
+        format!("{node_hash:016x}{:016x}", fnv(session.as_bytes()))
+    }
+}
+
+/// The `disconnected` event of a session, with its deterministic id.
+pub fn disconnected(
+    tenant: &str,
+    guid: &str,
+    source: &str,
+    payload: proto::DeviceDisconnected,
+) -> proto::Event {
+    let mut ev = envelope(tenant, guid, "disconnected", source);
+    ev.id = disconnected_event_id(&payload.node, &payload.session);
+    ev.payload = Some(proto::event::Payload::DeviceDisconnected(payload));
+    ev
+}
+
 pub fn now_unix_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -361,5 +392,38 @@ async fn publish_until_acked(
                 backoff = (backoff * 2).min(max_backoff);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sessions_disconnected_has_one_id_whoever_publishes_it() {
+        let id = disconnected_event_id("node-a", "00000000000000FE");
+        assert_eq!(id, disconnected_event_id("node-a", "00000000000000fe"));
+        assert_eq!(id.len(), 32);
+        assert!(id.ends_with("00000000000000fe"));
+        // Pinned: nodes of different builds must agree.
+        assert_eq!(&id[..16], "bd682eddda9a2de6");
+        assert_ne!(id, disconnected_event_id("node-b", "00000000000000fe"));
+        assert_ne!(id, disconnected_event_id("node-a", "00000000000000ff"));
+        let odd = disconnected_event_id("node-a", "not-hex");
+        assert_eq!(odd.len(), 32);
+        let ev = disconnected(
+            "acme",
+            "g",
+            "test",
+            proto::DeviceDisconnected {
+                node: "node-a".into(),
+                session: "00000000000000fe".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            (ev.id.as_str(), ev.kind.as_str()),
+            (id.as_str(), "disconnected")
+        );
     }
 }

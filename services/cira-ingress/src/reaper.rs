@@ -17,12 +17,20 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
-use homeport_contracts::events::envelope;
+use homeport_contracts::events;
 use homeport_contracts::presence::Presence;
-use homeport_contracts::proto::{self, event::Payload};
+use homeport_contracts::proto;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
+
+/// Whole seconds since an RFC 3339 time (0 when it does not parse).
+pub(crate) fn seconds_since(rfc3339: &str) -> u64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .ok()
+        .and_then(|t| (chrono::Utc::now() - t.to_utc()).to_std().ok())
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Ticks without a new heartbeat revision after which a node is dead: with two ticks per
 /// heartbeat interval, 2.5 intervals of silence (a live node's late beat is tolerated), and
@@ -232,18 +240,18 @@ async fn reap(shared: &Shared, nodes: &kv::Store, node: &str, last: Option<u64>)
             continue;
         }
         removed += 1;
-        let mut ev = envelope(&p.tenant, &guid, "disconnected", &shared.source);
-        let lasted = chrono::DateTime::parse_from_rfc3339(&p.connected_at)
-            .ok()
-            .and_then(|t| (chrono::Utc::now() - t.to_utc()).to_std().ok())
-            .map_or(0, |d| d.as_secs());
-        ev.payload = Some(Payload::DeviceDisconnected(proto::DeviceDisconnected {
-            node: node.to_string(),
-            session: p.session.clone(),
-            reason: "node-lost".into(),
-            detail: format!("ingress node {node} stopped sending heartbeats"),
-            duration_seconds: lasted,
-        }));
+        let ev = events::disconnected(
+            &p.tenant,
+            &guid,
+            &shared.source,
+            proto::DeviceDisconnected {
+                node: node.to_string(),
+                session: p.session.clone(),
+                reason: "node-lost".into(),
+                detail: format!("ingress node {node} stopped sending heartbeats"),
+                duration_seconds: seconds_since(&p.connected_at),
+            },
+        );
         let subject = shared.names.device_event(&p.tenant, &guid, "disconnected");
         if let Err(e) = shared.events.publish(subject, &ev) {
             tracing::error!(device = %guid, error = %e, "event not queued");

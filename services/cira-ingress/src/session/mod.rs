@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv;
 use async_nats::Subject;
 use bytes::Bytes;
-use homeport_contracts::events::envelope;
+use homeport_contracts::events::{self, envelope};
 use homeport_contracts::presence::Presence;
 use homeport_contracts::proto::{self, event::Payload};
 use homeport_contracts::tunnel::{self, TunnelError};
@@ -327,8 +327,16 @@ impl Shell {
                     kind,
                     payload,
                 } => {
-                    let mut ev = envelope(&tenant, &guid, kind, &self.shared.source);
-                    ev.payload = Some(payload);
+                    let ev = match payload {
+                        Payload::DeviceDisconnected(d) => {
+                            events::disconnected(&tenant, &guid, &self.shared.source, d)
+                        }
+                        payload => {
+                            let mut ev = envelope(&tenant, &guid, kind, &self.shared.source);
+                            ev.payload = Some(payload);
+                            ev
+                        }
+                    };
                     let subject = self.shared.names.device_event(&tenant, &guid, kind);
                     if let Err(e) = self.shared.events.publish(subject, &ev) {
                         tracing::error!(device = %guid, error = %e, "event not queued");
@@ -598,7 +606,30 @@ async fn supersede_recorded(shared: &Shared, guid: &str, session_id: u64) -> See
     .await
     {
         Ok(Ok(_)) => tracing::debug!(device = %guid, node = %old.node, "older session closed"),
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            // The old node is gone (or cut off from NATS): nobody else may ever tell that its
+            // session ended, since this login replaces the entry a reaper would look at. The
+            // event carries the id the node or a reaper would give it, so it is kept once.
+            let ev = events::disconnected(
+                &old.tenant,
+                guid,
+                &shared.source,
+                proto::DeviceDisconnected {
+                    node: old.node.clone(),
+                    session: old.session.clone(),
+                    reason: "node-lost".into(),
+                    detail: format!(
+                        "ingress node {} did not answer when the device reconnected to {}",
+                        old.node, shared.node_id
+                    ),
+                    duration_seconds: crate::reaper::seconds_since(&old.connected_at),
+                },
+            );
+            let subject = shared.names.device_event(&old.tenant, guid, "disconnected");
+            if let Err(e) = shared.events.publish(subject, &ev) {
+                tracing::error!(device = %guid, error = %e, "event not queued");
+            }
+        }
         Ok(Err(e)) => {
             tracing::warn!(device = %guid, error = %e, "superseding the older session failed")
         }
