@@ -1281,6 +1281,17 @@ mod tests {
             actions
         }
 
+        /// A session recorded at revision 1 whose re-check read is out.
+        fn rechecking() -> Self {
+            let mut rig = Self::new();
+            rig.login(NONE_SEEN);
+            rig.core.presence_written(rig.now, Written::Ok(1));
+            rig.take();
+            rig.core.recheck_presence();
+            assert_eq!(reads(&rig.take()), 1, "nothing in flight: read at once");
+            rig
+        }
+
         fn own(&self) -> Presence {
             let mut p = self.core.presence_value();
             p.connected_at = T2.into();
@@ -1342,6 +1353,14 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A session's two events: `connected`, then `disconnected` with `reason`.
+    fn connected_then(reason: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("connected", String::new()),
+            ("disconnected", reason.into()),
+        ]
     }
 
     fn replies(actions: &[Action<u32>]) -> Vec<(u32, Result<Vec<u8>, TunnelError>)> {
@@ -1667,11 +1686,7 @@ mod tests {
 
     #[test]
     fn a_recheck_asked_during_a_recheck_reads_after_it() {
-        let mut rig = Rig::new();
-        rig.login(NONE_SEEN);
-        rig.core.presence_written(rig.now, Written::Ok(1));
-        rig.core.recheck_presence();
-        assert_eq!(reads(&rig.take()), 1, "nothing in flight: read at once");
+        let mut rig = Rig::rechecking();
         rig.core.recheck_presence();
         assert!(rig.take().is_empty(), "one operation at a time");
         // The read in flight started before the reap and finds our entry...
@@ -1687,11 +1702,7 @@ mod tests {
 
     #[test]
     fn a_recheck_in_flight_at_the_end_still_decides_the_event() {
-        let mut rig = Rig::new();
-        rig.login(NONE_SEEN);
-        rig.core.presence_written(rig.now, Written::Ok(1));
-        rig.core.recheck_presence();
-        assert_eq!(reads(&rig.take()), 1);
+        let mut rig = Rig::rechecking();
         rig.dev.disconnect(DisconnectReason::BY_APPLICATION);
         rig.pump();
         // Deregistered and callers answered at once; presence waits for the read's answer.
@@ -1725,13 +1736,7 @@ mod tests {
         rig.core.presence_written(rig.now, Written::Ok(4));
         let actions = rig.take();
         assert_eq!(deletes(&actions), [4]);
-        assert_eq!(
-            emitted(&actions),
-            [
-                ("connected", String::new()),
-                ("disconnected", "peer_disconnect".into())
-            ]
-        );
+        assert_eq!(emitted(&actions), connected_then("peer_disconnect"));
     }
 
     #[test]
@@ -1774,12 +1779,7 @@ mod tests {
 
     #[test]
     fn a_recheck_that_finds_a_newer_session_publishes_its_own_disconnected() {
-        let mut rig = Rig::new();
-        rig.login(NONE_SEEN);
-        rig.core.presence_written(rig.now, Written::Ok(1));
-        rig.take();
-        rig.core.recheck_presence();
-        assert_eq!(reads(&rig.take()), 1);
+        let mut rig = Rig::rechecking();
         let newer = entry("newer", "2026-12-06T10:00:09+00:00");
         rig.core.presence_read(rig.now, Ok(Some((2, Some(newer)))));
         assert_eq!(rig.core.end(), Some(&End::Superseded));
@@ -1800,12 +1800,7 @@ mod tests {
 
     #[test]
     fn a_recheck_in_flight_at_the_end_that_finds_our_entry_releases_it() {
-        let mut rig = Rig::new();
-        rig.login(NONE_SEEN);
-        rig.core.presence_written(rig.now, Written::Ok(1));
-        rig.take();
-        rig.core.recheck_presence();
-        assert_eq!(reads(&rig.take()), 1);
+        let mut rig = Rig::rechecking();
         rig.dev.disconnect(DisconnectReason::BY_APPLICATION);
         rig.pump();
         close(&mut rig);
@@ -1857,10 +1852,7 @@ mod tests {
         assert_eq!(deletes(&actions), [1]);
         assert_eq!(
             emitted(&actions),
-            [
-                ("connected", String::new()),
-                ("disconnected", "peer_disconnect".into())
-            ],
+            connected_then("peer_disconnect"),
             "the session did connect: both, in order"
         );
     }
@@ -1898,13 +1890,7 @@ mod tests {
         );
         let actions = close(&mut rig);
         assert_eq!(replies(&actions), [(1, Err(TunnelError::DeviceDropped))]);
-        assert_eq!(
-            emitted(&actions),
-            [
-                ("connected", String::new()),
-                ("disconnected", "io_error".into())
-            ]
-        );
+        assert_eq!(emitted(&actions), connected_then("io_error"));
     }
 
     #[test]
