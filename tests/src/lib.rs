@@ -484,3 +484,58 @@ impl Drop for PrivateNats {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Helpers of the tests that run the service binaries as separate processes.
+pub mod procs {
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    const WAIT: Duration = Duration::from_secs(60);
+
+    /// A workspace binary next to this test's own (scripts/test.sh builds them all first).
+    pub fn bin(name: &str) -> PathBuf {
+        let exe = std::env::current_exe().expect("test executable");
+        let path = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target directory")
+            .join(name);
+        assert!(
+            path.exists(),
+            "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            path.display()
+        );
+        path
+    }
+
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    }
+
+    /// Ready by the image's own health check (scripts/healthcheck.sh: GET /readyz over bash).
+    pub async fn wait_ready(what: &str, health: u16, child: &mut tokio::process::Child) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/healthcheck.sh");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ok = tokio::process::Command::new("bash")
+                .arg(script)
+                .arg(health.to_string())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .expect("bash")
+                .success();
+            if ok {
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{what} exited before it was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "{what} not ready");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

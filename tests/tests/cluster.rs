@@ -24,54 +24,12 @@ use homeport_proto::device::v1::device_service_client::DeviceServiceClient;
 use homeport_runtime::{connect_nats_with, NatsAuth, NatsCredential};
 use homeport_secrets::SecretString;
 use homeport_tests::command::{Bearer, CommandHandle, Devices, TEST_JWT_SECRET};
+use homeport_tests::procs::{bin, free_port, wait_ready};
 use homeport_tests::*;
 use tokio::process::{Child, Command};
 
 const DEVICES: u64 = 20;
 const WAIT: Duration = Duration::from_secs(60);
-
-/// A workspace binary next to this test's own (scripts/test.sh builds them all first).
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// Ready by the image's own health check (scripts/healthcheck.sh: GET /readyz over bash).
-async fn wait_ready(what: &str, health: u16, child: &mut Child) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/healthcheck.sh");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ok = Command::new("bash")
-            .arg(script)
-            .arg(health.to_string())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await
-            .unwrap()
-            .success();
-        if ok {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before it was ready: {status}");
-        }
-        assert!(Instant::now() < deadline, "{what} not ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// An L4 balancer like the one in front of the ingress pods: each new connection goes to the
 /// next backend that accepts it.

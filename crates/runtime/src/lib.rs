@@ -539,7 +539,15 @@ pub fn run_main_with_threads<F, Fut>(
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(body()) {
+    let result = rt.block_on(async {
+        // Spans go out over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (the exporter runs
+        // on this runtime), and what is buffered is flushed before the process exits.
+        let traces = homeport_telemetry::traces::init(name);
+        let result = body().await;
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+        result
+    });
+    if let Err(e) = result {
         eprintln!("{name}: {}", one_line(&e));
         std::process::exit(1);
     }

@@ -37,7 +37,22 @@ macro_rules! command {
     ($self:ident, $caller:expr, $guid:expr, $action:expr, $params:expr, |$call:ident| $body:expr) => {{
         let inner = &$self.inner;
         let (caller, parent): &(Caller, Option<String>) = &$caller;
-        let trace = child_traceparent(parent.as_deref());
+        // One span per command (exported when OTLP is configured); the device exchanges and
+        // the ingress continue its trace through the traceparent sent with each request.
+        let span = homeport_telemetry::traces::TraceSpan::start(
+            "device.command",
+            true,
+            parent.as_deref(),
+            vec![
+                ("rpc.system", "grpc".to_string()),
+                ("homeport.action", $action.to_string()),
+                ("homeport.device", clip($guid, MAX_GUID_TEXT)),
+                ("homeport.tenant", caller.tenant.clone()),
+            ],
+        );
+        let trace = span
+            .traceparent()
+            .map_or_else(|| child_traceparent(parent.as_deref()), str::to_owned);
         let params: HashMap<String, String> = $params;
         let invalid = check_params(&params);
         let record = CommandRecord {
@@ -72,6 +87,7 @@ macro_rules! command {
                 Err(_) => Err(CommandError::Timeout(clip($guid, MAX_GUID_TEXT))),
             };
         record.finish(&result);
+        span.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
         result
     }};
 }

@@ -64,9 +64,15 @@ enum Step {
     Timer,
 }
 
+/// Where a tunnel request's answer goes, and the span of its exchange with the device.
+struct Reply {
+    subject: Subject,
+    span: homeport_telemetry::traces::TraceSpan,
+}
+
 struct Shell {
     shared: Arc<Shared>,
-    core: Core<Subject>,
+    core: Core<Reply>,
     session_id: u64,
     /// The login in progress (a task: the session stays responsive while it runs).
     login: Option<tokio::task::JoinHandle<AuthOutcome>>,
@@ -250,11 +256,35 @@ impl Shell {
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_owned())
         };
+        let trace: Option<Box<str>> =
+            header(tunnel::TRACE_HEADER).map(|v| v.chars().take(64).collect());
+        let port = header(tunnel::PORT_HEADER);
+        // The device exchange, continuing the caller's trace.
+        let span = homeport_telemetry::traces::TraceSpan::start(
+            "cira.tunnel",
+            true,
+            trace.as_deref(),
+            vec![
+                (
+                    "homeport.device",
+                    self.core.guid().unwrap_or_default().to_owned(),
+                ),
+                ("homeport.node", self.shared.node_id.clone()),
+                (
+                    "server.port",
+                    port.clone()
+                        .unwrap_or_else(|| tunnel::DEFAULT_PORT.to_string()),
+                ),
+            ],
+        );
         let request = HttpRequest {
-            reply,
-            port: header(tunnel::PORT_HEADER),
+            reply: Reply {
+                subject: reply,
+                span,
+            },
+            port,
             payload: msg.payload.to_vec(),
-            trace: header(tunnel::TRACE_HEADER).map(|v| v.chars().take(64).collect()),
+            trace,
         };
         self.core.http_request(now, request);
     }
@@ -351,11 +381,16 @@ impl Shell {
                         if let Some(latency) = latency {
                             self.shared.metrics.tunnel_latency.observe(latency);
                         }
-                        if let Err(e) = self.shared.nats.publish(to, response.into()).await {
+                        to.span.end(None);
+                        let sent = self.shared.nats.publish(to.subject, response.into()).await;
+                        if let Err(e) = sent {
                             tracing::warn!(device = ?self.core.guid(), error = %e, "tunnel reply not sent");
                         }
                     }
-                    Err((error, detail)) => reply_error(&self.shared, to, error, &detail).await,
+                    Err((error, detail)) => {
+                        to.span.end(Some(error.code()));
+                        reply_error(&self.shared, to.subject, error, &detail).await
+                    }
                 },
                 Action::Count(count) => {
                     let m = &self.shared.metrics;

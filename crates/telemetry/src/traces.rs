@@ -1,0 +1,139 @@
+//! OpenTelemetry traces over OTLP/gRPC. Configured only by the standard `OTEL_*` variables
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` and its
+//! argument, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_*`); with no endpoint nothing is exported
+//! and a span costs a no-op. Context crosses processes as a W3C `traceparent` (gRPC metadata,
+//! NATS headers, events), which these spans continue.
+
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
+use opentelemetry::{global, Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+/// The exporter of this process, if any; shut it down to flush before exiting.
+#[derive(Default)]
+pub struct Tracing {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Tracing {
+    /// Exports what is buffered (within the exporter's timeout) and stops.
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Starts exporting spans when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `service` names the
+/// process unless `OTEL_SERVICE_NAME` does. Call inside the Tokio runtime.
+pub fn init(service: &str) -> Tracing {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty());
+    let Some(endpoint) = endpoint else {
+        return Tracing::default();
+    };
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(endpoint, error = %e, "OTLP exporter not started; no traces");
+            return Tracing::default();
+        }
+    };
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service.to_owned());
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_resource(resource.build())
+        .build();
+    global::set_tracer_provider(provider.clone());
+    tracing::info!(endpoint, "exporting traces over OTLP");
+    Tracing {
+        provider: Some(provider),
+    }
+}
+
+/// One operation's span. Never carries secrets: callers pass only names, ids and outcomes.
+pub struct TraceSpan {
+    span: global::BoxedSpan,
+    /// The W3C context to send on (this span's when it records, else a child of the parent).
+    traceparent: Option<String>,
+}
+
+impl std::fmt::Debug for TraceSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceSpan")
+            .field("traceparent", &self.traceparent)
+            .finish()
+    }
+}
+
+impl TraceSpan {
+    /// Starts `name` as a child of the W3C `parent` traceparent, if any.
+    pub fn start(
+        name: &'static str,
+        server: bool,
+        parent: Option<&str>,
+        attributes: Vec<(&'static str, String)>,
+    ) -> TraceSpan {
+        let parent_cx = match parent {
+            Some(tp) => {
+                let carrier = HashMap::from([("traceparent".to_string(), tp.to_string())]);
+                TraceContextPropagator::new().extract(&carrier)
+            }
+            None => Context::new(),
+        };
+        let kind = if server {
+            SpanKind::Server
+        } else {
+            SpanKind::Internal
+        };
+        let span = global::tracer("homeport")
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(
+                attributes
+                    .into_iter()
+                    .map(|(k, v)| KeyValue::new(k, v))
+                    .collect::<Vec<_>>(),
+            )
+            .start_with_context(&global::tracer("homeport"), &parent_cx);
+        let traceparent = span.is_recording().then(|| {
+            let cx = span.span_context();
+            format!(
+                "00-{}-{}-{:02x}",
+                cx.trace_id(),
+                cx.span_id(),
+                cx.trace_flags().to_u8()
+            )
+        });
+        TraceSpan { span, traceparent }
+    }
+
+    /// This span's W3C traceparent, when it is recorded (exported).
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+
+    /// Ends the span, failed with `error` if given.
+    pub fn end(mut self, error: Option<&str>) {
+        if let Some(e) = error {
+            self.span.set_status(Status::error(e.to_owned()));
+        }
+        self.span.end();
+    }
+}

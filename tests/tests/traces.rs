@@ -1,0 +1,253 @@
+//! Traces over OTLP: the services started as processes with `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! pointing at a receiver inside the test (the OTLP trace service from opentelemetry-proto's
+//! generated server, over real gRPC). A power-state call is one trace from mps-command's
+//! command span to the ingress node's exchange with the device; a call to a device that is not
+//! connected is a failed span; no exported attribute carries a secret.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use homeport_proto::device::v1 as pb;
+use homeport_proto::device::v1::device_service_client::DeviceServiceClient;
+use homeport_tests::command::{Bearer, CommandHandle, TEST_JWT_SECRET};
+use homeport_tests::procs::{bin, free_port, wait_ready};
+use homeport_tests::*;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Spans received, with the `service.name` of the process that sent them.
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<(String, Span)>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    spans.push((service.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Receiver {
+    fn find(&self, service: &str, name: &str, device: &str) -> Option<Span> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(s, span)| {
+                s.contains(service) && span.name == name && attr(span, "homeport.device") == device
+            })
+            .map(|(_, span)| span.clone())
+    }
+
+    async fn wait(&self, service: &str, name: &str, device: &str) -> Span {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(span) = self.find(service, name, device) {
+                return span;
+            }
+            assert!(Instant::now() < deadline, "no {name} span from {service}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn attr(span: &Span, key: &str) -> String {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(Value::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
+    let receiver = Receiver::default();
+    let otlp = free_port();
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(receiver.clone()))
+        .serve(format!("127.0.0.1:{otlp}").parse().unwrap());
+    tokio::spawn(server);
+
+    let env = TestEnv::new("traces").await;
+    homeport_cira_ingress::tls::load_or_generate(&env.secrets, "localhost", &[])
+        .await
+        .unwrap();
+    let jwt = env.dir.join("jwt.key");
+    std::fs::write(&jwt, TEST_JWT_SECRET).unwrap();
+    let common = [
+        ("HOMEPORT_NATS_URL", nats_url()),
+        ("HOMEPORT_SUBJECT_PREFIX", env.names.prefix().to_string()),
+        ("HOMEPORT_DATABASE_URL", env.database_url().to_string()),
+        (
+            "HOMEPORT_SECRETS_FILE",
+            env.dir.join("secrets.enc").display().to_string(),
+        ),
+        (
+            "HOMEPORT_SECRETS_KEY_FILE",
+            env.dir.join("secrets.key").display().to_string(),
+        ),
+        ("HOMEPORT_LOG", "warn".to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{otlp}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+    ];
+    let spawn = |binary: &str, extra: Vec<(&str, String)>| {
+        tokio::process::Command::new(bin(binary))
+            .envs(common.iter().cloned())
+            .envs(extra)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let (cira, ingress_health) = (free_port(), free_port());
+    let mut ingress = spawn(
+        "cira-ingress",
+        vec![
+            ("HOMEPORT_CIRA_LISTEN", format!("127.0.0.1:{cira}")),
+            (
+                "HOMEPORT_HEALTH_LISTEN",
+                format!("127.0.0.1:{ingress_health}"),
+            ),
+            ("HOMEPORT_NODE_ID", "traced-node".to_string()),
+            (
+                "HOMEPORT_MAX_CONNECTIONS_PER_SOURCE_PER_SEC",
+                "1000".to_string(),
+            ),
+        ],
+    );
+    wait_ready("cira-ingress", ingress_health, &mut ingress).await;
+    let (grpc, command_health) = (free_port(), free_port());
+    let mut command = spawn(
+        "mps-command",
+        vec![
+            ("HOMEPORT_GRPC_LISTEN", format!("127.0.0.1:{grpc}")),
+            (
+                "HOMEPORT_HEALTH_LISTEN",
+                format!("127.0.0.1:{command_health}"),
+            ),
+            ("HOMEPORT_JWT_HS256_SECRET_FILE", jwt.display().to_string()),
+        ],
+    );
+    wait_ready("mps-command", command_health, &mut command).await;
+
+    let cfg = env
+        .enrolled_fleet(format!("127.0.0.1:{cira}").parse().unwrap(), 1, 81, "acme")
+        .await;
+    let device = cfg.identities().next().unwrap();
+    let fleet = env.start_connected(cfg, WAIT).await;
+    // Enrolled, never connected.
+    let absent_cfg = env
+        .enrolled_fleet(format!("127.0.0.1:{cira}").parse().unwrap(), 1, 82, "acme")
+        .await;
+    let absent = absent_cfg.identities().next().unwrap();
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = CommandHandle::token("acme");
+    let mut api = DeviceServiceClient::with_interceptor(channel, Bearer::new(Some(&token)));
+    api.get_power_state(pb::DeviceRef {
+        guid: device.guid.clone(),
+    })
+    .await
+    .unwrap();
+    let failed = api
+        .get_power_state(pb::DeviceRef {
+            guid: absent.guid.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
+
+    // One trace: mps-command's command span is the parent of the node's exchange.
+    let command_span = receiver
+        .wait("mps-command", "device.command", &device.guid)
+        .await;
+    let tunnel_span = receiver
+        .wait("cira-ingress", "cira.tunnel", &device.guid)
+        .await;
+    assert_eq!(tunnel_span.trace_id, command_span.trace_id, "one trace");
+    assert_eq!(
+        tunnel_span.parent_span_id, command_span.span_id,
+        "the exchange is the command's child"
+    );
+    assert_eq!(attr(&command_span, "homeport.action"), "GetPowerState");
+    assert_eq!(attr(&tunnel_span, "homeport.node"), "traced-node");
+    let ok = |s: &Span| {
+        s.status
+            .as_ref()
+            .is_none_or(|st| st.code != StatusCode::Error as i32)
+    };
+    assert!(ok(&command_span) && ok(&tunnel_span));
+    // The call to a device that is not connected fails, and its span says so.
+    let failed_span = receiver
+        .wait("mps-command", "device.command", &absent.guid)
+        .await;
+    let status = failed_span.status.clone().unwrap_or_default();
+    assert_eq!(status.code, StatusCode::Error as i32, "{status:?}");
+
+    // Nothing secret in any exported attribute.
+    let secrets = [
+        device.mps_password.expose().to_string(),
+        device.amt_password.expose().to_string(),
+        absent.amt_password.expose().to_string(),
+        token.clone(),
+        String::from_utf8_lossy(TEST_JWT_SECRET).to_string(),
+    ];
+    let spans = receiver.0.lock().unwrap().clone();
+    assert!(spans.len() >= 3);
+    for (_, span) in &spans {
+        for a in &span.attributes {
+            let text = format!("{:?}", a.value);
+            for secret in &secrets {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "{} carries a secret",
+                    a.key
+                );
+            }
+        }
+    }
+
+    fleet.stop().await;
+    let _ = ingress.start_kill();
+    let _ = command.start_kill();
+    env.cleanup().await;
+}
