@@ -79,6 +79,12 @@ impl Receiver {
     }
 }
 
+fn ok(s: &Span) -> bool {
+    s.status
+        .as_ref()
+        .is_none_or(|st| st.code != StatusCode::Error as i32)
+}
+
 fn attr(span: &Span, key: &str) -> String {
     span.attributes
         .iter()
@@ -164,6 +170,19 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         ],
     );
     wait_ready("mps-command", command_health, &mut command).await;
+    let (audit_grpc, audit_health) = (free_port(), free_port());
+    let mut audit = spawn(
+        "audit",
+        vec![
+            ("HOMEPORT_GRPC_LISTEN", format!("127.0.0.1:{audit_grpc}")),
+            (
+                "HOMEPORT_HEALTH_LISTEN",
+                format!("127.0.0.1:{audit_health}"),
+            ),
+            ("HOMEPORT_JWT_HS256_SECRET_FILE", jwt.display().to_string()),
+        ],
+    );
+    wait_ready("audit", audit_health, &mut audit).await;
 
     let cfg = env
         .enrolled_fleet(format!("127.0.0.1:{cira}").parse().unwrap(), 1, 81, "acme")
@@ -196,26 +215,71 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         .unwrap_err();
     assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
 
-    // One trace: mps-command's command span is the parent of the node's exchange.
+    // One trace: the command, its WS-Man exchange, and the node's exchange with the device.
     let command_span = receiver
         .wait("mps-command", "device.command", &device.guid)
+        .await;
+    let wsman_span = receiver
+        .wait("mps-command", "wsman.exchange", &device.guid)
         .await;
     let tunnel_span = receiver
         .wait("cira-ingress", "cira.tunnel", &device.guid)
         .await;
-    assert_eq!(tunnel_span.trace_id, command_span.trace_id, "one trace");
-    assert_eq!(
-        tunnel_span.parent_span_id, command_span.span_id,
-        "the exchange is the command's child"
-    );
+    // Every exchange of the command is its child, and every request the node served for it a
+    // child of one of them.
+    let of_device = |name: &str| -> Vec<Span> {
+        receiver
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, span)| span.name == name && attr(span, "homeport.device") == device.guid)
+            .map(|(_, span)| span.clone())
+            .collect()
+    };
+    let exchanges = of_device("wsman.exchange");
+    let exchange_ids: Vec<_> = exchanges.iter().map(|s| s.span_id.clone()).collect();
+    for e in &exchanges {
+        assert_eq!(
+            (&e.trace_id, &e.parent_span_id),
+            (&command_span.trace_id, &command_span.span_id),
+            "the exchange is the command's child"
+        );
+    }
+    for t in of_device("cira.tunnel") {
+        assert_eq!(t.trace_id, command_span.trace_id, "one trace");
+        assert!(
+            exchange_ids.contains(&t.parent_span_id),
+            "the node continues an exchange"
+        );
+    }
     assert_eq!(attr(&command_span, "homeport.action"), "GetPowerState");
     assert_eq!(attr(&tunnel_span, "homeport.node"), "traced-node");
-    let ok = |s: &Span| {
-        s.status
-            .as_ref()
-            .is_none_or(|st| st.code != StatusCode::Error as i32)
-    };
-    assert!(ok(&command_span) && ok(&tunnel_span));
+    // Power state: enumerating CIM_ServiceAvailableToElement.
+    assert!(
+        attr(&wsman_span, "wsman.action")
+            .starts_with("http://schemas.xmlsoap.org/ws/2004/09/enumeration/"),
+        "{:?}",
+        wsman_span.attributes
+    );
+    assert!(attr(&wsman_span, "wsman.resource").ends_with("CIM_ServiceAvailableToElement"));
+    assert!(ok(&command_span) && ok(&tunnel_span) && ok(&wsman_span));
+    // The device's login, and the audit worker storing the events.
+    let login = receiver
+        .wait("cira-ingress", "cira.login", &device.guid)
+        .await;
+    assert!(ok(&login), "{login:?}");
+    let deadline = Instant::now() + WAIT;
+    while !receiver
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(s, span)| s.contains("audit") && span.name == "audit.batch")
+    {
+        assert!(Instant::now() < deadline, "no audit.batch span");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The call to a device that is not connected fails, and its span says so.
     let failed_span = receiver
         .wait("mps-command", "device.command", &absent.guid)
@@ -249,5 +313,6 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
     fleet.stop().await;
     let _ = ingress.start_kill();
     let _ = command.start_kill();
+    let _ = audit.start_kill();
     env.cleanup().await;
 }

@@ -136,7 +136,15 @@ async fn consume(
         if records.is_empty() {
             continue;
         }
+        let span = homeport_telemetry::traces::TraceSpan::start(
+            "audit.batch",
+            false,
+            None,
+            vec![("homeport.events", records.len().to_string())],
+        );
         let refused = write(store, records, metrics, cancel).await;
+        let outcome = (!refused.is_empty()).then(|| format!("{} events refused", refused.len()));
+        span.end(outcome.as_deref());
         if cancel.is_cancelled() {
             // Not acked: redelivered to whichever replica runs next.
             return Ok(());

@@ -203,8 +203,28 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// One WS-Man exchange, authenticating as needed.
+    /// One WS-Man exchange, authenticating as needed; a span of the command's trace (action
+    /// and resource as attributes, never credentials), continued by the ingress node.
     pub async fn exchange(&mut self, req: &Request) -> Result<Response, CommandError> {
+        let span = homeport_telemetry::traces::TraceSpan::start(
+            "wsman.exchange",
+            false,
+            Some(&self.trace),
+            vec![
+                ("wsman.action", req.action.clone()),
+                ("wsman.resource", req.resource_uri.clone()),
+                ("homeport.device", self.guid.clone()),
+            ],
+        );
+        let trace = span
+            .traceparent()
+            .map_or_else(|| self.trace.clone(), str::to_owned);
+        let result = self.exchange_in(req, &trace).await;
+        span.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
+        result
+    }
+
+    async fn exchange_in(&mut self, req: &Request, trace: &str) -> Result<Response, CommandError> {
         let link = self.link;
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let envelope = req.to_xml(id);
@@ -219,13 +239,7 @@ impl Call<'_> {
             let bytes = http::request(&host, authorization.as_deref(), &envelope);
             let raw = link
                 .tunnel
-                .request_traced(
-                    &self.guid,
-                    None,
-                    bytes.into(),
-                    link.timeout,
-                    Some(&self.trace),
-                )
+                .request_traced(&self.guid, None, bytes.into(), link.timeout, Some(trace))
                 .await
                 .map_err(|e| CommandError::from_tunnel(&self.guid, e))?;
             let reply =

@@ -552,6 +552,34 @@ async fn login(
     session_id: u64,
     attempt: u32,
 ) -> AuthOutcome {
+    // The login path as a span: the device, its address and the outcome, never credentials.
+    let span = homeport_telemetry::traces::TraceSpan::start(
+        "cira.login",
+        true,
+        None,
+        vec![
+            ("homeport.device", guid.clone()),
+            ("client.address", peer.ip().to_string()),
+            ("homeport.node", shared.node_id.clone()),
+        ],
+    );
+    let outcome = login_checked(shared, guid, username, password, peer, session_id, attempt).await;
+    match &outcome {
+        AuthOutcome::Accepted { .. } => span.end(None),
+        AuthOutcome::Rejected(r) => span.end(Some(r.why.as_str())),
+    }
+    outcome
+}
+
+async fn login_checked(
+    shared: Arc<Shared>,
+    guid: String,
+    username: String,
+    password: zeroize::Zeroizing<Vec<u8>>,
+    peer: SocketAddr,
+    session_id: u64,
+    attempt: u32,
+) -> AuthOutcome {
     match auth::check(
         &shared.devices,
         &shared.secrets,
