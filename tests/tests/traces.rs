@@ -131,15 +131,16 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         ),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
     ];
-    let spawn = |binary: &str, extra: Vec<(&str, String)>| {
+    let spawn_logging = |binary: &str, extra: Vec<(&str, String)>, log: std::process::Stdio| {
         tokio::process::Command::new(bin(binary))
             .envs(common.iter().cloned())
             .envs(extra)
-            .stdout(std::process::Stdio::null())
+            .stdout(log)
             .kill_on_drop(true)
             .spawn()
             .unwrap()
     };
+    let spawn = |binary: &str, extra| spawn_logging(binary, extra, std::process::Stdio::null());
     let (cira, ingress_health) = (free_port(), free_port());
     let mut ingress = spawn(
         "cira-ingress",
@@ -158,7 +159,9 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
     );
     wait_ready("cira-ingress", ingress_health, &mut ingress).await;
     let (grpc, command_health) = (free_port(), free_port());
-    let mut command = spawn(
+    // mps-command logs JSON lines: each line of a command carries its trace and span ids.
+    let command_log = env.dir.join("mps-command.log");
+    let mut command = spawn_logging(
         "mps-command",
         vec![
             ("HOMEPORT_GRPC_LISTEN", format!("127.0.0.1:{grpc}")),
@@ -167,7 +170,10 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
                 format!("127.0.0.1:{command_health}"),
             ),
             ("HOMEPORT_JWT_HS256_SECRET_FILE", jwt.display().to_string()),
+            ("HOMEPORT_LOG_FORMAT", "json".to_string()),
+            ("HOMEPORT_LOG", "info".to_string()),
         ],
+        std::fs::File::create(&command_log).unwrap().into(),
     );
     wait_ready("mps-command", command_health, &mut command).await;
     let (audit_grpc, audit_health) = (free_port(), free_port());
@@ -286,6 +292,31 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         .await;
     let status = failed_span.status.clone().unwrap_or_default();
     assert_eq!(status.code, StatusCode::Error as i32, "{status:?}");
+
+    // The failed command's log line names the same trace and span.
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let deadline = Instant::now() + WAIT;
+    let line = loop {
+        let text = std::fs::read_to_string(&command_log).unwrap();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "command failed" && v["device"] == absent.guid.as_str());
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line of the failed command"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        line["span"]["trace_id"],
+        hex(&failed_span.trace_id),
+        "{line}"
+    );
+    assert_eq!(line["span"]["span_id"], hex(&failed_span.span_id), "{line}");
 
     // Nothing secret in any exported attribute.
     let secrets = [

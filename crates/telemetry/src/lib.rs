@@ -30,7 +30,8 @@ pub fn init_logging_as(filter: &str, json: bool) {
         let _ = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The operation a line belongs to (a command's `trace_id` and `span_id`).
+            .with_current_span(true)
             .with_span_list(false)
             .with_env_filter(filter)
             .try_init();

@@ -81,12 +81,19 @@ macro_rules! command {
             let $call = &mut $call;
             $body.await
         };
-        let result: Result<_, CommandError> =
-            match tokio::time::timeout(inner.config.command_timeout(), work).await {
-                Ok(r) => r,
-                Err(_) => Err(CommandError::Timeout(clip($guid, MAX_GUID_TEXT))),
-            };
-        record.finish(&result);
+        // Every log line of the command carries its trace and span ids.
+        let (trace_id, span_id) = parse_traceparent(&trace).unwrap_or_default();
+        let log_span = tracing::info_span!("command", trace_id, span_id);
+        let result: Result<_, CommandError> = match tokio::time::timeout(
+            inner.config.command_timeout(),
+            tracing::Instrument::instrument(work, log_span.clone()),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(CommandError::Timeout(clip($guid, MAX_GUID_TEXT))),
+        };
+        log_span.in_scope(|| record.finish(&result));
         span.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
         result
     }};
