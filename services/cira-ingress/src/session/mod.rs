@@ -300,9 +300,27 @@ impl Shell {
                     attempt,
                 } => {
                     let (shared, peer, session) = (self.shared.clone(), self.peer, self.session_id);
-                    self.login = Some(tokio::spawn(login(
-                        shared, guid, username, password, peer, session, attempt,
-                    )));
+                    // The login path as a span: the device, its address and the outcome, never
+                    // credentials.
+                    let span = homeport_telemetry::traces::TraceSpan::start(
+                        "cira.login",
+                        true,
+                        None,
+                        vec![
+                            ("homeport.device", guid.clone()),
+                            ("client.address", peer.ip().to_string()),
+                            ("homeport.node", shared.node_id.clone()),
+                        ],
+                    );
+                    self.login = Some(tokio::spawn(async move {
+                        let outcome =
+                            login(shared, guid, username, password, peer, session, attempt).await;
+                        match &outcome {
+                            AuthOutcome::Accepted { .. } => span.end(None),
+                            AuthOutcome::Rejected(r) => span.end(Some(r.why.as_str())),
+                        }
+                        outcome
+                    }));
                 }
                 Action::Connected => {
                     // Logged in: no longer counts against its source's handshakes.
@@ -544,34 +562,6 @@ pub(crate) fn publish_auth_failure(shared: &Shared, report: auth::FailureReport)
 /// Checks the credentials; on success takes the device over from any older session (on any
 /// node) and registers with the node's dispatcher before the device is told it is logged in.
 async fn login(
-    shared: Arc<Shared>,
-    guid: String,
-    username: String,
-    password: zeroize::Zeroizing<Vec<u8>>,
-    peer: SocketAddr,
-    session_id: u64,
-    attempt: u32,
-) -> AuthOutcome {
-    // The login path as a span: the device, its address and the outcome, never credentials.
-    let span = homeport_telemetry::traces::TraceSpan::start(
-        "cira.login",
-        true,
-        None,
-        vec![
-            ("homeport.device", guid.clone()),
-            ("client.address", peer.ip().to_string()),
-            ("homeport.node", shared.node_id.clone()),
-        ],
-    );
-    let outcome = login_checked(shared, guid, username, password, peer, session_id, attempt).await;
-    match &outcome {
-        AuthOutcome::Accepted { .. } => span.end(None),
-        AuthOutcome::Rejected(r) => span.end(Some(r.why.as_str())),
-    }
-    outcome
-}
-
-async fn login_checked(
     shared: Arc<Shared>,
     guid: String,
     username: String,
