@@ -14,6 +14,12 @@ use homeport_proto::device::v1::device_service_client::DeviceServiceClient;
 use homeport_tests::command::{Bearer, CommandHandle, TEST_JWT_SECRET};
 use homeport_tests::procs::{bin, free_port, wait_ready};
 use homeport_tests::*;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -21,6 +27,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
 use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -52,6 +59,48 @@ impl TraceService for Receiver {
             }
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Metric points received: service, metric name, value.
+#[derive(Clone, Default)]
+struct MetricsReceiver(Arc<Mutex<Vec<(String, String, f64)>>>);
+
+#[tonic::async_trait]
+impl MetricsService for MetricsReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut points = self.0.lock().unwrap();
+        for rm in request.into_inner().resource_metrics {
+            let service = rm
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for sm in rm.scope_metrics {
+                for m in sm.metrics {
+                    let values = match &m.data {
+                        Some(Data::Sum(s)) => s.data_points.clone(),
+                        Some(Data::Gauge(g)) => g.data_points.clone(),
+                        _ => Vec::new(),
+                    };
+                    for p in values {
+                        let v = match p.value {
+                            Some(number_data_point::Value::AsInt(i)) => i as f64,
+                            Some(number_data_point::Value::AsDouble(d)) => d,
+                            None => continue,
+                        };
+                        points.push((service.clone(), m.name.clone(), v));
+                    }
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 
@@ -101,8 +150,10 @@ fn attr(span: &Span, key: &str) -> String {
 async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
     let receiver = Receiver::default();
     let otlp = free_port();
+    let metrics = MetricsReceiver::default();
     let server = tonic::transport::Server::builder()
         .add_service(TraceServiceServer::new(receiver.clone()))
+        .add_service(MetricsServiceServer::new(metrics.clone()))
         .serve(format!("127.0.0.1:{otlp}").parse().unwrap());
     tokio::spawn(server);
 
@@ -130,6 +181,7 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
             format!("http://127.0.0.1:{otlp}"),
         ),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300".to_string()),
     ];
     let spawn_logging = |binary: &str, extra: Vec<(&str, String)>, log: std::process::Stdio| {
         tokio::process::Command::new(bin(binary))
@@ -317,6 +369,33 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         "{line}"
     );
     assert_eq!(line["span"]["span_id"], hex(&failed_span.span_id), "{line}");
+
+    // Metrics over OTLP are the same instruments /metrics renders.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let points = metrics.0.lock().unwrap().clone();
+        let has = |service: &str, name: &str, min: f64| {
+            points
+                .iter()
+                .any(|(s, n, v)| s.contains(service) && n == name && *v >= min)
+        };
+        if has("cira-ingress", "homeport_cira_devices_connected", 1.0)
+            && has("cira-ingress", "homeport_cira_tls_handshakes_total", 1.0)
+            && has("mps-command", "homeport_commands_total", 2.0)
+            && has("audit", "homeport_audit_events_stored_total", 1.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "OTLP metrics missing: {:?}",
+            points
+                .iter()
+                .map(|p| &p.1)
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Nothing secret in any exported attribute.
     let secrets = [

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod otlp_metrics;
 pub mod traces;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -175,9 +176,11 @@ pub async fn serve_health(
     target: Arc<dyn Observable>,
     cancel: CancellationToken,
 ) {
+    // The same metrics over OTLP, when an endpoint is configured.
+    let export = otlp_metrics::start(target.clone());
     loop {
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             a = listener.accept() => a,
         };
         let Ok((mut sock, _)) = accepted else {
@@ -222,6 +225,7 @@ pub async fn serve_health(
             let _ = sock.write_all(resp.as_bytes()).await;
         });
     }
+    let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
 }
 
 /// Resident memory and CPU time of this process, from /proc (Linux).

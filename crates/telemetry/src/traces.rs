@@ -12,6 +12,21 @@ use opentelemetry::{global, Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
+/// This process's name for OpenTelemetry (the binary's), unless `OTEL_SERVICE_NAME` says.
+static SERVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The resource every signal of this process carries: `service.name` and what
+/// `OTEL_RESOURCE_ATTRIBUTES` adds.
+pub(crate) fn resource() -> opentelemetry_sdk::Resource {
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        if let Some(name) = SERVICE.get() {
+            resource = resource.with_service_name(name.clone());
+        }
+    }
+    resource.build()
+}
+
 /// The exporter of this process, if any; shut it down to flush before exiting.
 #[derive(Default)]
 pub struct Tracing {
@@ -52,13 +67,10 @@ pub fn init(service: &str) -> Tracing {
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
-    let mut resource = opentelemetry_sdk::Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name(service.to_owned());
-    }
+    let _ = SERVICE.set(service.to_owned());
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_resource(resource.build())
+        .with_resource(resource())
         .build();
     global::set_tracer_provider(provider.clone());
     tracing::info!(endpoint, "exporting traces over OTLP");
