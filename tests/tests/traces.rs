@@ -322,6 +322,32 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
     );
     assert!(attr(&wsman_span, "wsman.resource").ends_with("CIM_ServiceAvailableToElement"));
     assert!(ok(&command_span) && ok(&tunnel_span) && ok(&wsman_span));
+    // The command's event stored by the audit worker, in the same trace.
+    let deadline = Instant::now() + WAIT;
+    let stored = loop {
+        let found = receiver
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(s, span)| {
+                s.contains("audit")
+                    && span.name == "audit.store"
+                    && attr(span, "homeport.device") == device.guid
+                    && span.parent_span_id == command_span.span_id
+            })
+            .map(|(_, span)| span.clone());
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit.store span in the command's trace"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stored.trace_id, command_span.trace_id);
+    assert_eq!(attr(&stored, "homeport.event.kind"), "GetPowerState");
     // The device's login, and the audit worker storing the events.
     let login = receiver
         .wait("cira-ingress", "cira.login", &device.guid)

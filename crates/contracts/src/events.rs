@@ -75,6 +75,7 @@ pub fn envelope(tenant: &str, guid: &str, kind: &str, source: &str) -> proto::Ev
         actor: String::new(),
         version: EVENT_VERSION,
         trace_id: String::new(),
+        span_id: String::new(),
         payload: None,
     }
 }

@@ -15,6 +15,14 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 /// This process's name for OpenTelemetry (the binary's), unless `OTEL_SERVICE_NAME` says.
 static SERVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// Spans are exported (work done only for them can be skipped otherwise).
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans.
+pub fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The resource every signal of this process carries: `service.name` and what
 /// `OTEL_RESOURCE_ATTRIBUTES` adds.
 pub(crate) fn resource() -> opentelemetry_sdk::Resource {
@@ -68,6 +76,7 @@ pub fn init(service: &str) -> Tracing {
         )
         .build();
     let _ = SERVICE.set(service.to_owned());
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(resource())

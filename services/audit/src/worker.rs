@@ -54,6 +54,29 @@ pub fn record_of(names: &Names, subject: &str, seq: u64, payload: &[u8]) -> Opti
     })
 }
 
+/// A span for an event's persistence in the trace of the operation that caused it (events
+/// carry its trace and span ids), when spans are exported.
+fn stored_span(payload: &[u8]) {
+    let Ok(ev) = proto::Event::decode(payload) else {
+        return;
+    };
+    if ev.trace_id.is_empty() || ev.span_id.is_empty() {
+        return;
+    }
+    let parent = format!("00-{}-{}-01", ev.trace_id, ev.span_id);
+    homeport_telemetry::traces::TraceSpan::start(
+        "audit.store",
+        false,
+        Some(&parent),
+        vec![
+            ("homeport.event", ev.id),
+            ("homeport.event.kind", ev.kind),
+            ("homeport.device", ev.device_guid),
+        ],
+    )
+    .end(None);
+}
+
 /// Runs until `cancel`; reconnects to the consumer after NATS trouble.
 pub async fn run(
     js: jetstream::Context,
@@ -152,7 +175,12 @@ async fn consume(
         for (i, m) in acks.into_iter().enumerate() {
             if refused.contains(&i) {
                 let _ = m.ack_with(AckKind::Term).await;
-            } else if let Err(e) = m.ack().await {
+                continue;
+            }
+            if homeport_telemetry::traces::enabled() {
+                stored_span(&m.payload);
+            }
+            if let Err(e) = m.ack().await {
                 tracing::warn!(error = %e, "ack not sent; the event will be redelivered and skipped");
             }
         }

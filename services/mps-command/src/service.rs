@@ -195,9 +195,10 @@ impl CommandRecord {
         let caller = &self.caller;
         let mut event = envelope(&caller.tenant, guid, self.action, &self.inner.source);
         event.actor = caller.subject.clone();
-        event.trace_id = parse_traceparent(&self.trace)
-            .map(|(t, _)| t.to_string())
-            .unwrap_or_default();
+        if let Some((trace, span)) = parse_traceparent(&self.trace) {
+            event.trace_id = trace.to_string();
+            event.span_id = span.to_string();
+        }
         event.payload = Some(payload);
         let subject = self
             .inner
