@@ -32,6 +32,17 @@ use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The `service.name` a process exported with.
+fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .iter()
+        .flat_map(|r| &r.attributes)
+        .find(|a| a.key == "service.name")
+        .and_then(|a| a.value.as_ref())
+        .map(|v| format!("{:?}", v.value))
+        .unwrap_or_default()
+}
+
 /// Spans received, with the `service.name` of the process that sent them.
 #[derive(Clone, Default)]
 struct Receiver(Arc<Mutex<Vec<(String, Span)>>>);
@@ -44,14 +55,7 @@ impl TraceService for Receiver {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut spans = self.0.lock().unwrap();
         for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| a.value.as_ref())
-                .map(|v| format!("{:?}", v.value))
-                .unwrap_or_default();
+            let service = service_name(rs.resource.as_ref());
             for ss in rs.scope_spans {
                 for span in ss.spans {
                     spans.push((service.clone(), span));
@@ -74,14 +78,7 @@ impl MetricsService for MetricsReceiver {
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let mut points = self.0.lock().unwrap();
         for rm in request.into_inner().resource_metrics {
-            let service = rm
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| a.value.as_ref())
-                .map(|v| format!("{:?}", v.value))
-                .unwrap_or_default();
+            let service = service_name(rm.resource.as_ref());
             for sm in rm.scope_metrics {
                 for m in sm.metrics {
                     let values = match &m.data {

@@ -96,10 +96,7 @@ fn instrument(meter: &Meter, target: &Arc<dyn Observable>, name: String, kind: K
 /// Starts exporting `target`'s metrics when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Call inside
 /// the Tokio runtime.
 pub fn start(target: Arc<dyn Observable>) -> MetricsExport {
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|e| !e.trim().is_empty());
-    let Some(endpoint) = endpoint else {
+    let Some(endpoint) = crate::traces::otlp_endpoint() else {
         return MetricsExport::default();
     };
     let exporter = match opentelemetry_otlp::MetricExporter::builder()

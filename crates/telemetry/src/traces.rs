@@ -15,6 +15,13 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 /// This process's name for OpenTelemetry (the binary's), unless `OTEL_SERVICE_NAME` says.
 static SERVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// The OTLP endpoint of this process (`OTEL_EXPORTER_OTLP_ENDPOINT`), if one is set.
+pub(crate) fn otlp_endpoint() -> Option<String> {
+    std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.trim().is_empty())
+}
+
 /// Spans are exported (work done only for them can be skipped otherwise).
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -53,10 +60,7 @@ impl Tracing {
 /// Starts exporting spans when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `service` names the
 /// process unless `OTEL_SERVICE_NAME` does. Call inside the Tokio runtime.
 pub fn init(service: &str) -> Tracing {
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|e| !e.trim().is_empty());
-    let Some(endpoint) = endpoint else {
+    let Some(endpoint) = otlp_endpoint() else {
         return Tracing::default();
     };
     let exporter = match opentelemetry_otlp::SpanExporter::builder()
