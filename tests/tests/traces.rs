@@ -81,6 +81,13 @@ impl MetricsService for MetricsReceiver {
             let service = service_name(rm.resource.as_ref());
             for sm in rm.scope_metrics {
                 for m in sm.metrics {
+                    // A histogram's point: how many observations it has.
+                    if let Some(Data::Histogram(h)) = &m.data {
+                        for p in &h.data_points {
+                            points.push((service.clone(), m.name.clone(), p.count as f64));
+                        }
+                        continue;
+                    }
                     let values = match &m.data {
                         Some(Data::Sum(s)) => s.data_points.clone(),
                         Some(Data::Gauge(g)) => g.data_points.clone(),
@@ -405,6 +412,10 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         if has("cira-ingress", "homeport_cira_devices_connected", 1.0)
             && has("cira-ingress", "homeport_cira_tls_handshakes_total", 1.0)
             && has("mps-command", "homeport_commands_total", 2.0)
+            // Named after the semantic conventions where one exists.
+            && has("mps-command", "rpc.server.call.duration", 2.0)
+            && has("cira-ingress", "messaging.client.sent.messages", 1.0)
+            && has("audit", "db.client.operation.duration", 1.0)
             && has("audit", "homeport_audit_events_stored_total", 1.0)
         {
             break;

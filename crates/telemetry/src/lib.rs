@@ -77,13 +77,28 @@ impl Gauge {
     }
 }
 
-/// Latency histogram with fixed millisecond buckets.
-#[derive(Debug)]
+/// Latency histogram with fixed millisecond buckets. When metrics go out over OTLP, the same
+/// observations also feed an OpenTelemetry histogram (attached when the exposition first
+/// renders this one).
 pub struct Histogram {
     bounds_ms: &'static [u64],
     buckets: Vec<AtomicU64>,
     sum_us: AtomicU64,
     count: AtomicU64,
+    /// The OpenTelemetry histogram and the attributes its convention asks for.
+    otel: std::sync::OnceLock<(
+        opentelemetry::metrics::Histogram<f64>,
+        Vec<opentelemetry::KeyValue>,
+    )>,
+}
+
+impl std::fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histogram")
+            .field("bounds_ms", &self.bounds_ms)
+            .field("count", &self.count)
+            .finish_non_exhaustive()
+    }
 }
 
 pub const LATENCY_BUCKETS_MS: &[u64] =
@@ -102,10 +117,14 @@ impl Histogram {
             buckets: bounds_ms.iter().map(|_| AtomicU64::new(0)).collect(),
             sum_us: AtomicU64::new(0),
             count: AtomicU64::new(0),
+            otel: std::sync::OnceLock::new(),
         }
     }
 
     pub fn observe(&self, d: Duration) {
+        if let Some((h, attributes)) = self.otel.get() {
+            h.record(d.as_secs_f64(), attributes);
+        }
         let ms = d.as_millis();
         for (b, bound) in self.buckets.iter().zip(self.bounds_ms) {
             if ms <= u128::from(*bound) {
@@ -142,6 +161,18 @@ impl Exposition {
         );
     }
     pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        if let Some(meter) = otlp_metrics::meter() {
+            h.otel.get_or_init(|| {
+                let (otel, attributes) = otlp_metrics::otel_name(name);
+                let histogram = meter
+                    .f64_histogram(otel)
+                    .with_description(help.to_owned())
+                    .with_unit("s")
+                    .with_boundaries(h.bounds_ms.iter().map(|ms| *ms as f64 / 1000.0).collect())
+                    .build();
+                (histogram, attributes)
+            });
+        }
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (b, bound) in h.buckets.iter().zip(h.bounds_ms) {
             let secs = *bound as f64 / 1000.0;

@@ -2,7 +2,7 @@
 //! instruments: each OpenTelemetry instrument is observable and reads the same atomics the
 //! `/metrics` exposition renders (no second bookkeeping). Started with the health endpoint when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set; `OTEL_METRIC_EXPORT_INTERVAL` (ms, 60,000) paces it.
-//! Histograms stay Prometheus-only for now.
+//! Histograms record each observation into an OpenTelemetry histogram as well.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,14 @@ use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use crate::Observable;
+
+/// The meter of this process's OTLP metrics, once started: histograms attach to it when the
+/// exposition renders them.
+static METER: std::sync::OnceLock<Meter> = std::sync::OnceLock::new();
+
+pub(crate) fn meter() -> Option<&'static Meter> {
+    METER.get()
+}
 
 /// The exporter of this process's metrics, if any.
 #[derive(Default)]
@@ -24,6 +32,28 @@ impl MetricsExport {
         if let Some(p) = self.provider {
             let _ = p.shutdown();
         }
+    }
+}
+
+/// The OTLP name of a metric: the OpenTelemetry semantic conventions' where one exists (RPC,
+/// messaging, database), the Prometheus name otherwise, with the attributes the convention asks
+/// for.
+pub(crate) fn otel_name(prometheus: &str) -> (String, Vec<opentelemetry::KeyValue>) {
+    use opentelemetry::KeyValue;
+    match prometheus {
+        "homeport_command_seconds" => (
+            "rpc.server.call.duration".into(),
+            vec![KeyValue::new("rpc.system", "grpc")],
+        ),
+        "homeport_events_published_total" => (
+            "messaging.client.sent.messages".into(),
+            vec![KeyValue::new("messaging.system", "nats")],
+        ),
+        "homeport_audit_batch_write_seconds" => (
+            "db.client.operation.duration".into(),
+            vec![KeyValue::new("db.operation.name", "INSERT")],
+        ),
+        other => (other.to_owned(), Vec::new()),
     }
 }
 
@@ -66,26 +96,26 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 
 fn instrument(meter: &Meter, target: &Arc<dyn Observable>, name: String, kind: Kind, help: String) {
     let t = target.clone();
-    let key = name.clone();
+    let (otel, attributes) = otel_name(&name);
     match kind {
         Kind::Counter => {
             meter
-                .u64_observable_counter(name)
+                .u64_observable_counter(otel)
                 .with_description(help)
                 .with_callback(move |o| {
-                    if let Some(v) = sample(&t.metrics(), &key) {
-                        o.observe(v as u64, &[]);
+                    if let Some(v) = sample(&t.metrics(), &name) {
+                        o.observe(v as u64, &attributes);
                     }
                 })
                 .build();
         }
         Kind::Gauge => {
             meter
-                .i64_observable_gauge(name)
+                .i64_observable_gauge(otel)
                 .with_description(help)
                 .with_callback(move |o| {
-                    if let Some(v) = sample(&t.metrics(), &key) {
-                        o.observe(v as i64, &[]);
+                    if let Some(v) = sample(&t.metrics(), &name) {
+                        o.observe(v as i64, &attributes);
                     }
                 })
                 .build();
@@ -124,9 +154,10 @@ pub fn start(target: Arc<dyn Observable>) -> MetricsExport {
         .with_reader(reader)
         .with_resource(crate::traces::resource())
         .build();
-    let meter = provider.meter("homeport");
+    let meter = METER.get_or_init(|| provider.meter("homeport"));
+    // Rendering the exposition once attaches its histograms to the meter.
     for (name, kind, help) in families(&target.metrics()) {
-        instrument(&meter, &target, name, kind, help);
+        instrument(meter, &target, name, kind, help);
     }
     MetricsExport {
         provider: Some(provider),
