@@ -431,6 +431,80 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The registry's and the audit service's calls are spans too, continuing the caller's
+    // traceparent.
+    let caller_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    fn with_trace<T>(mut r: tonic::Request<T>, traceparent: &str) -> tonic::Request<T> {
+        r.metadata_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        r
+    }
+    let registry_channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut registry =
+        homeport_proto::device::v1::device_registry_client::DeviceRegistryClient::with_interceptor(
+            registry_channel,
+            Bearer::new(Some(&token)),
+        );
+    registry
+        .list_devices(with_trace(
+            tonic::Request::new(pb::ListDevicesRequest::default()),
+            caller_trace,
+        ))
+        .await
+        .unwrap();
+    let audit_channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{audit_grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut audit_api =
+        homeport_proto::audit::v1::audit_service_client::AuditServiceClient::with_interceptor(
+            audit_channel,
+            Bearer::new(Some(&token)),
+        );
+    audit_api
+        .query_events(with_trace(
+            tonic::Request::new(homeport_proto::audit::v1::QueryEventsRequest {
+                page_size: 10,
+                ..Default::default()
+            }),
+            caller_trace,
+        ))
+        .await
+        .unwrap();
+    for (service, name) in [
+        ("mps-command", "DeviceRegistry/ListDevices"),
+        ("audit", "AuditService/QueryEvents"),
+    ] {
+        let deadline = Instant::now() + WAIT;
+        let span = loop {
+            let found = receiver
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(s, span)| s.contains(service) && span.name == name)
+                .map(|(_, span)| span.clone());
+            if let Some(span) = found {
+                break span;
+            }
+            assert!(Instant::now() < deadline, "no {name} span");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            hex(&span.trace_id),
+            "0af7651916cd43dd8448eb211c80319c",
+            "{name}"
+        );
+        assert_eq!(hex(&span.parent_span_id), "b7ad6b7169203331", "{name}");
+    }
+
     // Nothing secret in any exported attribute.
     let secrets = [
         device.mps_password.expose().to_string(),

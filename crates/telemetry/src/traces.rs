@@ -162,3 +162,16 @@ impl TraceSpan {
         self.span.end();
     }
 }
+
+/// Runs a request's `work` in a server span `name`, child of the caller's W3C `parent` if any,
+/// failed with the error's text when it fails.
+pub async fn traced<T, E: std::fmt::Display>(
+    name: &'static str,
+    parent: Option<&str>,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let span = TraceSpan::start(name, true, parent, vec![("rpc.system", "grpc".to_string())]);
+    let result = work.await;
+    span.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
+    result
+}

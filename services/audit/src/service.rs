@@ -107,51 +107,59 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::QueryEventsRequest>,
     ) -> Result<Response<pb::QueryEventsResponse>, Status> {
-        let c = caller(&req)?;
-        let r = req.into_inner();
-        let f = r.filter.unwrap_or_default();
-        let filter = AuditFilter {
-            device_guid: opt(&f.device_guid).map(|g| g.to_ascii_lowercase()),
-            kind: opt(&f.kind),
-            from_nanos: (f.from_unix_nanos != 0).then_some(f.from_unix_nanos),
-            to_nanos: (f.to_unix_nanos != 0).then_some(f.to_unix_nanos),
-        };
-        let page = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
-        let after: i64 = if r.page_token.is_empty() {
-            0
-        } else {
-            r.page_token
-                .parse()
-                .map_err(|_| Status::invalid_argument("bad page_token"))?
-        };
-        let rows = self
-            .store
-            .query_audit_events(&c.tenant, &filter, after, u64::from(page))
-            .await
-            .map_err(|e| Status::unavailable(format!("database: {e}")))?;
-        let full = rows.len() == page as usize;
-        let next = rows.last().map(|r| r.stream_seq.to_string());
-        let events = rows
-            .iter()
-            .map(|r| {
-                stored(
-                    u64::try_from(r.stream_seq).unwrap_or(0),
-                    &r.subject,
-                    &r.payload,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Response::new(pb::QueryEventsResponse {
-            events,
-            next_page_token: if full {
-                next.unwrap_or_default()
-            } else {
-                String::new()
+        let parent = traceparent_of(&req);
+        homeport_telemetry::traces::traced(
+            "AuditService/QueryEvents",
+            parent.as_deref(),
+            async move {
+                let c = caller(&req)?;
+                let r = req.into_inner();
+                let f = r.filter.unwrap_or_default();
+                let filter = AuditFilter {
+                    device_guid: opt(&f.device_guid).map(|g| g.to_ascii_lowercase()),
+                    kind: opt(&f.kind),
+                    from_nanos: (f.from_unix_nanos != 0).then_some(f.from_unix_nanos),
+                    to_nanos: (f.to_unix_nanos != 0).then_some(f.to_unix_nanos),
+                };
+                let page = match r.page_size {
+                    0 => DEFAULT_PAGE,
+                    n => n.min(MAX_PAGE),
+                };
+                let after: i64 = if r.page_token.is_empty() {
+                    0
+                } else {
+                    r.page_token
+                        .parse()
+                        .map_err(|_| Status::invalid_argument("bad page_token"))?
+                };
+                let rows = self
+                    .store
+                    .query_audit_events(&c.tenant, &filter, after, u64::from(page))
+                    .await
+                    .map_err(|e| Status::unavailable(format!("database: {e}")))?;
+                let full = rows.len() == page as usize;
+                let next = rows.last().map(|r| r.stream_seq.to_string());
+                let events = rows
+                    .iter()
+                    .map(|r| {
+                        stored(
+                            u64::try_from(r.stream_seq).unwrap_or(0),
+                            &r.subject,
+                            &r.payload,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Response::new(pb::QueryEventsResponse {
+                    events,
+                    next_page_token: if full {
+                        next.unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                }))
             },
-        }))
+        )
+        .await
     }
 
     type SubscribeStream = EventStream;
@@ -234,4 +242,12 @@ impl AuditService for AuditApi {
         });
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+/// The caller's W3C `traceparent` (gRPC metadata), which a request's span continues.
+fn traceparent_of<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }

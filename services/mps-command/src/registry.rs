@@ -145,196 +145,248 @@ impl DeviceRegistry for RegistryApi {
         &self,
         req: Request<pb::CreateDeviceRequest>,
     ) -> Result<Response<pb::Device>, Status> {
-        let c = caller(&req)?;
-        let r = req.into_inner();
-        let guid = guid_of(&r.guid)?;
-        if r.mps_username.trim().is_empty() {
-            return Err(CommandError::InvalidArgument("mps_username is required".into()).into());
-        }
-        let inner = &self.inner;
-        let secrets = DeviceSecrets {
-            amt_password: secret(&r.amt_password),
-            mebx_password: secret(&r.mebx_password),
-            mps_password: secret(&r.mps_password),
-        };
-        // A GUID identifies one machine, registered in one tenant: it is refused the same way
-        // whichever tenant holds it (ALREADY_EXISTS, the same words), so the answer tells
-        // nothing about that tenant. The insert itself decides, so of two racing creates
-        // exactly one wins.
-        let device = inner
-            .store
-            .create_device(NewDevice {
-                guid: guid.clone(),
-                tenant_id: c.tenant.clone(),
-                hostname: Some(r.hostname).filter(|h| !h.is_empty()),
-                friendly_name: Some(r.friendly_name).filter(|h| !h.is_empty()),
-                tags: r.tags,
-                mps_username: r.mps_username,
-                device_info: None,
-            })
-            .await
-            .map_err(db)?
-            .ok_or_else(|| {
-                Status::already_exists(format!("device {guid} is already registered"))
-            })?;
-        // Secrets only by the create that inserted the row: a racing create (any tenant) was
-        // refused above and never touches this device's secrets.
-        if secrets != DeviceSecrets::default() {
-            secrets
-                .save(inner.secrets.as_ref(), &guid)
-                .await
-                .map_err(|e| CommandError::Unavailable(format!("secret store: {e}")))?;
-        }
-        inner.registry_event(&c, &guid, "created", Vec::new());
-        Ok(Response::new(inner.to_pb(device).await))
+        let parent = traceparent_of(&req);
+        homeport_telemetry::traces::traced(
+            "DeviceRegistry/CreateDevice",
+            parent.as_deref(),
+            async move {
+                let c = caller(&req)?;
+                let r = req.into_inner();
+                let guid = guid_of(&r.guid)?;
+                if r.mps_username.trim().is_empty() {
+                    return Err(
+                        CommandError::InvalidArgument("mps_username is required".into()).into(),
+                    );
+                }
+                let inner = &self.inner;
+                let secrets = DeviceSecrets {
+                    amt_password: secret(&r.amt_password),
+                    mebx_password: secret(&r.mebx_password),
+                    mps_password: secret(&r.mps_password),
+                };
+                // A GUID identifies one machine, registered in one tenant: it is refused the same way
+                // whichever tenant holds it (ALREADY_EXISTS, the same words), so the answer tells
+                // nothing about that tenant. The insert itself decides, so of two racing creates
+                // exactly one wins.
+                let device = inner
+                    .store
+                    .create_device(NewDevice {
+                        guid: guid.clone(),
+                        tenant_id: c.tenant.clone(),
+                        hostname: Some(r.hostname).filter(|h| !h.is_empty()),
+                        friendly_name: Some(r.friendly_name).filter(|h| !h.is_empty()),
+                        tags: r.tags,
+                        mps_username: r.mps_username,
+                        device_info: None,
+                    })
+                    .await
+                    .map_err(db)?
+                    .ok_or_else(|| {
+                        Status::already_exists(format!("device {guid} is already registered"))
+                    })?;
+                // Secrets only by the create that inserted the row: a racing create (any tenant) was
+                // refused above and never touches this device's secrets.
+                if secrets != DeviceSecrets::default() {
+                    secrets
+                        .save(inner.secrets.as_ref(), &guid)
+                        .await
+                        .map_err(|e| CommandError::Unavailable(format!("secret store: {e}")))?;
+                }
+                inner.registry_event(&c, &guid, "created", Vec::new());
+                Ok(Response::new(inner.to_pb(device).await))
+            },
+        )
+        .await
     }
 
     async fn get_device(
         &self,
         req: Request<pb::DeviceRef>,
     ) -> Result<Response<pb::Device>, Status> {
-        let c = caller(&req)?;
-        let guid = guid_of(&req.into_inner().guid)?;
-        let d = self
-            .inner
-            .store
-            .get_device_for_tenant(&c.tenant, &guid)
-            .await
-            .map_err(db)?
-            .ok_or(CommandError::NotFound(guid))?;
-        Ok(Response::new(self.inner.to_pb(d).await))
+        let parent = traceparent_of(&req);
+        homeport_telemetry::traces::traced(
+            "DeviceRegistry/GetDevice",
+            parent.as_deref(),
+            async move {
+                let c = caller(&req)?;
+                let guid = guid_of(&req.into_inner().guid)?;
+                let d = self
+                    .inner
+                    .store
+                    .get_device_for_tenant(&c.tenant, &guid)
+                    .await
+                    .map_err(db)?
+                    .ok_or(CommandError::NotFound(guid))?;
+                Ok(Response::new(self.inner.to_pb(d).await))
+            },
+        )
+        .await
     }
 
     async fn update_device(
         &self,
         req: Request<pb::UpdateDeviceRequest>,
     ) -> Result<Response<pb::Device>, Status> {
-        let c = caller(&req)?;
-        let r = req.into_inner();
-        let guid = guid_of(&r.guid)?;
-        let inner = &self.inner;
-        let d = inner
-            .store
-            .get_device_for_tenant(&c.tenant, &guid)
-            .await
-            .map_err(db)?
-            .ok_or_else(|| CommandError::NotFound(guid.clone()))?;
-        let all = r.update_mask.is_empty();
-        let wants = |f: &str| all || r.update_mask.iter().any(|m| m == f);
-        for m in &r.update_mask {
-            if !matches!(m.as_str(), "hostname" | "friendly_name" | "tags") {
-                return Err(
-                    CommandError::InvalidArgument(format!("cannot update field {m:?}")).into(),
-                );
-            }
-        }
-        let mut changed = Vec::new();
-        let mut new = NewDevice {
-            guid: guid.clone(),
-            tenant_id: c.tenant.clone(),
-            hostname: d.hostname.clone(),
-            friendly_name: d.friendly_name.clone(),
-            tags: d.tags.clone(),
-            mps_username: d.mps_username.clone(),
-            device_info: d.device_info.clone(),
-        };
-        if wants("hostname") {
-            new.hostname = Some(r.hostname).filter(|h| !h.is_empty());
-            changed.push("hostname".to_string());
-        }
-        if wants("friendly_name") {
-            new.friendly_name = Some(r.friendly_name).filter(|h| !h.is_empty());
-            changed.push("friendly_name".to_string());
-        }
-        if wants("tags") {
-            new.tags = r.tags;
-            changed.push("tags".to_string());
-        }
-        let d = inner.store.upsert_device(new).await.map_err(db)?;
-        inner.registry_event(&c, &guid, "updated", changed);
-        Ok(Response::new(inner.to_pb(d).await))
+        let parent = traceparent_of(&req);
+        homeport_telemetry::traces::traced(
+            "DeviceRegistry/UpdateDevice",
+            parent.as_deref(),
+            async move {
+                let c = caller(&req)?;
+                let r = req.into_inner();
+                let guid = guid_of(&r.guid)?;
+                let inner = &self.inner;
+                let d = inner
+                    .store
+                    .get_device_for_tenant(&c.tenant, &guid)
+                    .await
+                    .map_err(db)?
+                    .ok_or_else(|| CommandError::NotFound(guid.clone()))?;
+                let all = r.update_mask.is_empty();
+                let wants = |f: &str| all || r.update_mask.iter().any(|m| m == f);
+                for m in &r.update_mask {
+                    if !matches!(m.as_str(), "hostname" | "friendly_name" | "tags") {
+                        return Err(CommandError::InvalidArgument(format!(
+                            "cannot update field {m:?}"
+                        ))
+                        .into());
+                    }
+                }
+                let mut changed = Vec::new();
+                let mut new = NewDevice {
+                    guid: guid.clone(),
+                    tenant_id: c.tenant.clone(),
+                    hostname: d.hostname.clone(),
+                    friendly_name: d.friendly_name.clone(),
+                    tags: d.tags.clone(),
+                    mps_username: d.mps_username.clone(),
+                    device_info: d.device_info.clone(),
+                };
+                if wants("hostname") {
+                    new.hostname = Some(r.hostname).filter(|h| !h.is_empty());
+                    changed.push("hostname".to_string());
+                }
+                if wants("friendly_name") {
+                    new.friendly_name = Some(r.friendly_name).filter(|h| !h.is_empty());
+                    changed.push("friendly_name".to_string());
+                }
+                if wants("tags") {
+                    new.tags = r.tags;
+                    changed.push("tags".to_string());
+                }
+                let d = inner.store.upsert_device(new).await.map_err(db)?;
+                inner.registry_event(&c, &guid, "updated", changed);
+                Ok(Response::new(inner.to_pb(d).await))
+            },
+        )
+        .await
     }
 
     async fn delete_device(
         &self,
         req: Request<pb::DeviceRef>,
     ) -> Result<Response<pb::DeleteDeviceResponse>, Status> {
-        let c = caller(&req)?;
-        remove_device(&self.inner, &c, &req.into_inner().guid).await?;
-        Ok(Response::new(pb::DeleteDeviceResponse {}))
+        let parent = traceparent_of(&req);
+        homeport_telemetry::traces::traced(
+            "DeviceRegistry/DeleteDevice",
+            parent.as_deref(),
+            async move {
+                let c = caller(&req)?;
+                remove_device(&self.inner, &c, &req.into_inner().guid).await?;
+                Ok(Response::new(pb::DeleteDeviceResponse {}))
+            },
+        )
+        .await
     }
 
     async fn list_devices(
         &self,
         req: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
-        let c = caller(&req)?;
-        let r = req.into_inner();
-        let page = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        } as usize;
-        let mut offset: u64 = if r.page_token.is_empty() {
-            0
-        } else {
-            r.page_token
-                .parse()
-                .map_err(|_| Status::invalid_argument("bad page_token"))?
-        };
-        let want_status =
-            pb::ConnectionStatus::try_from(r.status).unwrap_or(pb::ConnectionStatus::Unspecified);
-        let inner = &self.inner;
-        let mut out = Vec::new();
-        let mut exhausted = false;
-        // Tags and status are filtered here, so scan in batches until the page is full.
-        'scan: while out.len() < page {
-            let batch = inner
-                .store
-                .list_devices(&c.tenant, SCAN_BATCH, offset)
-                .await
-                .map_err(db)?;
-            if batch.is_empty() {
-                exhausted = true;
-                break;
-            }
-            let start = offset;
-            offset += batch.len() as u64;
-            let candidates: Vec<(u64, Device)> = batch
-                .into_iter()
-                .zip(start..)
-                .filter(|(d, _)| r.tags.iter().all(|t| d.tags.contains(t)))
-                .filter(|(d, _)| {
-                    r.hostname.is_empty() || d.hostname.as_deref() == Some(r.hostname.as_str())
-                })
-                .map(|(d, at)| (at, d))
-                .collect();
-            // Presence of the batch's candidates, read concurrently, kept in order.
-            let devices: Vec<(u64, pb::Device)> = futures_util::stream::iter(candidates)
-                .map(|(at, d)| async move { (at, inner.to_pb(d).await) })
-                .buffered(PRESENCE_READS)
-                .collect()
-                .await;
-            for (at, device) in devices {
-                if want_status != pb::ConnectionStatus::Unspecified
-                    && device.status != want_status as i32
-                {
-                    continue;
+        let parent = traceparent_of(&req);
+        homeport_telemetry::traces::traced(
+            "DeviceRegistry/ListDevices",
+            parent.as_deref(),
+            async move {
+                let c = caller(&req)?;
+                let r = req.into_inner();
+                let page = match r.page_size {
+                    0 => DEFAULT_PAGE,
+                    n => n.min(MAX_PAGE),
+                } as usize;
+                let mut offset: u64 = if r.page_token.is_empty() {
+                    0
+                } else {
+                    r.page_token
+                        .parse()
+                        .map_err(|_| Status::invalid_argument("bad page_token"))?
+                };
+                let want_status = pb::ConnectionStatus::try_from(r.status)
+                    .unwrap_or(pb::ConnectionStatus::Unspecified);
+                let inner = &self.inner;
+                let mut out = Vec::new();
+                let mut exhausted = false;
+                // Tags and status are filtered here, so scan in batches until the page is full.
+                'scan: while out.len() < page {
+                    let batch = inner
+                        .store
+                        .list_devices(&c.tenant, SCAN_BATCH, offset)
+                        .await
+                        .map_err(db)?;
+                    if batch.is_empty() {
+                        exhausted = true;
+                        break;
+                    }
+                    let start = offset;
+                    offset += batch.len() as u64;
+                    let candidates: Vec<(u64, Device)> = batch
+                        .into_iter()
+                        .zip(start..)
+                        .filter(|(d, _)| r.tags.iter().all(|t| d.tags.contains(t)))
+                        .filter(|(d, _)| {
+                            r.hostname.is_empty()
+                                || d.hostname.as_deref() == Some(r.hostname.as_str())
+                        })
+                        .map(|(d, at)| (at, d))
+                        .collect();
+                    // Presence of the batch's candidates, read concurrently, kept in order.
+                    let devices: Vec<(u64, pb::Device)> = futures_util::stream::iter(candidates)
+                        .map(|(at, d)| async move { (at, inner.to_pb(d).await) })
+                        .buffered(PRESENCE_READS)
+                        .collect()
+                        .await;
+                    for (at, device) in devices {
+                        if want_status != pb::ConnectionStatus::Unspecified
+                            && device.status != want_status as i32
+                        {
+                            continue;
+                        }
+                        out.push(device);
+                        if out.len() == page {
+                            // The next page starts after the last device of this one.
+                            offset = at + 1;
+                            break 'scan;
+                        }
+                    }
                 }
-                out.push(device);
-                if out.len() == page {
-                    // The next page starts after the last device of this one.
-                    offset = at + 1;
-                    break 'scan;
-                }
-            }
-        }
-        Ok(Response::new(pb::ListDevicesResponse {
-            devices: out,
-            next_page_token: if exhausted {
-                String::new()
-            } else {
-                offset.to_string()
+                Ok(Response::new(pb::ListDevicesResponse {
+                    devices: out,
+                    next_page_token: if exhausted {
+                        String::new()
+                    } else {
+                        offset.to_string()
+                    },
+                }))
             },
-        }))
+        )
+        .await
     }
+}
+
+/// The caller's W3C `traceparent` (gRPC metadata), which a request's span continues.
+fn traceparent_of<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
