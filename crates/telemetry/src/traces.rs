@@ -154,6 +154,16 @@ impl TraceSpan {
         self.traceparent.as_deref()
     }
 
+    /// A `tracing` span for the log lines of this operation, carrying its trace and span ids
+    /// (empty when nothing is exported).
+    pub fn log_span(&self, operation: &'static str) -> tracing::Span {
+        let (trace_id, span_id) = self
+            .traceparent()
+            .and_then(trace_and_span)
+            .unwrap_or_default();
+        tracing::info_span!("op", operation, trace_id, span_id)
+    }
+
     /// Ends the span, failed with `error` if given.
     pub fn end(mut self, error: Option<&str>) {
         if let Some(e) = error {
@@ -171,7 +181,15 @@ pub async fn traced<T, E: std::fmt::Display>(
     work: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
     let span = TraceSpan::start(name, true, parent, vec![("rpc.system", "grpc".to_string())]);
-    let result = work.await;
+    // The request's log lines carry its trace and span ids.
+    let result = tracing::Instrument::instrument(work, span.log_span(name)).await;
     span.end(result.as_ref().err().map(|e| e.to_string()).as_deref());
     result
+}
+
+/// The trace and span ids of a W3C traceparent (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_and_span(traceparent: &str) -> Option<(&str, &str)> {
+    let mut parts = traceparent.split('-');
+    let (_, trace, span) = (parts.next()?, parts.next()?, parts.next()?);
+    (trace.len() == 32 && span.len() == 16).then_some((trace, span))
 }

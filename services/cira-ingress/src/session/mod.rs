@@ -312,9 +312,10 @@ impl Shell {
                             ("homeport.node", shared.node_id.clone()),
                         ],
                     );
+                    let log_span = span.log_span("cira.login");
                     self.login = Some(tokio::spawn(async move {
-                        let outcome =
-                            login(shared, guid, username, password, peer, session, attempt).await;
+                        let work = login(shared, guid, username, password, peer, session, attempt);
+                        let outcome = tracing::Instrument::instrument(work, log_span).await;
                         match &outcome {
                             AuthOutcome::Accepted { .. } => span.end(None),
                             AuthOutcome::Rejected(r) => span.end(Some(r.why.as_str())),
