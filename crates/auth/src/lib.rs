@@ -331,6 +331,14 @@ pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
 }
 
 /// Mints an HS256 token (tests, the demo, `homeportctl token`).
+/// The caller's W3C `traceparent` (gRPC metadata), which the request's span continues.
+pub fn traceparent<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 pub fn mint_hs256(
     secret: &[u8],
     subject: &str,

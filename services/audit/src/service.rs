@@ -107,7 +107,7 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::QueryEventsRequest>,
     ) -> Result<Response<pb::QueryEventsResponse>, Status> {
-        let parent = traceparent_of(&req);
+        let parent = homeport_auth::traceparent(&req);
         homeport_telemetry::traces::traced(
             "AuditService/QueryEvents",
             parent.as_deref(),
@@ -242,12 +242,4 @@ impl AuditService for AuditApi {
         });
         Ok(Response::new(Box::pin(out)))
     }
-}
-
-/// The caller's W3C `traceparent` (gRPC metadata), which a request's span continues.
-fn traceparent_of<T>(req: &Request<T>) -> Option<String> {
-    req.metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }

@@ -145,7 +145,7 @@ impl DeviceRegistry for RegistryApi {
         &self,
         req: Request<pb::CreateDeviceRequest>,
     ) -> Result<Response<pb::Device>, Status> {
-        let parent = traceparent_of(&req);
+        let parent = homeport_auth::traceparent(&req);
         homeport_telemetry::traces::traced(
             "DeviceRegistry/CreateDevice",
             parent.as_deref(),
@@ -203,7 +203,7 @@ impl DeviceRegistry for RegistryApi {
         &self,
         req: Request<pb::DeviceRef>,
     ) -> Result<Response<pb::Device>, Status> {
-        let parent = traceparent_of(&req);
+        let parent = homeport_auth::traceparent(&req);
         homeport_telemetry::traces::traced(
             "DeviceRegistry/GetDevice",
             parent.as_deref(),
@@ -227,7 +227,7 @@ impl DeviceRegistry for RegistryApi {
         &self,
         req: Request<pb::UpdateDeviceRequest>,
     ) -> Result<Response<pb::Device>, Status> {
-        let parent = traceparent_of(&req);
+        let parent = homeport_auth::traceparent(&req);
         homeport_telemetry::traces::traced(
             "DeviceRegistry/UpdateDevice",
             parent.as_deref(),
@@ -286,7 +286,7 @@ impl DeviceRegistry for RegistryApi {
         &self,
         req: Request<pb::DeviceRef>,
     ) -> Result<Response<pb::DeleteDeviceResponse>, Status> {
-        let parent = traceparent_of(&req);
+        let parent = homeport_auth::traceparent(&req);
         homeport_telemetry::traces::traced(
             "DeviceRegistry/DeleteDevice",
             parent.as_deref(),
@@ -303,7 +303,7 @@ impl DeviceRegistry for RegistryApi {
         &self,
         req: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
-        let parent = traceparent_of(&req);
+        let parent = homeport_auth::traceparent(&req);
         homeport_telemetry::traces::traced(
             "DeviceRegistry/ListDevices",
             parent.as_deref(),
@@ -381,12 +381,4 @@ impl DeviceRegistry for RegistryApi {
         )
         .await
     }
-}
-
-/// The caller's W3C `traceparent` (gRPC metadata), which a request's span continues.
-fn traceparent_of<T>(req: &Request<T>) -> Option<String> {
-    req.metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
