@@ -508,6 +508,15 @@ pub mod procs {
         path
     }
 
+    /// A gRPC channel to a service process listening on loopback `port`.
+    pub async fn grpc_channel(port: u16) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("gRPC connect")
+    }
+
     pub fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())

@@ -24,7 +24,7 @@ use homeport_proto::device::v1::device_service_client::DeviceServiceClient;
 use homeport_runtime::{connect_nats_with, NatsAuth, NatsCredential};
 use homeport_secrets::SecretString;
 use homeport_tests::command::{Bearer, CommandHandle, Devices, TEST_JWT_SECRET};
-use homeport_tests::procs::{bin, free_port, wait_ready};
+use homeport_tests::procs::{bin, free_port, grpc_channel, wait_ready};
 use homeport_tests::*;
 use tokio::process::{Child, Command};
 
@@ -92,11 +92,7 @@ impl Cluster {
 }
 
 async fn devices_client(port: u16) -> Devices {
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(port).await;
     let token = CommandHandle::token("acme");
     DeviceServiceClient::with_interceptor(channel, Bearer::new(Some(&token)))
 }

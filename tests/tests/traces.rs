@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use homeport_proto::device::v1 as pb;
 use homeport_proto::device::v1::device_service_client::DeviceServiceClient;
 use homeport_tests::command::{Bearer, CommandHandle, TEST_JWT_SECRET};
-use homeport_tests::procs::{bin, free_port, wait_ready};
+use homeport_tests::procs::{bin, free_port, grpc_channel, wait_ready};
 use homeport_tests::*;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -257,11 +257,7 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         .await;
     let absent = absent_cfg.identities().next().unwrap();
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(grpc).await;
     let token = CommandHandle::token("acme");
     let mut api = DeviceServiceClient::with_interceptor(channel, Bearer::new(Some(&token)));
     api.get_power_state(pb::DeviceRef {
@@ -439,12 +435,7 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
             .insert("traceparent", traceparent.parse().unwrap());
         r
     }
-    let registry_channel =
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let registry_channel = grpc_channel(grpc).await;
     let mut registry =
         homeport_proto::device::v1::device_registry_client::DeviceRegistryClient::with_interceptor(
             registry_channel,
@@ -457,12 +448,7 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         ))
         .await
         .unwrap();
-    let audit_channel =
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{audit_grpc}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let audit_channel = grpc_channel(audit_grpc).await;
     let mut audit_api =
         homeport_proto::audit::v1::audit_service_client::AuditServiceClient::with_interceptor(
             audit_channel,
