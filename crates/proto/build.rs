@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "homeport/events/v1/events.proto",
         "homeport/device/v1/device.proto",
         "homeport/audit/v1/audit.proto",
+        "homeport/provisioning/v1/provisioning.proto",
     ];
     let fds = protox::compile(files, [root])?;
     tonic_prost_build::configure().compile_fds(fds)?;

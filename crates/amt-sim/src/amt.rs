@@ -9,7 +9,7 @@ use homeport_http1::Head;
 use homeport_wsman::digest::{md5_hex, params};
 
 use crate::identity::Identity;
-use crate::wsman::model::{DeviceModel, Now};
+use crate::wsman::model::{Credentials, DeviceModel, Now};
 use crate::wsman::{self, render, Effect};
 use crate::Fault;
 
@@ -49,11 +49,12 @@ pub(crate) fn serve(
         bytes,
         effect: Effect::None,
     };
+    let credentials = model.credentials.as_deref();
     let state = &mut model.digest;
     state
         .nonces
         .retain(|(_, at)| now.mono.duration_since(*at) < NONCE_TTL);
-    match authorize(id, state, head) {
+    match authorize(id, state, credentials, head) {
         Auth::Ok => {}
         Auth::Missing => return reply(unauthorized(id, state, now.mono, false)),
         Auth::Stale => return reply(unauthorized(id, state, now.mono, true)),
@@ -117,7 +118,12 @@ enum Auth {
     Stale,
 }
 
-fn authorize(id: &Identity, state: &AmtState, head: &Head) -> Auth {
+fn authorize(
+    id: &Identity,
+    state: &AmtState,
+    credentials: Option<&Credentials>,
+    head: &Head,
+) -> Auth {
     let Some(value) = head.header("authorization") else {
         return Auth::Missing;
     };
@@ -139,10 +145,16 @@ fn authorize(id: &Identity, state: &AmtState, head: &Head) -> Auth {
     ) else {
         return Auth::Missing;
     };
-    if user != "admin" || realm != id.realm {
+    if realm != id.realm {
         return Auth::Missing;
     }
-    let ha1 = md5_hex(&format!("admin:{}:{}", id.realm, id.amt_password.expose()));
+    let ha1 = match credentials {
+        Some(c) if user == c.user => c.ha1.clone(),
+        None if user == "admin" => {
+            md5_hex(&format!("admin:{}:{}", id.realm, id.amt_password.expose()))
+        }
+        _ => return Auth::Missing,
+    };
     let ha2 = md5_hex(&format!("{}:{uri}", head.first));
     let expected = match (get("qop"), get("nc"), get("cnonce")) {
         (Some(qop), Some(nc), Some(cnonce)) => {

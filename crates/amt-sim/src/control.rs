@@ -38,6 +38,23 @@ impl DeviceSlot {
         }
     }
 
+    /// A slot whose device model already exists (a device that went through provisioning).
+    pub(crate) fn with_model(model: Arc<Mutex<DeviceModel>>) -> DeviceSlot {
+        let slot = DeviceSlot::new(false);
+        let _ = slot.model.set(model);
+        slot
+    }
+
+    /// The CIRA user and password provisioning set, if it did (without creating a model).
+    pub(crate) fn cira_credentials(&self) -> Option<(String, String)> {
+        let m = self.model.get()?.lock().unwrap_or_else(PoisonError::into_inner);
+        m.remote
+            .as_ref()?
+            .servers
+            .first()
+            .map(|s| (s.username.clone(), s.password.clone()))
+    }
+
     /// The device model, created on first use.
     pub(crate) fn model(&self) -> &Arc<Mutex<DeviceModel>> {
         self.model.get_or_init(|| {

@@ -186,13 +186,17 @@ async fn once(
         }
     };
     stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+    // A device provisioned through rps logs in with what its CIRA configuration says.
+    let (username, password) = slot
+        .cira_credentials()
+        .unwrap_or_else(|| (id.mps_username.clone(), id.mps_password.expose().to_string()));
     let password = match fault {
-        Fault::WrongPassword => format!("wrong-{}", id.mps_password.expose()),
-        _ => id.mps_password.expose().to_string(),
+        Fault::WrongPassword => format!("wrong-{password}"),
+        _ => password,
     };
     let config = DeviceConfig {
         uuid: id.uuid_wire,
-        username: id.mps_username.clone(),
+        username,
         password: Secret::new(password),
         forward_address: id.hostname.clone(),
         send_keepalives: fault != Fault::SilentKeepalive,

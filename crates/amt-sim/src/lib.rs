@@ -11,6 +11,7 @@ pub mod control;
 mod device;
 pub mod hostile;
 pub mod identity;
+pub mod provision;
 mod wsman;
 
 use std::net::{IpAddr, SocketAddr};
@@ -315,6 +316,33 @@ pub struct Fleet {
 impl Fleet {
     /// Starts every device's connection task.
     pub fn start(config: SimConfig) -> Result<Fleet, SimError> {
+        let devices = config
+            .identities()
+            .map(|id| {
+                let slot = Arc::new(DeviceSlot::new(config.no_kvm_for(id.index)));
+                (Arc::new(id), slot)
+            })
+            .collect();
+        Fleet::start_slots(config, devices)
+    }
+
+    /// Starts CIRA for devices that were activated through rps (`provision`): each logs in
+    /// with the CIRA configuration it received. `config.devices` is ignored.
+    pub fn start_provisioned(
+        config: SimConfig,
+        devices: Vec<provision::SimDevice>,
+    ) -> Result<Fleet, SimError> {
+        let slots = devices
+            .into_iter()
+            .map(|d| (Arc::new(d.id), d.slot))
+            .collect();
+        Fleet::start_slots(config, slots)
+    }
+
+    fn start_slots(
+        config: SimConfig,
+        devices: Vec<(Arc<Identity>, Arc<DeviceSlot>)>,
+    ) -> Result<Fleet, SimError> {
         let shared = Arc::new(FleetShared {
             connector: connector(config.tls, config.ca_file.as_deref())?,
             stats: Arc::new(FleetStats::default()),
@@ -323,11 +351,7 @@ impl Fleet {
         });
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let identities: Vec<Arc<Identity>> = shared.config.identities().map(Arc::new).collect();
-        let slots: Vec<Arc<DeviceSlot>> = identities
-            .iter()
-            .map(|id| Arc::new(DeviceSlot::new(shared.config.no_kvm_for(id.index))))
-            .collect();
+        let (identities, slots): (Vec<_>, Vec<_>) = devices.into_iter().unzip();
         for (id, slot) in identities.iter().zip(&slots) {
             let fault = shared.config.fault_for(id.index);
             tasks.spawn(device::run(

@@ -174,6 +174,11 @@ pub fn permissions(role: Role, names: &Names) -> Permissions {
         }
         Role::Rps => {
             publish.push(format!("{p}.evt.*.provisioning.>"));
+            // It writes activated devices into the registry and removes deactivated ones,
+            // so it announces those changes like the registry API does.
+            for change in ["created", "updated", "deleted"] {
+                publish.push(format!("{p}.evt.*.device.*.{change}"));
+            }
             publish.extend(stream_read(&events));
             publish.extend(stream_read(&presence));
         }

@@ -83,6 +83,17 @@ impl Names {
         )
     }
 
+    /// `<p>.evt.<tenant>.provisioning.<guid>.<outcome>`: an rps flow's outcome.
+    pub fn provisioning_event(&self, tenant: &str, guid: &str, outcome: &str) -> String {
+        format!(
+            "{}.evt.{}.provisioning.{}.{}",
+            self.prefix,
+            tenant_token(tenant),
+            token(guid),
+            token(outcome)
+        )
+    }
+
     /// `<p>.evt.*.device.*.*`: every device lifecycle and registry event of every tenant.
     pub fn device_events_wildcard(&self) -> String {
         format!("{}.evt.*.device.*.*", self.prefix)

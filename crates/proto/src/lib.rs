@@ -18,3 +18,9 @@ pub mod audit {
         include!(concat!(env!("OUT_DIR"), "/homeport.audit.v1.rs"));
     }
 }
+
+pub mod provisioning {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/homeport.provisioning.v1.rs"));
+    }
+}

@@ -25,6 +25,9 @@ pub enum StoreError {
         /// The canonical guid.
         guid: String,
     },
+    /// An object of that name (or unique key) exists already in the tenant.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
     /// A stored value did not decode (e.g. JSON written by an incompatible version).
     #[error("stored data is invalid: {0}")]
     Corrupt(String),

@@ -12,6 +12,7 @@ mod devices;
 pub mod entity;
 mod error;
 pub mod migration;
+mod provisioning;
 mod store;
 pub mod testing;
 
@@ -19,6 +20,7 @@ pub use audit::{AuditFilter, AuditRecord};
 pub use config::StoreConfig;
 pub use devices::{canonical_guid, Device, DeviceInfo, NewDevice};
 pub use error::StoreError;
+pub use provisioning::{ConfigRecord, ConfigUpdate};
 pub use store::Store;
 
 /// Re-exported so callers can name the connection type without depending on sea-orm directly.

@@ -154,6 +154,25 @@ pub fn to_open_amt(ev: &proto::Event) -> serde_json::Value {
             format!("Device {}", r.change),
             format!("Device_{}", r.change),
         ),
+        // The reference's rps wording (openamt-rps.md §5).
+        Some(Payload::Provisioning(p)) if p.outcome == "failed" => (
+            "fail",
+            format!(
+                "Failed to {}: {}",
+                p.flow,
+                p.status.get("Status").map_or("", String::as_str)
+            ),
+            "Activator".to_string(),
+        ),
+        Some(Payload::Provisioning(p)) => (
+            "success",
+            format!(
+                "Device {} in {}",
+                p.outcome,
+                p.status.get("Status").map_or("", String::as_str)
+            ),
+            "Activator".to_string(),
+        ),
         None => ("success", ev.kind.clone(), ev.kind.clone()),
     };
     let mut v = serde_json::json!({

@@ -14,6 +14,7 @@ pub(crate) mod hardware;
 pub(crate) mod logs;
 pub(crate) mod model;
 pub(crate) mod power;
+pub(crate) mod provisioning;
 pub(crate) mod render;
 pub(crate) mod setup;
 pub(crate) mod xml;
@@ -103,8 +104,9 @@ impl Class {
     }
 }
 
-const TABLES: [&[Class]; 7] = [
+const TABLES: [&[Class]; 8] = [
     power::CLASSES,
+    provisioning::CLASSES,
     setup::CLASSES,
     hardware::CLASSES,
     features::CLASSES,

@@ -46,9 +46,71 @@ pub(crate) struct EnumContext {
     pub expires: Instant,
 }
 
+/// Digest credentials the device checks: the user and MD5(user:realm:password) (AMT keeps
+/// the HA1, not the password).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub ha1: String,
+}
+
+/// An MPS server entry (AddMpServer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MpServer {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+}
+
+/// A remote-access policy bound to a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub trigger: u8,
+    pub tunnel_lifetime: u32,
+    pub server: String,
+}
+
+/// The remote-access configuration a provisioning server applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteAccess {
+    pub servers: Vec<MpServer>,
+    pub policies: Vec<Policy>,
+    /// Trusted roots: (InstanceID, base64 DER, subject).
+    pub roots: Vec<(String, String, String)>,
+    pub detection: Vec<String>,
+    /// AMT_UserInitiatedConnectionService EnabledState.
+    pub user_initiated: u32,
+    /// Handle counter for new entries.
+    pub counter: u32,
+}
+
+impl Default for RemoteAccess {
+    fn default() -> Self {
+        RemoteAccess {
+            servers: Vec::new(),
+            policies: Vec::new(),
+            roots: Vec::new(),
+            detection: Vec::new(),
+            user_initiated: 32768,
+            counter: 0,
+        }
+    }
+}
+
 pub(crate) struct DeviceModel {
     /// Digest nonces; here so they survive reconnects like on real firmware (§1.2).
     pub digest: AmtState,
+    /// Credentials set by provisioning; `None`: the identity's admin password.
+    pub credentials: Option<Box<Credentials>>,
+    /// 0 pre-provisioning, 1 client control mode, 2 admin control mode.
+    pub control_mode: u8,
+    /// CIRA configuration applied through WS-Man (provisioning devices only).
+    pub remote: Option<Box<RemoteAccess>>,
+    /// IPS_HostBasedSetupService.ConfigurationNonce, made on first read.
+    pub nonce: Option<Box<[u8; 20]>>,
     message_counter: u32,
     enum_counter: u32,
     pub contexts: Vec<EnumContext>,
@@ -85,6 +147,10 @@ impl DeviceModel {
     pub(crate) fn new(no_kvm: bool, unix: i64) -> DeviceModel {
         let mut m = DeviceModel {
             digest: AmtState::default(),
+            credentials: None,
+            control_mode: 2,
+            remote: None,
+            nonce: None,
             message_counter: 0x0200,
             enum_counter: 0x02C0,
             contexts: Vec::new(),
@@ -108,6 +174,27 @@ impl DeviceModel {
         };
         logs::seed(&mut m, unix);
         m
+    }
+
+    /// A device fresh from the factory: pre-provisioning mode, only the local system account
+    /// (`user`, HA1 of its password) accepted, no remote-access configuration.
+    pub(crate) fn unprovisioned(no_kvm: bool, unix: i64, lsa: Credentials) -> DeviceModel {
+        let mut m = DeviceModel::new(no_kvm, unix);
+        m.provisioned = false;
+        m.control_mode = 0;
+        m.credentials = Some(Box::new(lsa));
+        m.remote = Some(Box::default());
+        let mut nonce = [0u8; 20];
+        nonce.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        m.nonce = Some(Box::new(nonce));
+        m
+    }
+
+    /// The 20-byte firmware nonce of host-based setup, base64.
+    pub(crate) fn configuration_nonce(&self) -> String {
+        use base64::Engine as _;
+        let bytes = self.nonce.as_deref().copied().unwrap_or([0x5a; 20]);
+        base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
     /// The per-device response counter behind MessageIDs.

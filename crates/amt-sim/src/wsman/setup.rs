@@ -170,6 +170,13 @@ fn unprovision(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
     if rv == 0 {
         ctx.audit_remote(1619, &[UNPROVISION_REMOTE_WSMAN]);
         ctx.model.provisioned = false;
+        // A device that came through provisioning goes back to the factory state: only its
+        // local system account is accepted, and its CIRA configuration is gone.
+        if ctx.model.credentials.is_some() {
+            ctx.model.credentials = Some(Box::new(crate::provision::lsa_credentials(ctx.id)));
+            ctx.model.control_mode = 0;
+            ctx.model.remote = Some(Box::default());
+        }
         ctx.effect = Effect::Unprovisioned;
     }
     Ok(Answer::return_value(&uri, "Unprovision", rv))

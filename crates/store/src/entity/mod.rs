@@ -3,3 +3,4 @@
 
 pub mod audit_event;
 pub mod device;
+pub mod provisioning_config;

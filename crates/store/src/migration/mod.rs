@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 mod m20250101_000001_create_devices;
 mod m20261125_000002_create_audit_events;
 mod m20261206_000003_audit_time_index;
+mod m20261206_000004_provisioning_configs;
 
 /// All migrations in order.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000001_create_devices::Migration),
             Box::new(m20261125_000002_create_audit_events::Migration),
             Box::new(m20261206_000003_audit_time_index::Migration),
+            Box::new(m20261206_000004_provisioning_configs::Migration),
         ]
     }
 }

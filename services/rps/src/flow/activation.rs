@@ -1,0 +1,647 @@
+//! Activation in client control mode, then what a profile asks for (openamt-rps.md §2.2,
+//! §2.4, §2.6, §2.7): read the realm, store the new credentials, Setup, register the device,
+//! clear earlier remote-access configuration, set redirection and user consent, and
+//! configure CIRA so the device dials the ingress by itself.
+//!
+//! A device already in client control mode whose stored password the client sent is taken
+//! through every step after Setup again: each step reads the device's state and sets it, so
+//! running the client again completes a flow that a crash or a dropped socket cut off.
+
+use homeport_secrets::SecretString;
+use homeport_wsman::amt::features::{self as feat, CONSENT_ALL, CONSENT_KVM, CONSENT_NONE};
+use homeport_wsman::amt::{self, pull_page, Properties};
+use homeport_wsman::envelope::{epr, Class};
+use homeport_wsman::response::number;
+use homeport_wsman::{Request, Response};
+
+use super::{admin_password_hash, realm_is_valid, Effect, Finish, Flow, Link, Output, Reply};
+use crate::protocol::StatusMessage;
+
+pub const HOST_BASED_SETUP: Class = Class::ips("IPS_HostBasedSetupService");
+pub const REMOTE_ACCESS_SERVICE: Class = Class::amt("AMT_RemoteAccessService");
+pub const REMOTE_ACCESS_POLICY_RULE: Class = Class::amt("AMT_RemoteAccessPolicyRule");
+pub const MANAGEMENT_PRESENCE_SAP: Class = Class::amt("AMT_ManagementPresenceRemoteSAP");
+pub const PUBLIC_KEY_MANAGEMENT: Class = Class::amt("AMT_PublicKeyManagementService");
+pub const PUBLIC_KEY_CERTIFICATE: Class = Class::amt("AMT_PublicKeyCertificate");
+pub const USER_INITIATED_CONNECTION: Class = Class::amt("AMT_UserInitiatedConnectionService");
+pub const ENVIRONMENT_DETECTION: Class = Class::amt("AMT_EnvironmentDetectionSettingData");
+
+/// Policy rules the unconfiguration removes, in the reference's order.
+const POLICY_RULES: [&str; 3] = ["User Initiated", "Alert", "Periodic"];
+/// Periodic policy ExtendedData: 8 bytes big-endian 25 (a 25 s interval).
+const PERIODIC_EXTENDED_DATA: &str = "AAAAAAAAABk=";
+/// A user-initiated tunnel stays up this many seconds.
+const USER_INITIATED_LIFETIME: u32 = 300;
+
+/// Redirection and consent a profile asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    pub kvm: bool,
+    pub sol: bool,
+    pub ider: bool,
+    /// 0 none, 1 KVM, 4294967295 all.
+    pub consent: u32,
+}
+
+/// Where the device opens its tunnel.
+#[derive(Clone, Debug)]
+pub struct CiraPlan {
+    pub address: String,
+    pub format: u32,
+    pub port: u32,
+    pub username: String,
+    pub password: SecretString,
+    pub common_name: String,
+    /// The ingress root certificate, base64 DER.
+    pub root_certificate: String,
+    /// A domain the device will never be in, so it always considers itself outside and
+    /// keeps the tunnel up.
+    pub environment_domain: String,
+}
+
+/// Everything decided before the first exchange.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub guid: String,
+    /// 0 unprovisioned; 1 already in client control mode (completing an earlier run).
+    pub current_mode: u8,
+    /// The digest user and password the device accepts now (LSA or admin).
+    pub user: String,
+    pub password: SecretString,
+    /// The admin password the device ends up with.
+    pub amt_password: SecretString,
+    pub features: Features,
+    pub cira: Option<CiraPlan>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum St {
+    GeneralSettings,
+    SaveSecrets,
+    Setup,
+    CheckSetup,
+    Register,
+    DeletePolicy(usize),
+    EnumerateSap,
+    PullSap,
+    DeleteSap,
+    EnumerateCerts,
+    PullCerts,
+    DeleteCert,
+    GetRedirection,
+    GetKvm,
+    GetOptIn,
+    SetRedirection,
+    SetKvm,
+    PutRedirection,
+    PutOptIn,
+    AddRootCertificate,
+    AddMpServer,
+    AddPolicy(usize),
+    EnableUserInitiated,
+    GetEnvironment,
+    PutEnvironment,
+    Finished,
+}
+
+pub struct Activation {
+    plan: Plan,
+    link: Link,
+    st: St,
+    realm: String,
+    /// Instances found by an enumeration, deleted one by one.
+    doomed: Vec<String>,
+    redirection: Option<feat::Redirection>,
+    kvm_on: bool,
+    opt_in: Option<feat::OptIn>,
+    mp_server: Option<String>,
+    status: StatusMessage,
+    mode: u8,
+}
+
+impl Activation {
+    pub fn new(plan: Plan) -> Activation {
+        let link = Link::new(&plan.guid, &plan.user, plan.password.expose());
+        Activation {
+            mode: plan.current_mode,
+            plan,
+            link,
+            st: St::GeneralSettings,
+            realm: String::new(),
+            doomed: Vec::new(),
+            redirection: None,
+            kvm_on: false,
+            opt_in: None,
+            mp_server: None,
+            status: StatusMessage::default(),
+        }
+    }
+
+    fn mode_text(&self) -> &'static str {
+        if self.plan.current_mode == 0 {
+            "Client control mode."
+        } else {
+            "already enabled in client mode."
+        }
+    }
+
+    fn fail(&mut self, why: impl Into<String>) -> Output {
+        self.st = St::Finished;
+        let why = why.into();
+        let mut status = self.status.clone();
+        if self.mode == 0 {
+            status.status = Some(format!("Failed to activate: {why}"));
+        } else if self.plan.cira.is_some() && status.cira_connection.is_none() {
+            status.status.get_or_insert_with(|| self.mode_text().into());
+            status.cira_connection = Some(format!("Failed: {why}"));
+        } else {
+            status.status = Some(format!("Failed: {why}"));
+        }
+        Output::Done(Finish::failed(status, super::mode_name(self.mode)))
+    }
+
+    /// Enters `st` and produces its first output.
+    fn enter(&mut self, st: St) -> Output {
+        self.st = st;
+        let p = &self.plan;
+        let req = match &self.st {
+            St::GeneralSettings => Request::get(amt::GENERAL_SETTINGS),
+            St::SaveSecrets => {
+                return Output::Effect(Effect::SaveSecrets {
+                    amt_password: p.amt_password.clone(),
+                    mps_password: p.cira.as_ref().map(|c| c.password.clone()),
+                    mebx_password: None,
+                })
+            }
+            St::Setup => Request::invoke(
+                HOST_BASED_SETUP,
+                "Setup",
+                &[
+                    ("NetAdminPassEncryptionType", "2".into()),
+                    (
+                        "NetworkAdminPassword",
+                        admin_password_hash(&self.realm, p.amt_password.expose()),
+                    ),
+                ],
+            ),
+            St::CheckSetup => Request::get(HOST_BASED_SETUP),
+            St::Register => {
+                return Output::Effect(Effect::Register {
+                    control_mode: "ccm",
+                    mps_username: p.cira.as_ref().map(|c| c.username.clone()),
+                })
+            }
+            St::DeletePolicy(i) => Request::delete(REMOTE_ACCESS_POLICY_RULE)
+                .with_selector("CreationClassName", "AMT_RemoteAccessPolicyRule")
+                .with_selector("PolicyRuleName", POLICY_RULES[*i])
+                .with_selector("SystemCreationClassName", "CIM_ComputerSystem")
+                .with_selector("SystemName", "Intel(r) AMT"),
+            St::EnumerateSap => Request::enumerate(MANAGEMENT_PRESENCE_SAP),
+            St::EnumerateCerts => Request::enumerate(PUBLIC_KEY_CERTIFICATE),
+            St::PullSap | St::PullCerts => unreachable_pull(),
+            St::DeleteSap => match self.doomed.last() {
+                Some(name) => Request::delete(MANAGEMENT_PRESENCE_SAP)
+                    .with_selector("CreationClassName", "AMT_ManagementPresenceRemoteSAP")
+                    .with_selector("Name", name)
+                    .with_selector("SystemCreationClassName", "CIM_ComputerSystem")
+                    .with_selector("SystemName", "Intel(r) AMT"),
+                None => return self.enter(St::EnumerateCerts),
+            },
+            St::DeleteCert => match self.doomed.last() {
+                Some(id) => Request::delete(PUBLIC_KEY_CERTIFICATE).with_selector("InstanceID", id),
+                None => return self.enter(St::GetRedirection),
+            },
+            St::GetRedirection => Request::get(amt::REDIRECTION_SERVICE),
+            St::GetKvm => Request::get(amt::KVM_REDIRECTION_SAP),
+            St::GetOptIn => Request::get(amt::OPT_IN_SERVICE),
+            St::SetRedirection => feat::redirection_state_change(p.features.sol, p.features.ider),
+            St::SetKvm => feat::kvm_state_change(p.features.kvm),
+            St::PutRedirection => {
+                let mut props = self
+                    .redirection
+                    .as_ref()
+                    .map(|r| r.properties.clone())
+                    .unwrap_or_default();
+                let any = p.features.kvm || p.features.sol || p.features.ider;
+                props.set("ListenerEnabled", any.to_string());
+                props.set(
+                    "EnabledState",
+                    (32768 + u32::from(p.features.ider) + 2 * u32::from(p.features.sol))
+                        .to_string(),
+                );
+                props.to_put(amt::REDIRECTION_SERVICE)
+            }
+            St::PutOptIn => {
+                let mut props = self
+                    .opt_in
+                    .as_ref()
+                    .map(|o| o.properties.clone())
+                    .unwrap_or_default();
+                props.set("OptInRequired", p.features.consent.to_string());
+                props.to_put(amt::OPT_IN_SERVICE)
+            }
+            St::AddRootCertificate => match &p.cira {
+                Some(c) => Request::invoke(
+                    PUBLIC_KEY_MANAGEMENT,
+                    "AddTrustedRootCertificate",
+                    &[("CertificateBlob", c.root_certificate.clone())],
+                ),
+                None => return self.finish(),
+            },
+            St::AddMpServer => {
+                let Some(c) = &p.cira else {
+                    return self.finish();
+                };
+                let mut params = vec![
+                    ("AccessInfo", xml_text(&c.address)),
+                    ("InfoFormat", c.format.to_string()),
+                    ("Port", c.port.to_string()),
+                    ("AuthMethod", "2".to_string()),
+                    ("Username", xml_text(&c.username)),
+                    ("Password", xml_text(c.password.expose())),
+                ];
+                if c.format == 3 && !c.common_name.is_empty() {
+                    params.push(("CN", xml_text(&c.common_name)));
+                }
+                Request::invoke(REMOTE_ACCESS_SERVICE, "AddMpServer", &params)
+            }
+            St::AddPolicy(i) => {
+                let name = self.mp_server.clone().unwrap_or_default();
+                let server = epr(
+                    MANAGEMENT_PRESENCE_SAP,
+                    &[
+                        ("CreationClassName", "AMT_ManagementPresenceRemoteSAP"),
+                        ("Name", &name),
+                        ("SystemCreationClassName", "CIM_ComputerSystem"),
+                        ("SystemName", "Intel(r) AMT"),
+                    ],
+                );
+                let (trigger, lifetime, extended) = if *i == 0 {
+                    (2, 0, Some(PERIODIC_EXTENDED_DATA))
+                } else {
+                    (0, USER_INITIATED_LIFETIME, None)
+                };
+                let mut params = vec![
+                    ("Trigger", trigger.to_string()),
+                    ("TunnelLifeTime", lifetime.to_string()),
+                ];
+                if let Some(x) = extended {
+                    params.push(("ExtendedData", x.to_string()));
+                }
+                params.push(("MpServer", server));
+                Request::invoke(REMOTE_ACCESS_SERVICE, "AddRemoteAccessPolicyRule", &params)
+            }
+            St::EnableUserInitiated => Request::invoke(
+                USER_INITIATED_CONNECTION,
+                "RequestStateChange",
+                &[("RequestedState", "32771".into())],
+            ),
+            St::GetEnvironment => Request::get(ENVIRONMENT_DETECTION),
+            St::PutEnvironment => unreachable_pull(),
+            St::Finished => return self.finish(),
+        };
+        Output::Send(self.link.send(&req))
+    }
+
+    fn send(&mut self, req: &Request) -> Output {
+        Output::Send(self.link.send(req))
+    }
+
+    fn finish(&mut self) -> Output {
+        self.st = St::Finished;
+        self.status.status = Some(self.mode_text().into());
+        Output::Done(Finish {
+            ok: true,
+            status: self.status.clone(),
+            outcome: "activated",
+            control_mode: "ccm",
+        })
+    }
+
+    /// The answer to the current state's request, parsed; `Err` ends the flow.
+    fn answer(&mut self, resp: Response) -> Output {
+        match self.st.clone() {
+            St::GeneralSettings => {
+                let realm = amt::instance(&resp, amt::GENERAL_SETTINGS)
+                    .ok()
+                    .and_then(|e| e.text_of("DigestRealm"))
+                    .unwrap_or_default()
+                    .to_string();
+                if !realm_is_valid(&realm) {
+                    return self.fail(format!("Not a valid digest realm: {realm:?}"));
+                }
+                self.realm = realm;
+                self.enter(St::SaveSecrets)
+            }
+            St::Setup => match resp.method_output("Setup") {
+                Ok((_, 0)) => self.after_setup(),
+                // The device may have taken it before answering badly: check.
+                Ok((_, rv)) => {
+                    tracing::debug!(device = %self.plan.guid, rv, "Setup refused");
+                    self.fail(format!(
+                        "Setup returned {rv} ({})",
+                        amt::return_value_text(rv)
+                    ))
+                }
+                Err(_) => self.enter(St::CheckSetup),
+            },
+            St::CheckSetup => {
+                let mode: u32 = amt::instance(&resp, HOST_BASED_SETUP)
+                    .and_then(|e| number(e, "CurrentControlMode"))
+                    .unwrap_or(0);
+                if mode == 1 {
+                    self.after_setup()
+                } else {
+                    self.fail("Setup was not applied")
+                }
+            }
+            St::EnumerateSap | St::EnumerateCerts => {
+                let Ok(ctx) = amt::enumeration_context(&resp) else {
+                    return self.fail("enumeration without a context");
+                };
+                let class = if self.st == St::EnumerateSap {
+                    self.st = St::PullSap;
+                    MANAGEMENT_PRESENCE_SAP
+                } else {
+                    self.st = St::PullCerts;
+                    PUBLIC_KEY_CERTIFICATE
+                };
+                self.send(&Request::pull(class, &ctx))
+            }
+            St::PullSap | St::PullCerts => {
+                let sap = self.st == St::PullSap;
+                let Ok(page) = pull_page(&resp) else {
+                    return self.fail("unreadable pull");
+                };
+                let key = if sap { "Name" } else { "InstanceID" };
+                self.doomed.extend(
+                    page.items
+                        .iter()
+                        .filter_map(|e| e.text_of(key))
+                        .map(str::to_string),
+                );
+                if !page.end_of_sequence {
+                    if let Some(ctx) = page.context {
+                        let class = if sap {
+                            MANAGEMENT_PRESENCE_SAP
+                        } else {
+                            PUBLIC_KEY_CERTIFICATE
+                        };
+                        return self.send(&Request::pull(class, &ctx));
+                    }
+                }
+                if sap && !self.doomed.is_empty() {
+                    self.status.cira_connection = Some("unconfigured".into());
+                }
+                self.enter(if sap { St::DeleteSap } else { St::DeleteCert })
+            }
+            St::DeleteSap | St::DeleteCert => {
+                self.doomed.pop();
+                let st = self.st.clone();
+                self.enter(st)
+            }
+            St::DeletePolicy(i) => self.next_policy(i),
+            St::GetRedirection => match feat::redirection(&resp) {
+                Ok(r) => {
+                    self.redirection = Some(r);
+                    self.enter(St::GetKvm)
+                }
+                Err(e) => self.fail(format!("AMT_RedirectionService: {e}")),
+            },
+            St::GetKvm => {
+                self.kvm_on = feat::kvm_enabled(&resp).unwrap_or(false);
+                self.enter(St::GetOptIn)
+            }
+            St::GetOptIn => match feat::opt_in(&resp) {
+                Ok(o) => {
+                    self.opt_in = Some(o);
+                    self.features_next(St::GetOptIn)
+                }
+                Err(e) => self.fail(format!("IPS_OptInService: {e}")),
+            },
+            St::SetRedirection | St::SetKvm => {
+                match resp.method_output("RequestStateChange") {
+                    Ok((_, 0)) => {
+                        let st = self.st.clone();
+                        self.features_next(st)
+                    }
+                    Ok((_, rv)) => self.fail(format!(
+                        "redirection change returned {rv} ({})",
+                        amt::return_value_text(rv)
+                    )),
+                    Err(e) => self.fail(e.to_string()),
+                }
+            }
+            St::PutRedirection => self.features_next(St::PutRedirection),
+            St::PutOptIn => self.features_next(St::PutOptIn),
+            St::AddRootCertificate => match resp.method_output("AddTrustedRootCertificate") {
+                Ok((_, 0)) => self.enter(St::AddMpServer),
+                Ok((_, rv)) => self.fail(format!(
+                    "AddTrustedRootCertificate returned {rv} ({})",
+                    amt::return_value_text(rv)
+                )),
+                Err(e) => self.fail(e.to_string()),
+            },
+            St::AddMpServer => match resp.method_output("AddMpServer") {
+                Ok((out, 0)) => {
+                    self.mp_server = out
+                        .find("SelectorSet")
+                        .and_then(|set| {
+                            set.children
+                                .iter()
+                                .find(|c| c.attribute("Name") == Some("Name"))
+                        })
+                        .map(|c| c.text.trim().to_string())
+                        .filter(|n| !n.is_empty());
+                    if self.mp_server.is_none() {
+                        return self.fail("AddMpServer did not name the new entry");
+                    }
+                    self.enter(St::AddPolicy(0))
+                }
+                Ok((_, rv)) => self.fail(format!(
+                    "AddMpServer returned {rv} ({})",
+                    amt::return_value_text(rv)
+                )),
+                Err(e) => self.fail(e.to_string()),
+            },
+            St::AddPolicy(i) => match resp.method_output("AddRemoteAccessPolicyRule") {
+                Ok((_, 0)) if i == 0 => self.enter(St::AddPolicy(1)),
+                Ok((_, 0)) => self.enter(St::EnableUserInitiated),
+                Ok((_, rv)) => self.fail(format!(
+                    "AddRemoteAccessPolicyRule returned {rv} ({})",
+                    amt::return_value_text(rv)
+                )),
+                Err(e) => self.fail(e.to_string()),
+            },
+            St::EnableUserInitiated => match resp.method_output("RequestStateChange") {
+                Ok((_, 0)) => self.enter(St::GetEnvironment),
+                Ok((_, rv)) => self.fail(format!(
+                    "user-initiated connections: {rv} ({})",
+                    amt::return_value_text(rv)
+                )),
+                Err(e) => self.fail(e.to_string()),
+            },
+            St::GetEnvironment => {
+                let Ok(e) = amt::instance(&resp, ENVIRONMENT_DETECTION) else {
+                    return self.fail("no AMT_EnvironmentDetectionSettingData");
+                };
+                let mut props = Properties::from_element(e);
+                props.0.retain(|(k, _)| k != "DetectionStrings");
+                let domain = self
+                    .plan
+                    .cira
+                    .as_ref()
+                    .map(|c| c.environment_domain.clone())
+                    .unwrap_or_default();
+                props.set("DetectionStrings", domain);
+                self.st = St::PutEnvironment;
+                self.send(&props.to_put(ENVIRONMENT_DETECTION))
+            }
+            St::PutEnvironment => {
+                self.status.cira_connection = Some("Configured".into());
+                self.finish()
+            }
+            St::SaveSecrets | St::Register | St::Finished => {
+                self.fail("answer while no request was outstanding")
+            }
+        }
+    }
+
+    fn after_setup(&mut self) -> Output {
+        self.mode = 1;
+        let pw = self.plan.amt_password.expose().to_string();
+        self.link.set_credentials("admin", &pw);
+        self.enter(St::Register)
+    }
+
+    fn next_policy(&mut self, i: usize) -> Output {
+        if i + 1 < POLICY_RULES.len() {
+            self.enter(St::DeletePolicy(i + 1))
+        } else {
+            self.doomed.clear();
+            self.enter(St::EnumerateSap)
+        }
+    }
+
+    /// After `done`, the next feature step that changes something, or CIRA.
+    fn features_next(&mut self, done: St) -> Output {
+        let want = self.plan.features;
+        let redirection = self.redirection.clone();
+        let redirection_differs = redirection
+            .as_ref()
+            .is_some_and(|r| r.sol != want.sol || r.ider != want.ider);
+        let listener_differs = redirection
+            .as_ref()
+            .is_some_and(|r| r.listener_enabled != (want.kvm || want.sol || want.ider));
+        let order = [St::SetRedirection, St::SetKvm, St::PutRedirection, St::PutOptIn];
+        let start = order.iter().position(|s| *s == done).map_or(0, |i| i + 1);
+        for st in order.into_iter().skip(start) {
+            let needed = match st {
+                St::SetRedirection => redirection_differs,
+                St::SetKvm => self.kvm_on != want.kvm,
+                St::PutRedirection => redirection_differs || listener_differs,
+                St::PutOptIn => self
+                    .opt_in
+                    .as_ref()
+                    .is_some_and(|o| o.required != want.consent),
+                _ => false,
+            };
+            if needed {
+                return self.enter(st);
+            }
+        }
+        self.status.features = Some(describe(want));
+        self.enter(St::AddRootCertificate)
+    }
+}
+
+fn describe(f: Features) -> String {
+    let consent = match f.consent {
+        CONSENT_NONE => "none",
+        CONSENT_KVM => "KVM",
+        CONSENT_ALL => "all",
+        _ => "other",
+    };
+    format!(
+        "KVM {}, SOL {}, IDER {}, user consent {consent}",
+        on(f.kvm),
+        on(f.sol),
+        on(f.ider)
+    )
+}
+
+fn on(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn xml_text(s: &str) -> String {
+    homeport_wsman::xml::escape(s).into_owned()
+}
+
+/// Pull and Put states are entered with their request already sent.
+fn unreachable_pull() -> Request {
+    Request::get(amt::GENERAL_SETTINGS)
+}
+
+impl Flow for Activation {
+    fn start(&mut self) -> Output {
+        self.enter(St::GeneralSettings)
+    }
+
+    fn on_reply(&mut self, http: &[u8]) -> Output {
+        if self.st == St::Finished {
+            return self.fail("answer after the end");
+        }
+        match self.link.receive(http) {
+            Ok(Reply::Resend(bytes)) => Output::Send(bytes),
+            Ok(Reply::Ok(resp)) => self.answer(resp),
+            // Deleting a rule that is not there is a fault AMT answers with 400.
+            Ok(Reply::Fault(_)) if matches!(self.st, St::DeletePolicy(_)) => {
+                let St::DeletePolicy(i) = self.st else {
+                    return self.fail("state");
+                };
+                self.next_policy(i)
+            }
+            Ok(Reply::Fault(_)) if matches!(self.st, St::DeleteSap | St::DeleteCert) => {
+                self.doomed.pop();
+                let st = self.st.clone();
+                self.enter(st)
+            }
+            Ok(Reply::Fault(f)) if self.st == St::GetKvm => {
+                // No KVM on this SKU: nothing to switch.
+                tracing::debug!(device = %self.plan.guid, fault = %f, "no KVM");
+                self.kvm_on = self.plan.features.kvm;
+                self.enter(St::GetOptIn)
+            }
+            Ok(Reply::Fault(f)) => self.fail(f),
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    fn on_effect(&mut self, result: Result<(), String>) -> Output {
+        if let Err(e) = result {
+            return self.fail(e);
+        }
+        match self.st {
+            St::SaveSecrets if self.plan.current_mode == 0 => self.enter(St::Setup),
+            St::SaveSecrets => self.enter(St::Register),
+            St::Register => self.enter(St::DeletePolicy(0)),
+            _ => self.fail("effect outcome while none was asked for"),
+        }
+    }
+
+    fn exchanges(&self) -> u32 {
+        self.link.exchanges()
+    }
+
+    fn abandon(&mut self, why: &str) -> Finish {
+        match self.fail(why.to_string()) {
+            Output::Done(f) => f,
+            _ => Finish::failed(StatusMessage::status(why), super::mode_name(self.mode)),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The flows driven against the simulator's firmware directly: no sockets, no clocks, every
+//! WS-Man request answered by the same code a simulated device runs behind its rpc client.
+
+use homeport_amt_sim::provision::{lsa_password, SimDevice, LSA_USER};
+use homeport_secrets::SecretString;
+
+use super::activation::{Activation, CiraPlan, Features, Plan};
+use super::deactivation::Deactivation;
+use super::{Finish, Flow, Output};
+
+const ROOT_PEM: &str = include_str!("testdata/root.pem");
+
+fn root_der_b64() -> String {
+    use base64::Engine as _;
+    let cert = openssl::x509::X509::from_pem(ROOT_PEM.as_bytes()).expect("test root");
+    base64::engine::general_purpose::STANDARD.encode(cert.to_der().expect("der"))
+}
+
+fn plan(dev: &SimDevice, mode: u8, user: &str, password: &str, amt: &str) -> Plan {
+    Plan {
+        guid: dev.guid().to_string(),
+        current_mode: mode,
+        user: user.into(),
+        password: SecretString::new(password),
+        amt_password: SecretString::new(amt),
+        features: Features {
+            kvm: true,
+            sol: true,
+            ider: false,
+            consent: 4_294_967_295,
+        },
+        cira: Some(CiraPlan {
+            address: "mps.example.com".into(),
+            format: 201,
+            port: 4433,
+            username: "homeport1".into(),
+            password: SecretString::new("Cira-Pass-1234"),
+            common_name: String::new(),
+            root_certificate: root_der_b64(),
+            environment_domain: "8f1c0f6e-0000-4000-8000-000000000001.com".into(),
+        }),
+    }
+}
+
+/// Runs a flow to its end, answering effects with `effect`; returns the result and the
+/// effects asked for, by name.
+fn drive(
+    flow: &mut dyn Flow,
+    dev: &SimDevice,
+    mut effect: impl FnMut(&super::Effect) -> Result<(), String>,
+) -> (Finish, Vec<&'static str>) {
+    let mut seen = Vec::new();
+    let mut out = flow.start();
+    for _ in 0..500 {
+        out = match out {
+            Output::Done(f) => return (f, seen),
+            Output::Send(req) => {
+                let answer = dev.answer(&req).expect("the firmware answers");
+                flow.on_reply(&answer)
+            }
+            Output::Effect(e) => {
+                seen.push(match e {
+                    super::Effect::SaveSecrets { .. } => "save-secrets",
+                    super::Effect::Register { .. } => "register",
+                    super::Effect::Forget => "forget",
+                });
+                let r = effect(&e);
+                flow.on_effect(r)
+            }
+        };
+    }
+    panic!("the flow did not end in 500 steps");
+}
+
+#[test]
+fn ccm_activation_configures_features_and_cira() {
+    let dev = SimDevice::unprovisioned(11, 0);
+    let lsa = lsa_password(&dev.id);
+    let mut flow = Activation::new(plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!"));
+    let (finish, effects) = drive(&mut flow, &dev, |_| Ok(()));
+    assert!(finish.ok, "{finish:?}");
+    assert_eq!(finish.outcome, "activated");
+    assert_eq!(finish.status.status.as_deref(), Some("Client control mode."));
+    assert_eq!(finish.status.cira_connection.as_deref(), Some("Configured"));
+    // Credentials are stored before the device takes them, the registry after.
+    assert_eq!(effects, ["save-secrets", "register"]);
+    assert_eq!(dev.control_mode(), 1);
+    assert!(dev.admin_password_is("New-Amt-Pass1!"));
+    assert_eq!(
+        dev.cira_target(),
+        Some(("mps.example.com".into(), 4433, "homeport1".into()))
+    );
+    let (policies, outside) = dev.cira_policies();
+    assert_eq!(policies, ["Periodic", "User Initiated"]);
+    assert!(outside, "environment detection set, so the device keeps CIRA up");
+    let (kvm, redirection, consent) = dev.features();
+    assert!(kvm);
+    assert_eq!(redirection, 32768 + 2, "SOL on, IDER off");
+    assert_eq!(consent, 4_294_967_295);
+    // The first exchange meets the 401; the count stays well under the reference's 35-45.
+    assert!(flow.exchanges() < 30, "{} exchanges", flow.exchanges());
+}
+
+#[test]
+fn running_again_in_client_control_mode_completes_without_duplicates() {
+    let dev = SimDevice::unprovisioned(11, 1);
+    let lsa = lsa_password(&dev.id);
+    let (first, _) = drive(
+        &mut Activation::new(plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!")),
+        &dev,
+        |_| Ok(()),
+    );
+    assert!(first.ok);
+    // As if the first run had been cut off after Setup: the client runs again with the
+    // password, and every step after Setup is done again over what is there.
+    let mut again = Activation::new(plan(&dev, 1, "admin", "New-Amt-Pass1!", "New-Amt-Pass1!"));
+    let (second, effects) = drive(&mut again, &dev, |_| Ok(()));
+    assert!(second.ok, "{second:?}");
+    assert_eq!(
+        second.status.status.as_deref(),
+        Some("already enabled in client mode.")
+    );
+    assert_eq!(effects, ["save-secrets", "register"]);
+    assert_eq!(dev.cira_policies().0.len(), 2);
+    assert!(dev.cira_target().is_some());
+}
+
+#[test]
+fn a_wrong_password_ends_with_the_reference_message() {
+    let dev = SimDevice::unprovisioned(11, 2);
+    let mut flow = Activation::new(plan(&dev, 0, LSA_USER, "not-the-lsa", "New-Amt-Pass1!"));
+    let (finish, effects) = drive(&mut flow, &dev, |_| Ok(()));
+    assert!(!finish.ok);
+    assert!(
+        finish
+            .status
+            .status
+            .as_deref()
+            .is_some_and(|s| s.contains("Unable to authenticate with AMT")),
+        "{finish:?}"
+    );
+    assert!(effects.is_empty());
+    assert_eq!(dev.control_mode(), 0);
+}
+
+#[test]
+fn a_failed_credential_write_stops_before_setup() {
+    let dev = SimDevice::unprovisioned(11, 3);
+    let lsa = lsa_password(&dev.id);
+    let mut flow = Activation::new(plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!"));
+    let (finish, effects) = drive(&mut flow, &dev, |_| Err("secret store down".into()));
+    assert!(!finish.ok);
+    assert_eq!(effects, ["save-secrets"]);
+    assert_eq!(dev.control_mode(), 0, "the device keeps its factory state");
+}
+
+#[test]
+fn deactivation_returns_the_device_to_the_factory_state() {
+    let dev = SimDevice::unprovisioned(11, 4);
+    let lsa = lsa_password(&dev.id);
+    let (done, _) = drive(
+        &mut Activation::new(plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!")),
+        &dev,
+        |_| Ok(()),
+    );
+    assert!(done.ok);
+    let mut flow = Deactivation::new(dev.guid(), "New-Amt-Pass1!", 1);
+    let (finish, effects) = drive(&mut flow, &dev, |_| Ok(()));
+    assert!(finish.ok, "{finish:?}");
+    assert_eq!(finish.status.status.as_deref(), Some("Deactivated"));
+    assert_eq!(effects, ["forget"]);
+    assert_eq!(dev.control_mode(), 0);
+    assert!(dev.cira_target().is_none());
+    // A second deactivation meets a device that no longer knows the admin password.
+    let (again, _) = drive(&mut Deactivation::new(dev.guid(), "New-Amt-Pass1!", 1), &dev, |_| Ok(()));
+    assert!(!again.ok);
+}

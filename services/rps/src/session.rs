@@ -1,0 +1,652 @@
+//! One rpc client's connection: TLS, the WebSocket upgrade, the first message (command and
+//! device facts), the checks before any WS-Man, then the flow driven step by step, each
+//! step with its deadline and the whole flow with another. The flow decides; this only
+//! moves bytes and runs effects against the stores.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use homeport_contracts::events::envelope;
+use homeport_proto::events::v1 as ev;
+use homeport_secrets::{device_path, DeviceSecrets, SecretString};
+use homeport_store::{DeviceInfo, NewDevice, StoreError};
+use openssl::ssl::{Ssl, SslAcceptor};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+use tokio_openssl::SslStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::flow::activation::{Activation, CiraPlan, Features, Plan};
+use crate::flow::deactivation::Deactivation;
+use crate::flow::{mode_name, Effect, Finish, Flow, Output};
+use crate::protocol::{
+    parse_command, validate_payload, version_compatible, Command, DeviceFacts, Envelope,
+    StatusMessage,
+};
+use crate::specs::{self, CiraSpec, ProfileSpec};
+use crate::Inner;
+
+type Ws<S> = WebSocketStream<S>;
+
+/// What the effects and the event need to know about the device and the request.
+struct Ctx {
+    guid: String,
+    tenant: String,
+    profile: String,
+    flow: &'static str,
+    hostname: String,
+    fqdn: String,
+    friendly_name: Option<String>,
+    tags: Vec<String>,
+    info: DeviceInfo,
+    peer: SocketAddr,
+    started: Instant,
+    /// The device had a registry row before this flow.
+    registered: bool,
+}
+
+/// Serves one TCP connection to its end. Never panics on input; every wait is bounded.
+pub(crate) async fn handle(inner: Arc<Inner>, acceptor: Arc<SslAcceptor>, tcp: TcpStream, peer: SocketAddr) {
+    let handshake_deadline = tokio::time::Instant::now() + inner.config.handshake_timeout();
+    // A slot per flow in progress: beyond the bound, connections wait (not memory).
+    let permit = match timeout_at(handshake_deadline, inner.slots.clone().acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            inner.metrics.refused.inc();
+            tracing::warn!(%peer, "no flow slot within the handshake timeout; connection closed");
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let tls = match timeout_at(handshake_deadline, tls_accept(&acceptor, tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(inner.config.max_message_bytes))
+        .max_frame_size(Some(inner.config.max_message_bytes));
+    let ws = match timeout_at(
+        handshake_deadline,
+        tokio_tungstenite::accept_async_with_config(tls, Some(config)),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => ws,
+        _ => {
+            tracing::debug!(%peer, "WebSocket upgrade failed or timed out");
+            return;
+        }
+    };
+    inner.metrics.in_flight.inc();
+    run(&inner, ws, peer, handshake_deadline).await;
+    inner.metrics.in_flight.dec();
+    drop(permit);
+}
+
+async fn tls_accept(acceptor: &SslAcceptor, tcp: TcpStream) -> anyhow::Result<SslStream<TcpStream>> {
+    let ssl = Ssl::new(acceptor.context())?;
+    let mut s = SslStream::new(ssl, tcp)?;
+    Pin::new(&mut s).accept().await?;
+    Ok(s)
+}
+
+/// Why reading the client's next message failed.
+enum ReadError {
+    Closed,
+    Timeout,
+    Protocol(String),
+}
+
+/// The next text message within the deadline (pings are answered by the library; binary
+/// frames end the connection, as in the reference).
+async fn next_envelope<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut Ws<S>,
+    deadline: tokio::time::Instant,
+) -> Result<Envelope, ReadError> {
+    loop {
+        let msg = match timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(None) => return Err(ReadError::Closed),
+            Ok(Some(Err(e))) => return Err(ReadError::Protocol(e.to_string())),
+            Ok(Some(Ok(m))) => m,
+        };
+        match msg {
+            Message::Text(t) => {
+                return serde_json::from_str::<Envelope>(t.as_str())
+                    .map_err(|_| ReadError::Protocol("message is not a JSON envelope".into()))
+            }
+            Message::Binary(_) => return Err(ReadError::Protocol("binary frames are not part of the protocol".into())),
+            Message::Close(_) => return Err(ReadError::Closed),
+            _ => {}
+        }
+    }
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut Ws<S>,
+    env: &Envelope,
+    deadline: tokio::time::Instant,
+) -> bool {
+    matches!(
+        timeout_at(deadline, ws.send(Message::text(env.to_json()))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Refuses with the reference's plain-text error and closes.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, text: &str, step: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + step;
+    let _ = send(ws, &Envelope::error_text(text), deadline).await;
+    let _ = timeout_at(deadline, ws.close(None)).await;
+}
+
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Arc<Inner>,
+    mut ws: Ws<S>,
+    peer: SocketAddr,
+    handshake_deadline: tokio::time::Instant,
+) {
+    let step = inner.config.step_timeout();
+    let first = match next_envelope(&mut ws, handshake_deadline).await {
+        Ok(e) => e,
+        Err(ReadError::Protocol(why)) => {
+            inner.metrics.refused.inc();
+            refuse(&mut ws, &why, step).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    if !first.protocol_version.is_empty() {
+        if let Err(e) = version_compatible(&first.protocol_version) {
+            inner.metrics.refused.inc();
+            refuse(&mut ws, &e.to_string(), step).await;
+            return;
+        }
+    }
+    let command = match parse_command(&first.method) {
+        Ok(c) => c,
+        Err(e) => {
+            inner.metrics.refused.inc();
+            refuse(&mut ws, &e.to_string(), step).await;
+            return;
+        }
+    };
+    let facts = match first.payload_bytes().and_then(|b| validate_payload(&b)) {
+        Ok(f) => f,
+        Err(e) => {
+            inner.metrics.refused.inc();
+            refuse(&mut ws, &e.to_string(), step).await;
+            return;
+        }
+    };
+    let tenant = first.tenant_id.clone();
+    if !tenant.is_empty() && !homeport_auth::valid_tenant(&tenant) {
+        inner.metrics.refused.inc();
+        refuse(&mut ws, "invalid tenantId", step).await;
+        return;
+    }
+    let flow_deadline = tokio::time::Instant::now() + inner.config.flow_timeout();
+    let mut ctx = Ctx {
+        guid: facts.guid.clone(),
+        tenant,
+        profile: match &command {
+            Command::Activate { profile } => profile.clone(),
+            _ => String::new(),
+        },
+        flow: command.flow(),
+        hostname: facts.payload.hostname.clone(),
+        fqdn: facts.payload.fqdn.clone(),
+        friendly_name: facts.payload.friendly_name.clone(),
+        tags: Vec::new(),
+        info: DeviceInfo {
+            fw_version: Some(facts.payload.ver.clone()),
+            fw_build: Some(facts.payload.build.clone()),
+            fw_sku: Some(facts.payload.sku.clone()).filter(|s| !s.is_empty()),
+            current_mode: None,
+            features: Some(facts.payload.features.trim().to_string()).filter(|s| !s.is_empty()),
+            ip_address: Some(peer.ip().to_string()),
+            extra: Default::default(),
+        },
+        peer,
+        started: Instant::now(),
+        registered: false,
+    };
+    let prepared = match timeout_at(
+        tokio::time::Instant::now() + step,
+        prepare(inner, &mut ctx, &command, facts),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(Refusal::Other("the database or secret store did not answer in time".into())),
+    };
+    let mut flow: Box<dyn Flow> = match prepared {
+        Ok(f) => f,
+        Err(refusal) => {
+            let text = refusal.text();
+            inner.metrics.refused.inc();
+            let finish = Finish::failed(StatusMessage::status(text.clone()), "pre-provisioning");
+            publish(inner, &ctx, &finish, 0);
+            refuse(&mut ws, &text, step).await;
+            return;
+        }
+    };
+    inner.metrics.flows.inc();
+    let finish = drive(inner, &mut ws, &mut ctx, flow.as_mut(), flow_deadline).await;
+    let exchanges = flow.exchanges();
+    inner.metrics.exchanges.add(u64::from(exchanges));
+    if finish.ok {
+        inner.metrics.succeeded.inc();
+    } else {
+        inner.metrics.failed.inc();
+    }
+    inner
+        .metrics
+        .duration
+        .observe(ctx.started.elapsed());
+    tracing::info!(
+        device = %ctx.guid,
+        tenant = %ctx.tenant,
+        flow = ctx.flow,
+        outcome = finish.outcome,
+        exchanges,
+        ms = ctx.started.elapsed().as_millis() as u64,
+        "provisioning flow ended"
+    );
+    publish(inner, &ctx, &finish, exchanges);
+    let deadline = tokio::time::Instant::now() + step;
+    let _ = send(&mut ws, &Envelope::result(finish.ok, &finish.status), deadline).await;
+    let _ = timeout_at(deadline, ws.close(None)).await;
+}
+
+/// Runs the flow to its end: the client's answers within the step deadline, the whole flow
+/// within its own.
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    inner: &Arc<Inner>,
+    ws: &mut Ws<S>,
+    ctx: &mut Ctx,
+    flow: &mut dyn Flow,
+    flow_deadline: tokio::time::Instant,
+) -> Finish {
+    let step = inner.config.step_timeout();
+    let mut out = flow.start();
+    loop {
+        let step_deadline = (tokio::time::Instant::now() + step).min(flow_deadline);
+        out = match out {
+            Output::Done(f) => return f,
+            Output::Send(http) => {
+                if !send(ws, &Envelope::wsman(&http), step_deadline).await {
+                    return flow.abandon("the client stopped reading");
+                }
+                loop {
+                    match next_envelope(ws, step_deadline).await {
+                        Ok(e) if e.method == "response" => match e.payload_bytes() {
+                            Ok(bytes) => break flow.on_reply(&bytes),
+                            Err(err) => return flow.abandon(&err.to_string()),
+                        },
+                        // rpc-go echoes heartbeats; they carry nothing for the flow.
+                        Ok(e) if e.method == "heartbeat_response" => continue,
+                        Ok(e) => {
+                            return flow.abandon(&format!(
+                                "unexpected {:?} while waiting for the device's answer",
+                                e.method
+                            ))
+                        }
+                        Err(ReadError::Timeout) if tokio::time::Instant::now() >= flow_deadline => {
+                            return flow.abandon("the whole flow took longer than its deadline")
+                        }
+                        Err(ReadError::Timeout) => {
+                            return flow.abandon("the device did not answer in time")
+                        }
+                        Err(ReadError::Closed) => return flow.abandon("the client closed the connection"),
+                        Err(ReadError::Protocol(why)) => return flow.abandon(&why),
+                    }
+                }
+            }
+            Output::Effect(effect) => {
+                let result = match timeout_at(step_deadline, run_effect(inner, ctx, effect)).await {
+                    Ok(r) => r,
+                    Err(_) => Err("the database or secret store did not answer in time".into()),
+                };
+                flow.on_effect(result)
+            }
+        };
+    }
+}
+
+async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result<(), String> {
+    match effect {
+        Effect::SaveSecrets {
+            amt_password,
+            mps_password,
+            mebx_password,
+        } => {
+            let secrets = DeviceSecrets {
+                amt_password: Some(amt_password),
+                mebx_password,
+                mps_password,
+            };
+            secrets
+                .save(inner.secrets.as_ref(), &ctx.guid)
+                .await
+                .map_err(|e| format!("storing the device's credentials: {e}"))
+        }
+        Effect::Register {
+            control_mode,
+            mps_username,
+        } => {
+            if inner.config.setup_settle_ms > 0 && !ctx.registered {
+                tokio::time::sleep(std::time::Duration::from_millis(inner.config.setup_settle_ms)).await;
+            }
+            let mut info = ctx.info.clone();
+            info.current_mode = Some(control_mode.to_uppercase());
+            if !ctx.fqdn.is_empty() {
+                info.extra
+                    .insert("dnsSuffix".into(), serde_json::Value::String(ctx.fqdn.clone()));
+            }
+            let device = NewDevice {
+                guid: ctx.guid.clone(),
+                tenant_id: ctx.tenant.clone(),
+                hostname: Some(ctx.hostname.clone()).filter(|h| !h.is_empty()),
+                friendly_name: ctx.friendly_name.clone(),
+                tags: ctx.tags.clone(),
+                mps_username: mps_username.unwrap_or_default(),
+                device_info: Some(info),
+            };
+            match inner.store.upsert_device(device).await {
+                Ok(_) => {
+                    let change = if ctx.registered { "updated" } else { "created" };
+                    ctx.registered = true;
+                    registry_event(inner, ctx, change);
+                    Ok(())
+                }
+                Err(StoreError::TenantConflict { .. }) => {
+                    Err("Device belongs to another tenant".into())
+                }
+                Err(e) => Err(format!("registering the device: {e}")),
+            }
+        }
+        Effect::Forget => {
+            inner
+                .secrets
+                .delete(&device_path(&ctx.guid))
+                .await
+                .map_err(|e| format!("secret store: {e}"))?;
+            let removed = inner
+                .store
+                .delete_device(&ctx.tenant, &ctx.guid)
+                .await
+                .map_err(|e| format!("database: {e}"))?;
+            if removed {
+                registry_event(inner, ctx, "deleted");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn registry_event(inner: &Inner, ctx: &Ctx, change: &str) {
+    let mut e = envelope(&ctx.tenant, &ctx.guid, change, &inner.source);
+    e.payload = Some(ev::event::Payload::DeviceRegistryChanged(ev::DeviceRegistryChanged {
+        change: change.to_string(),
+        fields: if change == "updated" {
+            vec!["device_info".into(), "mps_username".into(), "secrets".into()]
+        } else {
+            Vec::new()
+        },
+    }));
+    let subject = inner.names.device_event(&ctx.tenant, &ctx.guid, change);
+    if let Err(err) = inner.events.publish(subject, &e) {
+        tracing::error!(device = %ctx.guid, error = %err, "registry event not queued");
+    }
+}
+
+fn publish(inner: &Inner, ctx: &Ctx, finish: &Finish, exchanges: u32) {
+    let mut e = envelope(&ctx.tenant, &ctx.guid, finish.outcome, &inner.source);
+    e.payload = Some(ev::event::Payload::Provisioning(ev::Provisioning {
+        flow: ctx.flow.to_string(),
+        outcome: finish.outcome.to_string(),
+        status: finish.status.pairs().into_iter().collect(),
+        control_mode: finish.control_mode.to_string(),
+        profile: ctx.profile.clone(),
+        remote_addr: ctx.peer.to_string(),
+        duration_ms: ctx.started.elapsed().as_millis() as u64,
+        exchanges,
+    }));
+    let subject = inner.names.provisioning_event(&ctx.tenant, &ctx.guid, finish.outcome);
+    if let Err(err) = inner.events.publish(subject, &e) {
+        tracing::error!(device = %ctx.guid, error = %err, "provisioning event not queued");
+    }
+}
+
+/// Why a request is refused before any WS-Man.
+enum Refusal {
+    /// Reported to the client as it is.
+    Text(String),
+    Other(String),
+}
+
+impl Refusal {
+    fn text(&self) -> String {
+        match self {
+            Refusal::Text(t) | Refusal::Other(t) => t.clone(),
+        }
+    }
+}
+
+fn store_down(e: impl std::fmt::Display) -> Refusal {
+    Refusal::Other(format!("Homeport cannot reach its database or secret store: {e}"))
+}
+
+/// The checks of §1.5 and everything the flow needs decided (passwords, CIRA settings).
+async fn prepare(
+    inner: &Arc<Inner>,
+    ctx: &mut Ctx,
+    command: &Command,
+    facts: DeviceFacts,
+) -> Result<Box<dyn Flow>, Refusal> {
+    let guid = facts.guid.clone();
+    let mode = facts.payload.current_mode;
+    let existing = inner.store.get_device(&guid).await.map_err(store_down)?;
+    if let Some(d) = &existing {
+        if d.tenant_id != ctx.tenant {
+            return Err(Refusal::Text(format!(
+                "Device {guid} belongs to another tenant"
+            )));
+        }
+    }
+    ctx.registered = existing.is_some();
+    let stored = DeviceSecrets::load(inner.secrets.as_ref(), &guid)
+        .await
+        .map_err(store_down)?;
+    let stored_amt = stored.as_ref().and_then(|s| s.amt_password.clone());
+    let supplied = facts.payload.password.clone();
+    // For an activated device the client sends the AMT password; it must be the stored one.
+    let password_matches = |s: &SecretString| {
+        openssl::memcmp::eq(s.expose().as_bytes(), supplied.as_bytes())
+            && s.expose().len() == supplied.len()
+    };
+    match command {
+        Command::Activate { profile } => {
+            let record = inner
+                .store
+                .get_config(&ctx.tenant, specs::PROFILE, profile)
+                .await
+                .map_err(store_down)?
+                .ok_or_else(|| {
+                    Refusal::Text(format!(
+                        "Device {guid} activation failed. Profile {profile} not found"
+                    ))
+                })?;
+            ctx.profile = record.name.clone();
+            let spec: ProfileSpec = serde_json::from_value(record.spec)
+                .map_err(|e| Refusal::Other(format!("profile {profile} is unreadable: {e}")))?;
+            ctx.tags = spec.tags.clone();
+            if spec.is_acm() {
+                return Err(Refusal::Text(format!(
+                    "Device {guid} activation failed. Admin control mode activation is not available yet; use a CCM profile"
+                )));
+            }
+            if supplied.is_empty() {
+                return Err(Refusal::Text(format!(
+                    "Device {guid} activation failed. Missing password."
+                )));
+            }
+            let (user, password, amt_password) = match mode {
+                0 => {
+                    let amt = match (spec.generate_random_password, &stored_amt) {
+                        // An earlier run stored a password before Setup: keep it, so a
+                        // device that took it and a client that lost the answer agree.
+                        (true, Some(prev)) => prev.clone(),
+                        (true, None) => SecretString::new(specs::random_password(16)),
+                        (false, _) => profile_secret(inner, &ctx.tenant, &record.name, specs::AMT_PASSWORD)
+                            .await?
+                            .ok_or_else(|| Refusal::Other(format!("profile {profile} has no stored AMT password")))?,
+                    };
+                    let user = if facts.payload.username.is_empty() {
+                        "$$OsAdmin".to_string()
+                    } else {
+                        facts.payload.username.clone()
+                    };
+                    (user, SecretString::new(supplied.clone()), amt)
+                }
+                1 => {
+                    if let Some(s) = &stored_amt {
+                        if !password_matches(s) {
+                            return Err(Refusal::Text(format!(
+                                "Device {guid} activation failed. The AMT password does not match the stored one."
+                            )));
+                        }
+                    }
+                    let pw = SecretString::new(supplied.clone());
+                    ("admin".to_string(), pw.clone(), pw)
+                }
+                _ => {
+                    return Err(Refusal::Text(format!(
+                        "Device {guid} is in admin control mode; a CCM profile cannot be applied."
+                    )))
+                }
+            };
+            let cira = match &spec.cira_config_name {
+                None => None,
+                Some(name) => Some(cira_plan(inner, ctx, name, stored.as_ref()).await?),
+            };
+            let features = Features {
+                kvm: spec.kvm_enabled,
+                sol: spec.sol_enabled,
+                ider: spec.ider_enabled,
+                consent: match spec.user_consent.as_str() {
+                    "None" => 0,
+                    "KVM" => 1,
+                    _ => 4_294_967_295,
+                },
+            };
+            Ok(Box::new(Activation::new(Plan {
+                guid,
+                current_mode: mode,
+                user,
+                password,
+                amt_password,
+                features,
+                cira,
+            })))
+        }
+        Command::Deactivate { force } => {
+            if mode == 0 {
+                return Err(Refusal::Text(format!(
+                    "Deactivation failed. Device {guid} is in pre-provisioning mode"
+                )));
+            }
+            let password = match &stored_amt {
+                Some(s) if password_matches(s) => s.clone(),
+                Some(s) if *force => s.clone(),
+                Some(_) => {
+                    return Err(Refusal::Text(format!(
+                        "Deactivation failed. The AMT password of device {guid} does not match the stored one."
+                    )))
+                }
+                None if !supplied.is_empty() => SecretString::new(supplied.clone()),
+                None => {
+                    return Err(Refusal::Text(format!(
+                        "Deactivation failed. No credentials for device {guid}."
+                    )))
+                }
+            };
+            let _ = mode_name(mode);
+            Ok(Box::new(Deactivation::new(&guid, password.expose(), mode)))
+        }
+        Command::Maintenance { task, .. } => Err(Refusal::Text(format!(
+            "Device {guid} {} failed: maintenance tasks are not available yet",
+            task.name()
+        ))),
+    }
+}
+
+async fn profile_secret(
+    inner: &Inner,
+    tenant: &str,
+    profile: &str,
+    key: &str,
+) -> Result<Option<SecretString>, Refusal> {
+    Ok(inner
+        .secrets
+        .get(&specs::secret_path(tenant, specs::PROFILE, profile))
+        .await
+        .map_err(store_down)?
+        .and_then(|m| m.get(key).cloned()))
+}
+
+async fn cira_plan(
+    inner: &Inner,
+    ctx: &Ctx,
+    name: &str,
+    stored: Option<&DeviceSecrets>,
+) -> Result<CiraPlan, Refusal> {
+    let record = inner
+        .store
+        .get_config(&ctx.tenant, specs::CIRA, name)
+        .await
+        .map_err(store_down)?
+        .ok_or_else(|| Refusal::Other(format!("CIRA config {name} of the profile does not exist")))?;
+    let spec: CiraSpec = serde_json::from_value(record.spec)
+        .map_err(|e| Refusal::Other(format!("CIRA config {name} is unreadable: {e}")))?;
+    let password = if spec.static_password {
+        inner
+            .secrets
+            .get(&specs::secret_path(&ctx.tenant, specs::CIRA, name))
+            .await
+            .map_err(store_down)?
+            .and_then(|m| m.get(specs::MPS_PASSWORD).cloned())
+            .ok_or_else(|| Refusal::Other(format!("CIRA config {name} has no stored password")))?
+    } else {
+        // Keep a password an earlier run stored: the device may hold it already.
+        stored
+            .and_then(|s| s.mps_password.clone())
+            .unwrap_or_else(|| SecretString::new(specs::random_password(16)))
+    };
+    let mut env = [0u8; 16];
+    openssl::rand::rand_bytes(&mut env).map_err(|e| Refusal::Other(e.to_string()))?;
+    Ok(CiraPlan {
+        address: spec.mps_server_address,
+        format: spec.server_address_format,
+        port: spec.mps_port,
+        username: spec.username,
+        password,
+        common_name: spec.common_name,
+        root_certificate: spec.mps_root_certificate,
+        environment_domain: format!("{}.com", homeport_apf::guid_from_wire(&env)),
+    })
+}
