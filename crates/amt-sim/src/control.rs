@@ -47,7 +47,11 @@ impl DeviceSlot {
 
     /// The CIRA user and password provisioning set, if it did (without creating a model).
     pub(crate) fn cira_credentials(&self) -> Option<(String, String)> {
-        let m = self.model.get()?.lock().unwrap_or_else(PoisonError::into_inner);
+        let m = self
+            .model
+            .get()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         m.remote
             .as_ref()?
             .servers

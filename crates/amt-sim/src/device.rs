@@ -187,9 +187,12 @@ async fn once(
     };
     stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
     // A device provisioned through rps logs in with what its CIRA configuration says.
-    let (username, password) = slot
-        .cira_credentials()
-        .unwrap_or_else(|| (id.mps_username.clone(), id.mps_password.expose().to_string()));
+    let (username, password) = slot.cira_credentials().unwrap_or_else(|| {
+        (
+            id.mps_username.clone(),
+            id.mps_password.expose().to_string(),
+        )
+    });
     let password = match fault {
         Fault::WrongPassword => format!("wrong-{password}"),
         _ => password,

@@ -13,7 +13,7 @@ use homeport_wsman::digest::md5_hex;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+pub use tokio_tungstenite::tungstenite::Message;
 
 use crate::amt::{self, Served};
 use crate::control::DeviceSlot;
@@ -22,6 +22,8 @@ use crate::wsman::model::{Credentials, DeviceModel, Now};
 use crate::wsman::setup::{AMT_BUILD, AMT_SKU, AMT_VERSION};
 use crate::wsman::Effect;
 use crate::Fault;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_openssl::SslStream<TcpStream>>;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -125,7 +127,10 @@ impl RpcClient {
             None => (rest, "/".to_string()),
         };
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h.trim_matches(['[', ']']).to_string(), p.parse().map_err(|_| RpcError::Url(url.into()))?),
+            Some((h, p)) => (
+                h.trim_matches(['[', ']']).to_string(),
+                p.parse().map_err(|_| RpcError::Url(url.into()))?,
+            ),
             None => (authority.to_string(), 443),
         };
         let mut b = SslConnector::builder(SslMethod::tls_client())
@@ -141,6 +146,53 @@ impl RpcClient {
             timeout: Duration::from_secs(120),
             protocol_version: "4.0.0".into(),
         })
+    }
+
+    async fn connect(&self) -> Result<Ws, RpcError> {
+        let client = self;
+        let tcp = TcpStream::connect((client.host.as_str(), client.port))
+            .await
+            .map_err(|e| RpcError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let ssl = client
+            .connector
+            .configure()
+            .and_then(|c| c.into_ssl(&client.host))
+            .map_err(|e| RpcError::Connect(e.to_string()))?;
+        let mut tls = tokio_openssl::SslStream::new(ssl, tcp)
+            .map_err(|e| RpcError::Connect(e.to_string()))?;
+        std::pin::Pin::new(&mut tls)
+            .connect()
+            .await
+            .map_err(|e| RpcError::Connect(format!("TLS: {e}")))?;
+        let url = format!("wss://{}:{}{}", client.host, client.port, client.path);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            url.as_str(),
+            tls,
+            Some(WebSocketConfig::default()),
+        )
+        .await
+        .map_err(|e| RpcError::Connect(format!("WebSocket: {e}")))?;
+        Ok(ws)
+    }
+
+    /// Sends one frame as it is and returns the text frames the server sends back until it
+    /// closes (for tests of refusals: malformed, oversized or binary frames).
+    pub async fn send_raw(&self, frame: Message) -> Result<Vec<String>, RpcError> {
+        let mut ws = self.connect().await?;
+        ws.send(frame)
+            .await
+            .map_err(|e| RpcError::Protocol(e.to_string()))?;
+        let mut texts = Vec::new();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => return Err(RpcError::Timeout(self.timeout)),
+                Ok(Some(Ok(Message::Text(t)))) => texts.push(t.as_str().to_string()),
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => return Ok(texts),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
     }
 }
 
@@ -161,7 +213,9 @@ impl SimDevice {
         let model = DeviceModel::unprovisioned(false, Now::current().unix, lsa_credentials(&id));
         SimDevice {
             id,
-            slot: Arc::new(DeviceSlot::with_model(Arc::new(std::sync::Mutex::new(model)))),
+            slot: Arc::new(DeviceSlot::with_model(Arc::new(std::sync::Mutex::new(
+                model,
+            )))),
             cert_hashes: default_cert_hashes(),
             fault: RpcFault::None,
         }
@@ -205,7 +259,9 @@ impl SimDevice {
     pub fn admin_password_is(&self, password: &str) -> bool {
         let m = self.slot.lock();
         let want = md5_hex(&format!("admin:{}:{password}", self.id.realm));
-        m.credentials.as_ref().is_some_and(|c| c.user == "admin" && c.ha1 == want)
+        m.credentials
+            .as_ref()
+            .is_some_and(|c| c.user == "admin" && c.ha1 == want)
     }
 
     /// The payload rpc-go builds from the local AMT (openamt-rps.md §1.4).
@@ -251,29 +307,7 @@ impl SimDevice {
         command: &str,
         password: Option<&str>,
     ) -> Result<RpcOutcome, RpcError> {
-        let tcp = TcpStream::connect((client.host.as_str(), client.port))
-            .await
-            .map_err(|e| RpcError::Connect(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let ssl = client
-            .connector
-            .configure()
-            .and_then(|c| c.into_ssl(&client.host))
-            .map_err(|e| RpcError::Connect(e.to_string()))?;
-        let mut tls = tokio_openssl::SslStream::new(ssl, tcp)
-            .map_err(|e| RpcError::Connect(e.to_string()))?;
-        std::pin::Pin::new(&mut tls)
-            .connect()
-            .await
-            .map_err(|e| RpcError::Connect(format!("TLS: {e}")))?;
-        let url = format!("wss://{}:{}{}", client.host, client.port, client.path);
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            url.as_str(),
-            tls,
-            Some(WebSocketConfig::default()),
-        )
-        .await
-        .map_err(|e| RpcError::Connect(format!("WebSocket: {e}")))?;
+        let mut ws = client.connect().await?;
         let lsa = lsa_password(&self.id);
         let password = password.unwrap_or(&lsa);
         let first = serde_json::json!({
@@ -358,13 +392,23 @@ impl SimDevice {
             .map_err(|e| RpcError::Protocol(format!("HTTP body: {e}")))?;
         let served = {
             let mut m = self.slot.lock();
-            amt::serve(&self.id, &mut m, Fault::None, Now::current(), "127.0.0.1", &complete.head, &body)
+            amt::serve(
+                &self.id,
+                &mut m,
+                Fault::None,
+                Now::current(),
+                "127.0.0.1",
+                &complete.head,
+                &body,
+            )
         };
         match served {
             Served::Reply { bytes, effect } => {
                 if effect == Effect::Unprovisioned {
                     // Unprovisioned locally: the CIRA connection, if up, goes down.
-                    self.slot.disconnect.store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.slot
+                        .disconnect
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     self.slot.wake.notify_one();
                 }
                 Ok(bytes)

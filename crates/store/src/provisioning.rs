@@ -93,10 +93,9 @@ impl Store {
             .await;
         match inserted {
             Ok(0) => Err(StoreError::AlreadyExists(format!("{kind} {name}"))),
-            Ok(_) => self
-                .get_config(tenant, kind, name)
-                .await?
-                .ok_or_else(|| StoreError::AlreadyExists(format!("{kind} {name} (deleted meanwhile)"))),
+            Ok(_) => self.get_config(tenant, kind, name).await?.ok_or_else(|| {
+                StoreError::AlreadyExists(format!("{kind} {name} (deleted meanwhile)"))
+            }),
             Err(e) if unique_violation(&e) => {
                 Err(StoreError::AlreadyExists(format!("{kind} {name}")))
             }
@@ -110,10 +109,12 @@ impl Store {
         kind: &str,
         name: &str,
     ) -> Result<Option<ConfigRecord>, StoreError> {
-        Ok(Entity::find_by_id((tenant.to_string(), kind.to_string(), key(name)))
-            .one(&self.db)
-            .await?
-            .map(record))
+        Ok(
+            Entity::find_by_id((tenant.to_string(), kind.to_string(), key(name)))
+                .one(&self.db)
+                .await?
+                .map(record),
+        )
     }
 
     /// The object whose unique key (a domain's suffix) is `unique_key`, case-insensitively.

@@ -51,13 +51,16 @@ impl Provisioning {
             })?;
         let key = parsed.pkey.ok_or("holds no private key")?;
         let leaf = parsed.cert.ok_or("holds no certificate")?;
-        let mut others: Vec<X509> = parsed.ca.map(|s| s.into_iter().collect()).unwrap_or_default();
+        let mut others: Vec<X509> = parsed
+            .ca
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default();
         // Order: leaf, then each issuer found among the others, the self-signed root last.
         let mut chain = vec![leaf];
         while let Some(pos) = others.iter().position(|c| {
-            chain
-                .last()
-                .is_some_and(|last| last.issuer_name_hash() == c.subject_name_hash() && !is_self_signed(last))
+            chain.last().is_some_and(|last| {
+                last.issuer_name_hash() == c.subject_name_hash() && !is_self_signed(last)
+            })
         }) {
             chain.push(others.remove(pos));
             if chain.len() > 4 {
@@ -87,7 +90,10 @@ impl Provisioning {
             root_sha1: fp(MessageDigest::sha1())?,
             chain: chain
                 .iter()
-                .map(|c| c.to_der().map(|d| base64::engine::general_purpose::STANDARD.encode(d)))
+                .map(|c| {
+                    c.to_der()
+                        .map(|d| base64::engine::general_purpose::STANDARD.encode(d))
+                })
                 .collect::<Result<_, _>>()
                 .map_err(|e| e.to_string())?,
             key,
@@ -105,7 +111,9 @@ impl Provisioning {
 
 fn is_self_signed(c: &X509) -> bool {
     c.issuer_name_hash() == c.subject_name_hash()
-        && c.public_key().ok().is_some_and(|k| c.verify(&k).unwrap_or(false))
+        && c.public_key()
+            .ok()
+            .is_some_and(|k| c.verify(&k).unwrap_or(false))
 }
 
 fn legacy_provider() {

@@ -115,7 +115,9 @@ impl AdminApi {
         {
             ConfigUpdate::Updated(r) => Ok(r),
             ConfigUpdate::Stale(r) => Err(stale(&r)),
-            ConfigUpdate::NotFound => Err(Status::not_found(format!("{kind} {} not found", c.name))),
+            ConfigUpdate::NotFound => {
+                Err(Status::not_found(format!("{kind} {} not found", c.name)))
+            }
         }
     }
 
@@ -128,8 +130,17 @@ impl AdminApi {
             .ok_or_else(|| Status::not_found(format!("{kind} {name} not found")))
     }
 
-    async fn list(&self, tenant: &str, kind: &str, r: &pb::ListRequest) -> Result<(Vec<ConfigRecord>, u64), Status> {
-        let top = if r.top == 0 { DEFAULT_PAGE } else { r.top.min(MAX_PAGE) };
+    async fn list(
+        &self,
+        tenant: &str,
+        kind: &str,
+        r: &pb::ListRequest,
+    ) -> Result<(Vec<ConfigRecord>, u64), Status> {
+        let top = if r.top == 0 {
+            DEFAULT_PAGE
+        } else {
+            r.top.min(MAX_PAGE)
+        };
         self.inner
             .store
             .list_configs(tenant, kind, u64::from(r.skip), u64::from(top))
@@ -170,7 +181,13 @@ impl AdminApi {
                 }
             }
         }
-        if !self.inner.store.delete_config(tenant, kind, name).await.map_err(db)? {
+        if !self
+            .inner
+            .store
+            .delete_config(tenant, kind, name)
+            .await
+            .map_err(db)?
+        {
             return Err(Status::not_found(format!("{kind} {name} not found")));
         }
         self.inner
@@ -193,7 +210,10 @@ impl AdminApi {
 
     async fn check_profile(&self, tenant: &str, p: &pb::Profile) -> Result<Checked, Status> {
         if !specs::valid_name(&p.name) {
-            return Err(invalid("name", "required; letters, digits and $@!%*#?&-_~^, at most 64"));
+            return Err(invalid(
+                "name",
+                "required; letters, digits and $@!%*#?&-_~^, at most 64",
+            ));
         }
         let acm = match pb::Activation::try_from(p.activation) {
             Ok(pb::Activation::Ccm) => false,
@@ -251,7 +271,10 @@ impl AdminApi {
                 (true, true) => {}
             }
         } else if !p.mebx_password.is_empty() || p.generate_random_mebx_password {
-            return Err(invalid("mebx_password", "only ACM profiles set the MEBx password"));
+            return Err(invalid(
+                "mebx_password",
+                "only ACM profiles set the MEBx password",
+            ));
         }
         let consent = match pb::UserConsent::try_from(p.user_consent) {
             Ok(pb::UserConsent::None) => "None",
@@ -261,10 +284,15 @@ impl AdminApi {
             _ => "All",
         };
         if !acm && consent != "All" {
-            return Err(invalid("user_consent", "client control mode always requires consent for all redirection (All)"));
+            return Err(invalid(
+                "user_consent",
+                "client control mode always requires consent for all redirection (All)",
+            ));
         }
         if !p.cira_config_name.is_empty()
-            && !self.exists(tenant, specs::CIRA, &p.cira_config_name).await?
+            && !self
+                .exists(tenant, specs::CIRA, &p.cira_config_name)
+                .await?
         {
             return Err(invalid(
                 "cira_config_name",
@@ -272,7 +300,10 @@ impl AdminApi {
             ));
         }
         if !p.wifi_configs.is_empty() && !p.dhcp_enabled {
-            return Err(invalid("wifi_configs", "wireless profiles need dhcp_enabled"));
+            return Err(invalid(
+                "wifi_configs",
+                "wireless profiles need dhcp_enabled",
+            ));
         }
         if p.wifi_configs.len() > 8 {
             return Err(invalid("wifi_configs", "at most 8"));
@@ -281,7 +312,10 @@ impl AdminApi {
             if !(1..=255).contains(&w.priority) {
                 return Err(invalid("wifi_configs.priority", "1-255"));
             }
-            if !self.exists(tenant, specs::WIRELESS, &w.profile_name).await? {
+            if !self
+                .exists(tenant, specs::WIRELESS, &w.profile_name)
+                .await?
+            {
                 return Err(invalid(
                     "wifi_configs.profile_name",
                     &format!("wireless config {} does not exist", w.profile_name),
@@ -321,34 +355,56 @@ impl AdminApi {
 
     async fn check_cira(&self, c: &pb::CiraConfig) -> Result<Checked, Status> {
         if !specs::valid_name(&c.name) {
-            return Err(invalid("name", "required; letters, digits and $@!%*#?&-_~^, at most 64"));
+            return Err(invalid(
+                "name",
+                "required; letters, digits and $@!%*#?&-_~^, at most 64",
+            ));
         }
         let addr = c.mps_server_address.trim();
         match c.server_address_format {
             3 => {
                 if addr.parse::<std::net::Ipv4Addr>().is_err() {
-                    return Err(invalid("mps_server_address", "must be an IPv4 address for format 3"));
+                    return Err(invalid(
+                        "mps_server_address",
+                        "must be an IPv4 address for format 3",
+                    ));
                 }
                 if c.common_name.is_empty() {
-                    return Err(invalid("common_name", "required with an IPv4 address (format 3)"));
+                    return Err(invalid(
+                        "common_name",
+                        "required with an IPv4 address (format 3)",
+                    ));
                 }
             }
             4 => {
                 if addr.parse::<std::net::Ipv6Addr>().is_err() {
-                    return Err(invalid("mps_server_address", "must be an IPv6 address for format 4"));
+                    return Err(invalid(
+                        "mps_server_address",
+                        "must be an IPv6 address for format 4",
+                    ));
                 }
             }
             201 => {
                 if !specs::valid_fqdn(addr) {
-                    return Err(invalid("mps_server_address", "must be a host name or IPv4 address for format 201"));
+                    return Err(invalid(
+                        "mps_server_address",
+                        "must be a host name or IPv4 address for format 201",
+                    ));
                 }
             }
-            _ => return Err(invalid("server_address_format", "3 (IPv4), 4 (IPv6) or 201 (FQDN)")),
+            _ => {
+                return Err(invalid(
+                    "server_address_format",
+                    "3 (IPv4), 4 (IPv6) or 201 (FQDN)",
+                ))
+            }
         }
         if !(1024..=49151).contains(&c.mps_port) {
             return Err(invalid("mps_port", "1024-49151"));
         }
-        if !(5..=16).contains(&c.username.len()) || !c.username.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !(5..=16).contains(&c.username.len())
+            || !c.username.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             return Err(invalid("username", "5-16 letters and digits"));
         }
         match c.auth_method {
@@ -373,10 +429,15 @@ impl AdminApi {
             .map_err(|_| invalid("mps_root_certificate", "is not a DER certificate"))?;
         let mut secrets = SecretMap::new();
         if !c.password.is_empty() {
-            if !(8..=63).contains(&c.password.len()) || !c.password.chars().all(|ch| ch.is_ascii_graphic()) {
+            if !(8..=63).contains(&c.password.len())
+                || !c.password.chars().all(|ch| ch.is_ascii_graphic())
+            {
                 return Err(invalid("password", "8-63 printable characters"));
             }
-            secrets.insert(specs::MPS_PASSWORD.into(), SecretString::new(c.password.clone()));
+            secrets.insert(
+                specs::MPS_PASSWORD.into(),
+                SecretString::new(c.password.clone()),
+            );
         }
         let spec = CiraSpec {
             mps_server_address: addr.to_string(),
@@ -400,14 +461,23 @@ impl AdminApi {
 
     fn check_domain(&self, d: &pb::Domain) -> Result<Checked, Status> {
         if !specs::valid_name(&d.name) {
-            return Err(invalid("name", "required; letters, digits and $@!%*#?&-_~^, at most 64"));
+            return Err(invalid(
+                "name",
+                "required; letters, digits and $@!%*#?&-_~^, at most 64",
+            ));
         }
         let suffix = d.domain_suffix.trim().trim_end_matches('.').to_lowercase();
         if !specs::valid_fqdn(&suffix) || !suffix.contains('.') {
-            return Err(invalid("domain_suffix", "a DNS suffix such as vprodemo.com"));
+            return Err(invalid(
+                "domain_suffix",
+                "a DNS suffix such as vprodemo.com",
+            ));
         }
         if d.provisioning_cert_password.is_empty() || d.provisioning_cert_password.len() > 64 {
-            return Err(invalid("provisioning_cert_password", "required, at most 64 characters"));
+            return Err(invalid(
+                "provisioning_cert_password",
+                "required, at most 64 characters",
+            ));
         }
         let format = if d.provisioning_cert_storage_format.is_empty() {
             "raw".to_string()
@@ -417,15 +487,18 @@ impl AdminApi {
         if format != "raw" && format != "string" {
             return Err(invalid("provisioning_cert_storage_format", "raw or string"));
         }
-        let pfx = crate::acm::Provisioning::decode(&d.provisioning_cert, &d.provisioning_cert_password)
-            .map_err(|e| invalid("provisioning_cert", &e))?;
+        let pfx =
+            crate::acm::Provisioning::decode(&d.provisioning_cert, &d.provisioning_cert_password)
+                .map_err(|e| invalid("provisioning_cert", &e))?;
         let now = chrono::Utc::now().timestamp();
         if pfx.expires < now {
-            return Err(invalid("provisioning_cert", "a certificate of the chain has expired"));
+            return Err(invalid(
+                "provisioning_cert",
+                "a certificate of the chain has expired",
+            ));
         }
-        let labels = |s: &str| -> Vec<String> {
-            s.rsplit('.').take(2).map(str::to_lowercase).collect()
-        };
+        let labels =
+            |s: &str| -> Vec<String> { s.rsplit('.').take(2).map(str::to_lowercase).collect() };
         if labels(&pfx.leaf_common_name) != labels(&suffix) {
             return Err(invalid(
                 "domain_suffix",
@@ -436,7 +509,10 @@ impl AdminApi {
             ));
         }
         let mut secrets = SecretMap::new();
-        secrets.insert(specs::CERT.into(), SecretString::new(d.provisioning_cert.trim().to_string()));
+        secrets.insert(
+            specs::CERT.into(),
+            SecretString::new(d.provisioning_cert.trim().to_string()),
+        );
         secrets.insert(
             specs::CERT_PASSWORD.into(),
             SecretString::new(d.provisioning_cert_password.clone()),
@@ -456,7 +532,10 @@ impl AdminApi {
     }
 
     fn check_wireless(&self, w: &pb::WirelessConfig) -> Result<Checked, Status> {
-        if w.name.is_empty() || w.name.len() > 32 || !w.name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if w.name.is_empty()
+            || w.name.len() > 32
+            || !w.name.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
             return Err(invalid("name", "1-32 letters and digits"));
         }
         let psk = match w.authentication_method {
@@ -479,13 +558,22 @@ impl AdminApi {
             return Err(invalid("psk_passphrase", "8-63 characters for PSK methods"));
         }
         if !w.ieee8021x_profile_name.is_empty() {
-            return Err(invalid("ieee8021x_profile_name", "only with 802.1x methods"));
+            return Err(invalid(
+                "ieee8021x_profile_name",
+                "only with 802.1x methods",
+            ));
         }
-        if w.link_policy.iter().any(|l| !matches!(l, 1 | 14 | 16 | 224)) {
+        if w.link_policy
+            .iter()
+            .any(|l| !matches!(l, 1 | 14 | 16 | 224))
+        {
             return Err(invalid("link_policy", "values 1, 14, 16, 224"));
         }
         let mut secrets = SecretMap::new();
-        secrets.insert(specs::PSK_PASSPHRASE.into(), SecretString::new(w.psk_passphrase.clone()));
+        secrets.insert(
+            specs::PSK_PASSPHRASE.into(),
+            SecretString::new(w.psk_passphrase.clone()),
+        );
         let spec = WirelessSpec {
             authentication_method: w.authentication_method,
             encryption_method: w.encryption_method,
@@ -514,7 +602,11 @@ fn profile_pb(r: &ConfigRecord) -> Result<pb::Profile, Status> {
     let s: ProfileSpec = spec_of(r)?;
     Ok(pb::Profile {
         name: r.name.clone(),
-        activation: if s.is_acm() { pb::Activation::Acm } else { pb::Activation::Ccm } as i32,
+        activation: if s.is_acm() {
+            pb::Activation::Acm
+        } else {
+            pb::Activation::Ccm
+        } as i32,
         amt_password: String::new(),
         generate_random_password: s.generate_random_password,
         mebx_password: String::new(),
@@ -534,7 +626,10 @@ fn profile_pb(r: &ConfigRecord) -> Result<pb::Profile, Status> {
         wifi_configs: s
             .wifi_configs
             .into_iter()
-            .map(|(profile_name, priority)| pb::WifiLink { profile_name, priority })
+            .map(|(profile_name, priority)| pb::WifiLink {
+                profile_name,
+                priority,
+            })
             .collect(),
         local_wifi_sync_enabled: s.local_wifi_sync_enabled,
         tenant: r.tenant_id.clone(),
@@ -589,118 +684,225 @@ fn wireless_pb(r: &ConfigRecord) -> Result<pb::WirelessConfig, Status> {
     })
 }
 
-fn all<T>(rs: &[ConfigRecord], f: fn(&ConfigRecord) -> Result<T, Status>) -> Result<Vec<T>, Status> {
+fn all<T>(
+    rs: &[ConfigRecord],
+    f: fn(&ConfigRecord) -> Result<T, Status>,
+) -> Result<Vec<T>, Status> {
     rs.iter().map(f).collect()
 }
 
 fn uses_cira(p: &ProfileSpec, name: &str) -> bool {
-    p.cira_config_name.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(name))
+    p.cira_config_name
+        .as_deref()
+        .is_some_and(|c| c.eq_ignore_ascii_case(name))
 }
 
 fn uses_wireless(p: &ProfileSpec, name: &str) -> bool {
-    p.wifi_configs.iter().any(|(w, _)| w.eq_ignore_ascii_case(name))
+    p.wifi_configs
+        .iter()
+        .any(|(w, _)| w.eq_ignore_ascii_case(name))
 }
 
 #[tonic::async_trait]
 impl ProvisioningAdmin for AdminApi {
-    async fn create_profile(&self, req: Request<pb::Profile>) -> Result<Response<pb::Profile>, Status> {
+    async fn create_profile(
+        &self,
+        req: Request<pb::Profile>,
+    ) -> Result<Response<pb::Profile>, Status> {
         let t = caller(&req)?.tenant;
         let c = self.check_profile(&t, req.get_ref()).await?;
         let r = self.create(&t, specs::PROFILE, c).await?;
         Ok(Response::new(profile_pb(&r)?))
     }
-    async fn get_profile(&self, req: Request<pb::NameRef>) -> Result<Response<pb::Profile>, Status> {
+    async fn get_profile(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::Profile>, Status> {
         let t = caller(&req)?.tenant;
-        Ok(Response::new(profile_pb(&self.get(&t, specs::PROFILE, &req.get_ref().name).await?)?))
+        Ok(Response::new(profile_pb(
+            &self.get(&t, specs::PROFILE, &req.get_ref().name).await?,
+        )?))
     }
-    async fn update_profile(&self, req: Request<pb::Profile>) -> Result<Response<pb::Profile>, Status> {
+    async fn update_profile(
+        &self,
+        req: Request<pb::Profile>,
+    ) -> Result<Response<pb::Profile>, Status> {
         let t = caller(&req)?.tenant;
         let c = self.check_profile(&t, req.get_ref()).await?;
-        Ok(Response::new(profile_pb(&self.update(&t, specs::PROFILE, c).await?)?))
+        Ok(Response::new(profile_pb(
+            &self.update(&t, specs::PROFILE, c).await?,
+        )?))
     }
-    async fn delete_profile(&self, req: Request<pb::NameRef>) -> Result<Response<pb::Deleted>, Status> {
+    async fn delete_profile(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::Deleted>, Status> {
         let t = caller(&req)?.tenant;
-        self.delete(&t, specs::PROFILE, &req.get_ref().name, None).await?;
+        self.delete(&t, specs::PROFILE, &req.get_ref().name, None)
+            .await?;
         Ok(Response::new(pb::Deleted {}))
     }
-    async fn list_profiles(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ProfileList>, Status> {
+    async fn list_profiles(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ProfileList>, Status> {
         let t = caller(&req)?.tenant;
         let (rs, total) = self.list(&t, specs::PROFILE, req.get_ref()).await?;
-        Ok(Response::new(pb::ProfileList { profiles: all(&rs, profile_pb)?, total }))
+        Ok(Response::new(pb::ProfileList {
+            profiles: all(&rs, profile_pb)?,
+            total,
+        }))
     }
 
-    async fn create_cira_config(&self, req: Request<pb::CiraConfig>) -> Result<Response<pb::CiraConfig>, Status> {
+    async fn create_cira_config(
+        &self,
+        req: Request<pb::CiraConfig>,
+    ) -> Result<Response<pb::CiraConfig>, Status> {
         let t = caller(&req)?.tenant;
         let c = self.check_cira(req.get_ref()).await?;
-        Ok(Response::new(cira_pb(&self.create(&t, specs::CIRA, c).await?)?))
+        Ok(Response::new(cira_pb(
+            &self.create(&t, specs::CIRA, c).await?,
+        )?))
     }
-    async fn get_cira_config(&self, req: Request<pb::NameRef>) -> Result<Response<pb::CiraConfig>, Status> {
+    async fn get_cira_config(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::CiraConfig>, Status> {
         let t = caller(&req)?.tenant;
-        Ok(Response::new(cira_pb(&self.get(&t, specs::CIRA, &req.get_ref().name).await?)?))
+        Ok(Response::new(cira_pb(
+            &self.get(&t, specs::CIRA, &req.get_ref().name).await?,
+        )?))
     }
-    async fn update_cira_config(&self, req: Request<pb::CiraConfig>) -> Result<Response<pb::CiraConfig>, Status> {
+    async fn update_cira_config(
+        &self,
+        req: Request<pb::CiraConfig>,
+    ) -> Result<Response<pb::CiraConfig>, Status> {
         let t = caller(&req)?.tenant;
         let c = self.check_cira(req.get_ref()).await?;
-        Ok(Response::new(cira_pb(&self.update(&t, specs::CIRA, c).await?)?))
+        Ok(Response::new(cira_pb(
+            &self.update(&t, specs::CIRA, c).await?,
+        )?))
     }
-    async fn delete_cira_config(&self, req: Request<pb::NameRef>) -> Result<Response<pb::Deleted>, Status> {
+    async fn delete_cira_config(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::Deleted>, Status> {
         let t = caller(&req)?.tenant;
-        self.delete(&t, specs::CIRA, &req.get_ref().name, Some(uses_cira)).await?;
+        self.delete(&t, specs::CIRA, &req.get_ref().name, Some(uses_cira))
+            .await?;
         Ok(Response::new(pb::Deleted {}))
     }
-    async fn list_cira_configs(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::CiraConfigList>, Status> {
+    async fn list_cira_configs(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::CiraConfigList>, Status> {
         let t = caller(&req)?.tenant;
         let (rs, total) = self.list(&t, specs::CIRA, req.get_ref()).await?;
-        Ok(Response::new(pb::CiraConfigList { cira_configs: all(&rs, cira_pb)?, total }))
+        Ok(Response::new(pb::CiraConfigList {
+            cira_configs: all(&rs, cira_pb)?,
+            total,
+        }))
     }
 
-    async fn create_domain(&self, req: Request<pb::Domain>) -> Result<Response<pb::Domain>, Status> {
+    async fn create_domain(
+        &self,
+        req: Request<pb::Domain>,
+    ) -> Result<Response<pb::Domain>, Status> {
         let t = caller(&req)?.tenant;
         let c = self.check_domain(req.get_ref())?;
-        Ok(Response::new(domain_pb(&self.create(&t, specs::DOMAIN, c).await?)?))
+        Ok(Response::new(domain_pb(
+            &self.create(&t, specs::DOMAIN, c).await?,
+        )?))
     }
     async fn get_domain(&self, req: Request<pb::NameRef>) -> Result<Response<pb::Domain>, Status> {
         let t = caller(&req)?.tenant;
-        Ok(Response::new(domain_pb(&self.get(&t, specs::DOMAIN, &req.get_ref().name).await?)?))
+        Ok(Response::new(domain_pb(
+            &self.get(&t, specs::DOMAIN, &req.get_ref().name).await?,
+        )?))
     }
-    async fn update_domain(&self, req: Request<pb::Domain>) -> Result<Response<pb::Domain>, Status> {
+    async fn update_domain(
+        &self,
+        req: Request<pb::Domain>,
+    ) -> Result<Response<pb::Domain>, Status> {
         let t = caller(&req)?.tenant;
         let c = self.check_domain(req.get_ref())?;
-        Ok(Response::new(domain_pb(&self.update(&t, specs::DOMAIN, c).await?)?))
+        Ok(Response::new(domain_pb(
+            &self.update(&t, specs::DOMAIN, c).await?,
+        )?))
     }
-    async fn delete_domain(&self, req: Request<pb::NameRef>) -> Result<Response<pb::Deleted>, Status> {
+    async fn delete_domain(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::Deleted>, Status> {
         let t = caller(&req)?.tenant;
-        self.delete(&t, specs::DOMAIN, &req.get_ref().name, None).await?;
+        self.delete(&t, specs::DOMAIN, &req.get_ref().name, None)
+            .await?;
         Ok(Response::new(pb::Deleted {}))
     }
-    async fn list_domains(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::DomainList>, Status> {
+    async fn list_domains(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::DomainList>, Status> {
         let t = caller(&req)?.tenant;
         let (rs, total) = self.list(&t, specs::DOMAIN, req.get_ref()).await?;
-        Ok(Response::new(pb::DomainList { domains: all(&rs, domain_pb)?, total }))
+        Ok(Response::new(pb::DomainList {
+            domains: all(&rs, domain_pb)?,
+            total,
+        }))
     }
 
-    async fn create_wireless_config(&self, req: Request<pb::WirelessConfig>) -> Result<Response<pb::WirelessConfig>, Status> {
+    async fn create_wireless_config(
+        &self,
+        req: Request<pb::WirelessConfig>,
+    ) -> Result<Response<pb::WirelessConfig>, Status> {
         let t = caller(&req)?.tenant;
         let c = self.check_wireless(req.get_ref())?;
-        Ok(Response::new(wireless_pb(&self.create(&t, specs::WIRELESS, c).await?)?))
+        Ok(Response::new(wireless_pb(
+            &self.create(&t, specs::WIRELESS, c).await?,
+        )?))
     }
-    async fn get_wireless_config(&self, req: Request<pb::NameRef>) -> Result<Response<pb::WirelessConfig>, Status> {
+    async fn get_wireless_config(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::WirelessConfig>, Status> {
         let t = caller(&req)?.tenant;
-        Ok(Response::new(wireless_pb(&self.get(&t, specs::WIRELESS, &req.get_ref().name).await?)?))
+        Ok(Response::new(wireless_pb(
+            &self.get(&t, specs::WIRELESS, &req.get_ref().name).await?,
+        )?))
     }
-    async fn update_wireless_config(&self, req: Request<pb::WirelessConfig>) -> Result<Response<pb::WirelessConfig>, Status> {
+    async fn update_wireless_config(
+        &self,
+        req: Request<pb::WirelessConfig>,
+    ) -> Result<Response<pb::WirelessConfig>, Status> {
         let t = caller(&req)?.tenant;
         let c = self.check_wireless(req.get_ref())?;
-        Ok(Response::new(wireless_pb(&self.update(&t, specs::WIRELESS, c).await?)?))
+        Ok(Response::new(wireless_pb(
+            &self.update(&t, specs::WIRELESS, c).await?,
+        )?))
     }
-    async fn delete_wireless_config(&self, req: Request<pb::NameRef>) -> Result<Response<pb::Deleted>, Status> {
+    async fn delete_wireless_config(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::Deleted>, Status> {
         let t = caller(&req)?.tenant;
-        self.delete(&t, specs::WIRELESS, &req.get_ref().name, Some(uses_wireless)).await?;
+        self.delete(
+            &t,
+            specs::WIRELESS,
+            &req.get_ref().name,
+            Some(uses_wireless),
+        )
+        .await?;
         Ok(Response::new(pb::Deleted {}))
     }
-    async fn list_wireless_configs(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::WirelessConfigList>, Status> {
+    async fn list_wireless_configs(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::WirelessConfigList>, Status> {
         let t = caller(&req)?.tenant;
         let (rs, total) = self.list(&t, specs::WIRELESS, req.get_ref()).await?;
-        Ok(Response::new(pb::WirelessConfigList { wireless_configs: all(&rs, wireless_pb)?, total }))
+        Ok(Response::new(pb::WirelessConfigList {
+            wireless_configs: all(&rs, wireless_pb)?,
+            total,
+        }))
     }
 }

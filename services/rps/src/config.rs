@@ -33,10 +33,18 @@ pub struct RpsConfig {
     #[arg(long, env = "HOMEPORT_RPS_FLOW_TIMEOUT_SECS", default_value_t = 300)]
     pub flow_timeout_secs: u64,
     /// Deadline of the TLS and WebSocket handshakes and the client's first message.
-    #[arg(long, env = "HOMEPORT_RPS_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "HOMEPORT_RPS_HANDSHAKE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
     pub handshake_timeout_secs: u64,
     /// Largest WebSocket message accepted (the reference's 100 KiB).
-    #[arg(long, env = "HOMEPORT_RPS_MAX_MESSAGE_BYTES", default_value_t = 102_400)]
+    #[arg(
+        long,
+        env = "HOMEPORT_RPS_MAX_MESSAGE_BYTES",
+        default_value_t = 102_400
+    )]
     pub max_message_bytes: usize,
     /// Flows in progress at once on this replica; more connections wait for a slot (up to
     /// the handshake timeout), so memory stays bounded.

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use homeport_auth::Authenticator;
-use homeport_contracts::events::{ensure_events_stream, EventPublisher, PublisherConfig, StreamLimits};
+use homeport_contracts::events::{
+    ensure_events_stream, EventPublisher, PublisherConfig, StreamLimits,
+};
 use homeport_contracts::Names;
 use homeport_proto::provisioning::v1::provisioning_admin_server::ProvisioningAdminServer;
 use homeport_secrets::DynSecretStore;
@@ -121,7 +123,9 @@ impl Rps {
             secrets: parts.secrets,
             events,
             metrics: Metrics {
-                duration: Histogram::new(&[100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000]),
+                duration: Histogram::new(&[
+                    100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000,
+                ]),
                 ..Metrics::default()
             },
             nats: parts.nats,
@@ -216,13 +220,37 @@ impl Observable for Observed {
     fn metrics(&self) -> String {
         let m = &self.0.metrics;
         let mut e = Exposition::default();
-        e.counter("homeport_rps_flows_total", "Provisioning flows started.", m.flows.get());
-        e.counter("homeport_rps_flows_succeeded_total", "Provisioning flows that succeeded.", m.succeeded.get());
-        e.counter("homeport_rps_flows_failed_total", "Provisioning flows that failed after starting.", m.failed.get());
+        e.counter(
+            "homeport_rps_flows_total",
+            "Provisioning flows started.",
+            m.flows.get(),
+        );
+        e.counter(
+            "homeport_rps_flows_succeeded_total",
+            "Provisioning flows that succeeded.",
+            m.succeeded.get(),
+        );
+        e.counter(
+            "homeport_rps_flows_failed_total",
+            "Provisioning flows that failed after starting.",
+            m.failed.get(),
+        );
         e.counter("homeport_rps_requests_refused_total", "Client requests refused before any WS-Man (bad frames, versions, profiles, passwords, no slot).", m.refused.get());
-        e.counter("homeport_rps_wsman_exchanges_total", "WS-Man exchanges sent to devices through their clients.", m.exchanges.get());
-        e.gauge("homeport_rps_flows_in_flight", "Client connections being served.", m.in_flight.get());
-        e.histogram("homeport_rps_flow_seconds", "Duration of provisioning flows.", &m.duration);
+        e.counter(
+            "homeport_rps_wsman_exchanges_total",
+            "WS-Man exchanges sent to devices through their clients.",
+            m.exchanges.get(),
+        );
+        e.gauge(
+            "homeport_rps_flows_in_flight",
+            "Client connections being served.",
+            m.in_flight.get(),
+        );
+        e.histogram(
+            "homeport_rps_flow_seconds",
+            "Duration of provisioning flows.",
+            &m.duration,
+        );
         e.finish()
     }
 }

@@ -7,7 +7,11 @@ use homeport_rps::{Rps, RpsConfig, RpsParts};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "rps", version, about = "Homeport remote provisioning (rpc clients, protocol 4.0.0)")]
+#[command(
+    name = "rps",
+    version,
+    about = "Homeport remote provisioning (rpc clients, protocol 4.0.0)"
+)]
 struct Cli {
     #[command(flatten)]
     common: homeport_runtime::CommonArgs,

@@ -216,9 +216,7 @@ pub fn parse_command(method: &str) -> Result<Command, ProtocolError> {
         }),
         "deactivate" => Ok(Command::Deactivate { force }),
         "maintenance" => Ok(Command::Maintenance {
-            task: task.ok_or_else(|| {
-                ProtocolError::Invalid("Missing maintenance task".into())
-            })?,
+            task: task.ok_or_else(|| ProtocolError::Invalid("Missing maintenance task".into()))?,
             force,
         }),
         other => Err(ProtocolError::Invalid(format!(
@@ -343,7 +341,17 @@ pub fn validate_payload(bytes: &[u8]) -> Result<DeviceFacts, ProtocolError> {
     // build with the fixes for host-based setup (§1.5).
     let old_listed = matches!(
         (version.0, version.1),
-        (7, 0) | (7, 1) | (8, 0) | (8, 1) | (9, 0) | (9, 1) | (9, 5) | (10, 0) | (11, 0) | (11, 5) | (11, 6)
+        (7, 0)
+            | (7, 1)
+            | (8, 0)
+            | (8, 1)
+            | (9, 0)
+            | (9, 1)
+            | (9, 5)
+            | (10, 0)
+            | (11, 0)
+            | (11, 5)
+            | (11, 6)
     );
     if version.0 < 7 || (old_listed && build < 3000) {
         return Err(ProtocolError::Invalid(format!(

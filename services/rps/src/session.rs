@@ -52,7 +52,12 @@ struct Ctx {
 }
 
 /// Serves one TCP connection to its end. Never panics on input; every wait is bounded.
-pub(crate) async fn handle(inner: Arc<Inner>, acceptor: Arc<SslAcceptor>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn handle(
+    inner: Arc<Inner>,
+    acceptor: Arc<SslAcceptor>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
     let handshake_deadline = tokio::time::Instant::now() + inner.config.handshake_timeout();
     // A slot per flow in progress: beyond the bound, connections wait (not memory).
     let permit = match timeout_at(handshake_deadline, inner.slots.clone().acquire_owned()).await {
@@ -96,7 +101,10 @@ pub(crate) async fn handle(inner: Arc<Inner>, acceptor: Arc<SslAcceptor>, tcp: T
     drop(permit);
 }
 
-async fn tls_accept(acceptor: &SslAcceptor, tcp: TcpStream) -> anyhow::Result<SslStream<TcpStream>> {
+async fn tls_accept(
+    acceptor: &SslAcceptor,
+    tcp: TcpStream,
+) -> anyhow::Result<SslStream<TcpStream>> {
     let ssl = Ssl::new(acceptor.context())?;
     let mut s = SslStream::new(ssl, tcp)?;
     Pin::new(&mut s).accept().await?;
@@ -128,7 +136,11 @@ async fn next_envelope<S: AsyncRead + AsyncWrite + Unpin>(
                 return serde_json::from_str::<Envelope>(t.as_str())
                     .map_err(|_| ReadError::Protocol("message is not a JSON envelope".into()))
             }
-            Message::Binary(_) => return Err(ReadError::Protocol("binary frames are not part of the protocol".into())),
+            Message::Binary(_) => {
+                return Err(ReadError::Protocol(
+                    "binary frames are not part of the protocol".into(),
+                ))
+            }
             Message::Close(_) => return Err(ReadError::Closed),
             _ => {}
         }
@@ -147,10 +159,25 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Refuses with the reference's plain-text error and closes.
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, text: &str, step: std::time::Duration) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut Ws<S>,
+    text: &str,
+    step: std::time::Duration,
+) {
     let deadline = tokio::time::Instant::now() + step;
-    let _ = send(ws, &Envelope::error_text(text), deadline).await;
-    let _ = timeout_at(deadline, ws.close(None)).await;
+    if send(ws, &Envelope::error_text(text), deadline).await {
+        close(ws, deadline).await;
+    }
+}
+
+/// The closing handshake: our Close, then whatever the client still sends until its Close
+/// (bounded by `deadline`). Dropping the socket with unread bytes would make the kernel
+/// reset the connection, and a reset can destroy the answer before the client reads it.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, deadline: tokio::time::Instant) {
+    if timeout_at(deadline, ws.close(None)).await.is_err() {
+        return;
+    }
+    while let Ok(Some(Ok(_))) = timeout_at(deadline, ws.next()).await {}
 }
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
@@ -231,7 +258,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     .await
     {
         Ok(r) => r,
-        Err(_) => Err(Refusal::Other("the database or secret store did not answer in time".into())),
+        Err(_) => Err(Refusal::Other(
+            "the database or secret store did not answer in time".into(),
+        )),
     };
     let mut flow: Box<dyn Flow> = match prepared {
         Ok(f) => f,
@@ -253,10 +282,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         inner.metrics.failed.inc();
     }
-    inner
-        .metrics
-        .duration
-        .observe(ctx.started.elapsed());
+    inner.metrics.duration.observe(ctx.started.elapsed());
     tracing::info!(
         device = %ctx.guid,
         tenant = %ctx.tenant,
@@ -268,8 +294,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     );
     publish(inner, &ctx, &finish, exchanges);
     let deadline = tokio::time::Instant::now() + step;
-    let _ = send(&mut ws, &Envelope::result(finish.ok, &finish.status), deadline).await;
-    let _ = timeout_at(deadline, ws.close(None)).await;
+    if send(
+        &mut ws,
+        &Envelope::result(finish.ok, &finish.status),
+        deadline,
+    )
+    .await
+    {
+        close(&mut ws, deadline).await;
+    }
 }
 
 /// Runs the flow to its end: the client's answers within the step deadline, the whole flow
@@ -311,7 +344,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         Err(ReadError::Timeout) => {
                             return flow.abandon("the device did not answer in time")
                         }
-                        Err(ReadError::Closed) => return flow.abandon("the client closed the connection"),
+                        Err(ReadError::Closed) => {
+                            return flow.abandon("the client closed the connection")
+                        }
                         Err(ReadError::Protocol(why)) => return flow.abandon(&why),
                     }
                 }
@@ -349,13 +384,18 @@ async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result
             mps_username,
         } => {
             if inner.config.setup_settle_ms > 0 && !ctx.registered {
-                tokio::time::sleep(std::time::Duration::from_millis(inner.config.setup_settle_ms)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    inner.config.setup_settle_ms,
+                ))
+                .await;
             }
             let mut info = ctx.info.clone();
             info.current_mode = Some(control_mode.to_uppercase());
             if !ctx.fqdn.is_empty() {
-                info.extra
-                    .insert("dnsSuffix".into(), serde_json::Value::String(ctx.fqdn.clone()));
+                info.extra.insert(
+                    "dnsSuffix".into(),
+                    serde_json::Value::String(ctx.fqdn.clone()),
+                );
             }
             let device = NewDevice {
                 guid: ctx.guid.clone(),
@@ -400,14 +440,20 @@ async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result
 
 fn registry_event(inner: &Inner, ctx: &Ctx, change: &str) {
     let mut e = envelope(&ctx.tenant, &ctx.guid, change, &inner.source);
-    e.payload = Some(ev::event::Payload::DeviceRegistryChanged(ev::DeviceRegistryChanged {
-        change: change.to_string(),
-        fields: if change == "updated" {
-            vec!["device_info".into(), "mps_username".into(), "secrets".into()]
-        } else {
-            Vec::new()
+    e.payload = Some(ev::event::Payload::DeviceRegistryChanged(
+        ev::DeviceRegistryChanged {
+            change: change.to_string(),
+            fields: if change == "updated" {
+                vec![
+                    "device_info".into(),
+                    "mps_username".into(),
+                    "secrets".into(),
+                ]
+            } else {
+                Vec::new()
+            },
         },
-    }));
+    ));
     let subject = inner.names.device_event(&ctx.tenant, &ctx.guid, change);
     if let Err(err) = inner.events.publish(subject, &e) {
         tracing::error!(device = %ctx.guid, error = %err, "registry event not queued");
@@ -426,7 +472,9 @@ fn publish(inner: &Inner, ctx: &Ctx, finish: &Finish, exchanges: u32) {
         duration_ms: ctx.started.elapsed().as_millis() as u64,
         exchanges,
     }));
-    let subject = inner.names.provisioning_event(&ctx.tenant, &ctx.guid, finish.outcome);
+    let subject = inner
+        .names
+        .provisioning_event(&ctx.tenant, &ctx.guid, finish.outcome);
     if let Err(err) = inner.events.publish(subject, &e) {
         tracing::error!(device = %ctx.guid, error = %err, "provisioning event not queued");
     }
@@ -448,7 +496,9 @@ impl Refusal {
 }
 
 fn store_down(e: impl std::fmt::Display) -> Refusal {
-    Refusal::Other(format!("Homeport cannot reach its database or secret store: {e}"))
+    Refusal::Other(format!(
+        "Homeport cannot reach its database or secret store: {e}"
+    ))
 }
 
 /// The checks of §1.5 and everything the flow needs decided (passwords, CIRA settings).
@@ -475,9 +525,10 @@ async fn prepare(
     let stored_amt = stored.as_ref().and_then(|s| s.amt_password.clone());
     let supplied = facts.payload.password.clone();
     // For an activated device the client sends the AMT password; it must be the stored one.
+    // (memcmp::eq panics on different lengths, so those are compared first.)
     let password_matches = |s: &SecretString| {
-        openssl::memcmp::eq(s.expose().as_bytes(), supplied.as_bytes())
-            && s.expose().len() == supplied.len()
+        s.expose().len() == supplied.len()
+            && openssl::memcmp::eq(s.expose().as_bytes(), supplied.as_bytes())
     };
     match command {
         Command::Activate { profile } => {
@@ -512,9 +563,15 @@ async fn prepare(
                         // device that took it and a client that lost the answer agree.
                         (true, Some(prev)) => prev.clone(),
                         (true, None) => SecretString::new(specs::random_password(16)),
-                        (false, _) => profile_secret(inner, &ctx.tenant, &record.name, specs::AMT_PASSWORD)
-                            .await?
-                            .ok_or_else(|| Refusal::Other(format!("profile {profile} has no stored AMT password")))?,
+                        (false, _) => {
+                            profile_secret(inner, &ctx.tenant, &record.name, specs::AMT_PASSWORD)
+                                .await?
+                                .ok_or_else(|| {
+                                    Refusal::Other(format!(
+                                        "profile {profile} has no stored AMT password"
+                                    ))
+                                })?
+                        }
                     };
                     let user = if facts.payload.username.is_empty() {
                         "$$OsAdmin".to_string()
@@ -620,7 +677,9 @@ async fn cira_plan(
         .get_config(&ctx.tenant, specs::CIRA, name)
         .await
         .map_err(store_down)?
-        .ok_or_else(|| Refusal::Other(format!("CIRA config {name} of the profile does not exist")))?;
+        .ok_or_else(|| {
+            Refusal::Other(format!("CIRA config {name} of the profile does not exist"))
+        })?;
     let spec: CiraSpec = serde_json::from_value(record.spec)
         .map_err(|e| Refusal::Other(format!("CIRA config {name} is unreadable: {e}")))?;
     let password = if spec.static_password {

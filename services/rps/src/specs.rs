@@ -81,13 +81,16 @@ pub struct WirelessSpec {
 /// form another path or a URL a secret-store backend would misread.
 pub fn secret_path(tenant: &str, kind: &str, name: &str) -> String {
     let tenant = if tenant.is_empty() { "_" } else { tenant };
-    format!("rps/{}/{kind}/{}", path_token(tenant), path_token(&name.to_lowercase()))
+    format!(
+        "rps/{}/{kind}/{}",
+        path_token(tenant),
+        path_token(&name.to_lowercase())
+    )
 }
 
 fn path_token(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         s.to_string()

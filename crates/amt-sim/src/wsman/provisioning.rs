@@ -183,10 +183,17 @@ fn add_mp_server(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
         return Ok(Answer::return_value(&class, "AddMpServer", NOT_PERMITTED));
     }
     if !valid {
-        return Ok(Answer::return_value(&class, "AddMpServer", INVALID_PARAMETER));
+        return Ok(Answer::return_value(
+            &class,
+            "AddMpServer",
+            INVALID_PARAMETER,
+        ));
     }
     let r = remote(ctx);
-    if r.servers.iter().any(|s| s.address == address && s.port == port.unwrap_or(0)) {
+    if r.servers
+        .iter()
+        .any(|s| s.address == address && s.port == port.unwrap_or(0))
+    {
         return Ok(Answer::return_value(&class, "AddMpServer", DUPLICATE));
     }
     if r.servers.len() >= MAX_ENTRIES {
@@ -282,7 +289,10 @@ fn mp_servers(ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
 
 /// Deleting a server also deletes the policies bound to it, as AMT does.
 fn delete_mp_server(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
-    let name = req.selector("Name").ok_or(WsFault::InvalidSelectors)?.to_string();
+    let name = req
+        .selector("Name")
+        .ok_or(WsFault::InvalidSelectors)?
+        .to_string();
     let r = remote(ctx);
     let before = r.servers.len();
     r.servers.retain(|s| s.name != name);
@@ -351,7 +361,11 @@ fn public_key_management(_ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
 fn add_trusted_root(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
     let class = uri("AMT_PublicKeyManagementService");
     let method = "AddTrustedRootCertificate";
-    let blob = req.body_text("CertificateBlob").unwrap_or_default().trim().to_string();
+    let blob = req
+        .body_text("CertificateBlob")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let der = base64::engine::general_purpose::STANDARD.decode(&blob).ok();
     let Some(cert) = der.and_then(|d| openssl::x509::X509::from_der(&d).ok()) else {
         return Ok(Answer::return_value(&class, method, INVALID_PARAMETER));
@@ -399,7 +413,10 @@ fn certificates(ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
 }
 
 fn delete_certificate(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
-    let id = req.selector("InstanceID").ok_or(WsFault::InvalidSelectors)?.to_string();
+    let id = req
+        .selector("InstanceID")
+        .ok_or(WsFault::InvalidSelectors)?
+        .to_string();
     let r = remote(ctx);
     let before = r.roots.len();
     r.roots.retain(|(i, _, _)| *i != id);
@@ -411,7 +428,11 @@ fn delete_certificate(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFaul
 
 fn user_initiated(ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
     let name = "Intel(r) AMT User Initiated Connection Service";
-    let state = ctx.model.remote.as_ref().map_or(32768, |r| r.user_initiated);
+    let state = ctx
+        .model
+        .remote
+        .as_ref()
+        .map_or(32768, |r| r.user_initiated);
     let mut w = W::new(px, "AMT_UserInitiatedConnectionService");
     w.s("CreationClassName", "AMT_UserInitiatedConnectionService")
         .s("ElementName", name)

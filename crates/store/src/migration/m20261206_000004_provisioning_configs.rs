@@ -81,11 +81,7 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .drop_table(
-                Table::drop()
-                    .table(ProvisioningConfigs::Table)
-                    .to_owned(),
-            )
+            .drop_table(Table::drop().table(ProvisioningConfigs::Table).to_owned())
             .await
     }
 }

@@ -419,19 +419,17 @@ impl Activation {
                 }
                 Err(e) => self.fail(format!("IPS_OptInService: {e}")),
             },
-            St::SetRedirection | St::SetKvm => {
-                match resp.method_output("RequestStateChange") {
-                    Ok((_, 0)) => {
-                        let st = self.st.clone();
-                        self.features_next(st)
-                    }
-                    Ok((_, rv)) => self.fail(format!(
-                        "redirection change returned {rv} ({})",
-                        amt::return_value_text(rv)
-                    )),
-                    Err(e) => self.fail(e.to_string()),
+            St::SetRedirection | St::SetKvm => match resp.method_output("RequestStateChange") {
+                Ok((_, 0)) => {
+                    let st = self.st.clone();
+                    self.features_next(st)
                 }
-            }
+                Ok((_, rv)) => self.fail(format!(
+                    "redirection change returned {rv} ({})",
+                    amt::return_value_text(rv)
+                )),
+                Err(e) => self.fail(e.to_string()),
+            },
             St::PutRedirection => self.features_next(St::PutRedirection),
             St::PutOptIn => self.features_next(St::PutOptIn),
             St::AddRootCertificate => match resp.method_output("AddTrustedRootCertificate") {
@@ -533,7 +531,12 @@ impl Activation {
         let listener_differs = redirection
             .as_ref()
             .is_some_and(|r| r.listener_enabled != (want.kvm || want.sol || want.ider));
-        let order = [St::SetRedirection, St::SetKvm, St::PutRedirection, St::PutOptIn];
+        let order = [
+            St::SetRedirection,
+            St::SetKvm,
+            St::PutRedirection,
+            St::PutOptIn,
+        ];
         let start = order.iter().position(|s| *s == done).map_or(0, |i| i + 1);
         for st in order.into_iter().skip(start) {
             let needed = match st {

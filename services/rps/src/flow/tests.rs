@@ -80,7 +80,10 @@ fn ccm_activation_configures_features_and_cira() {
     let (finish, effects) = drive(&mut flow, &dev, |_| Ok(()));
     assert!(finish.ok, "{finish:?}");
     assert_eq!(finish.outcome, "activated");
-    assert_eq!(finish.status.status.as_deref(), Some("Client control mode."));
+    assert_eq!(
+        finish.status.status.as_deref(),
+        Some("Client control mode.")
+    );
     assert_eq!(finish.status.cira_connection.as_deref(), Some("Configured"));
     // Credentials are stored before the device takes them, the registry after.
     assert_eq!(effects, ["save-secrets", "register"]);
@@ -92,7 +95,10 @@ fn ccm_activation_configures_features_and_cira() {
     );
     let (policies, outside) = dev.cira_policies();
     assert_eq!(policies, ["Periodic", "User Initiated"]);
-    assert!(outside, "environment detection set, so the device keeps CIRA up");
+    assert!(
+        outside,
+        "environment detection set, so the device keeps CIRA up"
+    );
     let (kvm, redirection, consent) = dev.features();
     assert!(kvm);
     assert_eq!(redirection, 32768 + 2, "SOL on, IDER off");
@@ -172,6 +178,10 @@ fn deactivation_returns_the_device_to_the_factory_state() {
     assert_eq!(dev.control_mode(), 0);
     assert!(dev.cira_target().is_none());
     // A second deactivation meets a device that no longer knows the admin password.
-    let (again, _) = drive(&mut Deactivation::new(dev.guid(), "New-Amt-Pass1!", 1), &dev, |_| Ok(()));
+    let (again, _) = drive(
+        &mut Deactivation::new(dev.guid(), "New-Amt-Pass1!", 1),
+        &dev,
+        |_| Ok(()),
+    );
     assert!(!again.ok);
 }

@@ -1,0 +1,373 @@
+//! Remote provisioning end to end: simulated PCs run the rpc protocol against rps (as
+//! processes and in-process) over TLS WebSockets, get activated and configured for CIRA,
+//! dial the ingress by themselves, obey mps-command, and are deactivated.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use homeport_amt_sim::provision::{Message, RpcClient, SimDevice};
+use homeport_amt_sim::SimConfig;
+use homeport_proto::device::v1 as dpb;
+use homeport_proto::provisioning::v1 as pb;
+use homeport_secrets::DeviceSecrets;
+use homeport_tests::command::{command_config, TEST_JWT_SECRET};
+use homeport_tests::procs::{bin, free_port, wait_ready};
+use homeport_tests::rps::{admin_client, ccm_profile_with_cira, rps_config};
+use homeport_tests::{nats_url, wait_until, TestEnv};
+use prost::Message as _;
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct RpsProcess {
+    child: Child,
+    port: u16,
+    grpc: u16,
+    log: std::path::PathBuf,
+}
+
+impl RpsProcess {
+    async fn start(env: &TestEnv, name: &str) -> RpsProcess {
+        let (port, grpc, health) = (free_port(), free_port(), free_port());
+        let jwt = env.dir.join("jwt.key");
+        std::fs::write(&jwt, TEST_JWT_SECRET).unwrap();
+        let log = env.dir.join(format!("{name}.log"));
+        let mut child = Command::new(bin("rps"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOMEPORT_NATS_URL", nats_url())
+            .env("HOMEPORT_SUBJECT_PREFIX", env.names.prefix())
+            .env("HOMEPORT_DATABASE_URL", env.database_url())
+            .env("HOMEPORT_SECRETS_FILE", env.dir.join("secrets.enc"))
+            .env("HOMEPORT_SECRETS_KEY_FILE", env.dir.join("secrets.key"))
+            .env("HOMEPORT_EVENTS_MAX_BYTES", (64 << 20).to_string())
+            .env("HOMEPORT_JWT_HS256_SECRET_FILE", &jwt)
+            .env("HOMEPORT_RPS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HOMEPORT_GRPC_LISTEN", format!("127.0.0.1:{grpc}"))
+            .env("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}"))
+            // Debug lines too: none of them may carry a secret.
+            .env("HOMEPORT_LOG", "debug")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        wait_ready(name, health, &mut child).await;
+        RpsProcess {
+            child,
+            port,
+            grpc,
+            log,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("wss://127.0.0.1:{}/activate", self.port)
+    }
+}
+
+fn client(url: &str, tenant: &str) -> RpcClient {
+    let mut c = RpcClient::new(url).unwrap();
+    c.tenant = tenant.into();
+    c.timeout = WAIT;
+    c
+}
+
+async fn stored(env: &TestEnv, guid: &str) -> Option<DeviceSecrets> {
+    DeviceSecrets::load(env.secrets.as_ref(), guid)
+        .await
+        .unwrap()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_activates_through_rps_even_across_a_killed_replica_dials_the_ingress_and_is_deactivated(
+) {
+    let env = TestEnv::new("prov").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let cmd = env
+        .start_command(command_config(Duration::from_secs(5)))
+        .await;
+    let mut a = RpsProcess::start(&env, "rps-a").await;
+    let b = RpsProcess::start(&env, "rps-b").await;
+    let mut admin = admin_client(b.grpc, "acme").await;
+    ccm_profile_with_cira(&mut admin, "ccm", ingress.local_addr()).await;
+
+    // Replica A dies while the device is half configured: Setup is done, CIRA is not.
+    let dev = SimDevice::unprovisioned(31, 0);
+    let guid = dev.guid().to_string();
+    let mut slow = client(&a.url(), "acme");
+    slow.latency = Duration::from_millis(150);
+    let first = {
+        let dev = dev.clone();
+        tokio::spawn(async move { dev.rpc(&slow, "activate --profile ccm", None).await })
+    };
+    wait_until("the device took its admin password", WAIT, || {
+        dev.control_mode() == 1
+    })
+    .await;
+    a.child.kill().await.unwrap();
+    let cut = first.await.unwrap();
+    assert!(cut.is_err(), "the flow on the killed replica ends: {cut:?}");
+    assert!(dev.cira_target().is_none(), "CIRA was not configured yet");
+
+    // The operator runs the client again with the device's password (from the secret
+    // store, where it was put before the device took it): replica B completes the flow.
+    let secrets = stored(&env, &guid)
+        .await
+        .expect("credentials stored before Setup");
+    let amt = secrets
+        .amt_password
+        .clone()
+        .expect("AMT password")
+        .expose()
+        .to_string();
+    assert!(dev.admin_password_is(&amt));
+    let to_b = client(&b.url(), "acme");
+    let done = dev
+        .rpc(&to_b, "activate --profile ccm", Some(&amt))
+        .await
+        .unwrap();
+    assert!(done.ok, "{done:?}");
+    assert_eq!(done.status("CIRAConnection").as_deref(), Some("Configured"));
+    let (address, port, user) = dev.cira_target().expect("CIRA configured");
+    assert_eq!(
+        (address.as_str(), port),
+        ("127.0.0.1", ingress.local_addr().port())
+    );
+    assert_eq!(user, "homeport1");
+    let device = env
+        .store
+        .get_device(&guid)
+        .await
+        .unwrap()
+        .expect("registered");
+    assert_eq!(device.tenant_id, "acme");
+    assert_eq!(device.mps_username, "homeport1");
+    assert_eq!(device.tags, ["provisioned"]);
+
+    // A wrong password on re-activation is refused before any WS-Man.
+    let wrong = dev
+        .rpc(&to_b, "activate --profile ccm", Some("Wrong-Pass-1!"))
+        .await
+        .unwrap();
+    assert!(!wrong.ok);
+    assert!(
+        wrong.message.contains("does not match"),
+        "{}",
+        wrong.message
+    );
+
+    // The device dials the ingress with what it was given, and answers a power action.
+    let mut sim = SimConfig::new(ingress.local_addr(), 1);
+    sim.reconnect_min = Duration::from_millis(200);
+    sim.reconnect_max = Duration::from_secs(2);
+    let fleet = homeport_amt_sim::Fleet::start_provisioned(sim, vec![dev.clone()]).unwrap();
+    assert_eq!(
+        fleet.wait_connected(1, WAIT).await,
+        1,
+        "connected over CIRA"
+    );
+    env.wait_presence("the device is present", WAIT, |p| p.len() == 1)
+        .await;
+    let mut api = cmd.devices("acme").await;
+    let r = api
+        .power_action(dpb::PowerActionRequest {
+            guid: guid.clone(),
+            action: 8,
+        })
+        .await
+        .expect("power action through mps-command")
+        .into_inner();
+    assert_eq!(r.return_value, 0);
+    let mps_password = stored(&env, &guid)
+        .await
+        .and_then(|s| s.mps_password)
+        .expect("CIRA password stored")
+        .expose()
+        .to_string();
+
+    // Deactivation: the device leaves CIRA, the registry and the secret store.
+    let gone = dev
+        .rpc(&to_b, "deactivate --password x", Some(&amt))
+        .await
+        .unwrap();
+    assert!(gone.ok, "{gone:?}");
+    assert_eq!(gone.status("Status").as_deref(), Some("Deactivated"));
+    assert_eq!(dev.control_mode(), 0);
+    env.wait_presence("the device left presence", WAIT, |p| p.is_empty())
+        .await;
+    assert!(env.store.get_device(&guid).await.unwrap().is_none());
+    assert!(stored(&env, &guid).await.is_none());
+
+    // One event per outcome, and no secret in any event or log line.
+    env.wait_events("deactivated", 1, WAIT).await;
+    let events = env.events().await;
+    let outcomes: Vec<&str> = events
+        .iter()
+        .filter(|(s, _)| s.contains(".provisioning."))
+        .filter_map(|(s, _)| s.rsplit('.').next())
+        .collect();
+    assert!(outcomes.contains(&"activated"), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&"failed"),
+        "the refusal is recorded: {outcomes:?}"
+    );
+    assert_eq!(outcomes.iter().filter(|o| **o == "deactivated").count(), 1);
+    for (subject, ev) in &events {
+        let bytes = ev.encode_to_vec();
+        for secret in [&amt, &mps_password] {
+            assert!(!contains(&bytes, secret), "a secret in event {subject}");
+        }
+    }
+    for log in [&a.log, &b.log] {
+        let text = std::fs::read(log).unwrap();
+        assert!(!text.is_empty(), "{} logged nothing", log.display());
+        for secret in [&amt, &mps_password] {
+            assert!(!contains(&text, secret), "a secret in {}", log.display());
+        }
+    }
+    fleet.stop().await;
+    cmd.stop().await;
+    ingress.shutdown().await;
+    drop(b);
+    env.cleanup().await;
+}
+
+fn first_text(texts: &[String]) -> HashMap<String, serde_json::Value> {
+    texts
+        .first()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_refused_with_clear_messages() {
+    let env = TestEnv::new("provref").await;
+    // The CIRA configuration's root defaults to the ingress's, which an ingress stores.
+    homeport_cira_ingress::tls::load_or_generate(&env.secrets, "localhost", &[])
+        .await
+        .unwrap();
+    let rps = env.start_rps(rps_config()).await;
+    let mut acme = rps.admin("acme").await;
+    ccm_profile_with_cira(&mut acme, "ccm", "127.0.0.1:4433".parse().unwrap()).await;
+    let dev = SimDevice::unprovisioned(32, 0);
+
+    let refused = |c: &RpcClient, cmd: &'static str| {
+        let (dev, c) = (dev.clone(), c.clone());
+        async move { dev.rpc(&c, cmd, None).await.unwrap() }
+    };
+    let acme_client = client(&rps.url(), "acme");
+    let r = refused(&acme_client, "activate --profile nope").await;
+    assert!(
+        !r.ok && r.message.contains("Profile nope not found"),
+        "{r:?}"
+    );
+    // Another tenant's profile is as unknown as a missing one.
+    let other = client(&rps.url(), "other");
+    let r = refused(&other, "activate --profile ccm").await;
+    assert!(
+        !r.ok && r.message.contains("Profile ccm not found"),
+        "{r:?}"
+    );
+    let mut old = client(&rps.url(), "acme");
+    old.protocol_version = "5.0.0".into();
+    let r = refused(&old, "activate --profile ccm").await;
+    assert_eq!(r.message, "protocol version NOT supported: 5.0.0");
+    let r = refused(&acme_client, "dance --profile ccm").await;
+    assert!(r.message.contains("not a supported method"), "{r:?}");
+    let r = refused(&acme_client, "deactivate --password x").await;
+    assert!(r.message.contains("pre-provisioning"), "{r:?}");
+    assert_eq!(dev.control_mode(), 0, "nothing reached the device");
+
+    // Malformed, binary and oversized frames.
+    let texts = acme_client
+        .send_raw(Message::text("{not json"))
+        .await
+        .unwrap();
+    assert_eq!(first_text(&texts)["method"], "error");
+    assert_eq!(
+        first_text(&texts)["message"],
+        "message is not a JSON envelope"
+    );
+    let texts = acme_client
+        .send_raw(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(first_text(&texts)["method"], "error");
+    let huge = format!(
+        r#"{{"method":"activate --profile ccm","payload":"{}"}}"#,
+        "A".repeat(200_000)
+    );
+    // The server stops reading at the limit and closes: the client may not even finish
+    // sending. Either way nothing is processed.
+    match acme_client.send_raw(Message::text(huge)).await {
+        Ok(texts) => assert!(
+            texts.iter().all(|t| !t.contains("success")),
+            "an oversized message is not processed: {texts:?}"
+        ),
+        Err(e) => assert!(
+            e.to_string().contains("EOF") || e.to_string().contains("reset"),
+            "{e}"
+        ),
+    }
+
+    // The admin API checks what it stores, per tenant.
+    let e = acme
+        .create_profile(pb::Profile {
+            name: "weak".into(),
+            activation: pb::Activation::Ccm as i32,
+            amt_password: "password".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("amt_password:"), "{}", e.message());
+    let e = acme
+        .delete_cira_config(pb::NameRef {
+            name: "ccm-cira".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    let mut other_admin = rps.admin("other").await;
+    let e = other_admin
+        .get_profile(pb::NameRef { name: "ccm".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let p = acme
+        .get_profile(pb::NameRef { name: "CCM".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((p.name.as_str(), p.version), ("ccm", 1));
+    assert!(p.amt_password.is_empty(), "secrets are never returned");
+    let stale = acme
+        .update_profile(pb::Profile {
+            version: 7,
+            ..p.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::Aborted);
+    let updated = acme
+        .update_profile(pb::Profile {
+            generate_random_password: true,
+            sol_enabled: false,
+            ..p
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.version, 2);
+    rps.stop().await;
+    env.cleanup().await;
+}
