@@ -61,7 +61,7 @@ pub async fn run(args: CommandArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn wait_ready(health: SocketAddr, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(health: SocketAddr, name: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !matches!(http_get(health, "/readyz").await, Ok((200, _))) {
         if Instant::now() > deadline {
@@ -72,7 +72,7 @@ async fn wait_ready(health: SocketAddr, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn(
+pub(crate) fn spawn(
     bin: &Path,
     name: &str,
     envs: &[(&str, String)],
@@ -250,7 +250,13 @@ fn usage(children: &[&Child]) -> (u64, Duration) {
 type Api = DeviceServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
 #[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub(crate) struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub(crate) fn new(token: &str) -> anyhow::Result<Bearer> {
+        Ok(Bearer(format!("Bearer {token}").parse()?))
+    }
+}
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -266,7 +272,7 @@ impl Client {
     fn new(ch: Channel, token: &str) -> anyhow::Result<Client> {
         Ok(Client(DeviceServiceClient::with_interceptor(
             ch,
-            Bearer(format!("Bearer {token}").parse()?),
+            Bearer::new(token)?,
         )))
     }
 }

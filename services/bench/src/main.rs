@@ -15,10 +15,15 @@
 //! legitimate simulated devices connect to it; reports whether they all got in, how fast,
 //! the ingress' memory growth and what the attack added to the events stream.
 //!
+//! `activate`: starts rps, runs N simulated PCs through CCM activation with CIRA
+//! configuration, C at a time, and reports activations per second, latency percentiles and
+//! rps memory per activation in flight.
+//!
 //! `command`: starts cira-ingress, amt-sim and mps-command processes, connects N devices and
 //! drives power-state queries through gRPC, closed-loop (`--concurrency`) or at a fixed rate
 //! (`--rate`), and reports throughput and latency percentiles.
 
+mod activate;
 mod audit;
 mod command;
 mod cpu;
@@ -60,6 +65,8 @@ enum Bench {
     Tls(tls::TlsArgs),
     /// Hostile peers against one ingress while legitimate devices connect to it.
     Hostile(hostile::HostileArgs),
+    /// Remote provisioning: N simulated PCs activated in CCM with CIRA through rps.
+    Activate(activate::ActivateArgs),
     /// (Started by `hostile`: the attackers' own process.)
     #[command(hide = true)]
     HostileAttacker(hostile::AttackerArgs),
@@ -131,6 +138,7 @@ fn main() {
             Bench::Audit(args) => audit::run(args).await,
             Bench::Tls(args) => tls::run(args).await,
             Bench::Hostile(args) => hostile::run(args).await,
+            Bench::Activate(args) => activate::run(args).await,
             Bench::HostileAttacker(args) => hostile::attacker(args).await,
         }
     });

@@ -34,6 +34,9 @@ use crate::Inner;
 
 type Ws<S> = WebSocketStream<S>;
 
+/// Bytes read from the socket at a time.
+const READ_BUFFER: usize = 8 * 1024;
+
 /// What the effects and the event need to know about the device and the request.
 struct Ctx {
     guid: String,
@@ -80,7 +83,11 @@ pub(crate) async fn handle(
             return;
         }
     };
+    // Small buffers: a flow exchanges messages of a few KB one at a time, and the library's
+    // 128 KiB defaults would be most of a connection's memory.
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(Some(inner.config.max_message_bytes))
         .max_frame_size(Some(inner.config.max_message_bytes));
     let ws = match timeout_at(

@@ -9,7 +9,7 @@ use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
-use openssl::ssl::{SslAcceptor, SslMethod};
+use openssl::ssl::{SslAcceptor, SslMethod, SslMode};
 use openssl::x509::extension::{ExtendedKeyUsage, SubjectAlternativeName};
 use openssl::x509::{X509NameBuilder, X509};
 
@@ -35,6 +35,8 @@ pub fn acceptor(cert: Option<&Path>, key: Option<&Path>) -> anyhow::Result<SslAc
         }
     }
     b.check_private_key()?;
+    // Idle connections (waiting for a device's answer) give their record buffers back.
+    b.set_mode(SslMode::RELEASE_BUFFERS);
     Ok(b.build())
 }
 
