@@ -2,6 +2,7 @@
 //! encrypted secret file, and a NATS server started on demand) for laptops, demos and small
 //! fleets. `homeport demo` adds a simulated fleet and shows what is connected.
 
+mod demo;
 mod nats;
 
 use homeport_contracts::access::Role;
@@ -44,6 +45,16 @@ struct Cli {
         default_value = "127.0.0.1:50052"
     )]
     audit_grpc_listen: SocketAddr,
+    /// Remote provisioning: the rpc clients' WebSocket (wss) listen address.
+    #[arg(long, env = "HOMEPORT_RPS_LISTEN", default_value = "0.0.0.0:8080")]
+    rps_listen: SocketAddr,
+    /// Remote provisioning admin API (gRPC: profiles, CIRA configs, domains, wireless).
+    #[arg(
+        long,
+        env = "HOMEPORT_RPS_GRPC_LISTEN",
+        default_value = "127.0.0.1:50053"
+    )]
+    rps_grpc_listen: SocketAddr,
     /// HS256 secret for bearer tokens; generated into the data directory when not given.
     #[arg(long, env = "HOMEPORT_JWT_HS256_SECRET_FILE")]
     jwt_hs256_secret_file: Option<std::path::PathBuf>,
@@ -61,6 +72,10 @@ enum Command {
         /// Simulated devices.
         #[arg(long, default_value_t = 25)]
         devices: u64,
+        /// Of those, how many start unprovisioned and are activated through rps (CCM with
+        /// CIRA) instead of being enrolled.
+        #[arg(long, default_value_t = 5)]
+        activate: u64,
         /// Stop after this many seconds (0: until Ctrl-C).
         #[arg(long, default_value_t = 0)]
         duration: u64,
@@ -107,15 +122,22 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         .common
         .connect_nats(Role::Audit, "homeport/audit", wait)
         .await?;
+    let rps_nats = cli
+        .common
+        .connect_nats(Role::Rps, "homeport/rps", wait)
+        .await?;
     let command = start_command(&cli, &secret_file, &command_nats, store, secrets).await?;
     let audit = start_audit(&cli, &secret_file, &audit_nats, store).await?;
+    let rps = start_rps(&cli, &secret_file, &rps_nats, store, secrets).await?;
     // The demo asks devices through the tunnel as mps-command does.
     let nats = &command_nats;
     println!(
-        "Homeport is running: CIRA on {}, device API (gRPC) on {}, audit API on {}, health and metrics on http://{}/metrics, NATS {}, database {}",
+        "Homeport is running: CIRA on {}, device API (gRPC) on {}, audit API on {}, provisioning on wss://{}/activate (admin gRPC {}), health and metrics on http://{}/metrics, NATS {}, database {}",
         ingress.local_addr(),
         cli.grpc_listen,
         cli.audit_grpc_listen,
+        cli.rps_listen,
+        cli.rps_grpc_listen,
         cli.ingress.health_listen,
         cli.common.nats_url,
         homeport_runtime::redact_url(&cli.common.database_url().unwrap_or_default()),
@@ -129,13 +151,31 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         None | Some(Command::Serve) => {
             homeport_runtime::shutdown_signal().await;
         }
-        Some(Command::Demo { devices, duration }) => {
-            let mut cfg = SimConfig::new(cira_target(ingress.local_addr()), devices);
+        Some(Command::Demo {
+            devices,
+            activate,
+            duration,
+        }) => {
+            let activate = activate.min(devices);
+            let enrolled = devices - activate;
+            let mut cfg = SimConfig::new(cira_target(ingress.local_addr()), enrolled);
             cfg.ramp_per_second = 200;
             let ids: Vec<_> = cfg.identities().collect();
             homeport_amt_sim::enroll(store, secrets, &ids, "demo").await?;
-            println!("Enrolled {devices} simulated devices (tenant \"demo\"); connecting them over CIRA…");
+            println!("Enrolled {enrolled} simulated devices (tenant \"demo\"); connecting them over CIRA…");
             let fleet = Fleet::start(cfg)?;
+            let provisioned = if activate > 0 {
+                println!("Activating {activate} unprovisioned simulated PCs through rps (CCM, then CIRA)…");
+                match demo::activate(&cli, &secret_file, cira_target(ingress.local_addr()), activate).await {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        println!("Provisioning demo failed: {e:#}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let presence = homeport_contracts::presence::presence_bucket(
                 &async_nats::jetstream::new(nats.clone()),
                 &names,
@@ -151,7 +191,8 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 tokio::select! {
                     _ = &mut stop => break,
                     _ = tick.tick() => {
-                        let connected = fleet.stats().connected();
+                        let connected = fleet.stats().connected()
+                            + provisioned.as_ref().map_or(0, |f| f.stats().connected());
                         println!("[{:>4.0}s] {connected}/{devices} simulated devices connected", started.elapsed().as_secs_f64());
                         if connected == devices && !shown {
                             shown = true;
@@ -169,9 +210,14 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 }
             }
             fleet.stop().await;
+            if let Some(f) = provisioned {
+                f.stop().await;
+            }
         }
     }
     println!("Shutting down: draining CIRA sessions…");
+    rps.stop.cancel();
+    let _ = rps.task.await;
     command.stop.cancel();
     let _ = command.task.await;
     audit.stop.cancel();
@@ -248,6 +294,61 @@ async fn start_command(
             tracing::error!(error = %e, "device API stopped");
         }
         service.shutdown().await;
+    });
+    Ok(RunningCommand { stop, task })
+}
+
+/// Starts remote provisioning (rps: rpc clients and its admin API) in this process.
+async fn start_rps(
+    cli: &Cli,
+    secret_file: &std::path::Path,
+    nats: &async_nats::Client,
+    store: &homeport_store::Store,
+    secrets: &homeport_secrets::DynSecretStore,
+) -> anyhow::Result<RunningCommand> {
+    let config = homeport_rps::RpsConfig {
+        listen: cli.rps_listen,
+        tls_cert_file: None,
+        tls_key_file: None,
+        grpc_listen: cli.rps_grpc_listen,
+        health_listen: cli.ingress.health_listen,
+        jwt: homeport_auth::JwtArgs {
+            rs256_public_key_file: cli.jwt_rs256_public_key_file.clone(),
+            ..homeport_auth::JwtArgs::hs256(secret_file.to_path_buf())
+        },
+        step_timeout_secs: 12,
+        flow_timeout_secs: 300,
+        handshake_timeout_secs: 10,
+        max_message_bytes: 102_400,
+        max_flows: 10_000,
+        setup_settle_ms: 0,
+    };
+    let auth = config.jwt.authenticator()?;
+    let clients = tokio::net::TcpListener::bind(cli.rps_listen)
+        .await
+        .with_context(|| format!("binding the rpc listener {}", cli.rps_listen))?;
+    let grpc = tokio::net::TcpListener::bind(cli.rps_grpc_listen)
+        .await
+        .with_context(|| format!("binding rps gRPC port {}", cli.rps_grpc_listen))?;
+    let service = homeport_rps::Rps::start(homeport_rps::RpsParts {
+        config,
+        instance: "homeport".into(),
+        names: cli.common.names(),
+        nats: nats.clone(),
+        store: store.clone(),
+        secrets: secrets.clone(),
+        auth,
+        stream_limits: cli.common.stream_limits(),
+    })
+    .await?;
+    service.serve_clients(clients);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = service.serve_admin(grpc, s.cancelled_owned()).await {
+            tracing::error!(error = %e, "rps admin API stopped");
+        }
+        service.shutdown(Duration::from_secs(10)).await;
     });
     Ok(RunningCommand { stop, task })
 }
