@@ -368,6 +368,62 @@ async fn requests_are_refused_with_clear_messages() {
         .unwrap()
         .into_inner();
     assert_eq!(updated.version, 2);
+
+    // homeportctl reaches the same API: tables for people, JSON for scripts.
+    let table = ctl(&rps, &["profiles", "list"]).await.unwrap();
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("ccm-cira") && table.contains("1 of 1"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &ctl(&rps, &["--json", "cira-configs", "get", "ccm-cira"])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["username"], "homeport1");
+    let psk = env.dir.join("psk");
+    std::fs::write(&psk, "correct horse battery\n").unwrap();
+    let made = ctl(
+        &rps,
+        &[
+            "wireless",
+            "create",
+            "office",
+            "--ssid",
+            "Office",
+            "--psk-file",
+            psk.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(
+        made.contains("Office") && !made.contains("correct horse"),
+        "{made}"
+    );
+    let e = ctl(&rps, &["profiles", "get", "nope"]).await.unwrap_err();
+    assert!(e.starts_with("NOT_FOUND"), "{e}");
     rps.stop().await;
     env.cleanup().await;
+}
+
+/// Runs homeportctl against `rps`'s admin API as tenant acme.
+async fn ctl(rps: &homeport_tests::rps::RpsHandle, args: &[&str]) -> Result<String, String> {
+    let mut argv: Vec<String> = vec![
+        "homeportctl".into(),
+        "--rps-endpoint".into(),
+        format!("http://{}", rps.admin_addr),
+        "--token".into(),
+        homeport_tests::command::CommandHandle::token("acme"),
+    ];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (r, text) = homeportctl::run_captured(&argv);
+        r.map(|()| text).map_err(|e| e.line())
+    })
+    .await
+    .unwrap()
 }

@@ -81,15 +81,23 @@ async fn inner(
         ("HOMEPORT_HEALTH_LISTEN", health.to_string()),
         ("HOMEPORT_GRPC_LISTEN", grpc.to_string()),
         ("HOMEPORT_RPS_LISTEN", listen.to_string()),
-        ("HOMEPORT_JWT_HS256_SECRET_FILE", jwt_file.display().to_string()),
+        (
+            "HOMEPORT_JWT_HS256_SECRET_FILE",
+            jwt_file.display().to_string(),
+        ),
         ("HOMEPORT_RPS_SETUP_SETTLE_MS", args.settle_ms.to_string()),
-        ("HOMEPORT_RPS_MAX_FLOWS", (args.concurrency * 2).max(100).to_string()),
+        (
+            "HOMEPORT_RPS_MAX_FLOWS",
+            (args.concurrency * 2).max(100).to_string(),
+        ),
         ("HOMEPORT_LOG", "warn".to_string()),
     ];
     let rps = spawn(rps_bin, "rps", &env, &[])?;
     wait_ready(health, "rps").await?;
     let token = homeport_mps_command::auth::mint_hs256(JWT_SECRET, "bench", "bench", 3600)?;
-    let channel = Channel::from_shared(format!("http://{grpc}"))?.connect().await?;
+    let channel = Channel::from_shared(format!("http://{grpc}"))?
+        .connect()
+        .await?;
     let mut admin = ProvisioningAdminClient::with_interceptor(channel, Bearer::new(&token)?);
     admin
         .create_cira_config(pb::CiraConfig {

@@ -25,13 +25,15 @@ pub(crate) async fn activate(
     let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
     let token = homeport_mps_command::auth::mint_hs256(secret, "homeport-demo", "demo", 300)?;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cli.rps_grpc_listen))?
-        .connect()
-        .await?;
-    let mut admin = ProvisioningAdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        req.metadata_mut().insert("authorization", bearer.clone());
-        Ok(req)
-    });
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", cli.rps_grpc_listen))?
+            .connect()
+            .await?;
+    let mut admin =
+        ProvisioningAdminClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", bearer.clone());
+            Ok(req)
+        });
     // Created once per data directory; a second demo run finds them.
     let cira = admin
         .create_cira_config(pb::CiraConfig {
@@ -44,7 +46,11 @@ pub(crate) async fn activate(
             ..Default::default()
         })
         .await;
-    if let Some(e) = cira.as_ref().err().filter(|e| e.code() != tonic::Code::AlreadyExists) {
+    if let Some(e) = cira
+        .as_ref()
+        .err()
+        .filter(|e| e.code() != tonic::Code::AlreadyExists)
+    {
         anyhow::bail!("creating the CIRA config: {}", e.message());
     }
     let profile = admin
@@ -61,7 +67,11 @@ pub(crate) async fn activate(
             ..Default::default()
         })
         .await;
-    if let Some(e) = profile.as_ref().err().filter(|e| e.code() != tonic::Code::AlreadyExists) {
+    if let Some(e) = profile
+        .as_ref()
+        .err()
+        .filter(|e| e.code() != tonic::Code::AlreadyExists)
+    {
         anyhow::bail!("creating the profile: {}", e.message());
     }
     let rps = SocketAddr::from(([127, 0, 0, 1], cli.rps_listen.port()));

@@ -166,7 +166,14 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             let fleet = Fleet::start(cfg)?;
             let provisioned = if activate > 0 {
                 println!("Activating {activate} unprovisioned simulated PCs through rps (CCM, then CIRA)…");
-                match demo::activate(&cli, &secret_file, cira_target(ingress.local_addr()), activate).await {
+                match demo::activate(
+                    &cli,
+                    &secret_file,
+                    cira_target(ingress.local_addr()),
+                    activate,
+                )
+                .await
+                {
                     Ok(f) => Some(f),
                     Err(e) => {
                         println!("Provisioning demo failed: {e:#}");

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use homeport_proto::device::v1::device_registry_client::DeviceRegistryClient;
 use homeport_proto::device::v1::device_service_client::DeviceServiceClient;
+use homeport_proto::provisioning::v1::provisioning_admin_client::ProvisioningAdminClient;
 use tokio::time::Instant;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -17,10 +18,12 @@ use crate::secret::Secret;
 
 type Svc = InterceptedService<Channel, Auth>;
 
-/// What every command gets: the two clients and where to print.
+/// What every command gets: the clients and where to print.
 pub struct Api {
     pub registry: DeviceRegistryClient<Svc>,
     pub device: DeviceServiceClient<Svc>,
+    /// The provisioning admin API (when connected to rps).
+    pub provisioning: ProvisioningAdminClient<Svc>,
     pub out: Output,
 }
 
@@ -80,7 +83,8 @@ pub async fn connect(
     let auth = Auth { bearer, deadline };
     Ok(Api {
         registry: DeviceRegistryClient::with_interceptor(channel.clone(), auth.clone()),
-        device: DeviceServiceClient::with_interceptor(channel, auth),
+        device: DeviceServiceClient::with_interceptor(channel.clone(), auth.clone()),
+        provisioning: ProvisioningAdminClient::with_interceptor(channel, auth),
         out,
     })
 }

@@ -47,6 +47,15 @@ struct Global {
         default_value = "http://127.0.0.1:50051"
     )]
     endpoint: String,
+    /// Provisioning admin API (rps) gRPC endpoint, for profiles, cira-configs, domains and
+    /// wireless.
+    #[arg(
+        long,
+        global = true,
+        env = "HOMEPORT_RPS_ENDPOINT",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    rps_endpoint: String,
     /// Bearer JWT sent with every call (prefer the environment: argv is visible to other
     /// local users).
     #[arg(long, global = true, env = "HOMEPORT_TOKEN", hide_env_values = true)]
@@ -135,10 +144,16 @@ fn run(cli: Cli, mut sink: Box<dyn std::io::Write + Send>) -> Result<(), CliErro
     command.check()?;
     let Global {
         endpoint,
+        rps_endpoint,
         token,
         json,
         timeout_secs,
     } = cli.global;
+    let endpoint = if command.is_provisioning() {
+        rps_endpoint
+    } else {
+        endpoint
+    };
     let format = if json { Format::Json } else { Format::Human };
     let out = Output::new(format, sink);
     let runtime = tokio::runtime::Builder::new_current_thread()

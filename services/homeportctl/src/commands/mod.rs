@@ -6,6 +6,7 @@ pub mod features;
 pub mod info;
 pub mod logs;
 pub mod power;
+pub mod provisioning;
 
 use homeport_proto::device::v1::{CommandResult, DeviceRef};
 use serde_json::{json, Value};
@@ -39,6 +40,18 @@ pub enum Command {
     /// Alarm clocks.
     #[command(subcommand)]
     Alarms(alarms::AlarmsCmd),
+    /// Provisioning profiles (rps admin API, --rps-endpoint).
+    #[command(subcommand)]
+    Profiles(provisioning::ProfilesCmd),
+    /// CIRA configurations: where activated devices dial in (rps admin API).
+    #[command(subcommand, name = "cira-configs")]
+    CiraConfigs(provisioning::CiraCmd),
+    /// ACM provisioning certificates per DNS suffix (rps admin API).
+    #[command(subcommand)]
+    Domains(provisioning::DomainsCmd),
+    /// Wi-Fi profiles (rps admin API).
+    #[command(subcommand)]
+    Wireless(provisioning::WirelessCmd),
     /// Unprovision AMT on the device and remove it from Homeport.
     Deactivate {
         guid: String,
@@ -49,6 +62,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command talks to the provisioning admin API (rps) rather than the device
+    /// API.
+    pub fn is_provisioning(&self) -> bool {
+        matches!(
+            self,
+            Command::Profiles(_)
+                | Command::CiraConfigs(_)
+                | Command::Domains(_)
+                | Command::Wireless(_)
+        )
+    }
+
     /// Refusals that need no connection: `deactivate` without `--yes`.
     pub fn check(&self) -> Result<(), CliError> {
         match self {
@@ -88,6 +113,10 @@ pub async fn run(command: Command, api: &mut Api) -> Result<(), CliError> {
         Command::Consent(cmd) => features::run_consent(cmd, api).await,
         Command::Logs(cmd) => logs::run(cmd, api).await,
         Command::Alarms(cmd) => alarms::run(cmd, api).await,
+        Command::Profiles(cmd) => provisioning::run_profiles(cmd, api).await,
+        Command::CiraConfigs(cmd) => provisioning::run_cira(cmd, api).await,
+        Command::Domains(cmd) => provisioning::run_domains(cmd, api).await,
+        Command::Wireless(cmd) => provisioning::run_wireless(cmd, api).await,
         Command::Deactivate { guid, .. } => {
             let result = api.device.deactivate(DeviceRef { guid }).await?;
             Ok(api.out.print(result.get_ref(), result_json, result_human)?)
