@@ -22,7 +22,7 @@ pub struct RpsConfig {
     #[arg(long, env = "HOMEPORT_GRPC_LISTEN", default_value = "127.0.0.1:50053")]
     pub grpc_listen: SocketAddr,
     /// Health and metrics listen address (/healthz, /readyz, /metrics).
-    #[arg(long, env = "HOMEPORT_HEALTH_LISTEN", default_value = "127.0.0.1:9436")]
+    #[arg(long, env = "HOMEPORT_HEALTH_LISTEN", default_value = "127.0.0.1:9437")]
     pub health_listen: SocketAddr,
     #[command(flatten)]
     pub jwt: JwtArgs,
