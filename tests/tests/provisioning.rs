@@ -427,3 +427,180 @@ async fn ctl(rps: &homeport_tests::rps::RpsHandle, args: &[&str]) -> Result<Stri
     .await
     .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_control_mode_through_rps_with_a_domain_certificate_the_device_trusts() {
+    use homeport_amt_sim::provision::ProvisioningPki;
+    let env = TestEnv::new("provacm").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let audit = env.start_audit().await;
+    let rps = env.start_rps(rps_config()).await;
+    let mut admin = rps.admin("acme").await;
+    ccm_profile_with_cira(&mut admin, "ccm", ingress.local_addr()).await;
+    let pki = ProvisioningPki::generate("provisioning.sim.homeport.test", "pfx-Pass-1").unwrap();
+
+    // A domain is checked before it is stored: password, suffix against the leaf's name.
+    let domain = |suffix: &str, password: &str| pb::Domain {
+        name: "sim".into(),
+        domain_suffix: suffix.into(),
+        provisioning_cert: pki.pfx_b64.clone(),
+        provisioning_cert_password: password.into(),
+        ..Default::default()
+    };
+    let e = admin
+        .create_domain(domain("sim.homeport.test", "wrong"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("could not be opened"),
+        "{}",
+        e.message()
+    );
+    let e = admin
+        .create_domain(domain("elsewhere.example", "pfx-Pass-1"))
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("domain_suffix:"), "{}", e.message());
+    let d = admin
+        .create_domain(domain("Sim.Homeport.Test", "pfx-Pass-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.domain_suffix, "sim.homeport.test");
+    assert!(d.provisioning_cert.is_empty() && d.provisioning_cert_password.is_empty());
+    assert!(d.expiration_date > chrono_now());
+    admin
+        .create_profile(pb::Profile {
+            name: "acm".into(),
+            activation: pb::Activation::Acm as i32,
+            generate_random_password: true,
+            generate_random_mebx_password: true,
+            cira_config_name: "ccm-cira".into(),
+            dhcp_enabled: true,
+            user_consent: pb::UserConsent::Kvm as i32,
+            kvm_enabled: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let c = client(&rps.url(), "acme");
+
+    // A PC whose firmware trusts the root: admin control mode, MEBx password, CIRA.
+    let mut trusted = SimDevice::unprovisioned(33, 0);
+    trusted.trust_root(&pki.root_der);
+    let r = trusted
+        .rpc(&c, "activate --profile acm", None)
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.status("Status").as_deref(), Some("Admin control mode."));
+    assert_eq!(r.status("CIRAConnection").as_deref(), Some("Configured"));
+    assert_eq!(trusted.control_mode(), 2);
+    assert!(trusted.mebx_set());
+    let secrets = stored(&env, trusted.guid()).await.unwrap();
+    assert!(secrets.mebx_password.is_some() && secrets.mps_password.is_some());
+    let device = env.store.get_device(trusted.guid()).await.unwrap().unwrap();
+    assert_eq!(
+        device.device_info.and_then(|i| i.current_mode).as_deref(),
+        Some("ACM")
+    );
+    let mut sim = SimConfig::new(ingress.local_addr(), 1);
+    sim.reconnect_min = Duration::from_millis(200);
+    let fleet = homeport_amt_sim::Fleet::start_provisioned(sim, vec![trusted.clone()]).unwrap();
+    assert_eq!(
+        fleet.wait_connected(1, WAIT).await,
+        1,
+        "the ACM device dials in"
+    );
+
+    // Refused before any WS-Man: a root the PC does not trust, a DNS suffix with no domain.
+    let untrusting = SimDevice::unprovisioned(33, 1);
+    let r = untrusting
+        .rpc(&c, "activate --profile acm", None)
+        .await
+        .unwrap();
+    assert!(
+        !r.ok && r.message.contains("Invalid domain certificate"),
+        "{r:?}"
+    );
+    assert_eq!(r.exchanges, 0);
+    let mut elsewhere = SimDevice::unprovisioned(33, 2);
+    elsewhere.trust_root(&pki.root_der);
+    elsewhere.fqdn = "corp.elsewhere.example".into();
+    let r = elsewhere
+        .rpc(&c, "activate --profile acm", None)
+        .await
+        .unwrap();
+    assert!(
+        !r.ok && r.message.contains("No domain has the suffix"),
+        "{r:?}"
+    );
+    // The firmware refusing AdminSetup ends the flow with its answer.
+    let mut refusing = SimDevice::unprovisioned(33, 3);
+    refusing.trust_root(&pki.root_der);
+    refusing.refuse_admin_setup();
+    let r = refusing
+        .rpc(&c, "activate --profile acm", None)
+        .await
+        .unwrap();
+    assert!(!r.ok && r.message.contains("AdminSetup returned"), "{r:?}");
+
+    // Client control mode first, then the same PC upgraded with its password.
+    let mut upgraded = SimDevice::unprovisioned(33, 4);
+    upgraded.trust_root(&pki.root_der);
+    assert!(
+        upgraded
+            .rpc(&c, "activate --profile ccm", None)
+            .await
+            .unwrap()
+            .ok
+    );
+    let amt = stored(&env, upgraded.guid())
+        .await
+        .and_then(|s| s.amt_password)
+        .unwrap()
+        .expose()
+        .to_string();
+    let r = upgraded
+        .rpc(&c, "activate --profile acm", Some(&amt))
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        r.status("Status").as_deref(),
+        Some("Upgraded to admin control mode.")
+    );
+    assert_eq!(upgraded.control_mode(), 2);
+
+    // Every outcome reaches the audit trail.
+    let filter = homeport_store::AuditFilter {
+        kind: Some("activated".into()),
+        ..Default::default()
+    };
+    let mut stored_outcomes = 0;
+    for _ in 0..100 {
+        stored_outcomes = env
+            .store
+            .query_audit_events("acme", &filter, 0, 100)
+            .await
+            .unwrap()
+            .len();
+        if stored_outcomes >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored_outcomes, 3, "three activations in the audit trail");
+    fleet.stop().await;
+    rps.stop().await;
+    audit.stop().await;
+    ingress.shutdown().await;
+    env.cleanup().await;
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -204,13 +204,19 @@ pub struct SimDevice {
     /// Reported trusted-root hashes.
     pub cert_hashes: Vec<String>,
     pub fault: RpcFault,
+    /// The DNS suffix the client reports (rpc-go: AMT's or the OS's).
+    pub fqdn: String,
 }
 
 impl SimDevice {
     /// A device fresh from the factory (pre-provisioning mode).
     pub fn unprovisioned(seed: u64, index: u64) -> SimDevice {
         let id = Identity::derive(seed, index);
-        let model = DeviceModel::unprovisioned(false, Now::current().unix, lsa_credentials(&id));
+        let mut model =
+            DeviceModel::unprovisioned(false, Now::current().unix, lsa_credentials(&id));
+        if let Some(r) = model.remote.as_mut() {
+            r.trusted_hashes = default_cert_hashes();
+        }
         SimDevice {
             id,
             slot: Arc::new(DeviceSlot::with_model(Arc::new(std::sync::Mutex::new(
@@ -218,7 +224,33 @@ impl SimDevice {
             )))),
             cert_hashes: default_cert_hashes(),
             fault: RpcFault::None,
+            fqdn: "sim.homeport.test".into(),
         }
+    }
+
+    /// Adds a root (DER) to the roots the firmware trusts and reports, as OEMs ship the
+    /// vendors' provisioning roots.
+    pub fn trust_root(&mut self, der: &[u8]) {
+        let hash: String = openssl::sha::sha256(der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.cert_hashes.push(hash.clone());
+        if let Some(r) = self.slot.lock().remote.as_mut() {
+            r.trusted_hashes.push(hash);
+        }
+    }
+
+    /// From now on the firmware refuses AdminSetup (a fault for tests).
+    pub fn refuse_admin_setup(&self) {
+        if let Some(r) = self.slot.lock().remote.as_mut() {
+            r.refuse_admin_setup = true;
+        }
+    }
+
+    /// Whether SetMEBxPassword was applied.
+    pub fn mebx_set(&self) -> bool {
+        self.slot.lock().remote.as_ref().is_some_and(|r| r.mebx_set)
     }
 
     pub fn guid(&self) -> &str {
@@ -281,7 +313,7 @@ impl SimDevice {
             "password": password,
             "currentMode": mode,
             "hostname": self.id.hostname,
-            "fqdn": "sim.homeport.test",
+            "fqdn": self.fqdn,
             "client": "RPC",
             "certHashes": hashes,
         })
@@ -415,5 +447,86 @@ impl SimDevice {
             }
             Served::Vanish => Err(RpcError::Protocol("firmware vanished".into())),
         }
+    }
+}
+
+/// A provisioning certificate as a CA vendor would issue it, for tests and the bench: a root
+/// (which simulated PCs can be told to trust), a leaf for `common_name` signed by it, and the
+/// PKCS#12 file an operator uploads as a domain.
+pub struct ProvisioningPki {
+    pub root_der: Vec<u8>,
+    pub leaf_der: Vec<u8>,
+    pub key: openssl::pkey::PKey<openssl::pkey::Private>,
+    /// Base64 of the PKCS#12 (leaf, key, root), encrypted with the given password.
+    pub pfx_b64: String,
+}
+
+impl ProvisioningPki {
+    pub fn generate(
+        common_name: &str,
+        password: &str,
+    ) -> Result<ProvisioningPki, openssl::error::ErrorStack> {
+        use openssl::asn1::Asn1Time;
+        use openssl::bn::{BigNum, MsbOption};
+        use openssl::hash::MessageDigest;
+        use openssl::pkey::PKey;
+        use openssl::rsa::Rsa;
+        use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage};
+        use openssl::x509::{X509NameBuilder, X509};
+        let cert = |cn: &str,
+                    key: &PKey<openssl::pkey::Private>,
+                    issuer: Option<(&X509, &PKey<openssl::pkey::Private>)>| {
+            let mut name = X509NameBuilder::new()?;
+            name.append_entry_by_text("CN", cn)?;
+            let name = name.build();
+            let mut b = X509::builder()?;
+            b.set_version(2)?;
+            let mut serial = BigNum::new()?;
+            serial.rand(64, MsbOption::MAYBE_ZERO, false)?;
+            let serial = serial.to_asn1_integer()?;
+            b.set_serial_number(&serial)?;
+            b.set_subject_name(&name)?;
+            b.set_pubkey(key)?;
+            let (from, until) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(365)?);
+            b.set_not_before(&from)?;
+            b.set_not_after(&until)?;
+            match issuer {
+                None => {
+                    b.set_issuer_name(&name)?;
+                    b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+                    b.sign(key, MessageDigest::sha256())?;
+                }
+                Some((ca, ca_key)) => {
+                    b.set_issuer_name(ca.subject_name())?;
+                    // AMT's provisioning certificates carry this OID (or serverAuth).
+                    b.append_extension(
+                        ExtendedKeyUsage::new()
+                            .server_auth()
+                            .other("2.16.840.1.113741.1.2.3")
+                            .build()?,
+                    )?;
+                    b.sign(ca_key, MessageDigest::sha256())?;
+                }
+            }
+            Ok::<X509, openssl::error::ErrorStack>(b.build())
+        };
+        let root_key = PKey::from_rsa(Rsa::generate(2048)?)?;
+        let root = cert("Homeport Simulated Provisioning Root", &root_key, None)?;
+        let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+        let leaf = cert(common_name, &key, Some((&root, &root_key)))?;
+        let mut ca = openssl::stack::Stack::new()?;
+        ca.push(root.clone())?;
+        let pfx = openssl::pkcs12::Pkcs12::builder()
+            .name("provisioning")
+            .pkey(&key)
+            .cert(&leaf)
+            .ca(ca)
+            .build2(password)?;
+        Ok(ProvisioningPki {
+            root_der: root.to_der()?,
+            leaf_der: leaf.to_der()?,
+            key,
+            pfx_b64: B64.encode(pfx.to_der()?),
+        })
     }
 }

@@ -69,9 +69,62 @@ pub(crate) struct Inner {
     pub metrics: Metrics,
     pub nats: async_nats::Client,
     pub slots: Arc<tokio::sync::Semaphore>,
+    /// Decoded provisioning certificates by (tenant, domain), with the domain version they
+    /// were decoded for: PKCS#12 decoding costs key-derivation rounds, once per version.
+    pub provisioning_certs: std::sync::Mutex<
+        std::collections::HashMap<(String, String), (i64, Arc<acm::Provisioning>)>,
+    >,
 }
 
 impl Inner {
+    /// The provisioning certificate of `domain` (cached per domain version).
+    pub(crate) async fn provisioning_cert(
+        &self,
+        tenant: &str,
+        domain: &homeport_store::ConfigRecord,
+    ) -> Result<Arc<acm::Provisioning>, session::Refusal> {
+        let key = (tenant.to_string(), domain.name.to_lowercase());
+        if let Some((v, p)) = self
+            .provisioning_certs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            if *v == domain.version {
+                return Ok(p.clone());
+            }
+        }
+        let path = specs::secret_path(tenant, specs::DOMAIN, &domain.name);
+        let map = self
+            .secrets
+            .get(&path)
+            .await
+            .map_err(|e| session::Refusal::Other(format!("secret store: {e}")))?
+            .ok_or_else(|| {
+                session::Refusal::Other(format!("domain {} has no stored certificate", domain.name))
+            })?;
+        let (Some(pfx), Some(password)) = (map.get(specs::CERT), map.get(specs::CERT_PASSWORD))
+        else {
+            return Err(session::Refusal::Other(format!(
+                "domain {} has no stored certificate",
+                domain.name
+            )));
+        };
+        let decoded = acm::Provisioning::decode(pfx.expose(), password.expose()).map_err(|e| {
+            session::Refusal::Other(format!("domain {}: the certificate {e}", domain.name))
+        })?;
+        let decoded = Arc::new(decoded);
+        let mut cache = self
+            .provisioning_certs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(key, (domain.version, decoded.clone()));
+        Ok(decoded)
+    }
+
     /// The ingress's root certificate (base64 DER), when an ingress has stored one.
     pub async fn ingress_root_der(&self) -> Option<String> {
         let map = self.secrets.get(INGRESS_CERTS).await.ok()??;
@@ -129,6 +182,7 @@ impl Rps {
                 ..Metrics::default()
             },
             nats: parts.nats,
+            provisioning_certs: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         Ok(Rps {
             inner,

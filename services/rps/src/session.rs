@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::flow::activation::{Activation, CiraPlan, Features, Plan};
+use crate::flow::activation::{AcmPlan, Activation, CiraPlan, Features, Plan};
 use crate::flow::deactivation::Deactivation;
 use crate::flow::{mode_name, Effect, Finish, Flow, Output};
 use crate::protocol::{
@@ -488,7 +488,7 @@ fn publish(inner: &Inner, ctx: &Ctx, finish: &Finish, exchanges: u32) {
 }
 
 /// Why a request is refused before any WS-Man.
-enum Refusal {
+pub(crate) enum Refusal {
     /// Reported to the client as it is.
     Text(String),
     Other(String),
@@ -553,11 +553,6 @@ async fn prepare(
             let spec: ProfileSpec = serde_json::from_value(record.spec)
                 .map_err(|e| Refusal::Other(format!("profile {profile} is unreadable: {e}")))?;
             ctx.tags = spec.tags.clone();
-            if spec.is_acm() {
-                return Err(Refusal::Text(format!(
-                    "Device {guid} activation failed. Admin control mode activation is not available yet; use a CCM profile"
-                )));
-            }
             if supplied.is_empty() {
                 return Err(Refusal::Text(format!(
                     "Device {guid} activation failed. Missing password."
@@ -587,7 +582,12 @@ async fn prepare(
                     };
                     (user, SecretString::new(supplied.clone()), amt)
                 }
-                1 => {
+                2 if !spec.is_acm() => {
+                    return Err(Refusal::Text(format!(
+                        "Device {guid} is in admin control mode; a CCM profile cannot be applied."
+                    )))
+                }
+                _ => {
                     if let Some(s) = &stored_amt {
                         if !password_matches(s) {
                             return Err(Refusal::Text(format!(
@@ -598,11 +598,11 @@ async fn prepare(
                     let pw = SecretString::new(supplied.clone());
                     ("admin".to_string(), pw.clone(), pw)
                 }
-                _ => {
-                    return Err(Refusal::Text(format!(
-                        "Device {guid} is in admin control mode; a CCM profile cannot be applied."
-                    )))
-                }
+            };
+            let acm = if spec.is_acm() {
+                Some(acm_plan(inner, ctx, &facts, &spec, &record.name, stored.as_ref()).await?)
+            } else {
+                None
             };
             let cira = match &spec.cira_config_name {
                 None => None,
@@ -626,6 +626,7 @@ async fn prepare(
                 amt_password,
                 features,
                 cira,
+                acm,
             })))
         }
         Command::Deactivate { force } => {
@@ -657,6 +658,78 @@ async fn prepare(
             task.name()
         ))),
     }
+}
+
+/// What admin control mode needs: the domain whose suffix is the device's, its provisioning
+/// certificate (decoded once per domain version), a root the device trusts, the MEBx password
+/// and our nonce.
+async fn acm_plan(
+    inner: &Inner,
+    ctx: &Ctx,
+    facts: &DeviceFacts,
+    spec: &ProfileSpec,
+    profile: &str,
+    stored: Option<&DeviceSecrets>,
+) -> Result<AcmPlan, Refusal> {
+    let guid = &facts.guid;
+    let mode = facts.payload.current_mode;
+    let mebx = match (
+        spec.generate_random_mebx_password,
+        stored.and_then(|s| s.mebx_password.clone()),
+    ) {
+        (true, Some(prev)) => prev,
+        (true, None) => SecretString::new(specs::random_password(16)),
+        (false, _) => profile_secret(inner, &ctx.tenant, profile, specs::MEBX_PASSWORD)
+            .await?
+            .ok_or_else(|| {
+                Refusal::Other(format!("profile {profile} has no stored MEBx password"))
+            })?,
+    };
+    let mut mc_nonce = [0u8; 20];
+    openssl::rand::rand_bytes(&mut mc_nonce).map_err(|e| Refusal::Other(e.to_string()))?;
+    if mode == 2 {
+        // Already in admin control mode: nothing is signed again.
+        return Ok(AcmPlan {
+            chain: Vec::new(),
+            key: None,
+            mc_nonce,
+            mebx_password: mebx,
+        });
+    }
+    let fqdn = facts
+        .payload
+        .fqdn
+        .trim()
+        .trim_end_matches('.')
+        .to_lowercase();
+    if fqdn.is_empty() {
+        return Err(Refusal::Text(format!(
+            "Device {guid} activation failed. Admin control mode needs the device's DNS suffix (fqdn)."
+        )));
+    }
+    let domain = inner
+        .store
+        .find_config_by_unique_key(&ctx.tenant, specs::DOMAIN, &fqdn)
+        .await
+        .map_err(store_down)?
+        .ok_or_else(|| {
+            Refusal::Text(format!(
+                "Device {guid} activation failed. No domain has the suffix {fqdn}: the device's DNS suffix must match a domain's exactly."
+            ))
+        })?;
+    let cert = inner.provisioning_cert(&ctx.tenant, &domain).await?;
+    if facts.payload.cert_hashes.is_empty() || !cert.trusted_by(&facts.payload.cert_hashes) {
+        return Err(Refusal::Text(format!(
+            "Device {guid} activation failed. Invalid domain certificate: the device does not trust its root (SHA-256 {}).",
+            cert.root_sha256
+        )));
+    }
+    Ok(AcmPlan {
+        chain: cert.chain.clone(),
+        key: Some(cert.key.clone()),
+        mc_nonce,
+        mebx_password: mebx,
+    })
 }
 
 async fn profile_secret(

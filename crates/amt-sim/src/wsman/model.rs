@@ -85,6 +85,17 @@ pub struct RemoteAccess {
     pub user_initiated: u32,
     /// Handle counter for new entries.
     pub counter: u32,
+    /// SHA-256 (lower-case hex) of the root certificates the firmware trusts for admin
+    /// control mode.
+    pub trusted_hashes: Vec<String>,
+    /// The provisioning certificate chain added so far (DER, leaf first).
+    pub chain: Vec<Vec<u8>>,
+    /// The chain ended in a trusted root.
+    pub chain_complete: bool,
+    /// `RpcFault`-style injection: AdminSetup answers with an error.
+    pub refuse_admin_setup: bool,
+    /// SetMEBxPassword was called.
+    pub mebx_set: bool,
 }
 
 impl Default for RemoteAccess {
@@ -96,6 +107,11 @@ impl Default for RemoteAccess {
             detection: Vec::new(),
             user_initiated: 32768,
             counter: 0,
+            trusted_hashes: Vec::new(),
+            chain: Vec::new(),
+            chain_complete: false,
+            refuse_admin_setup: false,
+            mebx_set: false,
         }
     }
 }

@@ -33,7 +33,12 @@ pub(crate) const CLASSES: &[Class] = &[
         instances: Some(host_based_setup),
         get: true,
         enumerate: true,
-        methods: &[("Setup", setup)],
+        methods: &[
+            ("Setup", setup),
+            ("AddNextCertInChain", add_next_cert),
+            ("AdminSetup", admin_setup),
+            ("UpgradeClientToAdmin", upgrade_client_to_admin),
+        ],
         ..Class::new("IPS_HostBasedSetupService", IPS)
     },
     Class {
@@ -138,6 +143,134 @@ fn setup(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
         }
     };
     Ok(Answer::return_value(&class, "Setup", rv))
+}
+
+/// PT_STATUS_INVALID_CERT: a certificate that does not parse, or a root not trusted.
+const INVALID_CERT: u32 = 2054;
+/// PT_STATUS_AUTH_FAILED-like answer to a signature that does not verify.
+const AUTH_FAILED: u32 = 2057;
+
+fn bool_param(req: &Request, name: &str) -> bool {
+    req.body_text(name)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// AddNextCertInChain {NextCertificate, IsLeafCertificate, IsRootCertificate}: the
+/// provisioning certificate chain, leaf first; the root's SHA-256 must be one the firmware
+/// trusts.
+fn add_next_cert(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
+    let class = format!("{IPS}IPS_HostBasedSetupService");
+    let method = "AddNextCertInChain";
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(req.body_text("NextCertificate").unwrap_or_default().trim())
+        .ok()
+        .filter(|d| openssl::x509::X509::from_der(d).is_ok());
+    let Some(der) = der else {
+        return Ok(Answer::return_value(&class, method, INVALID_CERT));
+    };
+    let (leaf, root) = (
+        bool_param(req, "IsLeafCertificate"),
+        bool_param(req, "IsRootCertificate"),
+    );
+    let r = remote(ctx);
+    if leaf {
+        r.chain.clear();
+        r.chain_complete = false;
+    } else if r.chain.is_empty() || r.chain.len() >= 4 {
+        return Ok(Answer::return_value(&class, method, INVALID_PARAMETER));
+    }
+    if root {
+        let hash: String = openssl::sha::sha256(&der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if !r.trusted_hashes.contains(&hash) {
+            r.chain.clear();
+            return Ok(Answer::return_value(&class, method, INVALID_CERT));
+        }
+        r.chain_complete = true;
+    }
+    r.chain.push(der);
+    Ok(Answer::return_value(&class, method, OK))
+}
+
+/// Verifies DigitalSignature over ConfigurationNonce ‖ McNonce with the leaf's public key.
+fn signature_ok(ctx: &Ctx<'_>, req: &Request) -> bool {
+    use base64::Engine as _;
+    let b64 = |k: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(req.body_text(k).unwrap_or_default().trim())
+            .ok()
+    };
+    let (Some(mc), Some(sig)) = (b64("McNonce"), b64("DigitalSignature")) else {
+        return false;
+    };
+    let Some(r) = ctx.model.remote.as_ref().filter(|r| r.chain_complete) else {
+        return false;
+    };
+    let Some(key) = r
+        .chain
+        .first()
+        .and_then(|d| openssl::x509::X509::from_der(d).ok())
+        .and_then(|c| c.public_key().ok())
+    else {
+        return false;
+    };
+    let fw = ctx.model.nonce.as_deref().copied().unwrap_or([0x5a; 20]);
+    let Ok(mut v) = openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &key)
+    else {
+        return false;
+    };
+    v.update(&fw).is_ok() && v.update(&mc).is_ok() && v.verify(&sig).unwrap_or(false)
+}
+
+/// AdminSetup {…, McNonce, SigningAlgorithm, DigitalSignature}: admin control mode, if the
+/// chain is complete and the signature verifies against its leaf.
+fn admin_setup(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
+    let class = format!("{IPS}IPS_HostBasedSetupService");
+    let refuse = ctx
+        .model
+        .remote
+        .as_ref()
+        .is_some_and(|r| r.refuse_admin_setup);
+    let hash = req
+        .body_text("NetworkAdminPassword")
+        .filter(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase);
+    let rv = if ctx.model.control_mode != 0 {
+        NOT_PERMITTED
+    } else if refuse {
+        1
+    } else if !signature_ok(ctx, req) {
+        AUTH_FAILED
+    } else if let Some(ha1) = hash {
+        ctx.model.credentials = Some(Box::new(Credentials {
+            user: "admin".into(),
+            ha1,
+        }));
+        ctx.model.control_mode = 2;
+        ctx.model.provisioned = true;
+        ctx.audit_remote(1600, &[]);
+        OK
+    } else {
+        INVALID_PARAMETER
+    };
+    Ok(Answer::return_value(&class, "AdminSetup", rv))
+}
+
+/// UpgradeClientToAdmin {McNonce, SigningAlgorithm, DigitalSignature}: client → admin control
+/// mode; the admin password stays.
+fn upgrade_client_to_admin(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
+    let class = format!("{IPS}IPS_HostBasedSetupService");
+    let rv = if ctx.model.control_mode != 1 {
+        NOT_PERMITTED
+    } else if !signature_ok(ctx, req) {
+        AUTH_FAILED
+    } else {
+        ctx.model.control_mode = 2;
+        OK
+    };
+    Ok(Answer::return_value(&class, "UpgradeClientToAdmin", rv))
 }
 
 fn remote_access_service(_ctx: &Ctx<'_>, px: Px) -> Vec<Item> {

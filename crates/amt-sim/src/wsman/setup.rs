@@ -45,7 +45,10 @@ pub(crate) const CLASSES: &[Class] = &[
         instances: Some(setup_and_configuration),
         get: true,
         enumerate: true,
-        methods: &[("Unprovision", unprovision)],
+        methods: &[
+            ("Unprovision", unprovision),
+            ("SetMEBxPassword", set_mebx_password),
+        ],
         ..Class::new("AMT_SetupAndConfigurationService", AMT)
     },
     Class {
@@ -158,6 +161,20 @@ fn boot_capabilities(_ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
     vec![w.finish("AMT_BootCapabilities", AMT)]
 }
 
+/// SetMEBxPassword {Password}: only in admin control mode (AMT refuses it in CCM).
+fn set_mebx_password(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
+    let uri = format!("{AMT}AMT_SetupAndConfigurationService");
+    let rv = match req.body_text("Password") {
+        _ if ctx.model.control_mode != 2 => NOT_PERMITTED,
+        Some(p) if (8..=32).contains(&p.len()) => {
+            ctx.model.remote.get_or_insert_with(Box::default).mebx_set = true;
+            0
+        }
+        _ => INVALID_PARAMETER,
+    };
+    Ok(Answer::return_value(&uri, "SetMEBxPassword", rv))
+}
+
 /// Unprovision {ProvisioningMode}: back to pre-provisioning; the connection then drops CIRA
 /// and stays away (§2.12, §3.3).
 fn unprovision(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
@@ -175,7 +192,16 @@ fn unprovision(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
         if ctx.model.credentials.is_some() {
             ctx.model.credentials = Some(Box::new(crate::provision::lsa_credentials(ctx.id)));
             ctx.model.control_mode = 0;
-            ctx.model.remote = Some(Box::default());
+            let trusted = ctx
+                .model
+                .remote
+                .as_ref()
+                .map(|r| r.trusted_hashes.clone())
+                .unwrap_or_default();
+            ctx.model.remote = Some(Box::new(super::model::RemoteAccess {
+                trusted_hashes: trusted,
+                ..Default::default()
+            }));
         }
         ctx.effect = Effect::Unprovisioned;
     }

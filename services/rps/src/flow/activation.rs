@@ -72,6 +72,39 @@ pub struct Plan {
     pub amt_password: SecretString,
     pub features: Features,
     pub cira: Option<CiraPlan>,
+    /// Admin control mode: the provisioning certificate and what AdminSetup needs.
+    pub acm: Option<AcmPlan>,
+}
+
+/// What admin control mode needs (openamt-rps.md §2.2 crypto details).
+pub struct AcmPlan {
+    /// Base64 DER, leaf first, root last.
+    pub chain: Vec<String>,
+    /// The provisioning certificate's private key: it signs the firmware's nonce and ours
+    /// (none when the device is in admin control mode already).
+    pub key: Option<openssl::pkey::PKey<openssl::pkey::Private>>,
+    /// Our 20-byte nonce (McNonce), drawn by the caller.
+    pub mc_nonce: [u8; 20],
+    pub mebx_password: SecretString,
+}
+
+impl Clone for AcmPlan {
+    fn clone(&self) -> Self {
+        AcmPlan {
+            chain: self.chain.clone(),
+            key: self.key.clone(),
+            mc_nonce: self.mc_nonce,
+            mebx_password: self.mebx_password.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AcmPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmPlan")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +113,12 @@ enum St {
     SaveSecrets,
     Setup,
     CheckSetup,
+    /// IPS_HostBasedSetupService Get: the firmware nonce and the allowed modes.
+    SetupService,
+    AddCert(usize),
+    AdminSetup,
+    Upgrade,
+    SetMebx,
     Register,
     DeletePolicy(usize),
     EnumerateSap,
@@ -117,6 +156,8 @@ pub struct Activation {
     mp_server: Option<String>,
     status: StatusMessage,
     mode: u8,
+    /// ConfigurationNonce of host-based setup (ACM).
+    fw_nonce: Vec<u8>,
 }
 
 impl Activation {
@@ -134,14 +175,43 @@ impl Activation {
             opt_in: None,
             mp_server: None,
             status: StatusMessage::default(),
+            fw_nonce: Vec::new(),
         }
     }
 
-    fn mode_text(&self) -> &'static str {
-        if self.plan.current_mode == 0 {
-            "Client control mode."
+    fn target_mode(&self) -> u8 {
+        if self.plan.acm.is_some() {
+            2
         } else {
-            "already enabled in client mode."
+            1
+        }
+    }
+
+    /// The signature AdminSetup and UpgradeClientToAdmin carry: RSA over fwNonce ‖ McNonce
+    /// with the provisioning key (SigningAlgorithm 2, SHA-256), base64.
+    fn signature(&self) -> Result<String, String> {
+        use base64::Engine as _;
+        let acm = self
+            .plan
+            .acm
+            .as_ref()
+            .ok_or("no provisioning certificate")?;
+        let key = acm.key.as_ref().ok_or("no provisioning key")?;
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), key)
+            .map_err(|e| e.to_string())?;
+        signer.update(&self.fw_nonce).map_err(|e| e.to_string())?;
+        signer.update(&acm.mc_nonce).map_err(|e| e.to_string())?;
+        let sig = signer.sign_to_vec().map_err(|e| e.to_string())?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(sig))
+    }
+
+    fn mode_text(&self) -> &'static str {
+        match (self.plan.current_mode, self.target_mode()) {
+            (0, 1) => "Client control mode.",
+            (0, _) => "Admin control mode.",
+            (1, 2) => "Upgraded to admin control mode.",
+            (1, _) => "already enabled in client mode.",
+            _ => "already enabled in admin mode.",
         }
     }
 
@@ -170,7 +240,7 @@ impl Activation {
                 return Output::Effect(Effect::SaveSecrets {
                     amt_password: p.amt_password.clone(),
                     mps_password: p.cira.as_ref().map(|c| c.password.clone()),
-                    mebx_password: None,
+                    mebx_password: p.acm.as_ref().map(|a| a.mebx_password.clone()),
                 })
             }
             St::Setup => Request::invoke(
@@ -187,10 +257,81 @@ impl Activation {
             St::CheckSetup => Request::get(HOST_BASED_SETUP),
             St::Register => {
                 return Output::Effect(Effect::Register {
-                    control_mode: "ccm",
+                    control_mode: super::mode_name(self.mode),
                     mps_username: p.cira.as_ref().map(|c| c.username.clone()),
                 })
             }
+            St::SetupService => Request::get(HOST_BASED_SETUP),
+            St::AddCert(i) => {
+                let chain = p
+                    .acm
+                    .as_ref()
+                    .map(|a| a.chain.as_slice())
+                    .unwrap_or_default();
+                let Some(cert) = chain.get(*i) else {
+                    return self.fail("no certificate to add");
+                };
+                Request::invoke(
+                    HOST_BASED_SETUP,
+                    "AddNextCertInChain",
+                    &[
+                        ("NextCertificate", cert.clone()),
+                        ("IsLeafCertificate", (*i == 0).to_string()),
+                        ("IsRootCertificate", (*i + 1 == chain.len()).to_string()),
+                    ],
+                )
+            }
+            St::AdminSetup | St::Upgrade => {
+                use base64::Engine as _;
+                let signature = match self.signature() {
+                    Ok(s) => s,
+                    Err(e) => return self.fail(format!("signing the setup: {e}")),
+                };
+                let nonce = p
+                    .acm
+                    .as_ref()
+                    .map(|a| base64::engine::general_purpose::STANDARD.encode(a.mc_nonce))
+                    .unwrap_or_default();
+                if self.st == St::AdminSetup {
+                    Request::invoke(
+                        HOST_BASED_SETUP,
+                        "AdminSetup",
+                        &[
+                            ("NetAdminPassEncryptionType", "2".into()),
+                            (
+                                "NetworkAdminPassword",
+                                admin_password_hash(&self.realm, p.amt_password.expose()),
+                            ),
+                            ("McNonce", nonce),
+                            ("SigningAlgorithm", "2".into()),
+                            ("DigitalSignature", signature),
+                        ],
+                    )
+                } else {
+                    Request::invoke(
+                        HOST_BASED_SETUP,
+                        "UpgradeClientToAdmin",
+                        &[
+                            ("McNonce", nonce),
+                            ("SigningAlgorithm", "2".into()),
+                            ("DigitalSignature", signature),
+                        ],
+                    )
+                }
+            }
+            St::SetMebx => Request::invoke(
+                amt::SETUP_AND_CONFIGURATION,
+                "SetMEBxPassword",
+                &[(
+                    "Password",
+                    xml_text(
+                        p.acm
+                            .as_ref()
+                            .map(|a| a.mebx_password.expose())
+                            .unwrap_or_default(),
+                    ),
+                )],
+            ),
             St::DeletePolicy(i) => Request::delete(REMOTE_ACCESS_POLICY_RULE)
                 .with_selector("CreationClassName", "AMT_RemoteAccessPolicyRule")
                 .with_selector("PolicyRuleName", POLICY_RULES[*i])
@@ -314,7 +455,7 @@ impl Activation {
             ok: true,
             status: self.status.clone(),
             outcome: "activated",
-            control_mode: "ccm",
+            control_mode: super::mode_name(self.mode),
         })
     }
 
@@ -349,12 +490,82 @@ impl Activation {
                 let mode: u32 = amt::instance(&resp, HOST_BASED_SETUP)
                     .and_then(|e| number(e, "CurrentControlMode"))
                     .unwrap_or(0);
-                if mode == 1 {
-                    self.after_setup()
-                } else {
-                    self.fail("Setup was not applied")
+                let target = u32::from(self.target_mode());
+                match mode {
+                    m if m == target && target == 1 => self.after_setup(),
+                    m if m == target => {
+                        self.mode = 2;
+                        let pw = self.plan.amt_password.expose().to_string();
+                        self.link.set_credentials("admin", &pw);
+                        self.enter(St::SetMebx)
+                    }
+                    _ => self.fail("the setup was not applied"),
                 }
             }
+            St::SetupService => {
+                use base64::Engine as _;
+                let Ok(e) = amt::instance(&resp, HOST_BASED_SETUP) else {
+                    return self.fail("no IPS_HostBasedSetupService");
+                };
+                let allowed: Vec<&str> = e.texts_of("AllowedControlModes").collect();
+                if !allowed.contains(&"2") {
+                    return self.fail("the device does not allow admin control mode");
+                }
+                self.fw_nonce = match base64::engine::general_purpose::STANDARD
+                    .decode(e.text_of("ConfigurationNonce").unwrap_or_default())
+                {
+                    Ok(n) if !n.is_empty() => n,
+                    _ => return self.fail("the device sent no configuration nonce"),
+                };
+                self.enter(St::AddCert(0))
+            }
+            St::AddCert(i) => match resp.method_output("AddNextCertInChain") {
+                Ok((_, 0)) => {
+                    let n = self.plan.acm.as_ref().map_or(0, |a| a.chain.len());
+                    if i + 1 < n {
+                        self.enter(St::AddCert(i + 1))
+                    } else if self.plan.current_mode == 0 {
+                        self.enter(St::AdminSetup)
+                    } else {
+                        self.enter(St::Upgrade)
+                    }
+                }
+                Ok((_, rv)) => self.fail(format!(
+                    "AddNextCertInChain returned {rv} ({}): the device refused the provisioning certificate chain",
+                    amt::return_value_text(rv)
+                )),
+                Err(e) => self.fail(e.to_string()),
+            },
+            St::AdminSetup | St::Upgrade => {
+                let method = if self.st == St::AdminSetup {
+                    "AdminSetup"
+                } else {
+                    "UpgradeClientToAdmin"
+                };
+                match resp.method_output(method) {
+                    Ok((_, 0)) => {
+                        self.mode = 2;
+                        if self.st == St::AdminSetup {
+                            let pw = self.plan.amt_password.expose().to_string();
+                            self.link.set_credentials("admin", &pw);
+                        }
+                        self.enter(St::SetMebx)
+                    }
+                    Ok((_, rv)) => self.fail(format!(
+                        "{method} returned {rv} ({})",
+                        amt::return_value_text(rv)
+                    )),
+                    Err(_) => self.enter(St::CheckSetup),
+                }
+            }
+            St::SetMebx => match resp.method_output("SetMEBxPassword") {
+                Ok((_, 0)) => self.enter(St::Register),
+                Ok((_, rv)) => self.fail(format!(
+                    "SetMEBxPassword returned {rv} ({})",
+                    amt::return_value_text(rv)
+                )),
+                Err(e) => self.fail(e.to_string()),
+            },
             St::EnumerateSap | St::EnumerateCerts => {
                 let Ok(ctx) = amt::enumeration_context(&resp) else {
                     return self.fail("enumeration without a context");
@@ -630,8 +841,11 @@ impl Flow for Activation {
             return self.fail(e);
         }
         match self.st {
-            St::SaveSecrets if self.plan.current_mode == 0 => self.enter(St::Setup),
-            St::SaveSecrets => self.enter(St::Register),
+            St::SaveSecrets => match (self.plan.current_mode, self.target_mode()) {
+                (0, 1) => self.enter(St::Setup),
+                (0, _) | (1, 2) => self.enter(St::SetupService),
+                _ => self.enter(St::Register),
+            },
             St::Register => self.enter(St::DeletePolicy(0)),
             _ => self.fail("effect outcome while none was asked for"),
         }

@@ -1,10 +1,10 @@
 //! The flows driven against the simulator's firmware directly: no sockets, no clocks, every
 //! WS-Man request answered by the same code a simulated device runs behind its rpc client.
 
-use homeport_amt_sim::provision::{lsa_password, SimDevice, LSA_USER};
+use homeport_amt_sim::provision::{lsa_password, ProvisioningPki, SimDevice, LSA_USER};
 use homeport_secrets::SecretString;
 
-use super::activation::{Activation, CiraPlan, Features, Plan};
+use super::activation::{AcmPlan, Activation, CiraPlan, Features, Plan};
 use super::deactivation::Deactivation;
 use super::{Finish, Flow, Output};
 
@@ -39,6 +39,7 @@ fn plan(dev: &SimDevice, mode: u8, user: &str, password: &str, amt: &str) -> Pla
             root_certificate: root_der_b64(),
             environment_domain: "8f1c0f6e-0000-4000-8000-000000000001.com".into(),
         }),
+        acm: None,
     }
 }
 
@@ -184,4 +185,109 @@ fn deactivation_returns_the_device_to_the_factory_state() {
         |_| Ok(()),
     );
     assert!(!again.ok);
+}
+
+fn acm_plan(dev: &SimDevice, mode: u8, user: &str, password: &str, pki: &ProvisioningPki) -> Plan {
+    use base64::Engine as _;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let mut p = plan(dev, mode, user, password, "New-Amt-Pass1!");
+    p.features.consent = 1;
+    p.acm = Some(AcmPlan {
+        chain: vec![b64(&pki.leaf_der), b64(&pki.root_der)],
+        key: Some(pki.key.clone()),
+        mc_nonce: [7; 20],
+        mebx_password: SecretString::new("Mebx-Pass-123!"),
+    });
+    p
+}
+
+fn pki() -> &'static ProvisioningPki {
+    static PKI: std::sync::OnceLock<ProvisioningPki> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        ProvisioningPki::generate("provisioning.sim.homeport.test", "pfx-pass").expect("test PKI")
+    })
+}
+
+#[test]
+fn acm_activation_uploads_the_chain_signs_the_nonces_and_sets_the_mebx_password() {
+    let mut dev = SimDevice::unprovisioned(12, 0);
+    dev.trust_root(&pki().root_der);
+    let lsa = lsa_password(&dev.id);
+    let mut flow = Activation::new(acm_plan(&dev, 0, LSA_USER, &lsa, pki()));
+    let (finish, effects) = drive(&mut flow, &dev, |_| Ok(()));
+    assert!(finish.ok, "{finish:?}");
+    assert_eq!(finish.status.status.as_deref(), Some("Admin control mode."));
+    assert_eq!(finish.control_mode, "acm");
+    assert_eq!(effects, ["save-secrets", "register"]);
+    assert_eq!(dev.control_mode(), 2);
+    assert!(dev.admin_password_is("New-Amt-Pass1!"));
+    assert!(dev.mebx_set());
+    assert_eq!(dev.features().2, 1, "ACM may relax consent to KVM only");
+}
+
+#[test]
+fn a_root_the_device_does_not_trust_or_a_refused_admin_setup_fails_the_activation() {
+    // The chain is refused at its root: nothing changes on the device.
+    let dev = SimDevice::unprovisioned(12, 1);
+    let lsa = lsa_password(&dev.id);
+    let (finish, _) = drive(
+        &mut Activation::new(acm_plan(&dev, 0, LSA_USER, &lsa, pki())),
+        &dev,
+        |_| Ok(()),
+    );
+    assert!(!finish.ok);
+    assert!(
+        finish
+            .status
+            .status
+            .as_deref()
+            .is_some_and(|s| s.contains("AddNextCertInChain")),
+        "{finish:?}"
+    );
+    assert_eq!(dev.control_mode(), 0);
+
+    let mut dev = SimDevice::unprovisioned(12, 2);
+    dev.trust_root(&pki().root_der);
+    dev.refuse_admin_setup();
+    let lsa = lsa_password(&dev.id);
+    let (finish, _) = drive(
+        &mut Activation::new(acm_plan(&dev, 0, LSA_USER, &lsa, pki())),
+        &dev,
+        |_| Ok(()),
+    );
+    assert!(!finish.ok);
+    assert!(
+        finish
+            .status
+            .status
+            .as_deref()
+            .is_some_and(|s| s.contains("AdminSetup returned")),
+        "{finish:?}"
+    );
+    assert_eq!(dev.control_mode(), 0);
+}
+
+#[test]
+fn a_device_in_client_control_mode_is_upgraded_to_admin() {
+    let mut dev = SimDevice::unprovisioned(12, 3);
+    dev.trust_root(&pki().root_der);
+    let lsa = lsa_password(&dev.id);
+    let (ccm, _) = drive(
+        &mut Activation::new(plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!")),
+        &dev,
+        |_| Ok(()),
+    );
+    assert!(ccm.ok);
+    let mut upgrade = Activation::new(acm_plan(&dev, 1, "admin", "New-Amt-Pass1!", pki()));
+    let (finish, _) = drive(&mut upgrade, &dev, |_| Ok(()));
+    assert!(finish.ok, "{finish:?}");
+    assert_eq!(
+        finish.status.status.as_deref(),
+        Some("Upgraded to admin control mode.")
+    );
+    assert_eq!(dev.control_mode(), 2);
+    assert!(
+        dev.admin_password_is("New-Amt-Pass1!"),
+        "the password stays"
+    );
 }
