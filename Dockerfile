@@ -1,5 +1,5 @@
 # One image carrying every Homeport binary; the command chooses the service:
-#   cira-ingress | mps-command | audit | mqtt-bridge | homeport (all-in-one) | homeportctl | amt-sim
+#   cira-ingress | mps-command | audit | mqtt-bridge | rps | homeport (all-in-one) | homeportctl | amt-sim
 # Configured only through HOMEPORT_* environment variables and mounted secret files.
 # Build: docker build -t homeport .   (or scripts/build-image.sh with buildah, no registry)
 
@@ -18,11 +18,11 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=false \
     CARGO_PROFILE_RELEASE_STRIP=debuginfo
 RUN cargo build --release --locked \
       -p homeport-cira-ingress -p homeport-mps-command -p homeport-audit \
-      -p homeport-mqtt-bridge -p homeport -p homeportctl -p homeport-amt-sim \
+      -p homeport-mqtt-bridge -p homeport-rps -p homeport -p homeportctl -p homeport-amt-sim \
  && mkdir -p /out \
  && cp target/release/cira-ingress target/release/mps-command target/release/audit \
-       target/release/mqtt-bridge target/release/homeport target/release/homeportctl \
-       target/release/amt-sim /out/
+       target/release/mqtt-bridge target/release/rps target/release/homeport \
+       target/release/homeportctl target/release/amt-sim /out/
 
 FROM ${RUNTIME_IMAGE}
 # ca-certificates for Vault and NATS over TLS; nats-server for the all-in-one's embedded NATS.
@@ -41,7 +41,7 @@ ENV HOMEPORT_DATA_DIR=/var/lib/homeport \
     HOMEPORT_SECRETS_KEY_FILE=/var/lib/homeport/secrets.key \
     HOMEPORT_DATABASE_URL=sqlite:///var/lib/homeport/homeport.db?mode=rwc \
     HOMEPORT_HEALTH_LISTEN=0.0.0.0:9433
-EXPOSE 4433 9433 50051 50052
+EXPOSE 4433 8080 9433 50051 50052 50053
 # /readyz of whichever service runs (HOMEPORT_HEALTH_LISTEN's port).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["/usr/local/bin/homeport-healthcheck"]

@@ -6,6 +6,11 @@ set -euo pipefail
 umask 077
 keys="${HOMEPORT_KEYS_DIR:-/var/lib/homeport/keys}"
 [ -f "$keys/ingress.nk" ] || homeportctl nats-keys --out "$keys"
+# homeportctl makes every role's seed as one set (rps.nk included) and never overwrites one.
+if [ ! -f "$keys/rps.nk" ]; then
+  echo "warning: the keys volume predates rps (no rps.nk): rps cannot sign in to NATS;" \
+    "make a new set with: docker compose -f compose/docker-compose.yml down -v" >&2
+fi
 # Readable by the NATS server's container (public keys only).
 chmod 0644 "$keys/nats-users.env"
 [ -f "$keys/jwt-hs256.key" ] || head -c 48 /dev/urandom | base64 -w0 > "$keys/jwt-hs256.key"

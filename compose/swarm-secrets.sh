@@ -3,12 +3,16 @@
 # homeportctl (in the image: `docker run --rm homeport homeportctl`) or on PATH, and:
 #   HOMEPORT_CIRA_CERT, HOMEPORT_CIRA_KEY   PEM files of the CIRA server certificate (the FQDN
 #                                           devices are configured with) and its key
+#   HOMEPORT_RPS_CERT, HOMEPORT_RPS_KEY     PEM files of rps's WebSocket certificate (the FQDN
+#                                           the rpc clients connect to) and its key
 #   HOMEPORT_VAULT_TOKEN_FILE               a file with the Vault token the services use
 # Generated here: one NATS NKey per service, the HS256 API token key, the PostgreSQL password
 # and the database URL. Existing secrets are left alone (Swarm secrets are immutable).
 set -euo pipefail
 : "${HOMEPORT_CIRA_CERT:?set HOMEPORT_CIRA_CERT to the CIRA server certificate (PEM)}"
 : "${HOMEPORT_CIRA_KEY:?set HOMEPORT_CIRA_KEY to its private key (PEM)}"
+: "${HOMEPORT_RPS_CERT:?set HOMEPORT_RPS_CERT to the rps WebSocket certificate (PEM)}"
+: "${HOMEPORT_RPS_KEY:?set HOMEPORT_RPS_KEY to its private key (PEM)}"
 : "${HOMEPORT_VAULT_TOKEN_FILE:?set HOMEPORT_VAULT_TOKEN_FILE to a file holding the Vault token}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -28,14 +32,15 @@ set_state() { # names… → "all", "none" or "some"
   for n in "$@"; do docker secret inspect "$n" >/dev/null 2>&1 && have=$((have + 1)); done
   if [ "$have" -eq "$#" ]; then echo all; elif [ "$have" -eq 0 ]; then echo none; else echo some; fi
 }
-nats_set=(homeport_nats_users homeport_nats_ingress homeport_nats_command homeport_nats_audit homeport_nats_bridge)
+nats_set=(homeport_nats_users homeport_nats_ingress homeport_nats_command homeport_nats_audit homeport_nats_bridge
+  homeport_nats_rps)
 case $(set_state "${nats_set[@]}") in
   all) echo "kept    ${nats_set[*]}" ;;
   some) echo "some of ${nats_set[*]} exist: remove them all to make a matching set" >&2; exit 1 ;;
   none)
     homeportctl nats-keys --out "$work/nats" >/dev/null
     create homeport_nats_users "$work/nats/nats-users.env"
-    for role in ingress command audit bridge; do
+    for role in ingress command audit bridge rps; do
       create "homeport_nats_$role" "$work/nats/$role.nk"
     done
     ;;
@@ -56,5 +61,7 @@ esac
 create homeport_vault_token "$HOMEPORT_VAULT_TOKEN_FILE"
 create homeport_cira_cert "$HOMEPORT_CIRA_CERT"
 create homeport_cira_key "$HOMEPORT_CIRA_KEY"
+create homeport_rps_cert "$HOMEPORT_RPS_CERT"
+create homeport_rps_key "$HOMEPORT_RPS_KEY"
 echo "Label the node(s) for NATS and PostgreSQL: docker node update --label-add homeport.data=true <node>"
 echo "Then: docker stack deploy -c compose/stack.yml homeport"

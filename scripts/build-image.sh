@@ -16,7 +16,7 @@ rootfs="$work/rootfs"
 image="${IMAGE:-homeport:latest}"
 suite="${SUITE:-bookworm}"
 mirror="${MIRROR:-http://deb.debian.org/debian}"
-bins=(cira-ingress mps-command audit mqtt-bridge homeport homeportctl amt-sim)
+bins=(cira-ingress mps-command audit mqtt-bridge rps homeport homeportctl amt-sim)
 
 need=()
 for tool in buildah podman debootstrap; do
@@ -31,7 +31,8 @@ fi
 echo "== release binaries"
 bash scripts/ensure-build-deps.sh
 cargo build --release --locked -p homeport-cira-ingress -p homeport-mps-command \
-  -p homeport-audit -p homeport-mqtt-bridge -p homeport -p homeportctl -p homeport-amt-sim
+  -p homeport-audit -p homeport-mqtt-bridge -p homeport-rps -p homeport -p homeportctl \
+  -p homeport-amt-sim
 
 if [ -z "${KEEP_ROOTFS:-}" ] || [ ! -x "$rootfs/usr/sbin/nats-server" ]; then
   echo "== root filesystem ($suite minbase from $mirror)"
@@ -64,7 +65,7 @@ buildah config --user 10001:10001 --workingdir /var/lib/homeport \
   --env HOMEPORT_SECRETS_KEY_FILE=/var/lib/homeport/secrets.key \
   --env 'HOMEPORT_DATABASE_URL=sqlite:///var/lib/homeport/homeport.db?mode=rwc' \
   --env HOMEPORT_HEALTH_LISTEN=0.0.0.0:9433 \
-  --port 4433 --port 9433 --port 50051 --port 50052 \
+  --port 4433 --port 8080 --port 9433 --port 50051 --port 50052 --port 50053 \
   --healthcheck 'CMD ["/usr/local/bin/homeport-healthcheck"]' \
   --healthcheck-interval 10s --healthcheck-timeout 3s --healthcheck-start-period 20s \
   --healthcheck-retries 3 --stop-signal SIGTERM --cmd homeport "$ctr"

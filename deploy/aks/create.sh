@@ -3,7 +3,7 @@
 #   bash deploy/aks/create.sh            # resource group, cluster (Azure CNI + network policy)
 #   HOMEPORT_DATABASE_URL=postgres://…postgres.database.azure.com:5432/homeport?sslmode=require \
 #     HOMEPORT_VAULT_TOKEN_FILE=… HOMEPORT_CIRA_CERT=cira.pem HOMEPORT_CIRA_KEY=cira.key \
-#     bash deploy/k8s/make-secrets.sh
+#     HOMEPORT_RPS_CERT=rps.pem HOMEPORT_RPS_KEY=rps.key bash deploy/k8s/make-secrets.sh
 #   kubectl apply -k deploy/k8s/overlays/aks
 #   az group delete --name "$AKS_GROUP" --yes     # delete everything
 set -euo pipefail

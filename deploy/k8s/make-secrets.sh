@@ -9,6 +9,9 @@
 #   HOMEPORT_VAULT_CA       the CA that signed Vault's certificate (PEM; cloud overlays)
 #   HOMEPORT_CIRA_CERT, HOMEPORT_CIRA_KEY  the CIRA server certificate and key (PEM; cloud
 #                           overlays: the FQDN devices are configured with)
+#   HOMEPORT_RPS_CERT, HOMEPORT_RPS_KEY    the certificate and key (PEM) of rps's WebSocket (cloud
+#                           overlays: the FQDN the rpc clients connect to; without it the local
+#                           overlay's rps makes a self-signed one)
 set -euo pipefail
 ns=homeport
 local_db=false
@@ -31,6 +34,10 @@ create() { # name, then kubectl create secret generic arguments
 
 if exists homeport-nats-keys && exists homeport-nats-users; then
   echo "kept    secret/homeport-nats-keys, secret/homeport-nats-users"
+  if [ -z "$(kubectl -n "$ns" get secret homeport-nats-keys -o jsonpath='{.data.rps\.nk}')" ]; then
+    echo "secret/homeport-nats-keys has no rps.nk (made before rps): delete it and homeport-nats-users," \
+      "run this again and restart NATS (kubectl -n $ns rollout restart statefulset/nats)" >&2
+  fi
 elif exists homeport-nats-keys || exists homeport-nats-users; then
   echo "only one of homeport-nats-keys and homeport-nats-users exists: delete it to make a matching pair" >&2
   exit 1
@@ -68,6 +75,14 @@ if [ -n "${HOMEPORT_CIRA_CERT:-}" ]; then
   else
     kubectl -n "$ns" create secret tls homeport-cira-tls --cert="$HOMEPORT_CIRA_CERT" --key="$HOMEPORT_CIRA_KEY" >/dev/null
     echo "created secret/homeport-cira-tls"
+  fi
+fi
+if [ -n "${HOMEPORT_RPS_CERT:-}" ]; then
+  if exists homeport-rps-tls; then
+    echo "kept    secret/homeport-rps-tls"
+  else
+    kubectl -n "$ns" create secret tls homeport-rps-tls --cert="$HOMEPORT_RPS_CERT" --key="$HOMEPORT_RPS_KEY" >/dev/null
+    echo "created secret/homeport-rps-tls"
   fi
 fi
 echo "API token: homeportctl token --secret-file <(kubectl -n $ns get secret homeport-jwt -o jsonpath='{.data.hs256\\.key}' | base64 -d) --tenant <tenant>"
