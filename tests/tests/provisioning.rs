@@ -193,9 +193,44 @@ async fn a_device_activates_through_rps_even_across_a_killed_replica_dials_the_i
         .expose()
         .to_string();
 
+    // Maintenance: a new admin password (stored first, then set; mps-command follows it),
+    // and AMT's clock set from the PC's.
+    let r = dev
+        .rpc(
+            &to_b,
+            "maintenance -password x --changepassword",
+            Some(&amt),
+        )
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    let changed = stored(&env, &guid)
+        .await
+        .and_then(|s| s.amt_password)
+        .unwrap()
+        .expose()
+        .to_string();
+    assert_ne!(changed, amt);
+    assert!(dev.admin_password_is(&changed));
+    api.get_power_state(dpb::DeviceRef { guid: guid.clone() })
+        .await
+        .expect("mps-command uses the new password");
+    dev.skew_clock(-7200);
+    let r = dev
+        .rpc(&to_b, "maintenance -password x --synctime", Some(&changed))
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert!(dev.maintained_state().0.abs() <= 5);
+    let old = dev
+        .rpc(&to_b, "maintenance -password x --synctime", Some(&amt))
+        .await
+        .unwrap();
+    assert!(!old.ok, "the old password no longer works");
+
     // Deactivation: the device leaves CIRA, the registry and the secret store.
     let gone = dev
-        .rpc(&to_b, "deactivate --password x", Some(&amt))
+        .rpc(&to_b, "deactivate --password x", Some(&changed))
         .await
         .unwrap();
     assert!(gone.ok, "{gone:?}");
@@ -220,16 +255,17 @@ async fn a_device_activates_through_rps_even_across_a_killed_replica_dials_the_i
         "the refusal is recorded: {outcomes:?}"
     );
     assert_eq!(outcomes.iter().filter(|o| **o == "deactivated").count(), 1);
+    assert_eq!(outcomes.iter().filter(|o| **o == "maintained").count(), 2);
     for (subject, ev) in &events {
         let bytes = ev.encode_to_vec();
-        for secret in [&amt, &mps_password] {
+        for secret in [&amt, &changed, &mps_password] {
             assert!(!contains(&bytes, secret), "a secret in event {subject}");
         }
     }
     for log in [&a.log, &b.log] {
         let text = std::fs::read(log).unwrap();
         assert!(!text.is_empty(), "{} logged nothing", log.display());
-        for secret in [&amt, &mps_password] {
+        for secret in [&amt, &changed, &mps_password] {
             assert!(!contains(&text, secret), "a secret in {}", log.display());
         }
     }

@@ -248,6 +248,28 @@ impl SimDevice {
         }
     }
 
+    /// AMT's clock minus the host's, seconds; its host name; its wired settings
+    /// (DHCP, IP sync, address).
+    pub fn maintained_state(&self) -> (i64, Option<String>, (bool, bool, String)) {
+        let m = self.slot.lock();
+        m.remote
+            .as_ref()
+            .map_or((0, None, (true, false, String::new())), |r| {
+                (
+                    r.clock_offset,
+                    r.hostname.clone(),
+                    (r.wired.dhcp, r.wired.ip_sync, r.wired.ip.clone()),
+                )
+            })
+    }
+
+    /// Sets AMT's clock off by `seconds` (for a sync-time test).
+    pub fn skew_clock(&self, seconds: i64) {
+        if let Some(r) = self.slot.lock().remote.as_mut() {
+            r.clock_offset = seconds;
+        }
+    }
+
     /// Whether SetMEBxPassword was applied.
     pub fn mebx_set(&self) -> bool {
         self.slot.lock().remote.as_ref().is_some_and(|r| r.mebx_set)

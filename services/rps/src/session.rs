@@ -24,10 +24,11 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::flow::activation::{AcmPlan, Activation, CiraPlan, Features, Plan};
 use crate::flow::deactivation::Deactivation;
+use crate::flow::maintenance::{IpConfig, Job, Maintenance};
 use crate::flow::{mode_name, Effect, Finish, Flow, Output};
 use crate::protocol::{
     parse_command, validate_payload, version_compatible, Command, DeviceFacts, Envelope,
-    StatusMessage,
+    StatusMessage, Task,
 };
 use crate::specs::{self, CiraSpec, ProfileSpec};
 use crate::Inner;
@@ -426,6 +427,36 @@ async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result
                 Err(e) => Err(format!("registering the device: {e}")),
             }
         }
+        Effect::Refresh { hostname } => {
+            let existing = inner
+                .store
+                .get_device(&ctx.guid)
+                .await
+                .map_err(|e| format!("database: {e}"))?
+                .filter(|d| d.tenant_id == ctx.tenant)
+                .ok_or("the device is not registered in this tenant")?;
+            let mut info = ctx.info.clone();
+            info.current_mode = existing
+                .device_info
+                .as_ref()
+                .and_then(|i| i.current_mode.clone());
+            let device = NewDevice {
+                guid: ctx.guid.clone(),
+                tenant_id: ctx.tenant.clone(),
+                hostname: hostname.or(existing.hostname),
+                friendly_name: ctx.friendly_name.clone().or(existing.friendly_name),
+                tags: existing.tags,
+                mps_username: existing.mps_username,
+                device_info: Some(info),
+            };
+            inner
+                .store
+                .upsert_device(device)
+                .await
+                .map_err(|e| format!("updating the registry: {e}"))?;
+            registry_event(inner, ctx, "updated");
+            Ok(())
+        }
         Effect::Forget => {
             inner
                 .secrets
@@ -653,10 +684,92 @@ async fn prepare(
             let _ = mode_name(mode);
             Ok(Box::new(Deactivation::new(&guid, password.expose(), mode)))
         }
-        Command::Maintenance { task, .. } => Err(Refusal::Text(format!(
-            "Device {guid} {} failed: maintenance tasks are not available yet",
-            task.name()
-        ))),
+        Command::Maintenance { task, force } => {
+            let name = task.name();
+            if mode == 0 {
+                return Err(Refusal::Text(format!(
+                    "Device {guid} {name} failed: the device is in pre-provisioning mode"
+                )));
+            }
+            let current = match &stored_amt {
+                Some(s) if password_matches(s) || *force => s.clone(),
+                Some(_) => return Err(Refusal::Text(format!(
+                    "Device {guid} {name} failed: the AMT password does not match the stored one"
+                ))),
+                None if !supplied.is_empty() => SecretString::new(supplied.clone()),
+                None => {
+                    return Err(Refusal::Text(format!(
+                        "Device {guid} {name} failed: no credentials for the device"
+                    )))
+                }
+            };
+            let job = match task {
+                Task::ChangePassword(fixed) => {
+                    let new = match fixed {
+                        Some(p) if !specs::valid_amt_password(p) => {
+                            return Err(Refusal::Text(format!(
+                                "Device {guid} {name} failed: the new password needs 8-32 characters with a lower-case and an upper-case letter, a digit and one of !@#$%^&*"
+                            )))
+                        }
+                        Some(p) => SecretString::new(p.clone()),
+                        None => SecretString::new(specs::random_password(16)),
+                    };
+                    Job::ChangePassword {
+                        new,
+                        old: current.clone(),
+                        mps_password: stored.as_ref().and_then(|s| s.mps_password.clone()),
+                        mebx_password: stored.as_ref().and_then(|s| s.mebx_password.clone()),
+                    }
+                }
+                Task::SyncTime => Job::SyncTime {
+                    now: chrono::Utc::now().timestamp(),
+                },
+                Task::SyncIp => {
+                    let c = facts.payload.ip_configuration.clone().unwrap_or_default();
+                    let field = |k: &str| {
+                        c.get(k)
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    Job::SyncIp(IpConfig {
+                        ip: field("ipAddress"),
+                        netmask: field("netmask"),
+                        gateway: field("gateway"),
+                        primary_dns: field("primaryDns"),
+                        secondary_dns: field("secondaryDns"),
+                    })
+                }
+                Task::SyncHostname => {
+                    let from_info = facts
+                        .payload
+                        .hostname_info
+                        .as_ref()
+                        .and_then(|h| h.get("hostname"))
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let host = if from_info.is_empty() {
+                        facts.payload.hostname.clone()
+                    } else {
+                        from_info
+                    };
+                    if host.is_empty() || host.len() > 63 {
+                        return Err(Refusal::Text(format!(
+                            "Device {guid} {name} failed: the client sent no usable host name"
+                        )));
+                    }
+                    Job::SyncHostname(host)
+                }
+                Task::SyncDeviceInfo => Job::SyncDeviceInfo,
+            };
+            Ok(Box::new(Maintenance::new(
+                &guid,
+                current.expose(),
+                mode,
+                job,
+            )))
+        }
     }
 }
 

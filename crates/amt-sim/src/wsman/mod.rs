@@ -12,6 +12,7 @@ pub(crate) mod consent;
 pub(crate) mod features;
 pub(crate) mod hardware;
 pub(crate) mod logs;
+pub(crate) mod maintenance;
 pub(crate) mod model;
 pub(crate) mod power;
 pub(crate) mod provisioning;
@@ -104,8 +105,9 @@ impl Class {
     }
 }
 
-const TABLES: [&[Class]; 8] = [
+const TABLES: [&[Class]; 9] = [
     power::CLASSES,
+    maintenance::CLASSES,
     provisioning::CLASSES,
     setup::CLASSES,
     hardware::CLASSES,

@@ -96,6 +96,40 @@ pub struct RemoteAccess {
     pub refuse_admin_setup: bool,
     /// SetMEBxPassword was called.
     pub mebx_set: bool,
+    /// AMT's clock minus the host's, seconds (SetHighAccuracyTimeSynch moves it).
+    pub clock_offset: i64,
+    /// AMT_GeneralSettings.HostName once set over WS-Man.
+    pub hostname: Option<String>,
+    /// The wired interface's AMT_EthernetPortSettings.
+    pub wired: Wired,
+}
+
+/// Wired network settings of AMT (what syncip changes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wired {
+    pub dhcp: bool,
+    pub ip_sync: bool,
+    pub shared_static: bool,
+    pub ip: String,
+    pub mask: String,
+    pub gateway: String,
+    pub dns1: String,
+    pub dns2: String,
+}
+
+impl Default for Wired {
+    fn default() -> Self {
+        Wired {
+            dhcp: true,
+            ip_sync: false,
+            shared_static: false,
+            ip: "192.168.1.37".into(),
+            mask: "255.255.255.0".into(),
+            gateway: "192.168.1.1".into(),
+            dns1: "192.168.1.1".into(),
+            dns2: String::new(),
+        }
+    }
 }
 
 impl Default for RemoteAccess {
@@ -112,6 +146,9 @@ impl Default for RemoteAccess {
             chain_complete: false,
             refuse_admin_setup: false,
             mebx_set: false,
+            clock_offset: 0,
+            hostname: None,
+            wired: Wired::default(),
         }
     }
 }

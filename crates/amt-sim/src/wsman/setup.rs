@@ -55,6 +55,7 @@ pub(crate) const CLASSES: &[Class] = &[
         instances: Some(general_settings),
         get: true,
         enumerate: true,
+        put: Some(put_general_settings),
         ..Class::new("AMT_GeneralSettings", AMT)
     },
     Class {
@@ -103,7 +104,13 @@ fn setup_and_configuration(ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
 
 fn general_settings(ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
     let id = ctx.id;
-    let fqdn = format!("{}.sim.homeport.test", id.hostname);
+    let hostname = ctx
+        .model
+        .remote
+        .as_ref()
+        .and_then(|r| r.hostname.clone())
+        .unwrap_or_else(|| id.hostname.clone());
+    let fqdn = format!("{hostname}.sim.homeport.test");
     let mut w = W::new(px, "AMT_GeneralSettings");
     w.v("AMTNetworkEnabled", 1)
         .v("DDNSPeriodicUpdateInterval", 1440)
@@ -115,7 +122,7 @@ fn general_settings(ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
         .s("DigestRealm", &id.realm)
         .s("DomainName", "sim.homeport.test")
         .s("ElementName", "Intel(r) AMT: General Settings")
-        .s("HostName", &id.hostname)
+        .s("HostName", &hostname)
         .s("HostOSFQDN", &fqdn)
         .v("IdleWakeTimeout", 65535)
         .s("InstanceID", "Intel(r) AMT: General Settings")
@@ -159,6 +166,29 @@ fn boot_capabilities(_ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
         .v("VerbosityScreenBlank", false)
         .v("VerbosityVerbose", false);
     vec![w.finish("AMT_BootCapabilities", AMT)]
+}
+
+/// Put: HostName (1-63 characters) is what a provisioning server changes; the rest stays.
+fn put_general_settings(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
+    let instance = req
+        .input()
+        .filter(|i| i.name() == "AMT_GeneralSettings")
+        .ok_or(WsFault::InvalidRepresentation)?;
+    if let Some(h) = instance.child("HostName") {
+        let h = h.text().trim();
+        if h.is_empty() || h.len() > 63 {
+            return Err(WsFault::InvalidRepresentation);
+        }
+        ctx.model.remote.get_or_insert_with(Box::default).hostname = Some(h.to_string());
+    }
+    let item = general_settings(ctx, super::render::GET_PX)
+        .into_iter()
+        .next()
+        .ok_or(WsFault::InvalidRepresentation)?;
+    Ok(super::instance_answer(
+        &format!("{}PutResponse", super::render::TRANSFER),
+        item,
+    ))
 }
 
 /// SetMEBxPassword {Password}: only in admin control mode (AMT refuses it in CCM).

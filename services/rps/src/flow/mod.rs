@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod deactivation;
 mod link;
+pub mod maintenance;
 
 pub use link::{Link, LinkError, Reply};
 
@@ -42,6 +43,8 @@ pub enum Effect {
     },
     /// Remove the device's registry row and credentials (it was deactivated).
     Forget,
+    /// Update the device's registry row from the client's facts (and this host name).
+    Refresh { hostname: Option<String> },
 }
 
 /// How a flow ended.

@@ -6,6 +6,7 @@ use homeport_secrets::SecretString;
 
 use super::activation::{AcmPlan, Activation, CiraPlan, Features, Plan};
 use super::deactivation::Deactivation;
+use super::maintenance::{IpConfig, Job, Maintenance};
 use super::{Finish, Flow, Output};
 
 const ROOT_PEM: &str = include_str!("testdata/root.pem");
@@ -64,6 +65,7 @@ fn drive(
                     super::Effect::SaveSecrets { .. } => "save-secrets",
                     super::Effect::Register { .. } => "register",
                     super::Effect::Forget => "forget",
+                    super::Effect::Refresh { .. } => "refresh",
                 });
                 let r = effect(&e);
                 flow.on_effect(r)
@@ -290,4 +292,130 @@ fn a_device_in_client_control_mode_is_upgraded_to_admin() {
         dev.admin_password_is("New-Amt-Pass1!"),
         "the password stays"
     );
+}
+
+fn activated(seed: u64, index: u64) -> SimDevice {
+    let dev = SimDevice::unprovisioned(seed, index);
+    let lsa = lsa_password(&dev.id);
+    let (done, _) = drive(
+        &mut Activation::new(plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!")),
+        &dev,
+        |_| Ok(()),
+    );
+    assert!(done.ok);
+    dev
+}
+
+fn maintain(dev: &SimDevice, password: &str, job: Job) -> (Finish, Vec<&'static str>) {
+    drive(
+        &mut Maintenance::new(dev.guid(), password, 1, job),
+        dev,
+        |_| Ok(()),
+    )
+}
+
+#[test]
+fn maintenance_changes_the_password_clock_host_name_and_ip_sync() {
+    let dev = activated(13, 0);
+    let (f, effects) = maintain(
+        &dev,
+        "New-Amt-Pass1!",
+        Job::ChangePassword {
+            new: SecretString::new("Changed-Pass2@"),
+            old: SecretString::new("New-Amt-Pass1!"),
+            mps_password: None,
+            mebx_password: None,
+        },
+    );
+    assert!(f.ok, "{f:?}");
+    assert_eq!(f.outcome, "maintained");
+    assert_eq!(
+        f.status.status.as_deref(),
+        Some("changepassword completed successfully")
+    );
+    assert_eq!(
+        effects,
+        ["save-secrets"],
+        "stored before the device takes it"
+    );
+    assert!(dev.admin_password_is("Changed-Pass2@"));
+
+    dev.skew_clock(-3600);
+    let now = chrono::Utc::now().timestamp();
+    let (f, _) = maintain(&dev, "Changed-Pass2@", Job::SyncTime { now });
+    assert!(f.ok, "{f:?}");
+    assert!(
+        dev.maintained_state().0.abs() <= 2,
+        "AMT's clock follows the PC's"
+    );
+
+    let (f, effects) = maintain(
+        &dev,
+        "Changed-Pass2@",
+        Job::SyncHostname("pc-renamed".into()),
+    );
+    assert!(f.ok, "{f:?}");
+    assert_eq!(effects, ["refresh"]);
+    assert_eq!(dev.maintained_state().1.as_deref(), Some("pc-renamed"));
+    let (again, _) = maintain(
+        &dev,
+        "Changed-Pass2@",
+        Job::SyncHostname("pc-renamed".into()),
+    );
+    assert!(!again.ok, "an unchanged host name is refused");
+
+    let (f, _) = maintain(&dev, "Changed-Pass2@", Job::SyncIp(IpConfig::default()));
+    assert!(f.ok, "{f:?}");
+    assert!(dev.maintained_state().2 .1, "DHCP: IP sync turned on");
+    let (again, _) = maintain(&dev, "Changed-Pass2@", Job::SyncIp(IpConfig::default()));
+    assert!(!again.ok && again.status.status.unwrap_or_default().contains("already"));
+
+    let mut info = Maintenance::new(dev.guid(), "Changed-Pass2@", 1, Job::SyncDeviceInfo);
+    let (f, effects) = drive(&mut info, &dev, |_| Ok(()));
+    assert!(f.ok);
+    assert_eq!(effects, ["refresh"]);
+    assert_eq!(info.exchanges(), 0, "no WS-Man");
+}
+
+#[test]
+fn a_new_password_is_stored_first_and_a_wrong_current_one_changes_nothing() {
+    let dev = activated(13, 1);
+    let mut saved = Vec::new();
+    let mut flow = Maintenance::new(
+        dev.guid(),
+        "New-Amt-Pass1!",
+        1,
+        Job::ChangePassword {
+            new: SecretString::new("Changed-Pass2@"),
+            old: SecretString::new("New-Amt-Pass1!"),
+            mps_password: None,
+            mebx_password: None,
+        },
+    );
+    let (f, effects) = drive(&mut flow, &dev, |e| {
+        if let super::Effect::SaveSecrets { amt_password, .. } = e {
+            saved.push(amt_password.expose().to_string());
+        }
+        Ok(())
+    });
+    assert!(f.ok, "{f:?}");
+    assert_eq!(effects, ["save-secrets"]);
+    assert_eq!(saved, ["Changed-Pass2@"]);
+    // The device now has the new one: a change from a wrong current password fails before
+    // anything is stored.
+    let mut wrong = Maintenance::new(
+        dev.guid(),
+        "New-Amt-Pass1!",
+        1,
+        Job::ChangePassword {
+            new: SecretString::new("Third-Pass3#"),
+            old: SecretString::new("New-Amt-Pass1!"),
+            mps_password: None,
+            mebx_password: None,
+        },
+    );
+    let (f, effects) = drive(&mut wrong, &dev, |_| Ok(()));
+    assert!(!f.ok);
+    assert!(effects.is_empty());
+    assert!(dev.admin_password_is("Changed-Pass2@"));
 }
