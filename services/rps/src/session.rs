@@ -693,9 +693,11 @@ async fn prepare(
             }
             let current = match &stored_amt {
                 Some(s) if password_matches(s) || *force => s.clone(),
-                Some(_) => return Err(Refusal::Text(format!(
+                Some(_) => {
+                    return Err(Refusal::Text(format!(
                     "Device {guid} {name} failed: the AMT password does not match the stored one"
-                ))),
+                )))
+                }
                 None if !supplied.is_empty() => SecretString::new(supplied.clone()),
                 None => {
                     return Err(Refusal::Text(format!(
