@@ -1,6 +1,7 @@
 //! Remote provisioning end to end: simulated PCs run the rpc protocol against rps (as
 //! processes and in-process) over TLS WebSockets, get activated and configured for CIRA,
 //! dial the ingress by themselves, obey mps-command, and are deactivated.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::collections::HashMap;
 use std::time::Duration;

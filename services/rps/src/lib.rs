@@ -59,6 +59,10 @@ pub struct Metrics {
     pub duration: Histogram,
 }
 
+/// Decoded provisioning certificates by (tenant, lower-case domain name): the domain version
+/// they were decoded for, and the result.
+type CertCache = std::collections::HashMap<(String, String), (i64, Arc<acm::Provisioning>)>;
+
 pub(crate) struct Inner {
     pub config: RpsConfig,
     pub source: String,
@@ -71,9 +75,7 @@ pub(crate) struct Inner {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Decoded provisioning certificates by (tenant, domain), with the domain version they
     /// were decoded for: PKCS#12 decoding costs key-derivation rounds, once per version.
-    pub provisioning_certs: std::sync::Mutex<
-        std::collections::HashMap<(String, String), (i64, Arc<acm::Provisioning>)>,
-    >,
+    pub provisioning_certs: std::sync::Mutex<CertCache>,
 }
 
 impl Inner {
