@@ -165,6 +165,25 @@ async fn a_device_activates_through_rps_even_across_a_killed_replica_dials_the_i
         wrong.message
     );
 
+    // Whoever claims to be that PC, factory-fresh, gets nothing of it: no setup from mode 0
+    // of a registered device, and no forced deactivation without its password.
+    let impostor = SimDevice::unprovisioned(31, 0);
+    let r = impostor
+        .rpc(&to_b, "activate --profile ccm", None)
+        .await
+        .unwrap();
+    assert!(
+        !r.ok && r.message.contains("registered as activated"),
+        "{r:?}"
+    );
+    assert_eq!(r.exchanges, 0);
+    let r = dev
+        .rpc(&to_b, "deactivate --password x -f", Some("Not-The-Pass1!"))
+        .await
+        .unwrap();
+    assert!(!r.ok && r.message.contains("does not match"), "{r:?}");
+    assert!(env.store.get_device(&guid).await.unwrap().is_some());
+
     // The device dials the ingress with what it was given, and answers a power action.
     let mut sim = SimConfig::new(ingress.local_addr(), 1);
     sim.reconnect_min = Duration::from_millis(200);

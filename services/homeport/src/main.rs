@@ -324,7 +324,7 @@ async fn start_rps(
             ..homeport_auth::JwtArgs::hs256(secret_file.to_path_buf())
         },
         step_timeout_secs: 12,
-        flow_timeout_secs: 300,
+        flow_timeout_secs: 600,
         handshake_timeout_secs: 10,
         max_message_bytes: 102_400,
         max_flows: 10_000,

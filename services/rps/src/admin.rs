@@ -60,6 +60,15 @@ struct Checked {
 
 impl AdminApi {
     async fn create(&self, tenant: &str, kind: &str, c: Checked) -> Result<ConfigRecord, Status> {
+        // A taken name is refused before anything is written: the secrets of the object that
+        // has it must not change. (Two creates racing for a new name can still both write
+        // secrets; the insert decides which row exists.)
+        if self.exists(tenant, kind, &c.name).await? {
+            return Err(Status::already_exists(format!(
+                "{kind} {} already exists",
+                c.name
+            )));
+        }
         let path = specs::secret_path(tenant, kind, &c.name);
         if let Some(map) = c.secrets.as_ref().filter(|m| !m.is_empty()) {
             self.inner

@@ -29,8 +29,9 @@ pub struct RpsConfig {
     /// Deadline of one step: a WS-Man answer from the client, or a store write.
     #[arg(long, env = "HOMEPORT_RPS_STEP_TIMEOUT_SECS", default_value_t = 12)]
     pub step_timeout_secs: u64,
-    /// Deadline of a whole flow, from the WebSocket upgrade to the result.
-    #[arg(long, env = "HOMEPORT_RPS_FLOW_TIMEOUT_SECS", default_value_t = 300)]
+    /// Deadline of a whole flow, from the WebSocket upgrade to the result. rpc-go relays each
+    /// exchange in about 1 s over LMS and 2-3 s over LME, so a long ACM flow needs minutes.
+    #[arg(long, env = "HOMEPORT_RPS_FLOW_TIMEOUT_SECS", default_value_t = 600)]
     pub flow_timeout_secs: u64,
     /// Deadline of the TLS and WebSocket handshakes and the client's first message.
     #[arg(

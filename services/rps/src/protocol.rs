@@ -269,7 +269,8 @@ pub struct ClientPayload {
     pub fqdn: String,
     #[serde(default)]
     pub client: String,
-    #[serde(rename = "certHashes", default)]
+    /// Go sends `null` for an empty list.
+    #[serde(rename = "certHashes", default, deserialize_with = "null_as_empty")]
     pub cert_hashes: Vec<String>,
     #[serde(rename = "friendlyName", default)]
     pub friendly_name: Option<String>,
@@ -277,6 +278,10 @@ pub struct ClientPayload {
     pub ip_configuration: Option<serde_json::Value>,
     #[serde(rename = "hostnameInfo", default)]
     pub hostname_info: Option<serde_json::Value>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl std::fmt::Debug for ClientPayload {
@@ -434,6 +439,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not supported"));
+        let go_nil = br#"{"ver":"16.1.25","build":"2053","uuid":"4c4c4544-0035-5910-804e-b4c04f564433","client":"RPC","certHashes":null}"#;
+        assert!(validate_payload(go_nil)
+            .unwrap()
+            .payload
+            .cert_hashes
+            .is_empty());
         let short = br#"{"ver":"16.1.25","build":"1","uuid":"4c4c","client":"RPC"}"#;
         assert!(validate_payload(short).is_err());
         assert!(validate_payload(b"not json").is_err());

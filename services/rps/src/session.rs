@@ -340,18 +340,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         },
                         // rpc-go echoes heartbeats; they carry nothing for the flow.
                         Ok(e) if e.method == "heartbeat_response" => continue,
-                        Ok(e) => {
-                            return flow.abandon(&format!(
-                                "unexpected {:?} while waiting for the device's answer",
-                                e.method
-                            ))
+                        // Not echoed: a client's text does not go into results and events.
+                        Ok(_) => {
+                            return flow
+                                .abandon("the client sent something else than the device's answer")
                         }
                         Err(ReadError::Timeout) if tokio::time::Instant::now() >= flow_deadline => {
                             return flow.abandon("the whole flow took longer than its deadline")
                         }
-                        Err(ReadError::Timeout) => {
-                            return flow.abandon("the device did not answer in time")
-                        }
+                        // rpc-go sends nothing when the firmware said nothing within its
+                        // own read deadline: the flow decides (check, send again or give up).
+                        Err(ReadError::Timeout) => break flow.on_timeout(),
                         Err(ReadError::Closed) => {
                             return flow.abandon("the client closed the connection")
                         }
@@ -360,6 +359,21 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             Output::Effect(effect) => {
+                // The wait some firmware needs after a setup, outside the step's deadline.
+                if matches!(
+                    effect,
+                    Effect::Register {
+                        after_setup: true,
+                        ..
+                    }
+                ) && inner.config.setup_settle_ms > 0
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        inner.config.setup_settle_ms,
+                    ))
+                    .await;
+                }
+                let step_deadline = (tokio::time::Instant::now() + step).min(flow_deadline);
                 let result = match timeout_at(step_deadline, run_effect(inner, ctx, effect)).await {
                     Ok(r) => r,
                     Err(_) => Err("the database or secret store did not answer in time".into()),
@@ -390,13 +404,8 @@ async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result
         Effect::Register {
             control_mode,
             mps_username,
+            ..
         } => {
-            if inner.config.setup_settle_ms > 0 && !ctx.registered {
-                tokio::time::sleep(std::time::Duration::from_millis(
-                    inner.config.setup_settle_ms,
-                ))
-                .await;
-            }
             let mut info = ctx.info.clone();
             info.current_mode = Some(control_mode.to_uppercase());
             if !ctx.fqdn.is_empty() {
@@ -552,7 +561,7 @@ async fn prepare(
     if let Some(d) = &existing {
         if d.tenant_id != ctx.tenant {
             return Err(Refusal::Text(format!(
-                "Device {guid} belongs to another tenant"
+                "Device {guid} cannot be provisioned in this tenant"
             )));
         }
     }
@@ -589,14 +598,21 @@ async fn prepare(
                     "Device {guid} activation failed. Missing password."
                 )));
             }
+            // The client is also the firmware: whatever a PC in pre-provisioning mode is sent
+            // could be read by whoever plays it. So a device Homeport has registered as
+            // activated is not set up again from mode 0 (an operator deactivates or deletes it
+            // first), and no stored credential of an earlier run is ever reused from mode 0.
+            if mode == 0 && ctx.registered {
+                return Err(Refusal::Text(format!(
+                    "Device {guid} activation failed. The device is registered as activated; deactivate it (homeportctl deactivate) or delete it from the registry first."
+                )));
+            }
+            let reusable = if mode == 0 { None } else { stored.as_ref() };
             let (user, password, amt_password) = match mode {
                 0 => {
-                    let amt = match (spec.generate_random_password, &stored_amt) {
-                        // An earlier run stored a password before Setup: keep it, so a
-                        // device that took it and a client that lost the answer agree.
-                        (true, Some(prev)) => prev.clone(),
-                        (true, None) => SecretString::new(specs::random_password(16)),
-                        (false, _) => {
+                    let amt = match spec.generate_random_password {
+                        true => SecretString::new(specs::random_password(16)),
+                        false => {
                             profile_secret(inner, &ctx.tenant, &record.name, specs::AMT_PASSWORD)
                                 .await?
                                 .ok_or_else(|| {
@@ -631,13 +647,13 @@ async fn prepare(
                 }
             };
             let acm = if spec.is_acm() {
-                Some(acm_plan(inner, ctx, &facts, &spec, &record.name, stored.as_ref()).await?)
+                Some(acm_plan(inner, ctx, &facts, &spec, &record.name, reusable).await?)
             } else {
                 None
             };
             let cira = match &spec.cira_config_name {
                 None => None,
-                Some(name) => Some(cira_plan(inner, ctx, name, stored.as_ref()).await?),
+                Some(name) => Some(cira_plan(inner, ctx, name, reusable).await?),
             };
             let features = Features {
                 kvm: spec.kvm_enabled,
@@ -666,9 +682,11 @@ async fn prepare(
                     "Deactivation failed. Device {guid} is in pre-provisioning mode"
                 )));
             }
+            // `-f` is for a device Homeport holds no credentials of: with stored ones the
+            // client must prove it knows them (it could otherwise make rps forget any device).
+            let _ = force;
             let password = match &stored_amt {
                 Some(s) if password_matches(s) => s.clone(),
-                Some(s) if *force => s.clone(),
                 Some(_) => {
                     return Err(Refusal::Text(format!(
                         "Deactivation failed. The AMT password of device {guid} does not match the stored one."
@@ -691,8 +709,9 @@ async fn prepare(
                     "Device {guid} {name} failed: the device is in pre-provisioning mode"
                 )));
             }
+            let _ = force;
             let current = match &stored_amt {
-                Some(s) if password_matches(s) || *force => s.clone(),
+                Some(s) if password_matches(s) => s.clone(),
                 Some(_) => {
                     return Err(Refusal::Text(format!(
                     "Device {guid} {name} failed: the AMT password does not match the stored one"
@@ -803,12 +822,13 @@ async fn acm_plan(
     let mut mc_nonce = [0u8; 20];
     openssl::rand::rand_bytes(&mut mc_nonce).map_err(|e| Refusal::Other(e.to_string()))?;
     if mode == 2 {
-        // Already in admin control mode: nothing is signed again.
+        // Already in admin control mode: nothing is signed or set again, and the stored MEBx
+        // password (if any) stays what it is.
         return Ok(AcmPlan {
             chain: Vec::new(),
             key: None,
             mc_nonce,
-            mebx_password: mebx,
+            mebx_password: stored.and_then(|s| s.mebx_password.clone()),
         });
     }
     let fqdn = facts
@@ -843,7 +863,7 @@ async fn acm_plan(
         chain: cert.chain.clone(),
         key: Some(cert.key.clone()),
         mc_nonce,
-        mebx_password: mebx,
+        mebx_password: Some(mebx),
     })
 }
 

@@ -89,7 +89,9 @@ pub fn secret_path(tenant: &str, kind: &str, name: &str) -> String {
 }
 
 fn path_token(s: &str) -> String {
+    // Names that look like an encoding ("x-…") are encoded too, so no two names meet.
     if !s.is_empty()
+        && !s.starts_with("x-")
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
@@ -189,6 +191,10 @@ mod tests {
         assert!(!valid_name(""));
         assert_eq!(secret_path("", PROFILE, "P1"), "rps/_/profile/p1");
         assert_eq!(secret_path("acme", CIRA, "a#b"), "rps/acme/cira/x-612362");
+        assert_ne!(
+            secret_path("acme", CIRA, "x-612362"),
+            secret_path("acme", CIRA, "a#b")
+        );
         assert!(!valid_amt_password("password"));
         assert!(valid_amt_password("P@ssw0rd"));
         assert!(valid_fqdn("mps.example.com") && valid_fqdn("127.0.0.1"));

@@ -14,7 +14,9 @@ use homeport_wsman::envelope::{epr, Class};
 use homeport_wsman::response::number;
 use homeport_wsman::{Request, Response};
 
-use super::{admin_password_hash, realm_is_valid, Effect, Finish, Flow, Link, Output, Reply};
+use super::{
+    admin_password_hash, realm_is_valid, Effect, Finish, Flow, Link, LinkError, Output, Reply,
+};
 use crate::protocol::StatusMessage;
 
 pub const HOST_BASED_SETUP: Class = Class::ips("IPS_HostBasedSetupService");
@@ -30,6 +32,12 @@ pub const ENVIRONMENT_DETECTION: Class = Class::amt("AMT_EnvironmentDetectionSet
 const POLICY_RULES: [&str; 3] = ["User Initiated", "Alert", "Periodic"];
 /// Periodic policy ExtendedData: 8 bytes big-endian 25 (a 25 s interval).
 const PERIODIC_EXTENDED_DATA: &str = "AAAAAAAAABk=";
+/// An enumeration read at most this many pages and items: AMT keeps a handful of MPS entries
+/// and certificates, and a client playing the device must not grow memory without bound.
+const MAX_PAGES: u32 = 16;
+const MAX_ITEMS: usize = 64;
+/// WS-Man exchanges a flow may take (an ACM activation with CIRA needs about 30).
+pub const MAX_EXCHANGES: u32 = 200;
 /// A user-initiated tunnel stays up this many seconds.
 const USER_INITIATED_LIFETIME: u32 = 300;
 
@@ -85,7 +93,9 @@ pub struct AcmPlan {
     pub key: Option<openssl::pkey::PKey<openssl::pkey::Private>>,
     /// Our 20-byte nonce (McNonce), drawn by the caller.
     pub mc_nonce: [u8; 20],
-    pub mebx_password: SecretString,
+    /// Set after AdminSetup or the upgrade; `None` for a device in admin control mode whose
+    /// MEBx password Homeport does not hold.
+    pub mebx_password: Option<SecretString>,
 }
 
 impl Clone for AcmPlan {
@@ -158,6 +168,10 @@ pub struct Activation {
     mode: u8,
     /// ConfigurationNonce of host-based setup (ACM).
     fw_nonce: Vec<u8>,
+    /// Pages of the current enumeration.
+    pages: u32,
+    /// CheckSetup is trying the new admin credentials (the lost setup may have applied them).
+    checking_as_admin: bool,
 }
 
 impl Activation {
@@ -176,6 +190,8 @@ impl Activation {
             mp_server: None,
             status: StatusMessage::default(),
             fw_nonce: Vec::new(),
+            pages: 0,
+            checking_as_admin: false,
         }
     }
 
@@ -240,7 +256,7 @@ impl Activation {
                 return Output::Effect(Effect::SaveSecrets {
                     amt_password: p.amt_password.clone(),
                     mps_password: p.cira.as_ref().map(|c| c.password.clone()),
-                    mebx_password: p.acm.as_ref().map(|a| a.mebx_password.clone()),
+                    mebx_password: p.acm.as_ref().and_then(|a| a.mebx_password.clone()),
                 })
             }
             St::Setup => Request::invoke(
@@ -257,6 +273,7 @@ impl Activation {
             St::CheckSetup => Request::get(HOST_BASED_SETUP),
             St::Register => {
                 return Output::Effect(Effect::Register {
+                    after_setup: self.mode != p.current_mode,
                     control_mode: super::mode_name(self.mode),
                     mps_username: p.cira.as_ref().map(|c| c.username.clone()),
                 })
@@ -327,7 +344,8 @@ impl Activation {
                     xml_text(
                         p.acm
                             .as_ref()
-                            .map(|a| a.mebx_password.expose())
+                            .and_then(|a| a.mebx_password.as_ref())
+                            .map(|m| m.expose())
                             .unwrap_or_default(),
                     ),
                 )],
@@ -337,8 +355,14 @@ impl Activation {
                 .with_selector("PolicyRuleName", POLICY_RULES[*i])
                 .with_selector("SystemCreationClassName", "CIM_ComputerSystem")
                 .with_selector("SystemName", "Intel(r) AMT"),
-            St::EnumerateSap => Request::enumerate(MANAGEMENT_PRESENCE_SAP),
-            St::EnumerateCerts => Request::enumerate(PUBLIC_KEY_CERTIFICATE),
+            St::EnumerateSap | St::EnumerateCerts => {
+                self.pages = 0;
+                Request::enumerate(if self.st == St::EnumerateSap {
+                    MANAGEMENT_PRESENCE_SAP
+                } else {
+                    PUBLIC_KEY_CERTIFICATE
+                })
+            }
             St::PullSap | St::PullCerts => unreachable_pull(),
             St::DeleteSap => match self.doomed.last() {
                 Some(name) => Request::delete(MANAGEMENT_PRESENCE_SAP)
@@ -469,7 +493,7 @@ impl Activation {
                     .unwrap_or_default()
                     .to_string();
                 if !realm_is_valid(&realm) {
-                    return self.fail(format!("Not a valid digest realm: {realm:?}"));
+                    return self.fail("the device's digest realm is not Digest: and 32 hex digits");
                 }
                 self.realm = realm;
                 self.enter(St::SaveSecrets)
@@ -497,9 +521,9 @@ impl Activation {
                         self.mode = 2;
                         let pw = self.plan.amt_password.expose().to_string();
                         self.link.set_credentials("admin", &pw);
-                        self.enter(St::SetMebx)
+                        self.after_admin()
                     }
-                    _ => self.fail("the setup was not applied"),
+                    _ => self.fail("the setup was not applied; run the client again"),
                 }
             }
             St::SetupService => {
@@ -549,7 +573,7 @@ impl Activation {
                             let pw = self.plan.amt_password.expose().to_string();
                             self.link.set_credentials("admin", &pw);
                         }
-                        self.enter(St::SetMebx)
+                        self.after_admin()
                     }
                     Ok((_, rv)) => self.fail(format!(
                         "{method} returned {rv} ({})",
@@ -585,6 +609,10 @@ impl Activation {
                     return self.fail("unreadable pull");
                 };
                 let key = if sap { "Name" } else { "InstanceID" };
+                self.pages += 1;
+                if self.pages > MAX_PAGES || self.doomed.len() + page.items.len() > MAX_ITEMS {
+                    return self.fail("the device listed more entries than AMT holds");
+                }
                 self.doomed.extend(
                     page.items
                         .iter()
@@ -716,6 +744,42 @@ impl Activation {
         }
     }
 
+    /// The answer was lost or cut off. A setup that may have been applied is checked on the
+    /// device instead of being sent again (a second Setup would be refused); anything else is
+    /// sent again, a bounded number of times.
+    fn lost_answer(&mut self, why: &str) -> Output {
+        match self.st {
+            St::Setup | St::AdminSetup => {
+                // If the device took the setup, only the new admin credentials work now.
+                let pw = self.plan.amt_password.expose().to_string();
+                self.link.set_credentials("admin", &pw);
+                self.link.reset_challenges();
+                self.checking_as_admin = true;
+                self.enter(St::CheckSetup)
+            }
+            St::Upgrade => self.enter(St::CheckSetup),
+            St::SaveSecrets | St::Register | St::Finished => self.fail(why.to_string()),
+            _ => match self.link.resend() {
+                Some(bytes) => Output::Send(bytes),
+                None => self.fail(format!("{why} (sent three times)")),
+            },
+        }
+    }
+
+    /// Admin control mode reached: the MEBx password, when there is one to set.
+    fn after_admin(&mut self) -> Output {
+        if self
+            .plan
+            .acm
+            .as_ref()
+            .is_some_and(|a| a.mebx_password.is_some())
+        {
+            self.enter(St::SetMebx)
+        } else {
+            self.enter(St::Register)
+        }
+    }
+
     fn after_setup(&mut self) -> Output {
         self.mode = 1;
         let pw = self.plan.amt_password.expose().to_string();
@@ -810,6 +874,9 @@ impl Flow for Activation {
         if self.st == St::Finished {
             return self.fail("answer after the end");
         }
+        if self.link.exchanges() > MAX_EXCHANGES {
+            return self.fail("too many exchanges");
+        }
         match self.link.receive(http) {
             Ok(Reply::Resend(bytes)) => Output::Send(bytes),
             Ok(Reply::Ok(resp)) => self.answer(resp),
@@ -832,8 +899,25 @@ impl Flow for Activation {
                 self.enter(St::GetOptIn)
             }
             Ok(Reply::Fault(f)) => self.fail(f),
+            Err(LinkError::Malformed(why)) => self.lost_answer(&why),
+            // The new admin credentials are refused: the setup did not apply; ask with the
+            // ones the device had.
+            Err(LinkError::Unauthorized) if self.st == St::CheckSetup && self.checking_as_admin => {
+                self.checking_as_admin = false;
+                let (user, pw) = (
+                    self.plan.user.clone(),
+                    self.plan.password.expose().to_string(),
+                );
+                self.link.set_credentials(&user, &pw);
+                self.link.reset_challenges();
+                self.enter(St::CheckSetup)
+            }
             Err(e) => self.fail(e.to_string()),
         }
+    }
+
+    fn on_timeout(&mut self) -> Output {
+        self.lost_answer("no answer in time")
     }
 
     fn on_effect(&mut self, result: Result<(), String>) -> Output {

@@ -73,6 +73,15 @@ impl Flow for Deactivation {
         }
     }
 
+    fn on_timeout(&mut self) -> Output {
+        // Unprovision may have been applied; sending it again is harmless (a device already
+        // unprovisioned refuses it, and that is reported).
+        match self.link.resend() {
+            Some(bytes) if self.st == St::Unprovision => Output::Send(bytes),
+            _ => self.fail("the device did not answer in time"),
+        }
+    }
+
     fn on_effect(&mut self, result: Result<(), String>) -> Output {
         if self.st != St::Forget {
             return self.fail("effect outcome while none was asked for");

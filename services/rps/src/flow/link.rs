@@ -9,6 +9,9 @@ use zeroize::Zeroizing;
 
 /// Consecutive 401s before a flow gives up (§1.6).
 const MAX_UNAUTHORIZED: u8 = 3;
+/// Times one request is sent again after a lost or cut-off answer (the reference resends
+/// twice on parse errors; rpc-go forwards whatever arrived within its read deadline).
+const MAX_RESENDS: u8 = 2;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LinkError {
@@ -40,6 +43,7 @@ pub struct Link {
     message_id: u64,
     pending: Option<String>,
     exchanges: u32,
+    resends: u8,
 }
 
 impl Link {
@@ -53,6 +57,7 @@ impl Link {
             message_id: 0,
             pending: None,
             exchanges: 0,
+            resends: 0,
         }
     }
 
@@ -61,6 +66,12 @@ impl Link {
     pub fn set_credentials(&mut self, user: &str, password: &str) {
         self.user = user.to_string();
         self.password = Zeroizing::new(password.to_string());
+    }
+
+    /// Starts counting consecutive challenges afresh (after switching credentials on
+    /// purpose).
+    pub fn reset_challenges(&mut self) {
+        self.unauthorized = 0;
     }
 
     pub fn exchanges(&self) -> u32 {
@@ -73,7 +84,18 @@ impl Link {
         let envelope = req.to_xml(self.message_id);
         let bytes = self.frame(&envelope);
         self.pending = Some(envelope);
+        self.resends = 0;
         bytes
+    }
+
+    /// The last request again (its answer was lost or cut off), at most `MAX_RESENDS` times.
+    pub fn resend(&mut self) -> Option<Vec<u8>> {
+        if self.resends >= MAX_RESENDS {
+            return None;
+        }
+        self.resends += 1;
+        let envelope = self.pending.clone()?;
+        Some(self.frame(&envelope))
     }
 
     fn frame(&mut self, envelope: &str) -> Vec<u8> {
@@ -83,7 +105,7 @@ impl Link {
             .digest
             .as_mut()
             .map(|d| d.authorize(&user, &self.password, "POST", "/wsman"));
-        http::request(&self.host, auth.as_deref(), envelope)
+        request(&self.host, auth.as_deref(), envelope)
     }
 
     /// Reads the device's answer to the last `send`.
@@ -128,4 +150,25 @@ impl Link {
     pub fn realm(&self) -> Option<&str> {
         self.digest.as_ref().map(DigestSession::realm)
     }
+}
+
+/// `POST /wsman` framed as the reference RPS frames it (openamt-rps.md §1.6): the
+/// Authorization header first, `Host: <guid>:16992`, one chunk with an upper-case hex length,
+/// then the last chunk. rpc-go relays the bytes unchanged to LMS or, over MEI, to LME, whose
+/// own transport speaks chunked.
+fn request(host: &str, authorization: Option<&str>, envelope: &str) -> Vec<u8> {
+    let mut s = String::from("POST /wsman HTTP/1.1\r\n");
+    if let Some(a) = authorization {
+        s.push_str("Authorization: ");
+        s.push_str(a);
+        s.push_str("\r\n");
+    }
+    s.push_str(&format!(
+        "Host: {host}\r\nTransfer-Encoding: chunked\r\n\r\n{:X}\r\n",
+        envelope.len()
+    ));
+    let mut out = s.into_bytes();
+    out.extend_from_slice(envelope.as_bytes());
+    out.extend_from_slice(b"\r\n0\r\n\r\n");
+    out
 }

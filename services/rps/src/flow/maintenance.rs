@@ -154,7 +154,7 @@ impl Maintenance {
                 let props = Properties::from_element(e);
                 self.realm = props.get("DigestRealm").unwrap_or_default().to_string();
                 if !realm_is_valid(&self.realm) {
-                    return self.fail(format!("not a valid digest realm: {:?}", self.realm));
+                    return self.fail("the device's digest realm is not Digest: and 32 hex digits");
                 }
                 match self.job.clone() {
                     Job::ChangePassword { new, .. } => {
@@ -189,7 +189,13 @@ impl Maintenance {
             },
             St::GetTime => match resp.method_output("GetLowAccuracyTimeSynch") {
                 Ok((out, 0)) => {
-                    let ta0 = out.text_of("Ta0").unwrap_or_default().to_string();
+                    let Some(ta0) = out
+                        .text_of("Ta0")
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .map(|t| t.to_string())
+                    else {
+                        return self.fail("the device's clock (Ta0) is not a number");
+                    };
                     let Job::SyncTime { now } = self.job else {
                         return self.fail("unexpected state");
                     };
@@ -308,6 +314,19 @@ impl Flow for Maintenance {
                 self.restore()
             }
             Ok(Reply::Fault(f)) => self.fail(f),
+            Err(super::LinkError::Malformed(_)) if self.st != St::SetAcl => {
+                match self.link.resend() {
+                    Some(bytes) => Output::Send(bytes),
+                    None => self.fail("the device's answers were cut off three times"),
+                }
+            }
+            // Refused for certain (credentials, HTTP status): the old password stays.
+            Err(e @ (super::LinkError::Unauthorized | super::LinkError::Status(_)))
+                if self.st == St::SetAcl =>
+            {
+                self.failure = Some(e.to_string());
+                self.restore()
+            }
             Err(e) if self.st == St::SetAcl => {
                 // The answer is lost or unreadable: whether the device took the new password
                 // is unknown; the store keeps the new one (the likelier case once the request
@@ -317,6 +336,18 @@ impl Flow for Maintenance {
                 ))
             }
             Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    fn on_timeout(&mut self) -> Output {
+        if self.st == St::SetAcl {
+            return self.fail(
+                "no answer to SetAdminAclEntryEx; the stored password is the new one, check the device with it",
+            );
+        }
+        match self.link.resend() {
+            Some(bytes) => Output::Send(bytes),
+            None => self.fail("the device did not answer in time"),
         }
     }
 

@@ -15,8 +15,7 @@ use homeport_secrets::SecretString;
 
 use crate::protocol::StatusMessage;
 
-/// What a flow asks for next.
-#[derive(Debug)]
+/// What a flow asks for next. `Debug` shows sizes, not the requests (they carry passwords).
 pub enum Output {
     /// Send these HTTP bytes to the device (through the client) and feed back its answer.
     Send(Vec<u8>),
@@ -24,6 +23,16 @@ pub enum Output {
     Effect(Effect),
     /// The flow is over.
     Done(Finish),
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Send(b) => write!(f, "Send({} bytes)", b.len()),
+            Output::Effect(e) => write!(f, "Effect({e:?})"),
+            Output::Done(d) => write!(f, "Done({d:?})"),
+        }
+    }
 }
 
 /// Side effects a flow needs from outside.
@@ -38,6 +47,8 @@ pub enum Effect {
     },
     /// Register the device (create or update its registry row) in this control mode.
     Register {
+        /// The device was set up by this flow (some firmware wants a pause first).
+        after_setup: bool,
         control_mode: &'static str,
         mps_username: Option<String>,
     },
@@ -86,6 +97,9 @@ pub trait Flow: Send {
     fn on_reply(&mut self, http: &[u8]) -> Output;
     /// The outcome of the last `Effect`.
     fn on_effect(&mut self, result: Result<(), String>) -> Output;
+    /// No answer to the last `Send` within the step deadline (rpc-go sends nothing when the
+    /// firmware said nothing within its own read deadline).
+    fn on_timeout(&mut self) -> Output;
     /// WS-Man exchanges so far (for events and metrics).
     fn exchanges(&self) -> u32;
     /// The device stopped answering or the client went away: the result to report.

@@ -198,7 +198,7 @@ fn acm_plan(dev: &SimDevice, mode: u8, user: &str, password: &str, pki: &Provisi
         chain: vec![b64(&pki.leaf_der), b64(&pki.root_der)],
         key: Some(pki.key.clone()),
         mc_nonce: [7; 20],
-        mebx_password: SecretString::new("Mebx-Pass-123!"),
+        mebx_password: Some(SecretString::new("Mebx-Pass-123!")),
     });
     p
 }
@@ -418,4 +418,76 @@ fn a_new_password_is_stored_first_and_a_wrong_current_one_changes_nothing() {
     assert!(!f.ok);
     assert!(effects.is_empty());
     assert!(dev.admin_password_is("Changed-Pass2@"));
+}
+
+#[test]
+fn lost_and_cut_off_answers_are_recovered() {
+    let dev = SimDevice::unprovisioned(14, 0);
+    let lsa = lsa_password(&dev.id);
+    let mut flow = Activation::new(plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!"));
+    let (mut setup_lost, mut get_cut) = (false, false);
+    let mut out = flow.start();
+    let finish = loop {
+        out = match out {
+            Output::Done(f) => break f,
+            Output::Effect(_) => flow.on_effect(Ok(())),
+            Output::Send(req) => {
+                let text = String::from_utf8_lossy(&req).to_string();
+                let answer = dev.answer(&req).expect("the firmware answers");
+                if text.contains("Setup_INPUT") && !setup_lost {
+                    // The device applied Setup, but rpc's read deadline passed first.
+                    setup_lost = true;
+                    flow.on_timeout()
+                } else if text.contains("transfer/Get")
+                    && text.contains("AMT_RedirectionService")
+                    && !get_cut
+                {
+                    get_cut = true;
+                    flow.on_reply(&answer[..answer.len() / 2])
+                } else {
+                    flow.on_reply(&answer)
+                }
+            }
+        };
+    };
+    assert!(
+        setup_lost && get_cut,
+        "both faults were injected: {finish:?}"
+    );
+    assert!(finish.ok, "{finish:?}");
+    assert_eq!(dev.control_mode(), 1);
+    assert!(dev.admin_password_is("New-Amt-Pass1!"));
+}
+
+#[test]
+fn a_setup_whose_answer_is_lost_and_that_did_not_apply_is_reported_not_guessed() {
+    let dev = SimDevice::unprovisioned(14, 1);
+    let lsa = lsa_password(&dev.id);
+    let mut flow = Activation::new(plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!"));
+    let mut out = flow.start();
+    let finish = loop {
+        out = match out {
+            Output::Done(f) => break f,
+            Output::Effect(_) => flow.on_effect(Ok(())),
+            Output::Send(req) => {
+                if String::from_utf8_lossy(&req).contains("Setup_INPUT") {
+                    // rpc's deadline passed and the request never reached the firmware.
+                    flow.on_timeout()
+                } else {
+                    let answer = dev.answer(&req).expect("the firmware answers");
+                    flow.on_reply(&answer)
+                }
+            }
+        };
+    };
+    assert!(!finish.ok);
+    assert!(
+        finish
+            .status
+            .status
+            .as_deref()
+            .is_some_and(|s| s.contains("not applied")),
+        "{finish:?}"
+    );
+    assert_eq!(dev.control_mode(), 0);
 }
