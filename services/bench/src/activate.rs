@@ -31,6 +31,10 @@ pub struct ActivateArgs {
     /// rps wait after Setup (the reference's fixed 12 s is 12000).
     #[arg(long, default_value_t = 0)]
     settle_ms: u64,
+    /// Admin control mode: a domain with a provisioning certificate the PCs trust, AdminSetup
+    /// signed per PC, MEBx password.
+    #[arg(long)]
+    acm: bool,
     #[command(flatten)]
     backends: crate::Backends,
 }
@@ -110,14 +114,41 @@ async fn inner(
             ..Default::default()
         })
         .await?;
+    let pki = if args.acm {
+        let pki = homeport_amt_sim::provision::ProvisioningPki::generate(
+            "provisioning.sim.homeport.test",
+            "bench-pfx-pass",
+        )?;
+        admin
+            .create_domain(pb::Domain {
+                name: "bench".into(),
+                domain_suffix: "sim.homeport.test".into(),
+                provisioning_cert: pki.pfx_b64.clone(),
+                provisioning_cert_password: "bench-pfx-pass".into(),
+                ..Default::default()
+            })
+            .await?;
+        Some(pki)
+    } else {
+        None
+    };
     admin
         .create_profile(pb::Profile {
             name: "bench".into(),
-            activation: pb::Activation::Ccm as i32,
+            activation: if args.acm {
+                pb::Activation::Acm
+            } else {
+                pb::Activation::Ccm
+            } as i32,
             generate_random_password: true,
+            generate_random_mebx_password: args.acm,
             cira_config_name: "bench-cira".into(),
             dhcp_enabled: true,
-            user_consent: pb::UserConsent::All as i32,
+            user_consent: if args.acm {
+                pb::UserConsent::Kvm
+            } else {
+                pb::UserConsent::All
+            } as i32,
             kvm_enabled: true,
             sol_enabled: true,
             ider_enabled: true,
@@ -130,7 +161,13 @@ async fn inner(
     client.latency = Duration::from_millis(args.latency_ms);
     client.timeout = Duration::from_secs(600);
     let devices: Vec<SimDevice> = (0..args.devices)
-        .map(|i| SimDevice::unprovisioned(7, i))
+        .map(|i| {
+            let mut d = SimDevice::unprovisioned(7, i);
+            if let Some(pki) = &pki {
+                d.trust_root(&pki.root_der);
+            }
+            d
+        })
         .collect();
     let (rss_idle, cpu0) = homeport_telemetry::usage_of(&rps.pid()).unwrap_or_default();
     eprintln!(
@@ -206,6 +243,7 @@ async fn inner(
         "devices": args.devices,
         "concurrency": args.concurrency,
         "latency_ms": args.latency_ms,
+        "mode": if args.acm { "acm" } else { "ccm" },
         "activations": ok,
         "failures": failures,
         "seconds": round(elapsed.as_secs_f64()),
