@@ -154,7 +154,8 @@ pub fn to_open_amt(ev: &proto::Event) -> serde_json::Value {
             format!("Device {}", r.change),
             format!("Device_{}", r.change),
         ),
-        // The reference's rps wording (openamt-rps.md §5).
+        // The reference's rps wording (openamt-rps.md §5): "Failed to activate",
+        // "Device activated in <status>", method "Activator".
         Some(Payload::Provisioning(p)) if p.outcome == "failed" => (
             "fail",
             format!(
@@ -164,11 +165,19 @@ pub fn to_open_amt(ev: &proto::Event) -> serde_json::Value {
             ),
             "Activator".to_string(),
         ),
+        Some(Payload::Provisioning(p)) if p.outcome == "activated" => (
+            "success",
+            format!(
+                "Device activated in {}",
+                p.status.get("Status").map_or("", String::as_str)
+            ),
+            "Activator".to_string(),
+        ),
         Some(Payload::Provisioning(p)) => (
             "success",
             format!(
-                "Device {} in {}",
-                p.outcome,
+                "{}: {}",
+                p.flow,
                 p.status.get("Status").map_or("", String::as_str)
             ),
             "Activator".to_string(),
@@ -307,6 +316,24 @@ mod tests {
             (v["type"].as_str(), v["methods"][0].as_str()),
             (Some("fail"), Some("AMT_HardwareInfo"))
         );
+        ev.payload = Some(Payload::Provisioning(proto::Provisioning {
+            flow: "activate".into(),
+            outcome: "activated".into(),
+            status: [("Status".to_string(), "Client control mode.".to_string())].into(),
+            ..Default::default()
+        }));
+        let v = to_open_amt(&ev);
+        assert_eq!(v["message"], "Device activated in Client control mode.");
+        assert_eq!(v["methods"][0], "Activator");
+        ev.payload = Some(Payload::Provisioning(proto::Provisioning {
+            flow: "activate".into(),
+            outcome: "failed".into(),
+            status: [("Status".to_string(), "Profile p not found".to_string())].into(),
+            ..Default::default()
+        }));
+        let v = to_open_amt(&ev);
+        assert_eq!(v["type"], "fail");
+        assert_eq!(v["message"], "Failed to activate: Profile p not found");
         ev.device_guid.clear();
         assert!(to_open_amt(&ev).get("guid").is_none());
     }
