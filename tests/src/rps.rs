@@ -30,6 +30,8 @@ pub fn rps_config() -> RpsConfig {
         handshake_timeout_secs: 5,
         max_message_bytes: 102_400,
         max_flows: 1000,
+        max_handshakes: 1024,
+        max_handshakes_per_source: 64,
         setup_settle_ms: 0,
     }
 }

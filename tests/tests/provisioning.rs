@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use homeport_amt_sim::provision::{Message, RpcClient, SimDevice};
+use homeport_amt_sim::provision::{Message, RpcClient, RpcFault, SimDevice};
 use homeport_amt_sim::SimConfig;
 use homeport_proto::device::v1 as dpb;
 use homeport_proto::provisioning::v1 as pb;
 use homeport_secrets::DeviceSecrets;
 use homeport_tests::command::{command_config, TEST_JWT_SECRET};
-use homeport_tests::procs::{bin, free_port, wait_ready};
+use homeport_tests::procs::{bin, free_port};
 use homeport_tests::rps::{admin_client, ccm_profile_with_cira, rps_config};
 use homeport_tests::{nats_url, wait_until, TestEnv};
 use prost::Message as _;
@@ -28,38 +28,67 @@ struct RpsProcess {
 }
 
 impl RpsProcess {
+    /// Starts an rps process on free ports; a start that loses a port to a parallel test
+    /// (the process exits before it is ready) is tried again on others.
     async fn start(env: &TestEnv, name: &str) -> RpsProcess {
-        let (port, grpc, health) = (free_port(), free_port(), free_port());
         let jwt = env.dir.join("jwt.key");
         std::fs::write(&jwt, TEST_JWT_SECRET).unwrap();
         let log = env.dir.join(format!("{name}.log"));
-        let mut child = Command::new(bin("rps"))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOMEPORT_NATS_URL", nats_url())
-            .env("HOMEPORT_SUBJECT_PREFIX", env.names.prefix())
-            .env("HOMEPORT_DATABASE_URL", env.database_url())
-            .env("HOMEPORT_SECRETS_FILE", env.dir.join("secrets.enc"))
-            .env("HOMEPORT_SECRETS_KEY_FILE", env.dir.join("secrets.key"))
-            .env("HOMEPORT_EVENTS_MAX_BYTES", (64 << 20).to_string())
-            .env("HOMEPORT_JWT_HS256_SECRET_FILE", &jwt)
-            .env("HOMEPORT_RPS_LISTEN", format!("127.0.0.1:{port}"))
-            .env("HOMEPORT_GRPC_LISTEN", format!("127.0.0.1:{grpc}"))
-            .env("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}"))
-            // Debug lines too: none of them may carry a secret.
-            .env("HOMEPORT_LOG", "debug")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        wait_ready(name, health, &mut child).await;
-        RpsProcess {
-            child,
-            port,
-            grpc,
-            log,
+        for attempt in 1..=3 {
+            let (port, grpc, health) = (free_port(), free_port(), free_port());
+            let out = std::fs::File::create(&log).unwrap();
+            let err = out.try_clone().unwrap();
+            let mut child = Command::new(bin("rps"))
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("HOMEPORT_NATS_URL", nats_url())
+                .env("HOMEPORT_SUBJECT_PREFIX", env.names.prefix())
+                .env("HOMEPORT_DATABASE_URL", env.database_url())
+                .env("HOMEPORT_SECRETS_FILE", env.dir.join("secrets.enc"))
+                .env("HOMEPORT_SECRETS_KEY_FILE", env.dir.join("secrets.key"))
+                .env("HOMEPORT_EVENTS_MAX_BYTES", (64 << 20).to_string())
+                .env("HOMEPORT_JWT_HS256_SECRET_FILE", &jwt)
+                .env("HOMEPORT_RPS_LISTEN", format!("127.0.0.1:{port}"))
+                .env("HOMEPORT_GRPC_LISTEN", format!("127.0.0.1:{grpc}"))
+                .env("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}"))
+                // Debug lines too: none of them may carry a secret.
+                .env("HOMEPORT_LOG", "debug")
+                .stdout(out)
+                .stderr(err)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let ready = tokio::process::Command::new("bash")
+                    .arg(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/../scripts/healthcheck.sh"
+                    ))
+                    .arg(health.to_string())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .await
+                    .unwrap()
+                    .success();
+                if ready {
+                    return RpsProcess {
+                        child,
+                        port,
+                        grpc,
+                        log,
+                    };
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    assert!(attempt < 3, "{name} exited: {status}\n{text}");
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "{name} not ready");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
+        unreachable!("three attempts")
     }
 
     fn url(&self) -> String {
@@ -659,4 +688,74 @@ fn chrono_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_hold_no_place_or_slot_beyond_their_deadlines() {
+    use tokio::io::AsyncReadExt;
+    let env = TestEnv::new("provhost").await;
+    homeport_cira_ingress::tls::load_or_generate(&env.secrets, "localhost", &[])
+        .await
+        .unwrap();
+    let mut config = rps_config();
+    config.handshake_timeout_secs = 3;
+    config.step_timeout_secs = 2;
+    config.max_handshakes_per_source = 4;
+    config.max_flows = 1;
+    let rps = env.start_rps(config).await;
+    let mut admin = rps.admin("acme").await;
+    ccm_profile_with_cira(&mut admin, "ccm", "127.0.0.1:4433".parse().unwrap()).await;
+
+    // Four sockets that never speak fill this source's handshake places; a fifth is closed
+    // before any TLS (its handshake fails), and the four are closed at their deadline.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(rps.clients).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = client(&rps.url(), "acme");
+    let refused = SimDevice::unprovisioned(34, 0)
+        .rpc(&c, "activate --profile ccm", None)
+        .await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("connecting")),
+        "no TLS for a fifth handshake from the source: {refused:?}"
+    );
+    for mut s in idle {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await;
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "an idle socket is closed at the handshake deadline: {n:?}"
+        );
+    }
+
+    // A PC that stops answering holds the only flow slot until its step deadlines run out
+    // (the request is sent again twice); meanwhile another valid request is told to retry.
+    let mut hung = SimDevice::unprovisioned(34, 1);
+    hung.fault = RpcFault::StallFrom(2);
+    let hung_flow = {
+        let c = c.clone();
+        tokio::spawn(async move { hung.rpc(&c, "activate --profile ccm", None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let busy = SimDevice::unprovisioned(34, 2)
+        .rpc(&c, "activate --profile ccm", None)
+        .await
+        .unwrap();
+    assert!(!busy.ok && busy.message.contains("busy"), "{busy:?}");
+    let hung_result = hung_flow.await.unwrap().unwrap();
+    assert!(!hung_result.ok, "{hung_result:?}");
+    assert!(
+        hung_result.message.contains("sent three times"),
+        "{hung_result:?}"
+    );
+    // Everything given back: the next PC activates.
+    let ok = SimDevice::unprovisioned(34, 3)
+        .rpc(&c, "activate --profile ccm", None)
+        .await
+        .unwrap();
+    assert!(ok.ok, "{ok:?}");
+    rps.stop().await;
+    env.cleanup().await;
 }

@@ -62,6 +62,9 @@ pub enum RpcFault {
     DropAt(u32),
     /// Report trusted-root hashes that match nothing.
     WrongHashes,
+    /// From the n-th WS-Man request on (1-based), never answer but keep the connection open
+    /// (a PC that hung): the server's deadlines must end the flow.
+    StallFrom(u32),
 }
 
 /// Where and how the simulated rpc clients connect.
@@ -395,6 +398,9 @@ impl SimDevice {
                     if self.fault == RpcFault::DropAt(exchanges) {
                         let _ = ws.close(None).await;
                         return Err(RpcError::Dropped(exchanges));
+                    }
+                    if matches!(self.fault, RpcFault::StallFrom(n) if exchanges >= n) {
+                        continue;
                     }
                     let request = B64
                         .decode(env["payload"].as_str().unwrap_or_default())

@@ -328,6 +328,8 @@ async fn start_rps(
         handshake_timeout_secs: 10,
         max_message_bytes: 102_400,
         max_flows: 10_000,
+        max_handshakes: 1024,
+        max_handshakes_per_source: 64,
         setup_settle_ms: 0,
     };
     let auth = config.jwt.authenticator()?;

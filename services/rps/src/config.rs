@@ -47,10 +47,22 @@ pub struct RpsConfig {
         default_value_t = 102_400
     )]
     pub max_message_bytes: usize,
-    /// Flows in progress at once on this replica; more connections wait for a slot (up to
-    /// the handshake timeout), so memory stays bounded.
+    /// Flows in progress at once on this replica; a valid request beyond it waits for a slot
+    /// (up to the handshake timeout), so memory stays bounded.
     #[arg(long, env = "HOMEPORT_RPS_MAX_FLOWS", default_value_t = 10_000)]
     pub max_flows: usize,
+    /// Connections between accept and their first message, at once; more are closed at once
+    /// (a flood of idle sockets costs a task and TLS state each).
+    #[arg(long, env = "HOMEPORT_RPS_MAX_HANDSHAKES", default_value_t = 1024)]
+    pub max_handshakes: usize,
+    /// Of those, at most this many from one source address (IPv6: one /64); a site's PCs
+    /// behind one NAT address activate a few at a time.
+    #[arg(
+        long,
+        env = "HOMEPORT_RPS_MAX_HANDSHAKES_PER_SOURCE",
+        default_value_t = 64
+    )]
+    pub max_handshakes_per_source: usize,
     /// Wait after Setup before the device is used with its new password (the reference's
     /// fixed 12 s; current firmware needs none).
     #[arg(long, env = "HOMEPORT_RPS_SETUP_SETTLE_MS", default_value_t = 0)]
@@ -84,8 +96,11 @@ impl RpsConfig {
         if !(4096..=16 << 20).contains(&self.max_message_bytes) {
             return Err("--max-message-bytes must be between 4096 and 16 MiB".into());
         }
-        if self.max_flows == 0 {
-            return Err("--max-flows must be positive".into());
+        if self.max_flows == 0 || self.max_handshakes == 0 || self.max_handshakes_per_source == 0 {
+            return Err(
+                "--max-flows, --max-handshakes and --max-handshakes-per-source must be positive"
+                    .into(),
+            );
         }
         Ok(())
     }

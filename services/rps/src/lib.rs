@@ -8,6 +8,7 @@ pub mod acm;
 mod admin;
 pub mod config;
 pub mod flow;
+pub mod limits;
 pub mod protocol;
 mod session;
 pub mod specs;
@@ -73,6 +74,7 @@ pub(crate) struct Inner {
     pub metrics: Metrics,
     pub nats: async_nats::Client,
     pub slots: Arc<tokio::sync::Semaphore>,
+    pub handshakes: Arc<limits::Handshakes>,
     /// Decoded provisioning certificates by (tenant, domain), with the domain version they
     /// were decoded for: PKCS#12 decoding costs key-derivation rounds, once per version.
     pub provisioning_certs: std::sync::Mutex<CertCache>,
@@ -171,6 +173,10 @@ impl Rps {
         });
         let inner = Arc::new(Inner {
             slots: Arc::new(tokio::sync::Semaphore::new(parts.config.max_flows)),
+            handshakes: limits::Handshakes::new(
+                parts.config.max_handshakes,
+                parts.config.max_handshakes_per_source,
+            ),
             config: parts.config,
             source: format!("rps/{}", parts.instance),
             names: parts.names,
@@ -301,6 +307,11 @@ impl Observable for Observed {
             "homeport_rps_flows_in_flight",
             "Client connections being served.",
             m.in_flight.get(),
+        );
+        e.gauge(
+            "homeport_rps_handshakes",
+            "Connections between accept and their first message.",
+            i64::try_from(self.0.handshakes.held()).unwrap_or(i64::MAX),
         );
         e.histogram(
             "homeport_rps_flow_seconds",

@@ -63,14 +63,12 @@ pub(crate) async fn handle(
     peer: SocketAddr,
 ) {
     let handshake_deadline = tokio::time::Instant::now() + inner.config.handshake_timeout();
-    // A slot per flow in progress: beyond the bound, connections wait (not memory).
-    let permit = match timeout_at(handshake_deadline, inner.slots.clone().acquire_owned()).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            inner.metrics.refused.inc();
-            tracing::warn!(%peer, "no flow slot within the handshake timeout; connection closed");
-            return;
-        }
+    // Until its first message a connection holds a handshake place, from a global and a
+    // per-source budget; without one it is closed at once, before any TLS work.
+    let Some(place) = inner.handshakes.enter(peer.ip()) else {
+        inner.metrics.refused.inc();
+        tracing::debug!(%peer, "too many connections in their handshake; closed");
+        return;
     };
     let _ = tcp.set_nodelay(true);
     let tls = match timeout_at(handshake_deadline, tls_accept(&acceptor, tcp)).await {
@@ -104,9 +102,8 @@ pub(crate) async fn handle(
         }
     };
     inner.metrics.in_flight.inc();
-    run(&inner, ws, peer, handshake_deadline).await;
+    run(&inner, ws, peer, handshake_deadline, place).await;
     inner.metrics.in_flight.dec();
-    drop(permit);
 }
 
 async fn tls_accept(
@@ -193,6 +190,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     mut ws: Ws<S>,
     peer: SocketAddr,
     handshake_deadline: tokio::time::Instant,
+    place: crate::limits::Place,
 ) {
     let step = inner.config.step_timeout();
     let first = match next_envelope(&mut ws, handshake_deadline).await {
@@ -233,6 +231,22 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         refuse(&mut ws, "invalid tenantId", step).await;
         return;
     }
+    // A valid request: it leaves the handshake budget and waits (bounded) for a flow slot.
+    drop(place);
+    let _slot = match timeout_at(handshake_deadline, inner.slots.clone().acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            inner.metrics.refused.inc();
+            tracing::warn!(%peer, "no flow slot in time; request refused");
+            refuse(
+                &mut ws,
+                "Homeport is busy provisioning other devices; try again",
+                inner.config.step_timeout(),
+            )
+            .await;
+            return;
+        }
+    };
     let flow_deadline = tokio::time::Instant::now() + inner.config.flow_timeout();
     let mut ctx = Ctx {
         guid: facts.guid.clone(),
