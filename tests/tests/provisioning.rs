@@ -657,6 +657,47 @@ async fn admin_control_mode_through_rps_with_a_domain_certificate_the_device_tru
     );
     assert_eq!(upgraded.control_mode(), 2);
 
+    // A profile with a Wi-Fi link: the profile goes onto the device (passphrase from the
+    // secret store), after the wired settings.
+    admin
+        .create_wireless_config(pb::WirelessConfig {
+            name: "office".into(),
+            authentication_method: 6,
+            encryption_method: 4,
+            ssid: "Office".into(),
+            psk_passphrase: "correct horse battery".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .create_profile(pb::Profile {
+            name: "wifi".into(),
+            activation: pb::Activation::Ccm as i32,
+            generate_random_password: true,
+            dhcp_enabled: true,
+            ip_sync_enabled: true,
+            wifi_configs: vec![pb::WifiLink {
+                profile_name: "office".into(),
+                priority: 1,
+            }],
+            user_consent: pb::UserConsent::All as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let roaming = SimDevice::unprovisioned(33, 5);
+    let r = roaming
+        .rpc(&c, "activate --profile wifi", None)
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        r.status("Network").as_deref(),
+        Some("Wired Network Configured. Wireless Configured (1 profile)")
+    );
+    assert_eq!(roaming.wifi().0, [("Office".to_string(), 1)]);
+
     // Every outcome reaches the audit trail.
     let filter = homeport_store::AuditFilter {
         kind: Some("activated".into()),
@@ -670,12 +711,12 @@ async fn admin_control_mode_through_rps_with_a_domain_certificate_the_device_tru
             .await
             .unwrap()
             .len();
-        if stored_outcomes >= 3 {
+        if stored_outcomes >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(stored_outcomes, 3, "three activations in the audit trail");
+    assert_eq!(stored_outcomes, 4, "four activations in the audit trail");
     fleet.stop().await;
     rps.stop().await;
     audit.stop().await;

@@ -273,6 +273,21 @@ impl SimDevice {
         }
     }
 
+    /// Wi-Fi: the profiles' (SSID, priority), local profile sync, the port's state.
+    pub fn wifi(&self) -> (Vec<(String, u32)>, u32, u32) {
+        let m = self.slot.lock();
+        m.remote.as_ref().map_or((Vec::new(), 0, 3), |r| {
+            (
+                r.wifi
+                    .iter()
+                    .map(|p| (p.ssid.clone(), p.priority))
+                    .collect(),
+                r.wifi_local_sync,
+                r.wifi_port_state,
+            )
+        })
+    }
+
     /// Whether SetMEBxPassword was applied.
     pub fn mebx_set(&self) -> bool {
         self.slot.lock().remote.as_ref().is_some_and(|r| r.mebx_set)

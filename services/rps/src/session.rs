@@ -22,7 +22,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::flow::activation::{AcmPlan, Activation, CiraPlan, Features, Plan};
+use crate::flow::activation::{
+    AcmPlan, Activation, CiraPlan, Features, NetworkPlan, Plan, WifiPlan, WifiProfile,
+};
 use crate::flow::deactivation::Deactivation;
 use crate::flow::maintenance::{IpConfig, Job, Maintenance};
 use crate::flow::{mode_name, Effect, Finish, Flow, Output};
@@ -688,6 +690,11 @@ async fn prepare(
                 features,
                 cira,
                 acm,
+                network: Some(NetworkPlan {
+                    dhcp: spec.dhcp_enabled,
+                    ip_sync: spec.ip_sync_enabled,
+                }),
+                wifi: wifi_plan(inner, ctx, &spec).await?,
             })))
         }
         Command::Deactivate { force } => {
@@ -878,6 +885,47 @@ async fn acm_plan(
         key: Some(cert.key.clone()),
         mc_nonce,
         mebx_password: Some(mebx),
+    })
+}
+
+/// The profile's Wi-Fi links with their settings and passphrases, by priority.
+async fn wifi_plan(inner: &Inner, ctx: &Ctx, spec: &ProfileSpec) -> Result<WifiPlan, Refusal> {
+    let mut profiles = Vec::new();
+    for (name, priority) in &spec.wifi_configs {
+        let record = inner
+            .store
+            .get_config(&ctx.tenant, specs::WIRELESS, name)
+            .await
+            .map_err(store_down)?
+            .ok_or_else(|| {
+                Refusal::Other(format!(
+                    "wireless config {name} of the profile does not exist"
+                ))
+            })?;
+        let w: specs::WirelessSpec = serde_json::from_value(record.spec)
+            .map_err(|e| Refusal::Other(format!("wireless config {name} is unreadable: {e}")))?;
+        let passphrase = inner
+            .secrets
+            .get(&specs::secret_path(&ctx.tenant, specs::WIRELESS, name))
+            .await
+            .map_err(store_down)?
+            .and_then(|m| m.get(specs::PSK_PASSPHRASE).cloned())
+            .ok_or_else(|| {
+                Refusal::Other(format!("wireless config {name} has no stored passphrase"))
+            })?;
+        profiles.push(WifiProfile {
+            name: record.name,
+            ssid: w.ssid,
+            authentication_method: w.authentication_method,
+            encryption_method: w.encryption_method,
+            priority: *priority,
+            passphrase,
+        });
+    }
+    profiles.sort_by_key(|p| p.priority);
+    Ok(WifiPlan {
+        local_sync: spec.local_wifi_sync_enabled,
+        profiles,
     })
 }
 

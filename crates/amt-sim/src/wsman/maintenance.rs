@@ -156,7 +156,7 @@ fn ethernet(ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
         .s("ElementName", "Intel(r) AMT Ethernet Port Settings")
         .s("InstanceID", WIRELESS)
         .v("LinkIsUp", false)
-        .s("MACAddress", "00-00-00-00-00-00");
+        .s("MACAddress", "a4-ae-11-1e-46-54");
     vec![w.finish(ETHERNET, AMT), wireless.finish(ETHERNET, AMT)]
 }
 

@@ -18,6 +18,7 @@ pub(crate) mod power;
 pub(crate) mod provisioning;
 pub(crate) mod render;
 pub(crate) mod setup;
+pub(crate) mod wifi;
 pub(crate) mod xml;
 
 use crate::identity::Identity;
@@ -105,8 +106,9 @@ impl Class {
     }
 }
 
-const TABLES: [&[Class]; 9] = [
+const TABLES: [&[Class]; 10] = [
     power::CLASSES,
+    wifi::CLASSES,
     maintenance::CLASSES,
     provisioning::CLASSES,
     setup::CLASSES,

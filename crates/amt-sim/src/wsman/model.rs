@@ -102,6 +102,20 @@ pub struct RemoteAccess {
     pub hostname: Option<String>,
     /// The wired interface's AMT_EthernetPortSettings.
     pub wired: Wired,
+    /// Wi-Fi profiles added over WS-Man.
+    pub wifi: Vec<WifiProfile>,
+    /// AMT_WiFiPortConfigurationService.localProfileSynchronizationEnabled.
+    pub wifi_local_sync: u32,
+    /// CIM_WiFiPort EnabledState (3 disabled, 32769 enabled in S0 and Sx/AC).
+    pub wifi_port_state: u32,
+}
+
+/// One Wi-Fi profile (what the simulator keeps of CIM_WiFiEndpointSettings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WifiProfile {
+    pub instance_id: String,
+    pub ssid: String,
+    pub priority: u32,
 }
 
 /// Wired network settings of AMT (what syncip changes).
@@ -149,6 +163,9 @@ impl Default for RemoteAccess {
             clock_offset: 0,
             hostname: None,
             wired: Wired::default(),
+            wifi: Vec::new(),
+            wifi_local_sync: 0,
+            wifi_port_state: 3,
         }
     }
 }

@@ -27,6 +27,14 @@ pub const PUBLIC_KEY_MANAGEMENT: Class = Class::amt("AMT_PublicKeyManagementServ
 pub const PUBLIC_KEY_CERTIFICATE: Class = Class::amt("AMT_PublicKeyCertificate");
 pub const USER_INITIATED_CONNECTION: Class = Class::amt("AMT_UserInitiatedConnectionService");
 pub const ENVIRONMENT_DETECTION: Class = Class::amt("AMT_EnvironmentDetectionSettingData");
+pub const ETHERNET_PORT: Class = Class::amt("AMT_EthernetPortSettings");
+pub const WIFI_PORT_SERVICE: Class = Class::amt("AMT_WiFiPortConfigurationService");
+pub const WIFI_PORT: Class = Class::cim("CIM_WiFiPort");
+pub const WIFI_ENDPOINT_SETTINGS: Class = Class::cim("CIM_WiFiEndpointSettings");
+/// The wireless interface's settings instance.
+const WIRELESS: &str = "Intel(r) AMT Ethernet Port Settings 1";
+/// The wired interface's settings instance.
+const WIRED: &str = "Intel(r) AMT Ethernet Port Settings 0";
 
 /// Policy rules the unconfiguration removes, in the reference's order.
 const POLICY_RULES: [&str; 3] = ["User Initiated", "Alert", "Periodic"];
@@ -82,6 +90,35 @@ pub struct Plan {
     pub cira: Option<CiraPlan>,
     /// Admin control mode: the provisioning certificate and what AdminSetup needs.
     pub acm: Option<AcmPlan>,
+    /// Wired network settings (openamt-rps.md §2.5); `None` leaves the network as it is.
+    pub network: Option<NetworkPlan>,
+    pub wifi: WifiPlan,
+}
+
+/// Wi-Fi as the profile wants it: profiles added in priority order, local profile sync.
+#[derive(Clone, Debug, Default)]
+pub struct WifiPlan {
+    pub local_sync: bool,
+    pub profiles: Vec<WifiProfile>,
+}
+
+/// One Wi-Fi profile with its passphrase (from the secret store).
+#[derive(Clone, Debug)]
+pub struct WifiProfile {
+    pub name: String,
+    pub ssid: String,
+    pub authentication_method: u32,
+    pub encryption_method: u32,
+    pub priority: u32,
+    pub passphrase: SecretString,
+}
+
+/// The wired interface as the profile wants it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkPlan {
+    pub dhcp: bool,
+    /// AMT follows the OS's address (static profiles; DHCP ones always sync).
+    pub ip_sync: bool,
 }
 
 /// What admin control mode needs (openamt-rps.md §2.2 crypto details).
@@ -137,6 +174,17 @@ enum St {
     EnumerateCerts,
     PullCerts,
     DeleteCert,
+    EnumerateWifi,
+    PullWifi,
+    DeleteWifi,
+    GetWifiService,
+    PutWifiService,
+    EnableWifiPort,
+    AddWifi(usize),
+    PutGeneral,
+    EnumerateEthernet,
+    PullEthernet,
+    PutEthernet,
     GetRedirection,
     GetKvm,
     GetOptIn,
@@ -172,6 +220,10 @@ pub struct Activation {
     pages: u32,
     /// CheckSetup is trying the new admin credentials (the lost setup may have applied them).
     checking_as_admin: bool,
+    /// AMT_GeneralSettings as first read.
+    general: Option<Properties>,
+    /// The device has a wireless interface (AMT_EthernetPortSettings 1 with a MAC).
+    has_wireless: bool,
 }
 
 impl Activation {
@@ -192,6 +244,8 @@ impl Activation {
             fw_nonce: Vec::new(),
             pages: 0,
             checking_as_admin: false,
+            general: None,
+            has_wireless: false,
         }
     }
 
@@ -374,8 +428,39 @@ impl Activation {
             },
             St::DeleteCert => match self.doomed.last() {
                 Some(id) => Request::delete(PUBLIC_KEY_CERTIFICATE).with_selector("InstanceID", id),
-                None => return self.enter(St::GetRedirection),
+                None => return self.enter(St::EnumerateWifi),
             },
+            St::EnumerateWifi => {
+                self.pages = 0;
+                Request::enumerate(WIFI_ENDPOINT_SETTINGS)
+            }
+            St::PullWifi => unreachable_pull(),
+            St::DeleteWifi => match self.doomed.last() {
+                Some(id) => Request::delete(WIFI_ENDPOINT_SETTINGS).with_selector("InstanceID", id),
+                None => return self.network(),
+            },
+            St::GetWifiService => Request::get(WIFI_PORT_SERVICE),
+            St::PutWifiService => unreachable_pull(),
+            St::EnableWifiPort => Request::invoke(
+                WIFI_PORT,
+                "RequestStateChange",
+                &[("RequestedState", "32769".into())],
+            ),
+            St::AddWifi(i) => {
+                let Some(w) = p.wifi.profiles.get(*i) else {
+                    return self.after_wifi();
+                };
+                add_wifi_settings(w)
+            }
+            St::PutGeneral => {
+                let mut props = self.general.clone().unwrap_or_default();
+                props.set("SharedFQDN", "true");
+                props.set("AMTNetworkEnabled", "1");
+                props.set("RmcpPingResponseEnabled", "true");
+                props.to_put(amt::GENERAL_SETTINGS)
+            }
+            St::EnumerateEthernet => Request::enumerate(ETHERNET_PORT),
+            St::PullEthernet | St::PutEthernet => unreachable_pull(),
             St::GetRedirection => Request::get(amt::REDIRECTION_SERVICE),
             St::GetKvm => Request::get(amt::KVM_REDIRECTION_SAP),
             St::GetOptIn => Request::get(amt::OPT_IN_SERVICE),
@@ -496,6 +581,9 @@ impl Activation {
                     return self.fail("the device's digest realm is not Digest: and 32 hex digits");
                 }
                 self.realm = realm;
+                self.general = amt::instance(&resp, amt::GENERAL_SETTINGS)
+                    .ok()
+                    .map(Properties::from_element);
                 self.enter(St::SaveSecrets)
             }
             St::Setup => match resp.method_output("Setup") {
@@ -640,6 +728,135 @@ impl Activation {
                 self.enter(st)
             }
             St::DeletePolicy(i) => self.next_policy(i),
+            St::EnumerateWifi => match amt::enumeration_context(&resp) {
+                Ok(ctx) => {
+                    self.st = St::PullWifi;
+                    self.send(&Request::pull(WIFI_ENDPOINT_SETTINGS, &ctx))
+                }
+                // No Wi-Fi on this device: nothing to remove.
+                Err(_) => self.network(),
+            },
+            St::PullWifi => {
+                let Ok(page) = pull_page(&resp) else {
+                    return self.fail("unreadable CIM_WiFiEndpointSettings");
+                };
+                self.pages += 1;
+                if self.pages > MAX_PAGES || self.doomed.len() + page.items.len() > MAX_ITEMS {
+                    return self.fail("the device listed more entries than AMT holds");
+                }
+                // Priority 0 is a profile the OS synchronised; only those a server added go.
+                self.doomed.extend(
+                    page.items
+                        .iter()
+                        .filter(|e| e.text_of("Priority").is_some_and(|p| p != "0"))
+                        .filter_map(|e| e.text_of("InstanceID"))
+                        .map(str::to_string),
+                );
+                if !page.end_of_sequence {
+                    if let Some(ctx) = page.context {
+                        return self.send(&Request::pull(WIFI_ENDPOINT_SETTINGS, &ctx));
+                    }
+                }
+                self.enter(St::DeleteWifi)
+            }
+            St::DeleteWifi => {
+                self.doomed.pop();
+                self.enter(St::DeleteWifi)
+            }
+            St::GetWifiService => {
+                let Ok(e) = amt::instance(&resp, WIFI_PORT_SERVICE) else {
+                    return self.fail("no AMT_WiFiPortConfigurationService");
+                };
+                let props = Properties::from_element(e);
+                let want = if self.plan.wifi.local_sync { "3" } else { "0" };
+                let is_on = props.get("localProfileSynchronizationEnabled").unwrap_or("0") != "0";
+                if is_on != self.plan.wifi.local_sync {
+                    let mut put = props.clone();
+                    put.set("localProfileSynchronizationEnabled", want);
+                    self.st = St::PutWifiService;
+                    return self.send(&put.to_put(WIFI_PORT_SERVICE));
+                }
+                self.enter(St::EnableWifiPort)
+            }
+            St::PutWifiService => self.enter(St::EnableWifiPort),
+            St::EnableWifiPort => match resp.method_output("RequestStateChange") {
+                Ok((_, 0)) => self.enter(St::AddWifi(0)),
+                Ok((_, rv)) => self.fail(format!(
+                    "enabling the Wi-Fi port returned {rv} ({})",
+                    amt::return_value_text(rv)
+                )),
+                Err(e) => self.fail(e.to_string()),
+            },
+            St::AddWifi(i) => match resp.method_output("AddWiFiSettings") {
+                Ok((_, 0)) => self.enter(St::AddWifi(i + 1)),
+                Ok((_, rv)) => {
+                    let name = self.plan.wifi.profiles.get(i).map(|w| w.name.clone()).unwrap_or_default();
+                    self.fail(format!(
+                        "adding Wi-Fi profile {name} returned {rv} ({})",
+                        amt::return_value_text(rv)
+                    ))
+                }
+                Err(e) => self.fail(e.to_string()),
+            },
+            St::PutGeneral => self.enter(St::EnumerateEthernet),
+            St::EnumerateEthernet => match amt::enumeration_context(&resp) {
+                Ok(ctx) => {
+                    self.st = St::PullEthernet;
+                    self.send(&Request::pull(ETHERNET_PORT, &ctx))
+                }
+                Err(e) => self.fail(format!("AMT_EthernetPortSettings: {e}")),
+            },
+            St::PullEthernet => {
+                let Ok(page) = pull_page(&resp) else {
+                    return self.fail("unreadable AMT_EthernetPortSettings");
+                };
+                let wired = page
+                    .items
+                    .iter()
+                    .find(|e| e.text_of("InstanceID") == Some(WIRED))
+                    .map(|e| Properties::from_element(e));
+                self.has_wireless = page.items.iter().any(|e| {
+                    e.text_of("InstanceID") == Some(WIRELESS)
+                        && e.text_of("MACAddress").is_some_and(|m| m != "00-00-00-00-00-00")
+                });
+                let (Some(wired), Some(net)) = (wired, self.plan.network) else {
+                    // A wireless-only device: nothing to set on a wired interface.
+                    self.status.network = Some("No wired interface".into());
+                    return self.wireless();
+                };
+                let is = |k: &str| wired.get(k) == Some("true");
+                let (dhcp, sync) = (net.dhcp, net.dhcp || net.ip_sync);
+                if is("DHCPEnabled") == dhcp && is("IpSyncEnabled") == sync && is("SharedStaticIp") == (!dhcp && sync) {
+                    self.status.network = Some("Wired Network Configured".into());
+                    return self.wireless();
+                }
+                if !dhcp && !sync && (wired.get("IPAddress").unwrap_or_default().is_empty() || wired.get("SubnetMask").unwrap_or_default().is_empty()) {
+                    return self.fail("a static profile without IP sync needs the device's IP address and mask set first");
+                }
+                let mut put = wired.clone();
+                put.set("DHCPEnabled", dhcp.to_string());
+                put.set("IpSyncEnabled", sync.to_string());
+                put.set("SharedStaticIp", (!dhcp && sync).to_string());
+                if dhcp {
+                    for k in ["IPAddress", "SubnetMask", "DefaultGateway", "PrimaryDNS", "SecondaryDNS"] {
+                        put.0.retain(|(n, _)| n != k);
+                    }
+                }
+                self.st = St::PutEthernet;
+                self.send(&put.to_put(ETHERNET_PORT).with_selector("InstanceID", WIRED))
+            }
+            St::PutEthernet => {
+                let applied = amt::instance(&resp, ETHERNET_PORT)
+                    .ok()
+                    .and_then(|e| e.text_of("DHCPEnabled").map(|v| v == "true"));
+                match (applied, self.plan.network) {
+                    (Some(d), Some(net)) if d == net.dhcp => {
+                        self.status.network = Some("Wired Network Configured".into());
+                        self.wireless()
+                    }
+                    _ => self.fail("the device did not take the wired network settings"),
+                }
+            }
             St::GetRedirection => match feat::redirection(&resp) {
                 Ok(r) => {
                     self.redirection = Some(r);
@@ -766,6 +983,56 @@ impl Activation {
         }
     }
 
+    /// The network step: general settings AMT needs on the network, then the wired interface.
+    fn network(&mut self) -> Output {
+        if self.plan.network.is_none() {
+            return self.enter(St::GetRedirection);
+        }
+        let g = self.general.clone().unwrap_or_default();
+        let needs_put = g.get("SharedFQDN") != Some("true")
+            || g.get("AMTNetworkEnabled") != Some("1")
+            || g.get("RmcpPingResponseEnabled") != Some("true");
+        if needs_put && self.general.is_some() {
+            self.enter(St::PutGeneral)
+        } else {
+            self.enter(St::EnumerateEthernet)
+        }
+    }
+
+    /// Wi-Fi, when the profile asks for it and the device has a wireless interface.
+    fn wireless(&mut self) -> Output {
+        let w = &self.plan.wifi;
+        if !w.local_sync && w.profiles.is_empty() {
+            return self.enter(St::GetRedirection);
+        }
+        if !self.has_wireless {
+            self.add_network_status("No wireless interface");
+            return self.enter(St::GetRedirection);
+        }
+        self.enter(St::GetWifiService)
+    }
+
+    fn after_wifi(&mut self) -> Output {
+        let n = self.plan.wifi.profiles.len();
+        let text = if n == 0 {
+            "Wireless Only Local Profile Sync Configured".to_string()
+        } else {
+            format!(
+                "Wireless Configured ({n} profile{})",
+                if n == 1 { "" } else { "s" }
+            )
+        };
+        self.add_network_status(&text);
+        self.enter(St::GetRedirection)
+    }
+
+    fn add_network_status(&mut self, text: &str) {
+        self.status.network = Some(match self.status.network.take() {
+            Some(wired) => format!("{wired}. {text}"),
+            None => text.to_string(),
+        });
+    }
+
     /// Admin control mode reached: the MEBx password, when there is one to set.
     fn after_admin(&mut self) -> Output {
         if self
@@ -856,6 +1123,32 @@ fn on(b: bool) -> &'static str {
     }
 }
 
+/// AddWiFiSettings as the Open AMT libraries send it: the endpoint's EPR and the settings in
+/// CIM_WiFiEndpointSettings' own namespace.
+fn add_wifi_settings(w: &WifiProfile) -> Request {
+    let service = WIFI_PORT_SERVICE.uri();
+    let settings = WIFI_ENDPOINT_SETTINGS.uri();
+    let endpoint = epr(
+        Class::cim("CIM_WiFiEndpoint"),
+        &[("Name", "WiFi Endpoint 0")],
+    );
+    let body = format!(
+        r#"<h:AddWiFiSettings_INPUT xmlns:h="{service}"><h:WiFiEndpoint>{endpoint}</h:WiFiEndpoint><q:WiFiEndpointSettingsInput xmlns:q="{settings}"><q:ElementName>{name}</q:ElementName><q:InstanceID>Intel(r) AMT:WiFi Endpoint Settings {name}</q:InstanceID><q:AuthenticationMethod>{auth}</q:AuthenticationMethod><q:EncryptionMethod>{enc}</q:EncryptionMethod><q:SSID>{ssid}</q:SSID><q:Priority>{priority}</q:Priority><q:PSKPassPhrase>{psk}</q:PSKPassPhrase></q:WiFiEndpointSettingsInput></h:AddWiFiSettings_INPUT>"#,
+        name = xml_text(&w.name),
+        auth = w.authentication_method,
+        enc = w.encryption_method,
+        ssid = xml_text(&w.ssid),
+        priority = w.priority,
+        psk = xml_text(w.passphrase.expose()),
+    );
+    Request {
+        action: WIFI_PORT_SERVICE.method("AddWiFiSettings"),
+        resource_uri: service,
+        selectors: Vec::new(),
+        body,
+    }
+}
+
 fn xml_text(s: &str) -> String {
     homeport_wsman::xml::escape(s).into_owned()
 }
@@ -887,7 +1180,9 @@ impl Flow for Activation {
                 };
                 self.next_policy(i)
             }
-            Ok(Reply::Fault(_)) if matches!(self.st, St::DeleteSap | St::DeleteCert) => {
+            Ok(Reply::Fault(_))
+                if matches!(self.st, St::DeleteSap | St::DeleteCert | St::DeleteWifi) =>
+            {
                 self.doomed.pop();
                 let st = self.st.clone();
                 self.enter(st)

@@ -41,6 +41,11 @@ fn plan(dev: &SimDevice, mode: u8, user: &str, password: &str, amt: &str) -> Pla
             environment_domain: "8f1c0f6e-0000-4000-8000-000000000001.com".into(),
         }),
         acm: None,
+        network: Some(super::activation::NetworkPlan {
+            dhcp: true,
+            ip_sync: true,
+        }),
+        wifi: Default::default(),
     }
 }
 
@@ -92,6 +97,12 @@ fn ccm_activation_configures_features_and_cira() {
     assert_eq!(effects, ["save-secrets", "register"]);
     assert_eq!(dev.control_mode(), 1);
     assert!(dev.admin_password_is("New-Amt-Pass1!"));
+    assert_eq!(
+        finish.status.network.as_deref(),
+        Some("Wired Network Configured")
+    );
+    let (_, _, (dhcp, ip_sync, _)) = dev.maintained_state();
+    assert!(dhcp && ip_sync, "DHCP profile: AMT on DHCP with IP sync");
     assert_eq!(
         dev.cira_target(),
         Some(("mps.example.com".into(), 4433, "homeport1".into()))
@@ -297,11 +308,10 @@ fn a_device_in_client_control_mode_is_upgraded_to_admin() {
 fn activated(seed: u64, index: u64) -> SimDevice {
     let dev = SimDevice::unprovisioned(seed, index);
     let lsa = lsa_password(&dev.id);
-    let (done, _) = drive(
-        &mut Activation::new(plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!")),
-        &dev,
-        |_| Ok(()),
-    );
+    // The network is left as the factory set it, so syncip has something to do.
+    let mut p = plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!");
+    p.network = None;
+    let (done, _) = drive(&mut Activation::new(p), &dev, |_| Ok(()));
     assert!(done.ok);
     dev
 }
@@ -490,4 +500,68 @@ fn a_setup_whose_answer_is_lost_and_that_did_not_apply_is_reported_not_guessed()
         "{finish:?}"
     );
     assert_eq!(dev.control_mode(), 0);
+}
+
+#[test]
+fn a_static_profile_with_ip_sync_shares_the_os_address() {
+    let dev = SimDevice::unprovisioned(15, 0);
+    let lsa = lsa_password(&dev.id);
+    let mut p = plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!");
+    p.network = Some(super::activation::NetworkPlan {
+        dhcp: false,
+        ip_sync: true,
+    });
+    let (finish, _) = drive(&mut Activation::new(p), &dev, |_| Ok(()));
+    assert!(finish.ok, "{finish:?}");
+    let (_, _, (dhcp, ip_sync, ip)) = dev.maintained_state();
+    assert!(!dhcp && ip_sync);
+    assert!(!ip.is_empty());
+}
+
+#[test]
+fn wifi_profiles_are_added_once_even_when_run_again() {
+    use super::activation::{WifiPlan, WifiProfile};
+    let dev = SimDevice::unprovisioned(16, 0);
+    let lsa = lsa_password(&dev.id);
+    let wifi = WifiPlan {
+        local_sync: true,
+        profiles: vec![
+            WifiProfile {
+                name: "office".into(),
+                ssid: "Office".into(),
+                authentication_method: 6,
+                encryption_method: 4,
+                priority: 1,
+                passphrase: SecretString::new("correct horse battery"),
+            },
+            WifiProfile {
+                name: "lab".into(),
+                ssid: "Lab <5GHz>".into(),
+                authentication_method: 6,
+                encryption_method: 4,
+                priority: 2,
+                passphrase: SecretString::new("staple & battery"),
+            },
+        ],
+    };
+    let mut p = plan(&dev, 0, LSA_USER, &lsa, "New-Amt-Pass1!");
+    p.wifi = wifi.clone();
+    let (finish, _) = drive(&mut Activation::new(p), &dev, |_| Ok(()));
+    assert!(finish.ok, "{finish:?}");
+    assert_eq!(
+        finish.status.network.as_deref(),
+        Some("Wired Network Configured. Wireless Configured (2 profiles)")
+    );
+    let (profiles, sync, port) = dev.wifi();
+    assert_eq!(
+        profiles,
+        [("Office".to_string(), 1), ("Lab <5GHz>".to_string(), 2)]
+    );
+    assert_eq!((sync, port), (3, 32769));
+    // Running again (client control mode now) removes them first, then adds them again.
+    let mut again = plan(&dev, 1, "admin", "New-Amt-Pass1!", "New-Amt-Pass1!");
+    again.wifi = wifi;
+    let (finish, _) = drive(&mut Activation::new(again), &dev, |_| Ok(()));
+    assert!(finish.ok, "{finish:?}");
+    assert_eq!(dev.wifi().0.len(), 2);
 }
