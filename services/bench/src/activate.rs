@@ -94,6 +94,15 @@ async fn inner(
             "HOMEPORT_RPS_MAX_FLOWS",
             (args.concurrency * 2).max(100).to_string(),
         ),
+        // Every simulated PC dials from 127.0.0.1: one source, so its budget is the fleet's.
+        (
+            "HOMEPORT_RPS_MAX_HANDSHAKES",
+            (args.concurrency * 2).max(1024).to_string(),
+        ),
+        (
+            "HOMEPORT_RPS_MAX_HANDSHAKES_PER_SOURCE",
+            (args.concurrency * 2).max(64).to_string(),
+        ),
         ("HOMEPORT_LOG", "warn".to_string()),
     ];
     let rps = spawn(rps_bin, "rps", &env, &[])?;
@@ -226,6 +235,8 @@ async fn inner(
     let elapsed = started.elapsed();
     sampler.abort();
     let (_, cpu1) = homeport_telemetry::usage_of(&rps.pid()).unwrap_or_default();
+    let refused = crate::metric_at(health, "homeport_rps_requests_refused_total").await;
+    let handshakes_left = crate::metric_at(health, "homeport_rps_handshakes").await;
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     rps.terminate(Duration::from_secs(20)).await;
     durations.sort_by(f64::total_cmp);
@@ -256,6 +267,8 @@ async fn inner(
         "rps_rss_peak_bytes": peak,
         "rps_rss_bytes_per_activation_in_flight": peak.saturating_sub(rss_idle) / in_flight,
         "first_failure": first_failure,
+        "rps_refused": refused,
+        "rps_handshake_places_held_after": handshakes_left,
     });
     println!("{line}");
     Ok(())
