@@ -151,6 +151,21 @@ impl RpcClient {
         })
     }
 
+    /// A client frame as rpc-go builds it (every field a string, the payload base64).
+    fn envelope(&self, method: &str, payload: &[u8]) -> serde_json::Value {
+        serde_json::json!({
+            "method": method,
+            "apiKey": "key",
+            "appVersion": "amt-sim",
+            "protocolVersion": self.protocol_version,
+            "status": "ok",
+            "message": "ok",
+            "fqdn": "",
+            "payload": B64.encode(payload),
+            "tenantId": self.tenant,
+        })
+    }
+
     async fn connect(&self) -> Result<Ws, RpcError> {
         let client = self;
         let tcp = TcpStream::connect((client.host.as_str(), client.port))
@@ -382,17 +397,7 @@ impl SimDevice {
         let mut ws = client.connect().await?;
         let lsa = lsa_password(&self.id);
         let password = password.unwrap_or(&lsa);
-        let first = serde_json::json!({
-            "method": command,
-            "apiKey": "key",
-            "appVersion": "amt-sim",
-            "protocolVersion": client.protocol_version,
-            "status": "ok",
-            "message": "ok",
-            "fqdn": "",
-            "payload": B64.encode(self.payload(password).to_string()),
-            "tenantId": client.tenant,
-        });
+        let first = client.envelope(command, &self.payload(password).to_string().into_bytes());
         ws.send(Message::text(first.to_string()))
             .await
             .map_err(|e| RpcError::Protocol(e.to_string()))?;
@@ -424,17 +429,7 @@ impl SimDevice {
                     if !client.latency.is_zero() {
                         tokio::time::sleep(client.latency).await;
                     }
-                    let reply = serde_json::json!({
-                        "method": "response",
-                        "apiKey": "key",
-                        "appVersion": "amt-sim",
-                        "protocolVersion": client.protocol_version,
-                        "status": "ok",
-                        "message": "ok",
-                        "fqdn": "",
-                        "payload": B64.encode(answer),
-                        "tenantId": client.tenant,
-                    });
+                    let reply = client.envelope("response", &answer);
                     ws.send(Message::text(reply.to_string()))
                         .await
                         .map_err(|e| RpcError::Protocol(e.to_string()))?;

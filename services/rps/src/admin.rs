@@ -362,7 +362,7 @@ impl AdminApi {
         })
     }
 
-    async fn check_cira(&self, c: &pb::CiraConfig) -> Result<Checked, Status> {
+    async fn check_cira(&self, _tenant: &str, c: &pb::CiraConfig) -> Result<Checked, Status> {
         if !specs::valid_name(&c.name) {
             return Err(invalid(
                 "name",
@@ -468,7 +468,7 @@ impl AdminApi {
         })
     }
 
-    fn check_domain(&self, d: &pb::Domain) -> Result<Checked, Status> {
+    async fn check_domain(&self, _tenant: &str, d: &pb::Domain) -> Result<Checked, Status> {
         if !specs::valid_name(&d.name) {
             return Err(invalid(
                 "name",
@@ -540,7 +540,11 @@ impl AdminApi {
         })
     }
 
-    fn check_wireless(&self, w: &pb::WirelessConfig) -> Result<Checked, Status> {
+    async fn check_wireless(
+        &self,
+        _tenant: &str,
+        w: &pb::WirelessConfig,
+    ) -> Result<Checked, Status> {
         if w.name.is_empty()
             || w.name.len() > 32
             || !w.name.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -712,206 +716,111 @@ fn uses_wireless(p: &ProfileSpec, name: &str) -> bool {
         .any(|(w, _)| w.eq_ignore_ascii_case(name))
 }
 
-#[tonic::async_trait]
-impl ProvisioningAdmin for AdminApi {
-    async fn create_profile(
-        &self,
-        req: Request<pb::Profile>,
-    ) -> Result<Response<pb::Profile>, Status> {
-        let t = caller(&req)?.tenant;
-        let c = self.check_profile(&t, req.get_ref()).await?;
-        let r = self.create(&t, specs::PROFILE, c).await?;
-        Ok(Response::new(profile_pb(&r)?))
-    }
-    async fn get_profile(
-        &self,
-        req: Request<pb::NameRef>,
-    ) -> Result<Response<pb::Profile>, Status> {
-        let t = caller(&req)?.tenant;
-        Ok(Response::new(profile_pb(
-            &self.get(&t, specs::PROFILE, &req.get_ref().name).await?,
-        )?))
-    }
-    async fn update_profile(
-        &self,
-        req: Request<pb::Profile>,
-    ) -> Result<Response<pb::Profile>, Status> {
-        let t = caller(&req)?.tenant;
-        let c = self.check_profile(&t, req.get_ref()).await?;
-        Ok(Response::new(profile_pb(
-            &self.update(&t, specs::PROFILE, c).await?,
-        )?))
-    }
-    async fn delete_profile(
-        &self,
-        req: Request<pb::NameRef>,
-    ) -> Result<Response<pb::Deleted>, Status> {
-        let t = caller(&req)?.tenant;
-        self.delete(&t, specs::PROFILE, &req.get_ref().name, None)
-            .await?;
-        Ok(Response::new(pb::Deleted {}))
-    }
-    async fn list_profiles(
-        &self,
-        req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ProfileList>, Status> {
-        let t = caller(&req)?.tenant;
-        let (rs, total) = self.list(&t, specs::PROFILE, req.get_ref()).await?;
-        Ok(Response::new(pb::ProfileList {
-            profiles: all(&rs, profile_pb)?,
-            total,
-        }))
-    }
+/// The five calls of each kind of admin object differ only in names, messages and the
+/// check and conversion they use.
+macro_rules! admin_api {
+    ($(($msg:ty, $list:ident, $items:ident, $kind:expr, $check:ident, $to_pb:ident, $refs:expr,
+        $create:ident, $get:ident, $update:ident, $delete:ident, $list_fn:ident)),* $(,)?) => {
+        #[tonic::async_trait]
+        impl ProvisioningAdmin for AdminApi {
+            $(
+                async fn $create(&self, req: Request<$msg>) -> Result<Response<$msg>, Status> {
+                    let t = caller(&req)?.tenant;
+                    let c = self.$check(&t, req.get_ref()).await?;
+                    Ok(Response::new($to_pb(&self.create(&t, $kind, c).await?)?))
+                }
 
-    async fn create_cira_config(
-        &self,
-        req: Request<pb::CiraConfig>,
-    ) -> Result<Response<pb::CiraConfig>, Status> {
-        let t = caller(&req)?.tenant;
-        let c = self.check_cira(req.get_ref()).await?;
-        Ok(Response::new(cira_pb(
-            &self.create(&t, specs::CIRA, c).await?,
-        )?))
-    }
-    async fn get_cira_config(
-        &self,
-        req: Request<pb::NameRef>,
-    ) -> Result<Response<pb::CiraConfig>, Status> {
-        let t = caller(&req)?.tenant;
-        Ok(Response::new(cira_pb(
-            &self.get(&t, specs::CIRA, &req.get_ref().name).await?,
-        )?))
-    }
-    async fn update_cira_config(
-        &self,
-        req: Request<pb::CiraConfig>,
-    ) -> Result<Response<pb::CiraConfig>, Status> {
-        let t = caller(&req)?.tenant;
-        let c = self.check_cira(req.get_ref()).await?;
-        Ok(Response::new(cira_pb(
-            &self.update(&t, specs::CIRA, c).await?,
-        )?))
-    }
-    async fn delete_cira_config(
-        &self,
-        req: Request<pb::NameRef>,
-    ) -> Result<Response<pb::Deleted>, Status> {
-        let t = caller(&req)?.tenant;
-        self.delete(&t, specs::CIRA, &req.get_ref().name, Some(uses_cira))
-            .await?;
-        Ok(Response::new(pb::Deleted {}))
-    }
-    async fn list_cira_configs(
-        &self,
-        req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::CiraConfigList>, Status> {
-        let t = caller(&req)?.tenant;
-        let (rs, total) = self.list(&t, specs::CIRA, req.get_ref()).await?;
-        Ok(Response::new(pb::CiraConfigList {
-            cira_configs: all(&rs, cira_pb)?,
-            total,
-        }))
-    }
+                async fn $get(&self, req: Request<pb::NameRef>) -> Result<Response<$msg>, Status> {
+                    let t = caller(&req)?.tenant;
+                    Ok(Response::new($to_pb(&self.get(&t, $kind, &req.get_ref().name).await?)?))
+                }
 
-    async fn create_domain(
-        &self,
-        req: Request<pb::Domain>,
-    ) -> Result<Response<pb::Domain>, Status> {
-        let t = caller(&req)?.tenant;
-        let c = self.check_domain(req.get_ref())?;
-        Ok(Response::new(domain_pb(
-            &self.create(&t, specs::DOMAIN, c).await?,
-        )?))
-    }
-    async fn get_domain(&self, req: Request<pb::NameRef>) -> Result<Response<pb::Domain>, Status> {
-        let t = caller(&req)?.tenant;
-        Ok(Response::new(domain_pb(
-            &self.get(&t, specs::DOMAIN, &req.get_ref().name).await?,
-        )?))
-    }
-    async fn update_domain(
-        &self,
-        req: Request<pb::Domain>,
-    ) -> Result<Response<pb::Domain>, Status> {
-        let t = caller(&req)?.tenant;
-        let c = self.check_domain(req.get_ref())?;
-        Ok(Response::new(domain_pb(
-            &self.update(&t, specs::DOMAIN, c).await?,
-        )?))
-    }
-    async fn delete_domain(
-        &self,
-        req: Request<pb::NameRef>,
-    ) -> Result<Response<pb::Deleted>, Status> {
-        let t = caller(&req)?.tenant;
-        self.delete(&t, specs::DOMAIN, &req.get_ref().name, None)
-            .await?;
-        Ok(Response::new(pb::Deleted {}))
-    }
-    async fn list_domains(
-        &self,
-        req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::DomainList>, Status> {
-        let t = caller(&req)?.tenant;
-        let (rs, total) = self.list(&t, specs::DOMAIN, req.get_ref()).await?;
-        Ok(Response::new(pb::DomainList {
-            domains: all(&rs, domain_pb)?,
-            total,
-        }))
-    }
+                async fn $update(&self, req: Request<$msg>) -> Result<Response<$msg>, Status> {
+                    let t = caller(&req)?.tenant;
+                    let c = self.$check(&t, req.get_ref()).await?;
+                    Ok(Response::new($to_pb(&self.update(&t, $kind, c).await?)?))
+                }
 
-    async fn create_wireless_config(
-        &self,
-        req: Request<pb::WirelessConfig>,
-    ) -> Result<Response<pb::WirelessConfig>, Status> {
-        let t = caller(&req)?.tenant;
-        let c = self.check_wireless(req.get_ref())?;
-        Ok(Response::new(wireless_pb(
-            &self.create(&t, specs::WIRELESS, c).await?,
-        )?))
-    }
-    async fn get_wireless_config(
-        &self,
-        req: Request<pb::NameRef>,
-    ) -> Result<Response<pb::WirelessConfig>, Status> {
-        let t = caller(&req)?.tenant;
-        Ok(Response::new(wireless_pb(
-            &self.get(&t, specs::WIRELESS, &req.get_ref().name).await?,
-        )?))
-    }
-    async fn update_wireless_config(
-        &self,
-        req: Request<pb::WirelessConfig>,
-    ) -> Result<Response<pb::WirelessConfig>, Status> {
-        let t = caller(&req)?.tenant;
-        let c = self.check_wireless(req.get_ref())?;
-        Ok(Response::new(wireless_pb(
-            &self.update(&t, specs::WIRELESS, c).await?,
-        )?))
-    }
-    async fn delete_wireless_config(
-        &self,
-        req: Request<pb::NameRef>,
-    ) -> Result<Response<pb::Deleted>, Status> {
-        let t = caller(&req)?.tenant;
-        self.delete(
-            &t,
-            specs::WIRELESS,
-            &req.get_ref().name,
-            Some(uses_wireless),
-        )
-        .await?;
-        Ok(Response::new(pb::Deleted {}))
-    }
-    async fn list_wireless_configs(
-        &self,
-        req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::WirelessConfigList>, Status> {
-        let t = caller(&req)?.tenant;
-        let (rs, total) = self.list(&t, specs::WIRELESS, req.get_ref()).await?;
-        Ok(Response::new(pb::WirelessConfigList {
-            wireless_configs: all(&rs, wireless_pb)?,
-            total,
-        }))
-    }
+                async fn $delete(
+                    &self,
+                    req: Request<pb::NameRef>,
+                ) -> Result<Response<pb::Deleted>, Status> {
+                    let t = caller(&req)?.tenant;
+                    self.delete(&t, $kind, &req.get_ref().name, $refs).await?;
+                    Ok(Response::new(pb::Deleted {}))
+                }
+
+                async fn $list_fn(
+                    &self,
+                    req: Request<pb::ListRequest>,
+                ) -> Result<Response<pb::$list>, Status> {
+                    let t = caller(&req)?.tenant;
+                    let (rs, total) = self.list(&t, $kind, req.get_ref()).await?;
+                    Ok(Response::new(pb::$list {
+                        $items: all(&rs, $to_pb)?,
+                        total,
+                    }))
+                }
+            )*
+        }
+    };
 }
+
+admin_api!(
+    (
+        pb::Profile,
+        ProfileList,
+        profiles,
+        specs::PROFILE,
+        check_profile,
+        profile_pb,
+        None,
+        create_profile,
+        get_profile,
+        update_profile,
+        delete_profile,
+        list_profiles
+    ),
+    (
+        pb::CiraConfig,
+        CiraConfigList,
+        cira_configs,
+        specs::CIRA,
+        check_cira,
+        cira_pb,
+        Some(uses_cira as fn(&ProfileSpec, &str) -> bool),
+        create_cira_config,
+        get_cira_config,
+        update_cira_config,
+        delete_cira_config,
+        list_cira_configs
+    ),
+    (
+        pb::Domain,
+        DomainList,
+        domains,
+        specs::DOMAIN,
+        check_domain,
+        domain_pb,
+        None,
+        create_domain,
+        get_domain,
+        update_domain,
+        delete_domain,
+        list_domains
+    ),
+    (
+        pb::WirelessConfig,
+        WirelessConfigList,
+        wireless_configs,
+        specs::WIRELESS,
+        check_wireless,
+        wireless_pb,
+        Some(uses_wireless as fn(&ProfileSpec, &str) -> bool),
+        create_wireless_config,
+        get_wireless_config,
+        update_wireless_config,
+        delete_wireless_config,
+        list_wireless_configs
+    ),
+);

@@ -106,9 +106,7 @@ impl Flow for Deactivation {
     }
 
     fn abandon(&mut self, why: &str) -> Finish {
-        match self.fail(why.to_string()) {
-            Output::Done(f) => f,
-            _ => Finish::failed(StatusMessage::status(why), super::mode_name(self.mode)),
-        }
+        let out = self.fail(why.to_string());
+        super::finished(out, why, self.mode)
     }
 }

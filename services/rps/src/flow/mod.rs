@@ -80,6 +80,14 @@ impl Finish {
     }
 }
 
+/// The result a flow's `fail` produced, for `Flow::abandon` (a `fail` always ends the flow).
+pub(crate) fn finished(out: Output, why: &str, mode: u8) -> Finish {
+    match out {
+        Output::Done(f) => f,
+        _ => Finish::failed(StatusMessage::status(why), mode_name(mode)),
+    }
+}
+
 /// Control mode names used in events and the registry.
 pub fn mode_name(mode: u8) -> &'static str {
     match mode {
