@@ -491,8 +491,53 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
         assert_eq!(hex(&span.parent_span_id), "b7ad6b7169203331", "{name}");
     }
 
+    // A provisioning flow is a span of rps; its events carry the span's trace and span ids.
+    let (rps_port, rps_grpc, rps_health) = (free_port(), free_port(), free_port());
+    let mut rps = spawn(
+        "rps",
+        vec![
+            ("HOMEPORT_RPS_LISTEN", format!("127.0.0.1:{rps_port}")),
+            ("HOMEPORT_GRPC_LISTEN", format!("127.0.0.1:{rps_grpc}")),
+            ("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{rps_health}")),
+            ("HOMEPORT_JWT_HS256_SECRET_FILE", jwt.display().to_string()),
+        ],
+    );
+    wait_ready("rps", rps_health, &mut rps).await;
+    let mut admin = homeport_tests::rps::admin_client(rps_grpc, "acme").await;
+    homeport_tests::rps::ccm_profile_with_cira(
+        &mut admin,
+        "ccm",
+        format!("127.0.0.1:{cira}").parse().unwrap(),
+    )
+    .await;
+    let pc = homeport_amt_sim::provision::SimDevice::unprovisioned(83, 0);
+    let mut rpc =
+        homeport_amt_sim::provision::RpcClient::new(&format!("wss://127.0.0.1:{rps_port}/x"))
+            .unwrap();
+    rpc.tenant = "acme".into();
+    let done = pc.rpc(&rpc, "activate --profile ccm", None).await.unwrap();
+    assert!(done.ok, "{done:?}");
+    let flow = receiver.wait("rps", "rps.flow", pc.guid()).await;
+    assert!(ok(&flow));
+    assert_eq!(attr(&flow, "homeport.flow"), "activate");
+    let activated = env.wait_events("activated", 1, WAIT).await;
+    let (_, event) = activated
+        .iter()
+        .find(|(_, e)| e.device_guid == pc.guid())
+        .unwrap();
+    assert_eq!(event.trace_id, hex(&flow.trace_id));
+    assert_eq!(event.span_id, hex(&flow.span_id));
+    let amt_now = homeport_secrets::DeviceSecrets::load(env.secrets.as_ref(), pc.guid())
+        .await
+        .unwrap()
+        .and_then(|s| s.amt_password)
+        .unwrap()
+        .expose()
+        .to_string();
+
     // Nothing secret in any exported attribute.
     let secrets = [
+        amt_now.clone(),
         device.mps_password.expose().to_string(),
         device.amt_password.expose().to_string(),
         absent.amt_password.expose().to_string(),
@@ -518,5 +563,6 @@ async fn a_power_state_call_is_one_trace_from_the_api_to_the_device() {
     let _ = ingress.start_kill();
     let _ = command.start_kill();
     let _ = audit.start_kill();
+    let _ = rps.start_kill();
     env.cleanup().await;
 }

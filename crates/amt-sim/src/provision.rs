@@ -303,6 +303,13 @@ impl SimDevice {
         })
     }
 
+    /// From now on the firmware refuses SetAdminAclEntryEx (a fault for tests).
+    pub fn refuse_password_change(&self) {
+        if let Some(r) = self.slot.lock().remote.as_mut() {
+            r.refuse_password_change = true;
+        }
+    }
+
     /// Whether SetMEBxPassword was applied.
     pub fn mebx_set(&self) -> bool {
         self.slot.lock().remote.as_ref().is_some_and(|r| r.mebx_set)

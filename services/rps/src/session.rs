@@ -55,6 +55,8 @@ struct Ctx {
     started: Instant,
     /// The device had a registry row before this flow.
     registered: bool,
+    /// The flow's W3C traceparent, when its span is exported.
+    traceparent: Option<String>,
 }
 
 /// Serves one TCP connection to its end. Never panics on input; every wait is bounded.
@@ -274,6 +276,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         peer,
         started: Instant::now(),
         registered: false,
+        traceparent: None,
     };
     let prepared = match timeout_at(
         tokio::time::Instant::now() + step,
@@ -298,7 +301,26 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     inner.metrics.flows.inc();
-    let finish = drive(inner, &mut ws, &mut ctx, flow.as_mut(), flow_deadline).await;
+    // One span per flow (exported when OTLP is configured); its ids go into the flow's log
+    // lines and its events, so the audit trail joins the trace.
+    let span = homeport_telemetry::traces::TraceSpan::start(
+        "rps.flow",
+        true,
+        None,
+        vec![
+            ("homeport.flow", ctx.flow.to_string()),
+            ("homeport.device", ctx.guid.clone()),
+            ("homeport.tenant", ctx.tenant.clone()),
+            ("homeport.profile", ctx.profile.clone()),
+        ],
+    );
+    ctx.traceparent = span.traceparent().map(str::to_string);
+    let finish = tracing::Instrument::instrument(
+        drive(inner, &mut ws, &mut ctx, flow.as_mut(), flow_deadline),
+        span.log_span("rps.flow"),
+    )
+    .await;
+    span.end((!finish.ok).then_some(finish.outcome));
     let exchanges = flow.exchanges();
     inner.metrics.exchanges.add(u64::from(exchanges));
     if finish.ok {
@@ -501,8 +523,21 @@ async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result
     }
 }
 
+/// The flow's trace and span ids on an event.
+fn traced(e: &mut ev::Event, ctx: &Ctx) {
+    if let Some((trace, span)) = ctx
+        .traceparent
+        .as_deref()
+        .and_then(homeport_contracts::tunnel::parse_traceparent)
+    {
+        e.trace_id = trace.to_string();
+        e.span_id = span.to_string();
+    }
+}
+
 fn registry_event(inner: &Inner, ctx: &Ctx, change: &str) {
     let mut e = envelope(&ctx.tenant, &ctx.guid, change, &inner.source);
+    traced(&mut e, ctx);
     e.payload = Some(ev::event::Payload::DeviceRegistryChanged(
         ev::DeviceRegistryChanged {
             change: change.to_string(),
@@ -525,6 +560,7 @@ fn registry_event(inner: &Inner, ctx: &Ctx, change: &str) {
 
 fn publish(inner: &Inner, ctx: &Ctx, finish: &Finish, exchanges: u32) {
     let mut e = envelope(&ctx.tenant, &ctx.guid, finish.outcome, &inner.source);
+    traced(&mut e, ctx);
     e.payload = Some(ev::event::Payload::Provisioning(ev::Provisioning {
         flow: ctx.flow.to_string(),
         outcome: finish.outcome.to_string(),

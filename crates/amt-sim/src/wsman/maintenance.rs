@@ -117,7 +117,13 @@ fn set_admin_acl(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
         .decode(req.body_text("DigestPassword").unwrap_or_default().trim())
         .ok()
         .filter(|d| d.len() == 16);
+    let refuse = ctx
+        .model
+        .remote
+        .as_ref()
+        .is_some_and(|r| r.refuse_password_change);
     let rv = match digest {
+        _ if refuse => 1,
         Some(d) if user == "admin" && ctx.model.control_mode != 0 => {
             let ha1: String = d.iter().map(|b| format!("{b:02x}")).collect();
             ctx.model.credentials = Some(Box::new(Credentials { user, ha1 }));

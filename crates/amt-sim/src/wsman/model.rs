@@ -94,6 +94,8 @@ pub struct RemoteAccess {
     pub chain_complete: bool,
     /// `RpcFault`-style injection: AdminSetup answers with an error.
     pub refuse_admin_setup: bool,
+    /// Injection: SetAdminAclEntryEx answers with an error.
+    pub refuse_password_change: bool,
     /// SetMEBxPassword was called.
     pub mebx_set: bool,
     /// AMT's clock minus the host's, seconds (SetHighAccuracyTimeSynch moves it).
@@ -159,6 +161,7 @@ impl Default for RemoteAccess {
             chain: Vec::new(),
             chain_complete: false,
             refuse_admin_setup: false,
+            refuse_password_change: false,
             mebx_set: false,
             clock_offset: 0,
             hostname: None,

@@ -565,3 +565,42 @@ fn wifi_profiles_are_added_once_even_when_run_again() {
     assert!(finish.ok, "{finish:?}");
     assert_eq!(dev.wifi().0.len(), 2);
 }
+
+#[test]
+fn a_password_change_the_device_refuses_puts_the_old_password_back_in_the_store() {
+    let dev = activated(13, 2);
+    dev.refuse_password_change();
+    let mut saved = Vec::new();
+    let mut flow = Maintenance::new(
+        dev.guid(),
+        "New-Amt-Pass1!",
+        1,
+        Job::ChangePassword {
+            new: SecretString::new("Changed-Pass2@"),
+            old: SecretString::new("New-Amt-Pass1!"),
+            mps_password: None,
+            mebx_password: None,
+        },
+    );
+    let (f, effects) = drive(&mut flow, &dev, |e| {
+        if let super::Effect::SaveSecrets { amt_password, .. } = e {
+            saved.push(amt_password.expose().to_string());
+        }
+        Ok(())
+    });
+    assert!(!f.ok);
+    assert!(
+        f.status
+            .status
+            .as_deref()
+            .is_some_and(|s| s.contains("unchanged")),
+        "{f:?}"
+    );
+    assert_eq!(effects, ["save-secrets", "save-secrets"]);
+    assert_eq!(
+        saved,
+        ["Changed-Pass2@", "New-Amt-Pass1!"],
+        "new first, then the old back"
+    );
+    assert!(dev.admin_password_is("New-Amt-Pass1!"));
+}
