@@ -71,12 +71,21 @@ pub async fn admin_client(port: u16, tenant: &str) -> Admin {
 
 impl TestEnv {
     pub async fn start_rps(&self, config: RpsConfig) -> RpsHandle {
+        self.start_rps_with(config, self.store.clone()).await
+    }
+
+    /// rps on its own store (one reached through a proxy, say).
+    pub async fn start_rps_with(
+        &self,
+        config: RpsConfig,
+        store: homeport_store::Store,
+    ) -> RpsHandle {
         let service = Rps::start(RpsParts {
             config,
             instance: "test".into(),
             names: self.names.clone(),
             nats: self.nats_as(homeport_contracts::access::Role::Rps),
-            store: self.store.clone(),
+            store,
             secrets: self.secrets.clone(),
             auth: Authenticator::new(vec![Key::Hs256(TEST_JWT_SECRET.to_vec())], "tenant"),
             stream_limits: crate::test_stream_limits(),

@@ -800,3 +800,55 @@ async fn hostile_clients_hold_no_place_or_slot_beyond_their_deadlines() {
     rps.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_rides_out_a_short_database_outage_after_setup() {
+    use homeport_tests::audit::TcpProxy;
+    let env = TestEnv::new("provpg").await;
+    homeport_cira_ingress::tls::load_or_generate(&env.secrets, "localhost", &[])
+        .await
+        .unwrap();
+    let host_port = env
+        .database_url()
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    let proxy = TcpProxy::start(host_port.parse().unwrap()).await;
+    let mut config = homeport_store::StoreConfig::new(
+        env.database_url()
+            .replace(&host_port, &proxy.addr.to_string()),
+    );
+    config.acquire_timeout = Duration::from_secs(1);
+    config.min_connections = 0;
+    let store = homeport_store::Store::connect_with(config).await.unwrap();
+    let rps = env.start_rps_with(rps_config(), store).await;
+    let mut admin = rps.admin("acme").await;
+    ccm_profile_with_cira(&mut admin, "ccm", "127.0.0.1:4433".parse().unwrap()).await;
+
+    let dev = SimDevice::unprovisioned(35, 0);
+    let mut slow = client(&rps.url(), "acme");
+    slow.latency = Duration::from_millis(200);
+    let flow = {
+        let dev = dev.clone();
+        tokio::spawn(async move { dev.rpc(&slow, "activate --profile ccm", None).await })
+    };
+    // The database goes away once the device has taken its password, and comes back while
+    // rps is retrying the registration.
+    wait_until("Setup applied", WAIT, || dev.control_mode() == 1).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.restore();
+    let r = flow.await.unwrap().unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        env.store
+            .get_device(dev.guid())
+            .await
+            .unwrap()
+            .map(|d| d.tenant_id),
+        Some("acme".to_string())
+    );
+    rps.stop().await;
+    env.cleanup().await;
+}

@@ -37,6 +37,11 @@ use crate::Inner;
 
 type Ws<S> = WebSocketStream<S>;
 
+/// Tries of an effect whose store is unavailable, and the pause between them (all within the
+/// step's deadline).
+const EFFECT_ATTEMPTS: u32 = 3;
+const EFFECT_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Bytes read from the socket at a time.
 const READ_BUFFER: usize = 8 * 1024;
 
@@ -434,10 +439,19 @@ async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result
                 mebx_password,
                 mps_password,
             };
-            secrets
-                .save(inner.secrets.as_ref(), &ctx.guid)
-                .await
-                .map_err(|e| format!("storing the device's credentials: {e}"))
+            let mut attempt = 1;
+            loop {
+                match secrets.save(inner.secrets.as_ref(), &ctx.guid).await {
+                    Ok(()) => return Ok(()),
+                    // An outage may pass within the step's deadline; a refusal will not.
+                    Err(e) if e.is_unavailable() && attempt < EFFECT_ATTEMPTS => {
+                        tracing::warn!(device = %ctx.guid, error = %e, "secret store unavailable; retrying");
+                        attempt += 1;
+                        tokio::time::sleep(EFFECT_RETRY).await;
+                    }
+                    Err(e) => return Err(format!("storing the device's credentials: {e}")),
+                }
+            }
         }
         Effect::Register {
             control_mode,
@@ -461,17 +475,27 @@ async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result
                 mps_username: mps_username.unwrap_or_default(),
                 device_info: Some(info),
             };
-            match inner.store.upsert_device(device).await {
-                Ok(_) => {
-                    let change = if ctx.registered { "updated" } else { "created" };
-                    ctx.registered = true;
-                    registry_event(inner, ctx, change);
-                    Ok(())
+            let mut attempt = 1;
+            loop {
+                match inner.store.upsert_device(device.clone()).await {
+                    Ok(_) => {
+                        let change = if ctx.registered { "updated" } else { "created" };
+                        ctx.registered = true;
+                        registry_event(inner, ctx, change);
+                        return Ok(());
+                    }
+                    Err(StoreError::TenantConflict { .. }) => {
+                        return Err("Device belongs to another tenant".into())
+                    }
+                    // The device is set up by now: an outage that passes within the step's
+                    // deadline must not leave it unregistered.
+                    Err(e) if e.is_unavailable() && attempt < EFFECT_ATTEMPTS => {
+                        tracing::warn!(device = %ctx.guid, error = %e, "database unavailable; retrying");
+                        attempt += 1;
+                        tokio::time::sleep(EFFECT_RETRY).await;
+                    }
+                    Err(e) => return Err(format!("registering the device: {e}")),
                 }
-                Err(StoreError::TenantConflict { .. }) => {
-                    Err("Device belongs to another tenant".into())
-                }
-                Err(e) => Err(format!("registering the device: {e}")),
             }
         }
         Effect::Refresh { hostname } => {

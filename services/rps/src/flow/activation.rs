@@ -285,17 +285,28 @@ impl Activation {
         }
     }
 
+    /// Ends the flow failed. The reason is always in `Status` (the one field rpc prints for
+    /// an error); a failure in the CIRA steps is also marked in `CIRAConnection`.
     fn fail(&mut self, why: impl Into<String>) -> Output {
+        let in_cira = matches!(
+            self.st,
+            St::AddRootCertificate
+                | St::AddMpServer
+                | St::AddPolicy(_)
+                | St::EnableUserInitiated
+                | St::GetEnvironment
+                | St::PutEnvironment
+        );
         self.st = St::Finished;
         let why = why.into();
         let mut status = self.status.clone();
-        if self.mode == 0 {
-            status.status = Some(format!("Failed to activate: {why}"));
-        } else if self.plan.cira.is_some() && status.cira_connection.is_none() {
-            status.status.get_or_insert_with(|| self.mode_text().into());
-            status.cira_connection = Some(format!("Failed: {why}"));
+        status.status = Some(if self.mode == self.plan.current_mode && self.mode == 0 {
+            format!("Failed to activate: {why}")
         } else {
-            status.status = Some(format!("Failed: {why}"));
+            format!("{} Configuration failed: {why}", self.mode_text())
+        });
+        if in_cira {
+            status.cira_connection = Some("Failed".into());
         }
         Output::Done(Finish::failed(status, super::mode_name(self.mode)))
     }
