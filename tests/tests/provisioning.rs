@@ -365,6 +365,24 @@ async fn requests_are_refused_with_clear_messages() {
     old.protocol_version = "5.0.0".into();
     let r = refused(&old, "activate --profile ccm").await;
     assert_eq!(r.message, "protocol version NOT supported: 5.0.0");
+    // A client that drops at the third exchange (the Setup request) leaves the PC as it was;
+    // the next run activates it.
+    let mut dropping = SimDevice::unprovisioned(32, 1);
+    dropping.fault = RpcFault::DropAt(3);
+    let dropped = dropping
+        .rpc(&acme_client, "activate --profile ccm", None)
+        .await;
+    assert!(
+        matches!(dropped, Err(ref e) if e.to_string().contains("exchange 3")),
+        "{dropped:?}"
+    );
+    assert_eq!(dropping.control_mode(), 0);
+    dropping.fault = RpcFault::None;
+    let r = dropping
+        .rpc(&acme_client, "activate --profile ccm", None)
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
     let r = refused(&acme_client, "dance --profile ccm").await;
     assert!(r.message.contains("not a supported method"), "{r:?}");
     let r = refused(&acme_client, "deactivate --password x").await;
@@ -599,7 +617,10 @@ async fn admin_control_mode_through_rps_with_a_domain_certificate_the_device_tru
     );
 
     // Refused before any WS-Man: a root the PC does not trust, a DNS suffix with no domain.
-    let untrusting = SimDevice::unprovisioned(33, 1);
+    // (Its firmware would trust the root, but the hashes its client reports do not list it.)
+    let mut untrusting = SimDevice::unprovisioned(33, 1);
+    untrusting.trust_root(&pki.root_der);
+    untrusting.fault = RpcFault::WrongHashes;
     let r = untrusting
         .rpc(&c, "activate --profile acm", None)
         .await

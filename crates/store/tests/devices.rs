@@ -43,6 +43,7 @@ both_backends!(
     batched_login_lookup,
     audit_retention_deletes_only_old_events,
     racing_creates_register_a_device_once,
+    provisioning_configs_are_versioned_unique_and_per_tenant,
 );
 
 fn guid(n: u32) -> String {
@@ -487,4 +488,113 @@ async fn racing_creates_register_a_device_once(url: String) {
         .await
         .expect("no database error")
         .is_none());
+}
+
+async fn provisioning_configs_are_versioned_unique_and_per_tenant(url: String) {
+    use homeport_store::ConfigUpdate;
+    let store = Store::connect(&url).await.expect("connect");
+    let spec = serde_json::json!({"domain_suffix": "corp.example.com"});
+    let made = store
+        .create_config(
+            "acme",
+            "domain",
+            "Corp",
+            Some("Corp.Example.com".into()),
+            spec.clone(),
+        )
+        .await
+        .expect("create");
+    assert_eq!((made.name.as_str(), made.version), ("Corp", 1));
+    // Names and unique keys are case-insensitive per tenant and kind.
+    assert!(matches!(
+        store
+            .create_config("acme", "domain", "corp", None, spec.clone())
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store
+            .create_config(
+                "acme",
+                "domain",
+                "other",
+                Some("corp.example.COM".into()),
+                spec.clone()
+            )
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    store
+        .create_config(
+            "beta",
+            "domain",
+            "Corp",
+            Some("corp.example.com".into()),
+            spec.clone(),
+        )
+        .await
+        .expect("another tenant may use the same name and suffix");
+    store
+        .create_config("acme", "profile", "Corp", None, serde_json::json!({}))
+        .await
+        .expect("another kind may use the same name");
+    let found = store
+        .find_config_by_unique_key("acme", "domain", "CORP.example.com")
+        .await
+        .expect("find")
+        .expect("found");
+    assert_eq!(found.name, "Corp");
+    // Optimistic concurrency: only the version read may be replaced.
+    let new_spec = serde_json::json!({"domain_suffix": "corp2.example.com"});
+    match store
+        .update_config(
+            "acme",
+            "domain",
+            "CORP",
+            1,
+            Some("corp2.example.com".into()),
+            new_spec.clone(),
+        )
+        .await
+        .expect("update")
+    {
+        ConfigUpdate::Updated(r) => assert_eq!((r.version, r.spec), (2, new_spec.clone())),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        store
+            .update_config("acme", "domain", "corp", 1, None, spec.clone())
+            .await
+            .expect("update"),
+        ConfigUpdate::Stale(r) if r.version == 2
+    ));
+    assert!(matches!(
+        store
+            .update_config("acme", "domain", "nope", 1, None, spec)
+            .await
+            .expect("update"),
+        ConfigUpdate::NotFound
+    ));
+    let (page, total) = store
+        .list_configs("acme", "domain", 0, 10)
+        .await
+        .expect("list");
+    assert_eq!((page.len(), total), (1, 1));
+    assert!(store
+        .delete_config("acme", "domain", "corp")
+        .await
+        .expect("delete"));
+    assert!(!store
+        .delete_config("acme", "domain", "corp")
+        .await
+        .expect("delete"));
+    assert_eq!(
+        store
+            .list_configs("beta", "domain", 0, 10)
+            .await
+            .expect("list")
+            .1,
+        1
+    );
+    store.close().await.expect("close");
 }
