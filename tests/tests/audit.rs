@@ -570,3 +570,64 @@ async fn live_feeds_are_capped_per_caller() {
     audit.stop().await;
     env.cleanup().await;
 }
+
+/// Polls the registry row of `guid` until `pick` returns a time.
+async fn wait_time(
+    env: &TestEnv,
+    guid: &str,
+    pick: fn(&homeport_store::Device) -> Option<chrono::DateTime<chrono::Utc>>,
+) -> chrono::DateTime<chrono::Utc> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(t) = env
+            .store
+            .get_device(guid)
+            .await
+            .unwrap()
+            .as_ref()
+            .and_then(pick)
+        {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "no time recorded for {guid}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_learns_when_devices_connected_and_disconnected() {
+    let s = CommandSetup::start("audsess", 3, 91, "acme", |_| {}).await;
+    let audit = s.env.start_audit().await;
+    let guid = s.guid(0);
+    let connected = wait_time(&s.env, &guid, |d| d.last_connected_at).await;
+    for i in 1..3 {
+        wait_time(&s.env, &s.guid(i), |d| d.last_connected_at).await;
+    }
+    // The device API shows it.
+    let mut registry = s.cmd.registry("acme").await;
+    let d = registry
+        .get_device(dpb::DeviceRef { guid: guid.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.last_connected_at, connected.timestamp());
+    assert_eq!(d.last_disconnected_at, 0);
+    // A dropped session records its end; the reconnect moves the start forward.
+    s.fleet.device(&guid).unwrap().disconnect();
+    let ended = wait_time(&s.env, &guid, |d| d.last_disconnected_at).await;
+    assert!(ended >= connected);
+    let again = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let t = wait_time(&s.env, &guid, |d| d.last_connected_at).await;
+            if t > connected {
+                break t;
+            }
+            assert!(Instant::now() < deadline, "the reconnect is not recorded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert!(again >= ended);
+    audit.stop().await;
+    s.stop().await;
+}

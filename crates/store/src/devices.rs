@@ -389,6 +389,50 @@ impl Store {
             .await
     }
 
+    /// Records many session starts (`connected`) or ends in one statement: each device's
+    /// column moves to its time when that is later than what is stored (events arrive at
+    /// least once and out of order). Guids that are not UUIDs are skipped. Returns the rows
+    /// changed.
+    pub async fn record_sessions(
+        &self,
+        connected: bool,
+        marks: &[(String, DateTime<Utc>)],
+    ) -> Result<u64, StoreError> {
+        let column = if connected {
+            Column::LastConnectedAt
+        } else {
+            Column::LastDisconnectedAt
+        };
+        // The latest time per device, so one statement sets each row once.
+        let mut latest: HashMap<String, DateTime<Utc>> = HashMap::new();
+        for (guid, at) in marks {
+            if let Some(g) = canonical_guid(guid) {
+                let at = at.trunc_subsecs(6);
+                let slot = latest.entry(g).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+        }
+        if latest.is_empty() {
+            return Ok(0);
+        }
+        let mut case = sea_orm::sea_query::CaseStatement::new();
+        for (guid, at) in &latest {
+            case = case.case(Expr::col(Column::Guid).eq(guid.clone()), Expr::val(*at));
+        }
+        let value: sea_orm::sea_query::SimpleExpr = case.finally(Expr::col(column)).into();
+        let result = Entity::update_many()
+            .col_expr(column, value.clone())
+            .filter(Column::Guid.is_in(latest.into_keys()))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(column.is_null())
+                    .add(Expr::col(column).lt(value)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
     async fn advance_timestamp(
         &self,
         guid: &str,

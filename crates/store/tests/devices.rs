@@ -44,6 +44,7 @@ both_backends!(
     audit_retention_deletes_only_old_events,
     racing_creates_register_a_device_once,
     provisioning_configs_are_versioned_unique_and_per_tenant,
+    sessions_are_recorded_in_one_statement_and_only_move_forward,
 );
 
 fn guid(n: u32) -> String {
@@ -596,5 +597,67 @@ async fn provisioning_configs_are_versioned_unique_and_per_tenant(url: String) {
             .1,
         1
     );
+    store.close().await.expect("close");
+}
+
+async fn sessions_are_recorded_in_one_statement_and_only_move_forward(url: String) {
+    let store = Store::connect(&url).await.expect("connect");
+    for n in 1..=3 {
+        store
+            .upsert_device(device(n, "acme"))
+            .await
+            .expect("device");
+    }
+    let t = Utc
+        .with_ymd_and_hms(2026, 12, 6, 10, 0, 0)
+        .single()
+        .expect("time");
+    let marks = vec![
+        (guid(1), t),
+        (guid(1), t + Duration::seconds(5)),
+        (guid(2).to_uppercase(), t),
+        (guid(99), t),
+        ("not-a-guid".to_string(), t),
+    ];
+    assert_eq!(
+        store.record_sessions(true, &marks).await.expect("record"),
+        2
+    );
+    let get = |n| {
+        let store = store.clone();
+        async move {
+            store
+                .get_device(&guid(n))
+                .await
+                .expect("get")
+                .expect("device")
+        }
+    };
+    assert_eq!(
+        get(1).await.last_connected_at,
+        Some(t + Duration::seconds(5))
+    );
+    assert_eq!(get(2).await.last_connected_at, Some(t));
+    assert_eq!(get(3).await.last_connected_at, None);
+    // An older, late event changes nothing; a newer one does; disconnects are their own.
+    let late = vec![(guid(1), t), (guid(2), t + Duration::seconds(1))];
+    assert_eq!(store.record_sessions(true, &late).await.expect("record"), 1);
+    assert_eq!(
+        get(1).await.last_connected_at,
+        Some(t + Duration::seconds(5))
+    );
+    assert_eq!(
+        get(2).await.last_connected_at,
+        Some(t + Duration::seconds(1))
+    );
+    assert_eq!(
+        store
+            .record_sessions(false, &[(guid(3), t)])
+            .await
+            .expect("record"),
+        1
+    );
+    assert_eq!(get(3).await.last_disconnected_at, Some(t));
+    assert_eq!(store.record_sessions(false, &[]).await.expect("record"), 0);
     store.close().await.expect("close");
 }

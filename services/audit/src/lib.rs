@@ -31,6 +31,7 @@ impl Default for Metrics {
             poison: Counter::default(),
             db_errors: Counter::default(),
             db_down: Gauge::default(),
+            sessions: Counter::default(),
         }
     }
 }
@@ -51,6 +52,8 @@ pub struct Metrics {
     pub poison: Counter,
     pub db_errors: Counter,
     pub db_down: Gauge,
+    /// Devices whose last connect or disconnect time moved.
+    pub sessions: Counter,
 }
 
 pub struct AuditParts {
@@ -196,6 +199,11 @@ impl Observable for Observed {
             "homeport_audit_batches_total",
             "Committed batches.",
             m.batches.get(),
+        );
+        e.counter(
+            "homeport_audit_device_sessions_recorded_total",
+            "Devices whose last connect or disconnect time moved.",
+            m.sessions.get(),
         );
         e.counter(
             "homeport_audit_poison_total",

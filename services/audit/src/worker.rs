@@ -5,10 +5,12 @@
 //! database returns. An event the database refuses for good (not an outage) is isolated by
 //! splitting its batch, terminated and counted, so it never stalls the others.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, AckKind};
+use chrono::{DateTime, TimeZone, Utc};
 use futures_util::StreamExt;
 use homeport_contracts::events::StreamLimits;
 use homeport_contracts::{proto, Names};
@@ -131,10 +133,19 @@ async fn consume(
         .await?;
     // Whatever is ready, up to a batch: small batches when quiet (low lag), full ones under load.
     let mut batches = messages.ready_chunks(config.batch);
+    let mut pending = Sessions::default();
     loop {
         let batch = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => {
+                pending.flush(store, metrics).await;
+                return Ok(());
+            }
             b = batches.next() => b,
+            // A quiet stream still gets its last sessions written.
+            _ = tokio::time::sleep(SESSION_FLUSH), if !pending.is_empty() => {
+                pending.flush(store, metrics).await;
+                continue;
+            }
         };
         let Some(batch) = batch else {
             anyhow::bail!("message stream ended");
@@ -159,6 +170,7 @@ async fn consume(
         if records.is_empty() {
             continue;
         }
+        let sessions = session_marks(&records);
         let span = homeport_telemetry::traces::TraceSpan::start(
             "audit.batch",
             false,
@@ -172,6 +184,10 @@ async fn consume(
             // Not acked: redelivered to whichever replica runs next.
             return Ok(());
         }
+        pending.add(sessions);
+        if pending.due() {
+            pending.flush(store, metrics).await;
+        }
         for (i, m) in acks.into_iter().enumerate() {
             if refused.contains(&i) {
                 let _ = m.ack_with(AckKind::Term).await;
@@ -182,6 +198,88 @@ async fn consume(
             }
             if let Err(e) = m.ack().await {
                 tracing::warn!(error = %e, "ack not sent; the event will be redelivered and skipped");
+            }
+        }
+    }
+}
+
+/// Session starts and ends in a batch, from the ingress's `connected` and `disconnected`
+/// device events: (guid, time) each. Times more than a minute ahead of this host's clock are
+/// ignored (the columns only move forward, so a future time would stick).
+fn session_marks(records: &[AuditRecord]) -> (Marks, Marks) {
+    let horizon = now_nanos().saturating_add(60_000_000_000);
+    let mut connects = Vec::new();
+    let mut disconnects = Vec::new();
+    for r in records {
+        if r.time_nanos <= 0 || r.time_nanos > horizon || !r.subject.contains(".device.") {
+            continue;
+        }
+        let list = match r.kind.as_str() {
+            "connected" => &mut connects,
+            "disconnected" => &mut disconnects,
+            _ => continue,
+        };
+        list.push((r.device_guid.clone(), Utc.timestamp_nanos(r.time_nanos)));
+    }
+    (connects, disconnects)
+}
+
+/// (device guid, time) of session starts or ends.
+type Marks = Vec<(String, DateTime<Utc>)>;
+
+/// How often the devices' connection times are written (and at most how many devices wait).
+const SESSION_FLUSH: Duration = Duration::from_secs(1);
+const SESSION_MAX: usize = 10_000;
+
+/// The devices' last connect and disconnect times waiting to be written: the latest per
+/// device, written a statement per kind at most once a second (or when many wait), never per
+/// keep-alive. Derived data: a replica that dies loses at most a second of them, and a
+/// failed write is logged; the next event sets them again.
+#[derive(Default)]
+struct Sessions {
+    connects: HashMap<String, DateTime<Utc>>,
+    disconnects: HashMap<String, DateTime<Utc>>,
+    since: Option<std::time::Instant>,
+}
+
+impl Sessions {
+    fn add(&mut self, (connects, disconnects): (Marks, Marks)) {
+        for (map, marks) in [
+            (&mut self.connects, connects),
+            (&mut self.disconnects, disconnects),
+        ] {
+            for (guid, at) in marks {
+                let slot = map.entry(guid).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+        }
+        if !self.is_empty() {
+            self.since.get_or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.connects.is_empty() && self.disconnects.is_empty()
+    }
+
+    fn due(&self) -> bool {
+        self.connects.len() + self.disconnects.len() >= SESSION_MAX
+            || self.since.is_some_and(|t| t.elapsed() >= SESSION_FLUSH)
+    }
+
+    async fn flush(&mut self, store: &Store, metrics: &Metrics) {
+        self.since = None;
+        for (connected, map) in [(true, &mut self.connects), (false, &mut self.disconnects)] {
+            if map.is_empty() {
+                continue;
+            }
+            let marks: Vec<(String, DateTime<Utc>)> = map.drain().collect();
+            match store.record_sessions(connected, &marks).await {
+                Ok(n) => metrics.sessions.add(n),
+                Err(e) => {
+                    metrics.db_errors.inc();
+                    tracing::warn!(error = %e, devices = marks.len(), "device connection times not recorded");
+                }
             }
         }
     }

@@ -80,6 +80,8 @@ impl Inner {
             fw_build: info.fw_build.unwrap_or_default(),
             fw_sku: info.fw_sku.unwrap_or_default(),
             control_mode: info.current_mode.unwrap_or_default(),
+            last_connected_at: d.last_connected_at.map_or(0, unix),
+            last_disconnected_at: d.last_disconnected_at.map_or(0, unix),
         }
     }
 

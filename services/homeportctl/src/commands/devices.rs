@@ -207,6 +207,7 @@ pub fn to_json(d: &Device) -> Value {
         "status": status_json(d.status), "node": d.node, "connected_since": d.connected_since,
         "created_at": d.created_at, "updated_at": d.updated_at, "fw_version": d.fw_version,
         "fw_build": d.fw_build, "fw_sku": d.fw_sku, "control_mode": d.control_mode,
+        "last_connected_at": d.last_connected_at, "last_disconnected_at": d.last_disconnected_at,
     })
 }
 
@@ -236,6 +237,8 @@ fn human(d: &Device) -> String {
         ("Firmware build", d.fw_build.clone()),
         ("Firmware SKU", d.fw_sku.clone()),
         ("Control mode", d.control_mode.clone()),
+        ("Last connected", time(d.last_connected_at)),
+        ("Last disconnected", time(d.last_disconnected_at)),
     ])
 }
 
