@@ -506,6 +506,29 @@ async fn requests_are_refused_with_clear_messages() {
         made.contains("Office") && !made.contains("correct horse"),
         "{made}"
     );
+    let changed = ctl(
+        &rps,
+        &[
+            "--json",
+            "profiles",
+            "update",
+            "ccm",
+            "--tags",
+            "a,b",
+            "--sol",
+            "true",
+            "--random-password",
+        ],
+    )
+    .await
+    .unwrap();
+    let changed: serde_json::Value = serde_json::from_str(&changed).unwrap();
+    assert_eq!(changed["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(changed["sol"], true);
+    assert_eq!(
+        changed["version"], 3,
+        "one more version after the API's update"
+    );
     let e = ctl(&rps, &["profiles", "get", "nope"]).await.unwrap_err();
     assert!(e.starts_with("NOT_FOUND"), "{e}");
     rps.stop().await;

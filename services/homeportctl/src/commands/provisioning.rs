@@ -26,8 +26,41 @@ pub enum ProfilesCmd {
     Get { name: String },
     /// Create a profile.
     Create(ProfileArgs),
+    /// Change a profile: the flags given replace those settings, the rest stays (a static
+    /// password is write-only, so a profile with one needs it again).
+    Update(ProfileUpdate),
     /// Delete a profile.
     Delete { name: String },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProfileUpdate {
+    name: String,
+    /// File with a new static AMT admin password.
+    #[arg(long, conflicts_with = "random_password")]
+    amt_password_file: Option<std::path::PathBuf>,
+    /// From now on a fresh AMT password per device.
+    #[arg(long)]
+    random_password: bool,
+    /// File with the static MEBx password (ACM profiles that have one).
+    #[arg(long)]
+    mebx_password_file: Option<std::path::PathBuf>,
+    #[arg(long, conflicts_with = "no_cira")]
+    cira_config: Option<String>,
+    /// No CIRA configuration any more.
+    #[arg(long)]
+    no_cira: bool,
+    /// Replace the tags (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    tags: Option<Vec<String>>,
+    #[arg(long)]
+    user_consent: Option<String>,
+    #[arg(long, action = clap::ArgAction::Set)]
+    kvm: Option<bool>,
+    #[arg(long, action = clap::ArgAction::Set)]
+    sol: Option<bool>,
+    #[arg(long, action = clap::ArgAction::Set)]
+    ider: Option<bool>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -402,6 +435,52 @@ pub async fn run_profiles(cmd: ProfilesCmd, api: &mut Api) -> Result<(), CliErro
                 ..Default::default()
             };
             let r = admin.create_profile(request).await?;
+            Ok(api.out.print(r.get_ref(), profile_json, profile_human)?)
+        }
+        ProfilesCmd::Update(a) => {
+            // Read, change, send back with the version read (the server refuses a stale one).
+            let mut p = admin
+                .get_profile(pb::NameRef {
+                    name: a.name.clone(),
+                })
+                .await?
+                .into_inner();
+            if let Some(f) = &a.amt_password_file {
+                p.amt_password = read_secret(&Some(f.clone()), "AMT password")?;
+                p.generate_random_password = false;
+            }
+            if a.random_password {
+                p.generate_random_password = true;
+            }
+            if a.mebx_password_file.is_some() {
+                p.mebx_password = read_secret(&a.mebx_password_file, "MEBx password")?;
+                p.generate_random_mebx_password = false;
+            }
+            if let Some(c) = a.cira_config {
+                p.cira_config_name = c;
+            }
+            if a.no_cira {
+                p.cira_config_name.clear();
+            }
+            if let Some(t) = a.tags {
+                p.tags = t;
+            }
+            if let Some(c) = a.user_consent.as_deref() {
+                p.user_consent = match c {
+                    "none" => pb::UserConsent::None,
+                    "kvm" => pb::UserConsent::Kvm,
+                    "all" => pb::UserConsent::All,
+                    other => {
+                        return Err(CliError::Usage(format!(
+                            "--user-consent must be none, kvm or all, not {other:?}"
+                        )))
+                    }
+                } as i32;
+            }
+            p.kvm_enabled = a.kvm.unwrap_or(p.kvm_enabled);
+            p.sol_enabled = a.sol.unwrap_or(p.sol_enabled);
+            p.ider_enabled = a.ider.unwrap_or(p.ider_enabled);
+            let r = admin.update_profile(p).await?;
             Ok(api.out.print(r.get_ref(), profile_json, profile_human)?)
         }
         ProfilesCmd::Delete { name } => {
