@@ -612,6 +612,7 @@ async fn the_registry_learns_when_devices_connected_and_disconnected() {
         .into_inner();
     assert_eq!(d.last_connected_at, connected.timestamp());
     assert_eq!(d.last_disconnected_at, 0);
+    assert!(d.last_seen >= connected.timestamp(), "connected: seen now");
     // A dropped session records its end; the reconnect moves the start forward.
     s.fleet.device(&guid).unwrap().disconnect();
     let ended = wait_time(&s.env, &guid, |d| d.last_disconnected_at).await;

@@ -82,6 +82,13 @@ impl Inner {
             control_mode: info.current_mode.unwrap_or_default(),
             last_connected_at: d.last_connected_at.map_or(0, unix),
             last_disconnected_at: d.last_disconnected_at.map_or(0, unix),
+            last_seen: if status == pb::ConnectionStatus::Connected {
+                chrono::Utc::now().timestamp()
+            } else {
+                d.last_disconnected_at
+                    .or(d.last_connected_at)
+                    .map_or(0, unix)
+            },
         }
     }
 

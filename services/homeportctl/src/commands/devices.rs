@@ -208,6 +208,7 @@ pub fn to_json(d: &Device) -> Value {
         "created_at": d.created_at, "updated_at": d.updated_at, "fw_version": d.fw_version,
         "fw_build": d.fw_build, "fw_sku": d.fw_sku, "control_mode": d.control_mode,
         "last_connected_at": d.last_connected_at, "last_disconnected_at": d.last_disconnected_at,
+        "last_seen": d.last_seen,
     })
 }
 
@@ -239,6 +240,7 @@ fn human(d: &Device) -> String {
         ("Control mode", d.control_mode.clone()),
         ("Last connected", time(d.last_connected_at)),
         ("Last disconnected", time(d.last_disconnected_at)),
+        ("Last seen", time(d.last_seen)),
     ])
 }
 
