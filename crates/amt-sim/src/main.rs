@@ -1,4 +1,5 @@
-//! `amt-sim`: enrol simulated AMT devices, and run them against a CIRA server.
+//! `amt-sim`: enrol simulated AMT devices and run them against a CIRA server, or activate
+//! unprovisioned ones through rps.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -88,20 +89,47 @@ enum Command {
         #[arg(long, env = "HOMEPORT_LOG", default_value = "warn")]
         log: String,
     },
+    /// Activate unprovisioned simulated PCs through rps, each with its own rpc client, then
+    /// keep them connected over CIRA with the configuration they were given.
+    Activate {
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The rps WebSocket, as rpc's -u (the certificate is not checked, as rpc -n).
+        #[arg(long, default_value = "wss://127.0.0.1:8080/activate")]
+        rps: String,
+        /// Profile to activate with.
+        #[arg(long)]
+        profile: String,
+        /// Tenant, as rpc's -tenant.
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Activations in flight at once.
+        #[arg(long, default_value_t = 10)]
+        concurrency: usize,
+        /// Delay every WS-Man answer by this many milliseconds (rpc over LMS: about 1 s).
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Keep the activated PCs connected over CIRA this many seconds (0: do not connect).
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+        /// Log filter.
+        #[arg(long, env = "HOMEPORT_LOG", default_value = "warn")]
+        log: String,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
     let log = match &cli.command {
         Command::Enroll { common, .. } => common.logging(),
-        Command::Run { log, .. } => homeport_runtime::Logging {
+        Command::Run { log, .. } | Command::Activate { log, .. } => homeport_runtime::Logging {
             filter: log.clone(),
             json: false,
         },
     };
     let valid = match &cli.command {
         Command::Enroll { common, .. } => common.validate(),
-        Command::Run { .. } => Ok(()),
+        Command::Run { .. } | Command::Activate { .. } => Ok(()),
     };
     homeport_runtime::run_main("amt-sim", valid, &log, || run(cli));
 }
@@ -236,5 +264,91 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fleet.stop().await;
             Ok(())
         }
+        Command::Activate {
+            fleet,
+            rps,
+            profile,
+            tenant,
+            concurrency,
+            latency_ms,
+            hold,
+            log: _,
+        } => activate(fleet, rps, profile, tenant, concurrency, latency_ms, hold).await,
     }
+}
+
+async fn activate(
+    fleet: FleetArgs,
+    rps: String,
+    profile: String,
+    tenant: String,
+    concurrency: usize,
+    latency_ms: u64,
+    hold: u64,
+) -> anyhow::Result<()> {
+    use homeport_amt_sim::provision::{RpcClient, SimDevice};
+    let mut client = RpcClient::new(&rps).map_err(|e| anyhow::anyhow!("--rps: {e}"))?;
+    client.tenant = tenant;
+    client.latency = Duration::from_millis(latency_ms);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let command = format!("activate --profile {profile}");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in fleet.first_index..fleet.first_index + fleet.devices {
+        let (gate, client, command) = (gate.clone(), client.clone(), command.clone());
+        tasks.push(tokio::spawn(async move {
+            let _slot = gate.acquire_owned().await;
+            let pc = SimDevice::unprovisioned(fleet.seed, i);
+            let result = pc.rpc(&client, &command, None).await;
+            (pc, result)
+        }));
+    }
+    let mut activated = Vec::new();
+    for t in tasks {
+        let (pc, result) = t.await?;
+        match result {
+            Ok(r) if r.ok => {
+                println!(
+                    "{} {} ({} exchanges)",
+                    pc.guid(),
+                    r.status("Status").unwrap_or_default(),
+                    r.exchanges
+                );
+                activated.push(pc);
+            }
+            Ok(r) => println!(
+                "{} refused: {}",
+                pc.guid(),
+                r.status("Status").unwrap_or(r.message)
+            ),
+            Err(e) => println!("{} failed: {e}", pc.guid()),
+        }
+    }
+    println!(
+        "activated {}/{} in {:.1}s",
+        activated.len(),
+        fleet.devices,
+        started.elapsed().as_secs_f64()
+    );
+    if hold == 0 || activated.is_empty() {
+        return Ok(());
+    }
+    // They dial what their CIRA configuration says (the first device's server for all).
+    let Some((host, port, _)) = activated[0].cira_target() else {
+        anyhow::bail!("the profile has no CIRA configuration: nothing to connect to");
+    };
+    let address = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("resolving the CIRA server {host}:{port}"))?
+        .next()
+        .with_context(|| format!("{host}:{port}: no address"))?;
+    let mut cfg = SimConfig::new(address, 0);
+    cfg.seed = fleet.seed;
+    let n = activated.len() as u64;
+    let fleet = Fleet::start_provisioned(cfg, activated)?;
+    let connected = fleet.wait_connected(n, Duration::from_secs(60)).await;
+    println!("{connected}/{n} connected over CIRA to {address}; holding {hold}s");
+    homeport_runtime::stop_after(hold).await;
+    fleet.stop().await;
+    Ok(())
 }
