@@ -299,6 +299,22 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
     scraped.push(health);
     workers.push(bridge);
 
+    // rps with its own NATS user, for the metrics check at the end.
+    let health = free_port();
+    let mut rps = cluster.spawn(
+        "rps",
+        "rps",
+        &[
+            ("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
+            ("HOMEPORT_RPS_LISTEN", format!("127.0.0.1:{}", free_port())),
+            ("HOMEPORT_GRPC_LISTEN", format!("127.0.0.1:{}", free_port())),
+            ("HOMEPORT_JWT_HS256_SECRET_FILE", jwt.clone()),
+        ],
+    );
+    wait_ready("rps", health, &mut rps).await;
+    scraped.push(health);
+    workers.push(rps);
+
     // The fleet dials the balancer; both nodes take a share.
     let lb = balancer(cira).await;
     let cfg = env.enrolled_fleet(lb, DEVICES, 61, "acme").await;
@@ -417,7 +433,7 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
     );
     let observability = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/observability/");
     let mut asked = vec![std::fs::read_to_string(format!("{observability}alerts.yml")).unwrap()];
-    for board in ["fleet", "ingress", "commands", "audit"] {
+    for board in ["fleet", "ingress", "commands", "audit", "provisioning"] {
         let path = format!("{observability}grafana/dashboards/{board}.json");
         let text = std::fs::read_to_string(&path).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
