@@ -12,6 +12,7 @@ use homeport_wsman::amt::features::{self as feat, CONSENT_ALL, CONSENT_KVM, CONS
 use homeport_wsman::amt::{self, pull_page, Properties};
 use homeport_wsman::envelope::{epr, Class};
 use homeport_wsman::response::number;
+use homeport_wsman::xml::Element;
 use homeport_wsman::{Request, Response};
 
 use super::{
@@ -316,6 +317,15 @@ impl Activation {
         self.st = st;
         let p = &self.plan;
         let req = match &self.st {
+            // These states' requests are sent by the answer that leads to them (a pull's
+            // context, a Put of what was read); nothing enters them from here.
+            St::PullSap
+            | St::PullCerts
+            | St::PullWifi
+            | St::PutWifiService
+            | St::PullEthernet
+            | St::PutEthernet
+            | St::PutEnvironment => return self.fail("a state was entered out of order"),
             St::GeneralSettings => Request::get(amt::GENERAL_SETTINGS),
             St::SaveSecrets => {
                 return Output::Effect(Effect::SaveSecrets {
@@ -428,7 +438,6 @@ impl Activation {
                     PUBLIC_KEY_CERTIFICATE
                 })
             }
-            St::PullSap | St::PullCerts => unreachable_pull(),
             St::DeleteSap => match self.doomed.last() {
                 Some(name) => Request::delete(MANAGEMENT_PRESENCE_SAP)
                     .with_selector("CreationClassName", "AMT_ManagementPresenceRemoteSAP")
@@ -445,13 +454,11 @@ impl Activation {
                 self.pages = 0;
                 Request::enumerate(WIFI_ENDPOINT_SETTINGS)
             }
-            St::PullWifi => unreachable_pull(),
             St::DeleteWifi => match self.doomed.last() {
                 Some(id) => Request::delete(WIFI_ENDPOINT_SETTINGS).with_selector("InstanceID", id),
                 None => return self.network(),
             },
             St::GetWifiService => Request::get(WIFI_PORT_SERVICE),
-            St::PutWifiService => unreachable_pull(),
             St::EnableWifiPort => Request::invoke(
                 WIFI_PORT,
                 "RequestStateChange",
@@ -471,7 +478,6 @@ impl Activation {
                 props.to_put(amt::GENERAL_SETTINGS)
             }
             St::EnumerateEthernet => Request::enumerate(ETHERNET_PORT),
-            St::PullEthernet | St::PutEthernet => unreachable_pull(),
             St::GetRedirection => Request::get(amt::REDIRECTION_SERVICE),
             St::GetKvm => Request::get(amt::KVM_REDIRECTION_SAP),
             St::GetOptIn => Request::get(amt::OPT_IN_SERVICE),
@@ -558,7 +564,6 @@ impl Activation {
                 &[("RequestedState", "32771".into())],
             ),
             St::GetEnvironment => Request::get(ENVIRONMENT_DETECTION),
-            St::PutEnvironment => unreachable_pull(),
             St::Finished => return self.finish(),
         };
         Output::Send(self.link.send(&req))
@@ -704,29 +709,15 @@ impl Activation {
             }
             St::PullSap | St::PullCerts => {
                 let sap = self.st == St::PullSap;
-                let Ok(page) = pull_page(&resp) else {
-                    return self.fail("unreadable pull");
+                let (class, key) = if sap {
+                    (MANAGEMENT_PRESENCE_SAP, "Name")
+                } else {
+                    (PUBLIC_KEY_CERTIFICATE, "InstanceID")
                 };
-                let key = if sap { "Name" } else { "InstanceID" };
-                self.pages += 1;
-                if self.pages > MAX_PAGES || self.doomed.len() + page.items.len() > MAX_ITEMS {
-                    return self.fail("the device listed more entries than AMT holds");
-                }
-                self.doomed.extend(
-                    page.items
-                        .iter()
-                        .filter_map(|e| e.text_of(key))
-                        .map(str::to_string),
-                );
-                if !page.end_of_sequence {
-                    if let Some(ctx) = page.context {
-                        let class = if sap {
-                            MANAGEMENT_PRESENCE_SAP
-                        } else {
-                            PUBLIC_KEY_CERTIFICATE
-                        };
-                        return self.send(&Request::pull(class, &ctx));
-                    }
+                match self.collect(&resp, class, key, |_| true) {
+                    Err(why) => return self.fail(why),
+                    Ok(Some(next)) => return self.send(&next),
+                    Ok(None) => {}
                 }
                 if sap && !self.doomed.is_empty() {
                     self.status.cira_connection = Some("unconfigured".into());
@@ -748,27 +739,13 @@ impl Activation {
                 Err(_) => self.network(),
             },
             St::PullWifi => {
-                let Ok(page) = pull_page(&resp) else {
-                    return self.fail("unreadable CIM_WiFiEndpointSettings");
-                };
-                self.pages += 1;
-                if self.pages > MAX_PAGES || self.doomed.len() + page.items.len() > MAX_ITEMS {
-                    return self.fail("the device listed more entries than AMT holds");
-                }
                 // Priority 0 is a profile the OS synchronised; only those a server added go.
-                self.doomed.extend(
-                    page.items
-                        .iter()
-                        .filter(|e| e.text_of("Priority").is_some_and(|p| p != "0"))
-                        .filter_map(|e| e.text_of("InstanceID"))
-                        .map(str::to_string),
-                );
-                if !page.end_of_sequence {
-                    if let Some(ctx) = page.context {
-                        return self.send(&Request::pull(WIFI_ENDPOINT_SETTINGS, &ctx));
-                    }
+                let added = |e: &Element| e.text_of("Priority").is_some_and(|p| p != "0");
+                match self.collect(&resp, WIFI_ENDPOINT_SETTINGS, "InstanceID", added) {
+                    Err(why) => self.fail(why),
+                    Ok(Some(next)) => self.send(&next),
+                    Ok(None) => self.enter(St::DeleteWifi),
                 }
-                self.enter(St::DeleteWifi)
             }
             St::DeleteWifi => {
                 self.doomed.pop();
@@ -994,6 +971,34 @@ impl Activation {
         }
     }
 
+    /// Adds the `key` of each item of a pull page that `keep` accepts to the entries to
+    /// delete, within the bounds an enumeration may take; `Ok(Some(..))` is the request for the
+    /// next page, `Ok(None)` the end of the enumeration.
+    fn collect(
+        &mut self,
+        resp: &Response,
+        class: Class,
+        key: &str,
+        keep: impl Fn(&Element) -> bool,
+    ) -> Result<Option<Request>, String> {
+        let page = pull_page(resp).map_err(|e| format!("{}: unreadable pull: {e}", class.name))?;
+        self.pages += 1;
+        if self.pages > MAX_PAGES || self.doomed.len() + page.items.len() > MAX_ITEMS {
+            return Err("the device listed more entries than AMT holds".into());
+        }
+        self.doomed.extend(
+            page.items
+                .iter()
+                .filter(|e| keep(e))
+                .filter_map(|e| e.text_of(key))
+                .map(str::to_string),
+        );
+        Ok(match page.context {
+            Some(ctx) if !page.end_of_sequence => Some(Request::pull(class, &ctx)),
+            _ => None,
+        })
+    }
+
     /// The network step: general settings AMT needs on the network, then the wired interface.
     fn network(&mut self) -> Output {
         if self.plan.network.is_none() {
@@ -1162,11 +1167,6 @@ fn add_wifi_settings(w: &WifiProfile) -> Request {
 
 fn xml_text(s: &str) -> String {
     homeport_wsman::xml::escape(s).into_owned()
-}
-
-/// Pull and Put states are entered with their request already sent.
-fn unreachable_pull() -> Request {
-    Request::get(amt::GENERAL_SETTINGS)
 }
 
 impl Flow for Activation {
