@@ -230,54 +230,24 @@ impl AdminApi {
             _ => return Err(invalid("activation", "must be CCM or ACM")),
         };
         let mut secrets = SecretMap::new();
-        match (p.amt_password.is_empty(), p.generate_random_password) {
-            (false, true) => {
-                return Err(invalid(
-                    "amt_password",
-                    "give either a static password or generate_random_password, not both",
-                ))
-            }
-            (true, false) => {
-                return Err(invalid(
-                    "amt_password",
-                    "required unless generate_random_password is set",
-                ))
-            }
-            (false, false) if !specs::valid_amt_password(&p.amt_password) => {
-                return Err(invalid(
-                    "amt_password",
-                    "8-32 characters with a lower-case and an upper-case letter, a digit and one of !@#$%^&*",
-                ))
-            }
-            (false, false) => {
-                secrets.insert(specs::AMT_PASSWORD.into(), SecretString::new(p.amt_password.clone()));
-            }
-            (true, true) => {}
+        if let Some(pw) = static_or_random(
+            "amt_password",
+            "generate_random_password",
+            "required",
+            &p.amt_password,
+            p.generate_random_password,
+        )? {
+            secrets.insert(specs::AMT_PASSWORD.into(), pw);
         }
         if acm {
-            match (p.mebx_password.is_empty(), p.generate_random_mebx_password) {
-                (true, false) => {
-                    return Err(invalid(
-                        "mebx_password",
-                        "required for ACM unless generate_random_mebx_password is set",
-                    ))
-                }
-                (false, true) => {
-                    return Err(invalid(
-                        "mebx_password",
-                        "give either a static password or generate_random_mebx_password, not both",
-                    ))
-                }
-                (false, false) if !specs::valid_amt_password(&p.mebx_password) => {
-                    return Err(invalid(
-                        "mebx_password",
-                        "8-32 characters with a lower-case and an upper-case letter, a digit and one of !@#$%^&*",
-                    ))
-                }
-                (false, false) => {
-                    secrets.insert(specs::MEBX_PASSWORD.into(), SecretString::new(p.mebx_password.clone()));
-                }
-                (true, true) => {}
+            if let Some(pw) = static_or_random(
+                "mebx_password",
+                "generate_random_mebx_password",
+                "required for ACM",
+                &p.mebx_password,
+                p.generate_random_mebx_password,
+            )? {
+                secrets.insert(specs::MEBX_PASSWORD.into(), pw);
             }
         } else if !p.mebx_password.is_empty() || p.generate_random_mebx_password {
             return Err(invalid(
@@ -601,6 +571,33 @@ impl AdminApi {
             secrets: Some(secrets),
             version: w.version,
         })
+    }
+}
+
+/// A profile password is either static or fresh per device (`random`), exactly one of the
+/// two; a static one must be one AMT accepts. Returns the static one, if any.
+fn static_or_random(
+    field: &str,
+    random_field: &str,
+    required: &str,
+    value: &str,
+    random: bool,
+) -> Result<Option<SecretString>, Status> {
+    match (value.is_empty(), random) {
+        (false, true) => Err(invalid(
+            field,
+            &format!("give either a static password or {random_field}, not both"),
+        )),
+        (true, false) => Err(invalid(
+            field,
+            &format!("{required} unless {random_field} is set"),
+        )),
+        (false, false) if !specs::valid_amt_password(value) => Err(invalid(
+            field,
+            "8-32 characters with a lower-case and an upper-case letter, a digit and one of !@#$%^&*",
+        )),
+        (false, false) => Ok(Some(SecretString::new(value))),
+        (true, true) => Ok(None),
     }
 }
 
