@@ -427,6 +427,27 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Runs a store write, again after a pause while `unavailable` says the store is down (an
+/// outage may pass within the step's deadline; a refusal will not), at most
+/// `EFFECT_ATTEMPTS` times.
+async fn through_outages<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    device: &str,
+    mut write: impl FnMut() -> F,
+    unavailable: fn(&E) -> bool,
+) -> Result<T, E> {
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(e) if unavailable(&e) && attempt < EFFECT_ATTEMPTS => {
+                tracing::warn!(device, error = %e, "store unavailable; retrying");
+                attempt += 1;
+                tokio::time::sleep(EFFECT_RETRY).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result<(), String> {
     match effect {
         Effect::SaveSecrets {
@@ -439,19 +460,13 @@ async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result
                 mebx_password,
                 mps_password,
             };
-            let mut attempt = 1;
-            loop {
-                match secrets.save(inner.secrets.as_ref(), &ctx.guid).await {
-                    Ok(()) => return Ok(()),
-                    // An outage may pass within the step's deadline; a refusal will not.
-                    Err(e) if e.is_unavailable() && attempt < EFFECT_ATTEMPTS => {
-                        tracing::warn!(device = %ctx.guid, error = %e, "secret store unavailable; retrying");
-                        attempt += 1;
-                        tokio::time::sleep(EFFECT_RETRY).await;
-                    }
-                    Err(e) => return Err(format!("storing the device's credentials: {e}")),
-                }
-            }
+            through_outages(
+                &ctx.guid,
+                || secrets.save(inner.secrets.as_ref(), &ctx.guid),
+                homeport_secrets::SecretError::is_unavailable,
+            )
+            .await
+            .map_err(|e| format!("storing the device's credentials: {e}"))
         }
         Effect::Register {
             control_mode,
@@ -475,27 +490,25 @@ async fn run_effect(inner: &Arc<Inner>, ctx: &mut Ctx, effect: Effect) -> Result
                 mps_username: mps_username.unwrap_or_default(),
                 device_info: Some(info),
             };
-            let mut attempt = 1;
-            loop {
-                match inner.store.upsert_device(device.clone()).await {
-                    Ok(_) => {
-                        let change = if ctx.registered { "updated" } else { "created" };
-                        ctx.registered = true;
-                        registry_event(inner, ctx, change);
-                        return Ok(());
-                    }
-                    Err(StoreError::TenantConflict { .. }) => {
-                        return Err("Device belongs to another tenant".into())
-                    }
-                    // The device is set up by now: an outage that passes within the step's
-                    // deadline must not leave it unregistered.
-                    Err(e) if e.is_unavailable() && attempt < EFFECT_ATTEMPTS => {
-                        tracing::warn!(device = %ctx.guid, error = %e, "database unavailable; retrying");
-                        attempt += 1;
-                        tokio::time::sleep(EFFECT_RETRY).await;
-                    }
-                    Err(e) => return Err(format!("registering the device: {e}")),
+            // The device is set up by now: an outage that passes within the step's deadline
+            // must not leave it unregistered.
+            let upserted = through_outages(
+                &ctx.guid,
+                || inner.store.upsert_device(device.clone()),
+                StoreError::is_unavailable,
+            )
+            .await;
+            match upserted {
+                Ok(_) => {
+                    let change = if ctx.registered { "updated" } else { "created" };
+                    ctx.registered = true;
+                    registry_event(inner, ctx, change);
+                    Ok(())
                 }
+                Err(StoreError::TenantConflict { .. }) => {
+                    Err("Device belongs to another tenant".into())
+                }
+                Err(e) => Err(format!("registering the device: {e}")),
             }
         }
         Effect::Refresh { hostname } => {
@@ -688,15 +701,17 @@ async fn prepare(
                 0 => {
                     let amt = match spec.generate_random_password {
                         true => SecretString::new(specs::random_password(16)),
-                        false => {
-                            profile_secret(inner, &ctx.tenant, &record.name, specs::AMT_PASSWORD)
-                                .await?
-                                .ok_or_else(|| {
-                                    Refusal::Other(format!(
-                                        "profile {profile} has no stored AMT password"
-                                    ))
-                                })?
-                        }
+                        false => object_secret(
+                            inner,
+                            &ctx.tenant,
+                            specs::PROFILE,
+                            &record.name,
+                            specs::AMT_PASSWORD,
+                        )
+                        .await?
+                        .ok_or_else(|| {
+                            Refusal::Other(format!("profile {profile} has no stored AMT password"))
+                        })?,
                     };
                     let user = if facts.payload.username.is_empty() {
                         "$$OsAdmin".to_string()
@@ -894,11 +909,15 @@ async fn acm_plan(
     ) {
         (true, Some(prev)) => prev,
         (true, None) => SecretString::new(specs::random_password(16)),
-        (false, _) => profile_secret(inner, &ctx.tenant, profile, specs::MEBX_PASSWORD)
-            .await?
-            .ok_or_else(|| {
-                Refusal::Other(format!("profile {profile} has no stored MEBx password"))
-            })?,
+        (false, _) => object_secret(
+            inner,
+            &ctx.tenant,
+            specs::PROFILE,
+            profile,
+            specs::MEBX_PASSWORD,
+        )
+        .await?
+        .ok_or_else(|| Refusal::Other(format!("profile {profile} has no stored MEBx password")))?,
     };
     let mut mc_nonce = [0u8; 20];
     openssl::rand::rand_bytes(&mut mc_nonce).map_err(|e| Refusal::Other(e.to_string()))?;
@@ -952,29 +971,21 @@ async fn acm_plan(
 async fn wifi_plan(inner: &Inner, ctx: &Ctx, spec: &ProfileSpec) -> Result<WifiPlan, Refusal> {
     let mut profiles = Vec::new();
     for (name, priority) in &spec.wifi_configs {
-        let record = inner
-            .store
-            .get_config(&ctx.tenant, specs::WIRELESS, name)
-            .await
-            .map_err(store_down)?
-            .ok_or_else(|| {
-                Refusal::Other(format!(
-                    "wireless config {name} of the profile does not exist"
-                ))
-            })?;
-        let w: specs::WirelessSpec = serde_json::from_value(record.spec)
-            .map_err(|e| Refusal::Other(format!("wireless config {name} is unreadable: {e}")))?;
-        let passphrase = inner
-            .secrets
-            .get(&specs::secret_path(&ctx.tenant, specs::WIRELESS, name))
-            .await
-            .map_err(store_down)?
-            .and_then(|m| m.get(specs::PSK_PASSPHRASE).cloned())
-            .ok_or_else(|| {
-                Refusal::Other(format!("wireless config {name} has no stored passphrase"))
-            })?;
+        let (stored_name, w): (String, specs::WirelessSpec) =
+            linked_spec(inner, &ctx.tenant, specs::WIRELESS, "wireless config", name).await?;
+        let passphrase = object_secret(
+            inner,
+            &ctx.tenant,
+            specs::WIRELESS,
+            name,
+            specs::PSK_PASSPHRASE,
+        )
+        .await?
+        .ok_or_else(|| {
+            Refusal::Other(format!("wireless config {name} has no stored passphrase"))
+        })?;
         profiles.push(WifiProfile {
-            name: record.name,
+            name: stored_name,
             ssid: w.ssid,
             authentication_method: w.authentication_method,
             encryption_method: w.encryption_method,
@@ -989,18 +1000,41 @@ async fn wifi_plan(inner: &Inner, ctx: &Ctx, spec: &ProfileSpec) -> Result<WifiP
     })
 }
 
-async fn profile_secret(
+/// The secret `key` of an admin object (a profile's static password, a CIRA config's, a
+/// Wi-Fi passphrase), if stored.
+async fn object_secret(
     inner: &Inner,
     tenant: &str,
-    profile: &str,
+    kind: &str,
+    name: &str,
     key: &str,
 ) -> Result<Option<SecretString>, Refusal> {
     Ok(inner
         .secrets
-        .get(&specs::secret_path(tenant, specs::PROFILE, profile))
+        .get(&specs::secret_path(tenant, kind, name))
         .await
         .map_err(store_down)?
         .and_then(|m| m.get(key).cloned()))
+}
+
+/// An admin object a profile names (its name as stored, and its settings); `what` words it
+/// in the refusal.
+async fn linked_spec<T: serde::de::DeserializeOwned>(
+    inner: &Inner,
+    tenant: &str,
+    kind: &str,
+    what: &str,
+    name: &str,
+) -> Result<(String, T), Refusal> {
+    let record = inner
+        .store
+        .get_config(tenant, kind, name)
+        .await
+        .map_err(store_down)?
+        .ok_or_else(|| Refusal::Other(format!("{what} {name} of the profile does not exist")))?;
+    let spec = serde_json::from_value(record.spec)
+        .map_err(|e| Refusal::Other(format!("{what} {name} is unreadable: {e}")))?;
+    Ok((record.name, spec))
 }
 
 async fn cira_plan(
@@ -1009,23 +1043,11 @@ async fn cira_plan(
     name: &str,
     stored: Option<&DeviceSecrets>,
 ) -> Result<CiraPlan, Refusal> {
-    let record = inner
-        .store
-        .get_config(&ctx.tenant, specs::CIRA, name)
-        .await
-        .map_err(store_down)?
-        .ok_or_else(|| {
-            Refusal::Other(format!("CIRA config {name} of the profile does not exist"))
-        })?;
-    let spec: CiraSpec = serde_json::from_value(record.spec)
-        .map_err(|e| Refusal::Other(format!("CIRA config {name} is unreadable: {e}")))?;
+    let (_, spec): (String, CiraSpec) =
+        linked_spec(inner, &ctx.tenant, specs::CIRA, "CIRA config", name).await?;
     let password = if spec.static_password {
-        inner
-            .secrets
-            .get(&specs::secret_path(&ctx.tenant, specs::CIRA, name))
-            .await
-            .map_err(store_down)?
-            .and_then(|m| m.get(specs::MPS_PASSWORD).cloned())
+        object_secret(inner, &ctx.tenant, specs::CIRA, name, specs::MPS_PASSWORD)
+            .await?
             .ok_or_else(|| Refusal::Other(format!("CIRA config {name} has no stored password")))?
     } else {
         // Keep a password an earlier run stored: the device may hold it already.
