@@ -12,6 +12,10 @@ pub const MPS_PASSWORD: &str = "MPS_PASSWORD";
 pub const AMT_USERNAME: &str = "admin";
 /// Path of the ingress TLS material, as Open AMT MPS names it.
 pub const MPS_CERTS_PATH: &str = "MPSCerts";
+/// Where the CIRA ingress keeps the certificates it generated (shared by its nodes, and read
+/// by rps, which gives devices the root), and the key of the root certificate (PEM) there.
+pub const CIRA_CERTS_PATH: &str = "certs/cira";
+pub const CIRA_CA_CERT: &str = "CA_CERT";
 
 /// The secret path of a device: `devices/<guid>`, with the guid lowercased because device
 /// guids are stored in canonical lowercase everywhere else.

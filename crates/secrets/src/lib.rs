@@ -16,8 +16,8 @@ mod store;
 mod vault;
 
 pub use device::{
-    device_path, DeviceSecrets, AMT_PASSWORD, AMT_USERNAME, MEBX_PASSWORD, MPS_CERTS_PATH,
-    MPS_PASSWORD,
+    device_path, DeviceSecrets, AMT_PASSWORD, AMT_USERNAME, CIRA_CA_CERT, CIRA_CERTS_PATH,
+    MEBX_PASSWORD, MPS_CERTS_PATH, MPS_PASSWORD,
 };
 pub use error::SecretError;
 pub use local::{LocalFileConfig, LocalFileStore};

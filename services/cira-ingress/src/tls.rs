@@ -18,8 +18,8 @@ use openssl::x509::extension::{
 use openssl::x509::{X509NameBuilder, X509};
 
 /// Secret-store path of generated CIRA certificates.
-pub const CERT_PATH: &str = "certs/cira";
-const CA_CERT: &str = "CA_CERT";
+pub const CERT_PATH: &str = homeport_secrets::CIRA_CERTS_PATH;
+const CA_CERT: &str = homeport_secrets::CIRA_CA_CERT;
 const CA_KEY: &str = "CA_KEY";
 const SERVER_CERT: &str = "SERVER_CERT";
 const SERVER_KEY: &str = "SERVER_KEY";

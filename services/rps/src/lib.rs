@@ -35,8 +35,6 @@ pub use config::RpsConfig;
 
 /// Largest admin request decoded (a domain's PFX is a few KB).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
-/// Where the ingress keeps its CIRA certificates (shared secret store).
-const INGRESS_CERTS: &str = "certs/cira";
 
 pub struct RpsParts {
     pub config: RpsConfig,
@@ -131,8 +129,12 @@ impl Inner {
 
     /// The ingress's root certificate (base64 DER), when an ingress has stored one.
     pub async fn ingress_root_der(&self) -> Option<String> {
-        let map = self.secrets.get(INGRESS_CERTS).await.ok()??;
-        let pem = map.get("CA_CERT")?;
+        let map = self
+            .secrets
+            .get(homeport_secrets::CIRA_CERTS_PATH)
+            .await
+            .ok()??;
+        let pem = map.get(homeport_secrets::CIRA_CA_CERT)?;
         let der = openssl::x509::X509::from_pem(pem.expose().as_bytes())
             .ok()?
             .to_der()
