@@ -30,6 +30,26 @@ pub fn request(host: &str, authorization: Option<&str>, envelope: &str) -> Vec<u
     out
 }
 
+/// `POST /wsman` framed as the reference RPS frames it for an rpc client to relay
+/// (openamt-rps.md §1.6): the Authorization header first, `Host: <guid>:16992`, one chunk with
+/// an upper-case hex length, then the last chunk (rpc-go's LME transport speaks chunked).
+pub fn request_chunked(host: &str, authorization: Option<&str>, envelope: &str) -> Vec<u8> {
+    let mut s = String::from("POST /wsman HTTP/1.1\r\n");
+    if let Some(a) = authorization {
+        s.push_str("Authorization: ");
+        s.push_str(a);
+        s.push_str("\r\n");
+    }
+    s.push_str(&format!(
+        "Host: {host}\r\nTransfer-Encoding: chunked\r\n\r\n{:X}\r\n",
+        envelope.len()
+    ));
+    let mut out = s.into_bytes();
+    out.extend_from_slice(envelope.as_bytes());
+    out.extend_from_slice(b"\r\n0\r\n\r\n");
+    out
+}
+
 /// A device's HTTP answer.
 #[derive(Debug)]
 pub struct HttpReply {
@@ -63,6 +83,16 @@ pub fn parse_reply(bytes: &[u8]) -> Result<HttpReply, HttpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunked_request_reads_back_whole() {
+        let bytes = request_chunked("g:16992", Some("Digest x"), "<Envelope/>");
+        let complete = http1::complete_request(&bytes).unwrap().unwrap();
+        assert_eq!(complete.len, bytes.len());
+        assert_eq!(complete.head.header("authorization"), Some("Digest x"));
+        assert_eq!(http1::body(&bytes, &complete).unwrap(), b"<Envelope/>");
+        assert!(bytes.starts_with(b"POST /wsman HTTP/1.1\r\nAuthorization: Digest x\r\n"));
+    }
 
     #[test]
     fn chunked_amt_reply_with_split_tokens() {

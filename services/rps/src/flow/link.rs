@@ -105,7 +105,7 @@ impl Link {
             .digest
             .as_mut()
             .map(|d| d.authorize(&user, &self.password, "POST", "/wsman"));
-        request(&self.host, auth.as_deref(), envelope)
+        http::request_chunked(&self.host, auth.as_deref(), envelope)
     }
 
     /// Reads the device's answer to the last `send`.
@@ -150,25 +150,4 @@ impl Link {
     pub fn realm(&self) -> Option<&str> {
         self.digest.as_ref().map(DigestSession::realm)
     }
-}
-
-/// `POST /wsman` framed as the reference RPS frames it (openamt-rps.md §1.6): the
-/// Authorization header first, `Host: <guid>:16992`, one chunk with an upper-case hex length,
-/// then the last chunk. rpc-go relays the bytes unchanged to LMS or, over MEI, to LME, whose
-/// own transport speaks chunked.
-fn request(host: &str, authorization: Option<&str>, envelope: &str) -> Vec<u8> {
-    let mut s = String::from("POST /wsman HTTP/1.1\r\n");
-    if let Some(a) = authorization {
-        s.push_str("Authorization: ");
-        s.push_str(a);
-        s.push_str("\r\n");
-    }
-    s.push_str(&format!(
-        "Host: {host}\r\nTransfer-Encoding: chunked\r\n\r\n{:X}\r\n",
-        envelope.len()
-    ));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(envelope.as_bytes());
-    out.extend_from_slice(b"\r\n0\r\n\r\n");
-    out
 }
