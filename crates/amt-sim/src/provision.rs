@@ -34,10 +34,15 @@ pub const LSA_USER: &str = "$$OsAdmin";
 /// vendor roots firmware ships, derived so every device reports the same set.
 pub fn default_cert_hashes() -> Vec<String> {
     (0..6u8)
-        .map(|i| {
-            let d = openssl::sha::sha256(format!("homeport-sim-trusted-root-{i}").as_bytes());
-            d.iter().map(|b| format!("{b:02x}")).collect()
-        })
+        .map(|i| sha256_hex(format!("homeport-sim-trusted-root-{i}").as_bytes()))
+        .collect()
+}
+
+/// SHA-256 in lower-case hex, the form trusted-root hashes take (rpc's `certHashes`).
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    openssl::sha::sha256(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
         .collect()
 }
 
@@ -249,10 +254,7 @@ impl SimDevice {
     /// Adds a root (DER) to the roots the firmware trusts and reports, as OEMs ship the
     /// vendors' provisioning roots.
     pub fn trust_root(&mut self, der: &[u8]) {
-        let hash: String = openssl::sha::sha256(der)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = sha256_hex(der);
         self.cert_hashes.push(hash.clone());
         if let Some(r) = self.slot.lock().remote.as_mut() {
             r.trusted_hashes.push(hash);

@@ -180,10 +180,7 @@ fn add_next_cert(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
         return Ok(Answer::return_value(&class, method, INVALID_PARAMETER));
     }
     if root {
-        let hash: String = openssl::sha::sha256(&der)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = crate::provision::sha256_hex(&der);
         if !r.trusted_hashes.contains(&hash) {
             r.chain.clear();
             return Ok(Answer::return_value(&class, method, INVALID_CERT));
