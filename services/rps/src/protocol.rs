@@ -225,6 +225,20 @@ pub fn parse_command(method: &str) -> Result<Command, ProtocolError> {
     }
 }
 
+/// The checks of a client's first message, in the reference's order: protocol version (when
+/// given), command, payload; then the tenant it names must be a valid tenant id.
+pub fn check_request(first: &Envelope) -> Result<(Command, DeviceFacts), ProtocolError> {
+    if !first.protocol_version.is_empty() {
+        version_compatible(&first.protocol_version)?;
+    }
+    let command = parse_command(&first.method)?;
+    let facts = validate_payload(&first.payload_bytes()?)?;
+    if !first.tenant_id.is_empty() && !homeport_auth::valid_tenant(&first.tenant_id) {
+        return Err(ProtocolError::Invalid("invalid tenantId".into()));
+    }
+    Ok((command, facts))
+}
+
 /// The reference's rule: same major, and either a newer server minor or the same minor
 /// with a server revision at least the client's.
 pub fn version_compatible(client: &str) -> Result<(), ProtocolError> {

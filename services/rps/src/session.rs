@@ -28,10 +28,7 @@ use crate::flow::activation::{
 use crate::flow::deactivation::Deactivation;
 use crate::flow::maintenance::{IpConfig, Job, Maintenance};
 use crate::flow::{mode_name, Effect, Finish, Flow, Output};
-use crate::protocol::{
-    parse_command, validate_payload, version_compatible, Command, DeviceFacts, Envelope,
-    StatusMessage, Task,
-};
+use crate::protocol::{check_request, Command, DeviceFacts, Envelope, StatusMessage, Task};
 use crate::specs::{self, CiraSpec, ProfileSpec};
 use crate::Inner;
 
@@ -211,23 +208,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(_) => return,
     };
-    if !first.protocol_version.is_empty() {
-        if let Err(e) = version_compatible(&first.protocol_version) {
-            inner.metrics.refused.inc();
-            refuse(&mut ws, &e.to_string(), step).await;
-            return;
-        }
-    }
-    let command = match parse_command(&first.method) {
-        Ok(c) => c,
-        Err(e) => {
-            inner.metrics.refused.inc();
-            refuse(&mut ws, &e.to_string(), step).await;
-            return;
-        }
-    };
-    let facts = match first.payload_bytes().and_then(|b| validate_payload(&b)) {
-        Ok(f) => f,
+    let (command, facts) = match check_request(&first) {
+        Ok(r) => r,
         Err(e) => {
             inner.metrics.refused.inc();
             refuse(&mut ws, &e.to_string(), step).await;
@@ -235,11 +217,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let tenant = first.tenant_id.clone();
-    if !tenant.is_empty() && !homeport_auth::valid_tenant(&tenant) {
-        inner.metrics.refused.inc();
-        refuse(&mut ws, "invalid tenantId", step).await;
-        return;
-    }
     // A valid request: it leaves the handshake budget and waits (bounded) for a flow slot.
     drop(place);
     let _slot = match timeout_at(handshake_deadline, inner.slots.clone().acquire_owned()).await {
