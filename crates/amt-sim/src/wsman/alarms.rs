@@ -5,9 +5,7 @@
 
 use super::model::DeviceModel;
 use super::power::ON;
-use super::render::{
-    self, epr_into, parse_bool, Answer, Item, Ns, Px, WsFault, AMT, IPS, TRANSFER, W,
-};
+use super::render::{self, epr_into, parse_bool, Answer, Item, Px, WsFault, AMT, IPS, W};
 use super::xml::Request;
 use super::{Class, Ctx};
 
@@ -116,11 +114,7 @@ fn delete_occurrence(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault
         .position(|a| a.instance_id == id)
         .ok_or(WsFault::InvalidSelectors)?;
     ctx.model.alarms.remove(idx);
-    Ok(Answer {
-        action: format!("{TRANSFER}DeleteResponse"),
-        ns: Ns::Bare,
-        body: String::new(),
-    })
+    Ok(Answer::deleted())
 }
 
 /// A Datetime/Interval property: the wrapped value, or the bare text from lax clients.

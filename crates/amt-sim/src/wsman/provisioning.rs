@@ -430,15 +430,7 @@ fn delete_mp_server(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault>
         return Err(WsFault::InvalidSelectors);
     }
     r.policies.retain(|p| p.server != name);
-    Ok(deleted())
-}
-
-fn deleted() -> Answer {
-    Answer {
-        action: format!("{TRANSFER}DeleteResponse"),
-        ns: super::render::Ns::Bare,
-        body: String::new(),
-    }
+    Ok(Answer::deleted())
 }
 
 fn policies(ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
@@ -473,7 +465,7 @@ fn delete_policy(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
         // AMT answers a missing rule with a fault (HTTP 400); rps tolerates it.
         return Err(WsFault::InvalidSelectors);
     }
-    Ok(deleted())
+    Ok(Answer::deleted())
 }
 
 fn public_key_management(_ctx: &Ctx<'_>, px: Px) -> Vec<Item> {
@@ -553,7 +545,7 @@ fn delete_certificate(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFaul
     if r.roots.len() == before {
         return Err(WsFault::InvalidSelectors);
     }
-    Ok(deleted())
+    Ok(Answer::deleted())
 }
 
 fn user_initiated(ctx: &Ctx<'_>, px: Px) -> Vec<Item> {

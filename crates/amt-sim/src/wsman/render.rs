@@ -55,6 +55,15 @@ impl Answer {
         }
     }
 
+    /// A Delete's answer: the action and an empty body.
+    pub(crate) fn deleted() -> Answer {
+        Answer {
+            action: format!("{TRANSFER}DeleteResponse"),
+            ns: Ns::Bare,
+            body: String::new(),
+        }
+    }
+
     /// A method output holding only a ReturnValue.
     pub(crate) fn return_value(class_uri: &str, method: &str, rv: u32) -> Answer {
         Answer::output(

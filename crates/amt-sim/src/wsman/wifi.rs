@@ -191,9 +191,5 @@ fn delete_profile(ctx: &mut Ctx<'_>, req: &Request) -> Result<Answer, WsFault> {
     if r.wifi.len() == before {
         return Err(WsFault::InvalidSelectors);
     }
-    Ok(Answer {
-        action: format!("{TRANSFER}DeleteResponse"),
-        ns: super::render::Ns::Bare,
-        body: String::new(),
-    })
+    Ok(Answer::deleted())
 }
