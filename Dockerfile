@@ -1,5 +1,6 @@
 # One image carrying every Homeport binary; the command chooses the service:
-#   cira-ingress | mps-command | audit | mqtt-bridge | rps | homeport (all-in-one) | homeportctl | amt-sim
+#   cira-ingress | mps-command | audit | mqtt-bridge | rps | gateway | homeport (all-in-one) |
+#   homeportctl | amt-sim
 # Configured only through HOMEPORT_* environment variables and mounted secret files.
 # Build: docker build -t homeport .   (or scripts/build-image.sh with buildah, no registry)
 
@@ -18,11 +19,12 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=false \
     CARGO_PROFILE_RELEASE_STRIP=debuginfo
 RUN cargo build --release --locked \
       -p homeport-cira-ingress -p homeport-mps-command -p homeport-audit \
-      -p homeport-mqtt-bridge -p homeport-rps -p homeport -p homeportctl -p homeport-amt-sim \
+      -p homeport-mqtt-bridge -p homeport-rps -p homeport-gateway -p homeport -p homeportctl \
+      -p homeport-amt-sim \
  && mkdir -p /out \
  && cp target/release/cira-ingress target/release/mps-command target/release/audit \
-       target/release/mqtt-bridge target/release/rps target/release/homeport \
-       target/release/homeportctl target/release/amt-sim /out/
+       target/release/mqtt-bridge target/release/rps target/release/gateway \
+       target/release/homeport target/release/homeportctl target/release/amt-sim /out/
 
 FROM ${RUNTIME_IMAGE}
 # ca-certificates for Vault and NATS over TLS; nats-server for the all-in-one's embedded NATS.

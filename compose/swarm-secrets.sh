@@ -7,7 +7,9 @@
 #                                           the rpc clients connect to) and its key
 #   HOMEPORT_VAULT_TOKEN_FILE               a file with the Vault token the services use
 # Generated here: one NATS NKey per service, the HS256 API token key, the PostgreSQL password
-# and the database URL. Existing secrets are left alone (Swarm secrets are immutable).
+# and the database URL, and the gateway's admin password: printed once, only its hash kept (by
+# `gateway hash-password`: on PATH, or else from the image, ${HOMEPORT_IMAGE:-homeport:latest}).
+# Existing secrets are left alone (Swarm secrets are immutable).
 set -euo pipefail
 : "${HOMEPORT_CIRA_CERT:?set HOMEPORT_CIRA_CERT to the CIRA server certificate (PEM)}"
 : "${HOMEPORT_CIRA_KEY:?set HOMEPORT_CIRA_KEY to its private key (PEM)}"
@@ -63,5 +65,27 @@ create homeport_cira_cert "$HOMEPORT_CIRA_CERT"
 create homeport_cira_key "$HOMEPORT_CIRA_KEY"
 create homeport_rps_cert "$HOMEPORT_RPS_CERT"
 create homeport_rps_key "$HOMEPORT_RPS_KEY"
+# The gateway's admin password (user admin: REST API /authorize and the dashboard). For a new
+# one: docker service rm homeport_gateway; docker secret rm homeport_gateway_admin_hash; run this
+# again and deploy the stack again.
+gateway_hash_password() { # password on stdin → hash line on stdout
+  if command -v gateway >/dev/null 2>&1; then
+    gateway hash-password
+  else
+    docker run --rm -i "${HOMEPORT_IMAGE:-homeport:latest}" gateway hash-password
+  fi
+}
+if docker secret inspect homeport_gateway_admin_hash >/dev/null 2>&1; then
+  echo "kept    homeport_gateway_admin_hash (exists)"
+else
+  admin_password=$(head -c 18 /dev/urandom | base64 -w0 | tr '+/' '-_')
+  printf '%s' "$admin_password" | gateway_hash_password > "$work/gateway-admin.hash"
+  if [ ! -s "$work/gateway-admin.hash" ]; then
+    echo "gateway hash-password printed no hash" >&2
+    exit 1
+  fi
+  create homeport_gateway_admin_hash "$work/gateway-admin.hash"
+  echo "dashboard sign-in: admin / $admin_password (printed once; only its hash is kept)"
+fi
 echo "Label the node(s) for NATS and PostgreSQL: docker node update --label-add homeport.data=true <node>"
 echo "Then: docker stack deploy -c compose/stack.yml homeport"

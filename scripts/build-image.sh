@@ -16,7 +16,7 @@ rootfs="$work/rootfs"
 image="${IMAGE:-homeport:latest}"
 suite="${SUITE:-bookworm}"
 mirror="${MIRROR:-http://deb.debian.org/debian}"
-bins=(cira-ingress mps-command audit mqtt-bridge rps homeport homeportctl amt-sim)
+bins=(cira-ingress mps-command audit mqtt-bridge rps gateway homeport homeportctl amt-sim)
 
 need=()
 for tool in buildah podman debootstrap; do
@@ -31,7 +31,7 @@ fi
 echo "== release binaries"
 bash scripts/ensure-build-deps.sh
 cargo build --release --locked -p homeport-cira-ingress -p homeport-mps-command \
-  -p homeport-audit -p homeport-mqtt-bridge -p homeport-rps -p homeport -p homeportctl \
+  -p homeport-audit -p homeport-mqtt-bridge -p homeport-rps -p homeport-gateway -p homeport -p homeportctl \
   -p homeport-amt-sim
 
 if [ -z "${KEEP_ROOTFS:-}" ] || [ ! -x "$rootfs/usr/sbin/nats-server" ]; then

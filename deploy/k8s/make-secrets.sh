@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Creates the Secrets the Homeport manifests mount, once, in namespace homeport (existing
 # ones are kept: delete one to make it anew). Needs kubectl and homeportctl (on PATH, or from
-# the image: docker run --rm homeport homeportctl).
+# the image: docker run --rm homeport homeportctl), and for the gateway's admin password
+# `gateway hash-password` (on PATH, or else run from the image ${HOMEPORT_IMAGE:-homeport:latest}).
+# The admin password (user admin) is printed once, when homeport-gateway-admin is made; only
+# its hash is kept. For a new one: delete the Secret, run this again, restart the gateway
+# (kubectl -n homeport rollout restart deployment/gateway).
 #   --local                 also the PostgreSQL password and a database URL for the local
 #                           overlay's StatefulSet
 #   HOMEPORT_DATABASE_URL   the database URL otherwise (RDS, Azure Database for PostgreSQL)
@@ -84,5 +88,24 @@ if [ -n "${HOMEPORT_RPS_CERT:-}" ]; then
     kubectl -n "$ns" create secret tls homeport-rps-tls --cert="$HOMEPORT_RPS_CERT" --key="$HOMEPORT_RPS_KEY" >/dev/null
     echo "created secret/homeport-rps-tls"
   fi
+fi
+gateway_hash_password() { # password on stdin → hash line on stdout
+  if command -v gateway >/dev/null 2>&1; then
+    gateway hash-password
+  else
+    docker run --rm -i "${HOMEPORT_IMAGE:-homeport:latest}" gateway hash-password
+  fi
+}
+if exists homeport-gateway-admin; then
+  echo "kept    secret/homeport-gateway-admin"
+else
+  admin_password=$(head -c 18 /dev/urandom | base64 -w0 | tr '+/' '-_')
+  printf '%s' "$admin_password" | gateway_hash_password > "$work/gateway-admin.hash"
+  if [ ! -s "$work/gateway-admin.hash" ]; then
+    echo "gateway hash-password printed no hash" >&2
+    exit 1
+  fi
+  create homeport-gateway-admin --from-file=hash="$work/gateway-admin.hash"
+  echo "dashboard sign-in: admin / $admin_password (printed once; only its hash is kept)"
 fi
 echo "API token: homeportctl token --secret-file <(kubectl -n $ns get secret homeport-jwt -o jsonpath='{.data.hs256\\.key}' | base64 -d) --tenant <tenant>"

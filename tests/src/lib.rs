@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod command;
+pub mod gateway;
 pub mod rps;
 
 use std::net::SocketAddr;

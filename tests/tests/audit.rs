@@ -45,6 +45,7 @@ async fn query_all(
                 filter: Some(filter.clone()),
                 page_size,
                 page_token: token.clone(),
+                newest_first: false,
             })
             .await
             .unwrap()

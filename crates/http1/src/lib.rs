@@ -3,9 +3,12 @@
 //!
 //! Used on both ends of a CIRA tunnel: the ingress must know when a device's response is
 //! complete (instead of the reference's scan for `</html>` or `0\r\n\r\n`), and the simulator
-//! must accept requests in either framing. Every length is bounded.
+//! must accept requests in either framing. Every length is bounded. [`client`] is a small
+//! keep-alive client on top, for tests and benchmarks.
 
 use std::str;
+
+pub mod client;
 
 /// Largest head (start line + headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;

@@ -72,6 +72,20 @@ pub struct DeviceInfo {
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
+/// Which devices a listing selects, besides the tenant; empty fields select everything.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceQuery {
+    /// Exact host name.
+    pub hostname: Option<String>,
+    /// Exact friendly name.
+    pub friendly_name: Option<String>,
+    /// Case-insensitive substring of the guid, host name or friendly name.
+    pub search: Option<String>,
+    /// Devices carrying these tags: every one of them, or any with `any_tag`.
+    pub tags: Vec<String>,
+    pub any_tag: bool,
+}
+
 /// A device to register or update. Timestamps are set by the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewDevice {
@@ -346,6 +360,120 @@ impl Store {
             .await?
             .into_iter()
             .map(to_model)
+            .collect()
+    }
+
+    /// A page of `tenant`'s devices matching `query`, ordered by guid: every filter runs in the
+    /// database, so a search over fifty thousand devices reads one page, not the table.
+    pub async fn query_devices(
+        &self,
+        tenant: &str,
+        query: &DeviceQuery,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<Device>, StoreError> {
+        self.device_select(tenant, query)
+            .order_by_asc(Column::Guid)
+            .limit(limit)
+            .offset(offset)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(to_model)
+            .collect()
+    }
+
+    /// How many of `tenant`'s devices match `query`.
+    pub async fn count_query_devices(
+        &self,
+        tenant: &str,
+        query: &DeviceQuery,
+    ) -> Result<u64, StoreError> {
+        Ok(self.device_select(tenant, query).count(&self.db).await?)
+    }
+
+    fn device_select(&self, tenant: &str, query: &DeviceQuery) -> sea_orm::Select<Entity> {
+        use sea_orm::sea_query::extension::postgres::PgBinOper;
+        use sea_orm::sea_query::{Condition, Func, LikeExpr, SimpleExpr};
+        let mut q = Entity::find().filter(Column::TenantId.eq(tenant));
+        if let Some(h) = &query.hostname {
+            q = q.filter(Column::Hostname.eq(h.as_str()));
+        }
+        if let Some(f) = &query.friendly_name {
+            q = q.filter(Column::FriendlyName.eq(f.as_str()));
+        }
+        if let Some(text) = query.search.as_deref().filter(|t| !t.is_empty()) {
+            // Case-insensitive substring of the guid, host name or friendly name; LIKE's
+            // wildcards in the text are matched literally.
+            let escaped: String = text
+                .to_lowercase()
+                .chars()
+                .flat_map(|c| match c {
+                    '%' | '_' | '!' => vec!['!', c],
+                    c => vec![c],
+                })
+                .collect();
+            let pattern = format!("%{escaped}%");
+            let like = |col: Column| -> SimpleExpr {
+                Expr::expr(Func::lower(Expr::col(col)))
+                    .like(LikeExpr::new(pattern.clone()).escape('!'))
+            };
+            q = q.filter(
+                Condition::any()
+                    .add(like(Column::Guid))
+                    .add(like(Column::Hostname))
+                    .add(like(Column::FriendlyName)),
+            );
+        }
+        if !query.tags.is_empty() {
+            let postgres = self.backend() == sea_orm::DatabaseBackend::Postgres;
+            let has = |tag: &String| -> SimpleExpr {
+                if postgres {
+                    Expr::col(Column::Tags).binary(
+                        PgBinOper::Contains,
+                        Expr::val(serde_json::json!([tag]).to_string())
+                            .cast_as(Alias::new("jsonb")),
+                    )
+                } else {
+                    Expr::cust_with_values(
+                        "EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE json_each.value = ?)",
+                        [tag.clone()],
+                    )
+                }
+            };
+            let mut c = if query.any_tag {
+                Condition::any()
+            } else {
+                Condition::all()
+            };
+            for t in &query.tags {
+                c = c.add(has(t));
+            }
+            q = q.filter(c);
+        }
+        q
+    }
+
+    /// The distinct tags of `tenant`'s devices, sorted, at most `limit`.
+    pub async fn device_tags(&self, tenant: &str, limit: u64) -> Result<Vec<String>, StoreError> {
+        use sea_orm::{ConnectionTrait as _, Statement};
+        let sql = match self.backend() {
+            sea_orm::DatabaseBackend::Postgres => "SELECT DISTINCT t AS tag FROM devices, jsonb_array_elements_text(tags) AS t WHERE tenant_id = $1 ORDER BY 1 LIMIT $2",
+            _ => "SELECT DISTINCT json_each.value AS tag FROM devices, json_each(devices.tags) WHERE tenant_id = ? ORDER BY 1 LIMIT ?",
+        };
+        let rows = self
+            .db
+            .query_all(Statement::from_sql_and_values(
+                self.backend(),
+                sql,
+                [
+                    tenant.into(),
+                    i64::try_from(limit).unwrap_or(i64::MAX).into(),
+                ],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String>("", "tag").map_err(StoreError::from))
             .collect()
     }
 

@@ -18,7 +18,7 @@ pub mod testing;
 
 pub use audit::{AuditFilter, AuditRecord};
 pub use config::StoreConfig;
-pub use devices::{canonical_guid, Device, DeviceInfo, NewDevice};
+pub use devices::{canonical_guid, Device, DeviceInfo, DeviceQuery, NewDevice};
 pub use error::StoreError;
 pub use provisioning::{ConfigRecord, ConfigUpdate};
 pub use store::Store;

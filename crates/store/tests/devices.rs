@@ -45,6 +45,8 @@ both_backends!(
     racing_creates_register_a_device_once,
     provisioning_configs_are_versioned_unique_and_per_tenant,
     sessions_are_recorded_in_one_statement_and_only_move_forward,
+    device_queries_filter_in_the_database,
+    audit_events_are_counted_per_interval_and_paged_newest_first,
 );
 
 fn guid(n: u32) -> String {
@@ -659,5 +661,156 @@ async fn sessions_are_recorded_in_one_statement_and_only_move_forward(url: Strin
     );
     assert_eq!(get(3).await.last_disconnected_at, Some(t));
     assert_eq!(store.record_sessions(false, &[]).await.expect("record"), 0);
+    store.close().await.expect("close");
+}
+
+async fn device_queries_filter_in_the_database(url: String) {
+    use homeport_store::DeviceQuery;
+    let store = Store::connect(&url).await.expect("connect");
+    let mut devices: Vec<NewDevice> = (1..=30).map(|n| device(n, "acme")).collect();
+    devices[0].friendly_name = Some("Front Desk 100%_off".into());
+    devices[1].tags = vec!["lab".into(), "floor-2".into()];
+    devices[2].tags = vec!["lab".into()];
+    devices[3].tags = vec!["floor-2".into()];
+    devices.push(NewDevice {
+        tags: vec!["lab".into()],
+        ..device(31, "other")
+    });
+    store.bulk_upsert_devices(devices).await.expect("upsert");
+    let q = |f: fn(&mut DeviceQuery)| {
+        let mut q = DeviceQuery::default();
+        f(&mut q);
+        q
+    };
+    let count = |query: DeviceQuery| {
+        let store = store.clone();
+        async move {
+            store
+                .count_query_devices("acme", &query)
+                .await
+                .expect("count")
+        }
+    };
+    assert_eq!(count(DeviceQuery::default()).await, 30);
+    // Substring of the host name, any case; of the guid; of the friendly name, with LIKE's
+    // wildcards taken literally.
+    assert_eq!(count(q(|q| q.search = Some("HOST-1".into()))).await, 11);
+    assert_eq!(count(q(|q| q.search = Some("0000000000".into()))).await, 30);
+    assert_eq!(count(q(|q| q.search = Some("100%_".into()))).await, 1);
+    assert_eq!(count(q(|q| q.search = Some("0%_o".into()))).await, 1);
+    assert_eq!(count(q(|q| q.search = Some("%".into()))).await, 1);
+    assert_eq!(count(q(|q| q.search = Some("_".into()))).await, 1);
+    assert_eq!(count(q(|q| q.search = Some("nothing".into()))).await, 0);
+    // Tags: all of them, or any; another tenant's devices never count.
+    assert_eq!(count(q(|q| q.tags = vec!["lab".into()])).await, 2);
+    assert_eq!(
+        count(q(|q| q.tags = vec!["lab".into(), "floor-2".into()])).await,
+        1
+    );
+    assert_eq!(
+        count(q(|q| {
+            q.tags = vec!["lab".into(), "floor-2".into()];
+            q.any_tag = true;
+        }))
+        .await,
+        3
+    );
+    assert_eq!(count(q(|q| q.hostname = Some("host-7".into()))).await, 1);
+    assert_eq!(
+        count(q(|q| q.friendly_name = Some("Front Desk 100%_off".into()))).await,
+        1
+    );
+    // Pages are ordered by guid.
+    let page = store
+        .query_devices("acme", &q(|q| q.search = Some("host-1".into())), 5, 5)
+        .await
+        .expect("page");
+    let guids: Vec<_> = page.iter().map(|d| d.guid.clone()).collect();
+    let mut sorted = guids.clone();
+    sorted.sort();
+    assert_eq!((guids.len(), &guids), (5, &sorted));
+    assert_eq!(
+        store.device_tags("acme", 100).await.expect("tags"),
+        vec!["floor-2".to_owned(), "lab".into(), "sim".into()]
+    );
+    assert_eq!(store.device_tags("acme", 1).await.expect("tags").len(), 1);
+    assert!(store
+        .device_tags("nobody", 10)
+        .await
+        .expect("tags")
+        .is_empty());
+    store.close().await.expect("close");
+}
+
+async fn audit_events_are_counted_per_interval_and_paged_newest_first(url: String) {
+    let store = Store::connect(&url).await.expect("connect");
+    let record = |i: i64, tenant: &str, kind: &str| homeport_store::AuditRecord {
+        id: format!("ev-{tenant}-{i}"),
+        stream_seq: i,
+        tenant: tenant.into(),
+        device_guid: guid(1),
+        kind: kind.into(),
+        subject: format!("hp.evt.{tenant}.device.x.{kind}"),
+        // One event every 20 s from t = 1,000 s.
+        time_nanos: (1_000 + i * 20) * 1_000_000_000,
+        source: "test".into(),
+        actor: String::new(),
+        trace_id: String::new(),
+        payload: Vec::new(),
+        stored_nanos: 0,
+    };
+    let mut records: Vec<_> = (0..12)
+        .map(|i| {
+            record(
+                i,
+                "acme",
+                if i % 3 == 0 {
+                    "disconnected"
+                } else {
+                    "connected"
+                },
+            )
+        })
+        .collect();
+    records.push(record(100, "other", "connected"));
+    store.insert_audit_events(records).await.expect("insert");
+    // Three one-minute buckets from t = 1,000 s: events 0-2, 3-5, 6-8 (9-11 fall after).
+    let rows = store
+        .count_audit_events_by_bucket(
+            "acme",
+            &["connected".into(), "disconnected".into()],
+            1_000_000_000_000,
+            60_000_000_000,
+            3,
+        )
+        .await
+        .expect("count");
+    let mut rows = rows;
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            ("connected".to_owned(), 0, 2),
+            ("connected".into(), 1, 2),
+            ("connected".into(), 2, 2),
+            ("disconnected".into(), 0, 1),
+            ("disconnected".into(), 1, 1),
+            ("disconnected".into(), 2, 1),
+        ]
+    );
+    let newest = store
+        .query_audit_events_newest("acme", &Default::default(), 0, 5)
+        .await
+        .expect("newest");
+    let seqs: Vec<i64> = newest.iter().map(|r| r.stream_seq).collect();
+    assert_eq!(seqs, vec![11, 10, 9, 8, 7]);
+    let next = store
+        .query_audit_events_newest("acme", &Default::default(), 7, 5)
+        .await
+        .expect("next page");
+    assert_eq!(
+        next.iter().map(|r| r.stream_seq).collect::<Vec<_>>(),
+        vec![6, 5, 4, 3, 2]
+    );
     store.close().await.expect("close");
 }

@@ -99,6 +99,10 @@ fn stored(seq: u64, subject: &str, payload: &[u8]) -> Result<pb::StoredEvent, St
     })
 }
 
+/// Limits of one CountEvents call (a day of minutes).
+const MAX_COUNT_KINDS: usize = 16;
+const MAX_COUNT_BUCKETS: u32 = 1440;
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::StoredEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -125,18 +129,23 @@ impl AuditService for AuditApi {
                     0 => DEFAULT_PAGE,
                     n => n.min(MAX_PAGE),
                 };
-                let after: i64 = if r.page_token.is_empty() {
+                let token: i64 = if r.page_token.is_empty() {
                     0
                 } else {
                     r.page_token
                         .parse()
                         .map_err(|_| Status::invalid_argument("bad page_token"))?
                 };
-                let rows = self
-                    .store
-                    .query_audit_events(&c.tenant, &filter, after, u64::from(page))
-                    .await
-                    .map_err(|e| Status::unavailable(format!("database: {e}")))?;
+                let rows = if r.newest_first {
+                    self.store
+                        .query_audit_events_newest(&c.tenant, &filter, token, u64::from(page))
+                        .await
+                } else {
+                    self.store
+                        .query_audit_events(&c.tenant, &filter, token, u64::from(page))
+                        .await
+                }
+                .map_err(|e| Status::unavailable(format!("database: {e}")))?;
                 let full = rows.len() == page as usize;
                 let next = rows.last().map(|r| r.stream_seq.to_string());
                 let events = rows
@@ -160,6 +169,50 @@ impl AuditService for AuditApi {
             },
         )
         .await
+    }
+
+    async fn count_events(
+        &self,
+        req: Request<pb::CountEventsRequest>,
+    ) -> Result<Response<pb::CountEventsResponse>, Status> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        if r.kinds.is_empty() || r.kinds.len() > MAX_COUNT_KINDS {
+            return Err(Status::invalid_argument(format!(
+                "kinds: name 1 to {MAX_COUNT_KINDS} event kinds"
+            )));
+        }
+        if r.bucket_seconds == 0 || r.buckets == 0 || r.buckets > MAX_COUNT_BUCKETS {
+            return Err(Status::invalid_argument(format!(
+                "bucket_seconds must be positive and buckets 1 to {MAX_COUNT_BUCKETS}"
+            )));
+        }
+        let bucket_nanos = i64::from(r.bucket_seconds) * 1_000_000_000;
+        let rows = self
+            .store
+            .count_audit_events_by_bucket(
+                &c.tenant,
+                &r.kinds,
+                r.from_unix_nanos,
+                bucket_nanos,
+                r.buckets,
+            )
+            .await
+            .map_err(|e| Status::unavailable(format!("database: {e}")))?;
+        let mut series: Vec<pb::EventSeries> = r
+            .kinds
+            .iter()
+            .map(|k| pb::EventSeries {
+                kind: k.clone(),
+                counts: vec![0; r.buckets as usize],
+            })
+            .collect();
+        for (kind, bucket, n) in rows {
+            for s in series.iter_mut().filter(|s| s.kind == kind) {
+                s.counts[bucket as usize] += n;
+            }
+        }
+        Ok(Response::new(pb::CountEventsResponse { series }))
     }
 
     type SubscribeStream = EventStream;

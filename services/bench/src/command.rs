@@ -43,6 +43,16 @@ pub struct CommandArgs {
 const JWT_SECRET: &[u8] = b"homeport-bench-secret-0123456789abcdef";
 
 pub async fn run(args: CommandArgs) -> anyhow::Result<()> {
+    run_as(args, false).await
+}
+
+/// `rest`: the same deployment, measured over gRPC first and then through the gateway.
+pub async fn run_as(args: CommandArgs, rest: bool) -> anyhow::Result<()> {
+    let gateway = if rest {
+        Some(sibling("gateway")?)
+    } else {
+        None
+    };
     let bins = (
         sibling("cira-ingress")?,
         sibling("amt-sim")?,
@@ -54,7 +64,15 @@ pub async fn run(args: CommandArgs) -> anyhow::Result<()> {
     let db = homeport_store::testing::temp_postgres(&args.backends.pg_admin_url, "cmdbench")
         .await
         .context("creating the bench database")?;
-    let result = inner(&args, &run, &dir, &db.url, (&bins.0, &bins.1, &bins.2)).await;
+    let result = inner(
+        &args,
+        &run,
+        &dir,
+        &db.url,
+        (&bins.0, &bins.1, &bins.2),
+        gateway.as_deref(),
+    )
+    .await;
     let _ = db.drop_db().await;
     let _ = std::fs::remove_dir_all(&dir);
     crate::remove_nats_state(&args.backends.nats_url, &run).await;
@@ -95,6 +113,7 @@ async fn inner(
     dir: &Path,
     db_url: &str,
     bins: (&Path, &Path, &Path),
+    gateway_bin: Option<&Path>,
 ) -> anyhow::Result<()> {
     let n = args.devices;
     let secrets_file = dir.join("secrets.enc");
@@ -198,6 +217,22 @@ async fn inner(
     .await;
     let (_, cpu1) = usage(&[&ingress, &command, &sim]);
     let _ = rss0;
+    let rest = match gateway_bin {
+        Some(bin) => Some(
+            crate::rest::measure(crate::rest::Setup {
+                bin,
+                grpc,
+                jwt_file: &jwt_file,
+                token: &token,
+                guids: &guids,
+                seconds: args.seconds,
+                concurrency: args.concurrency,
+                others: &[&ingress, &command, &sim],
+            })
+            .await?,
+        ),
+        None => None,
+    };
     let tunnel_requests =
         crate::metric_at(ingress_health, "homeport_cira_tunnel_requests_total").await;
     let tunnel_errors = crate::metric_at(ingress_health, "homeport_cira_tunnel_errors_total").await;
@@ -214,6 +249,21 @@ async fn inner(
         let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
         lat[i] as f64 / 1000.0
     };
+    let grpc_rps = (stats.ok + stats.errors) as f64 / stats.elapsed.as_secs_f64();
+    if let Some(r) = rest {
+        let line = crate::rest::report(
+            &r,
+            n,
+            args.concurrency,
+            grpc_rps,
+            round(pct(0.99)),
+            cpu1.saturating_sub(cpu0).as_secs_f64() * 1000.0
+                / (stats.ok + stats.errors).max(1) as f64,
+            stats.errors,
+        );
+        println!("{line}");
+        return Ok(());
+    }
     let line = serde_json::json!({
         "bench": "command",
         "cpu": crate::cpu::describe(),

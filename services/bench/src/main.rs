@@ -28,6 +28,7 @@ mod audit;
 mod command;
 mod cpu;
 mod hostile;
+mod rest;
 mod tls;
 
 use std::net::SocketAddr;
@@ -59,6 +60,9 @@ enum Bench {
     Cira(CiraArgs),
     /// Device commands: power-state queries through gRPC → mps-command → NATS → ingress → devices.
     Command(command::CommandArgs),
+    /// The REST gateway: the `command` deployment measured over gRPC, then the same query as
+    /// `GET /api/v1/amt/power/state/<guid>` through the gateway over keep-alive HTTP/1.1.
+    Rest(command::CommandArgs),
     /// Durable events: backlog persist rate and publish-to-commit lag of the audit worker.
     Audit(audit::AuditArgs),
     /// The ingress' TLS handshake alone: server CPU per handshake against a device's offer.
@@ -135,6 +139,7 @@ fn main() {
         match cli.command {
             Bench::Cira(args) => cira(args).await,
             Bench::Command(args) => command::run(args).await,
+            Bench::Rest(args) => command::run_as(args, true).await,
             Bench::Audit(args) => audit::run(args).await,
             Bench::Tls(args) => tls::run(args).await,
             Bench::Hostile(args) => hostile::run(args).await,

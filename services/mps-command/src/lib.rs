@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod features;
+mod fleet;
 pub mod link;
 mod registry;
 mod service;
@@ -76,6 +77,7 @@ pub(crate) struct Inner {
     pub forgets: std::sync::atomic::AtomicU64,
     pub metrics: Metrics,
     pub nats: async_nats::Client,
+    pub fleet: Arc<fleet::PresenceView>,
 }
 
 /// A running mps-command.
@@ -92,6 +94,12 @@ impl MpsCommand {
         ensure_events_stream(&js, &parts.names, &parts.stream_limits)
             .await
             .map_err(anyhow::Error::msg)?;
+        let presence = homeport_contracts::presence::presence_bucket(
+            &js,
+            &parts.names,
+            parts.stream_limits.replicas,
+        )
+        .await?;
         let tunnel = TunnelClient::new(
             parts.nats.clone(),
             parts.names.clone(),
@@ -128,7 +136,9 @@ impl MpsCommand {
                 ..Metrics::default()
             },
             nats: parts.nats,
+            fleet: Arc::new(fleet::PresenceView::default()),
         });
+        tasks.spawn(inner.fleet.clone().follow(presence, cancel.child_token()));
         // Registry changes from any replica drop cached tenants and credentials here.
         let sub = inner
             .nats

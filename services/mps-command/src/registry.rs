@@ -10,7 +10,7 @@ use homeport_proto::device::v1 as pb;
 use homeport_proto::device::v1::device_registry_server::DeviceRegistry;
 use homeport_proto::events::v1 as ev;
 use homeport_secrets::{DeviceSecrets, SecretString};
-use homeport_store::{canonical_guid, Device, NewDevice, StoreError};
+use homeport_store::{canonical_guid, Device, DeviceQuery, NewDevice, StoreError};
 use tonic::{Request, Response, Status};
 
 use crate::error::CommandError;
@@ -20,6 +20,8 @@ use homeport_auth::{caller, Caller};
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 const SCAN_BATCH: u64 = 500;
+/// Distinct tags listed at most.
+const MAX_TAGS: u64 = 1000;
 
 pub struct RegistryApi {
     pub(crate) inner: Arc<Inner>,
@@ -330,40 +332,58 @@ impl DeviceRegistry for RegistryApi {
                         .parse()
                         .map_err(|_| Status::invalid_argument("bad page_token"))?
                 };
+                let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+                let query = DeviceQuery {
+                    hostname: nonempty(&r.hostname),
+                    friendly_name: nonempty(&r.friendly_name),
+                    search: nonempty(r.search.trim()),
+                    tags: r.tags.clone(),
+                    any_tag: r.any_tag,
+                };
+                if query.search.as_ref().is_some_and(|s| s.len() > 256) {
+                    return Err(Status::invalid_argument("search: at most 256 characters"));
+                }
                 let want_status = pb::ConnectionStatus::try_from(r.status)
                     .unwrap_or(pb::ConnectionStatus::Unspecified);
                 let inner = &self.inner;
+                let total = if r.with_total {
+                    inner
+                        .store
+                        .count_query_devices(&c.tenant, &query)
+                        .await
+                        .map_err(db)?
+                } else {
+                    0
+                };
                 let mut out = Vec::new();
                 let mut exhausted = false;
-                // Tags and status are filtered here, so scan in batches until the page is full.
+                // The registry filters run in the database; the connection status comes from
+                // presence, so with a status filter scan in batches until the page is full.
+                let batch_size = if want_status == pb::ConnectionStatus::Unspecified {
+                    page as u64
+                } else {
+                    SCAN_BATCH
+                };
                 'scan: while out.len() < page {
                     let batch = inner
                         .store
-                        .list_devices(&c.tenant, SCAN_BATCH, offset)
+                        .query_devices(&c.tenant, &query, batch_size, offset)
                         .await
                         .map_err(db)?;
+                    let short = (batch.len() as u64) < batch_size;
                     if batch.is_empty() {
                         exhausted = true;
                         break;
                     }
                     let start = offset;
                     offset += batch.len() as u64;
-                    let candidates: Vec<(u64, Device)> = batch
-                        .into_iter()
-                        .zip(start..)
-                        .filter(|(d, _)| r.tags.iter().all(|t| d.tags.contains(t)))
-                        .filter(|(d, _)| {
-                            r.hostname.is_empty()
-                                || d.hostname.as_deref() == Some(r.hostname.as_str())
-                        })
-                        .map(|(d, at)| (at, d))
-                        .collect();
-                    // Presence of the batch's candidates, read concurrently, kept in order.
-                    let devices: Vec<(u64, pb::Device)> = futures_util::stream::iter(candidates)
-                        .map(|(at, d)| async move { (at, inner.to_pb(d).await) })
-                        .buffered(PRESENCE_READS)
-                        .collect()
-                        .await;
+                    // Presence of the batch, read concurrently, kept in order.
+                    let devices: Vec<(u64, pb::Device)> =
+                        futures_util::stream::iter(batch.into_iter().zip(start..))
+                            .map(|(d, at)| async move { (at, inner.to_pb(d).await) })
+                            .buffered(PRESENCE_READS)
+                            .collect()
+                            .await;
                     for (at, device) in devices {
                         if want_status != pb::ConnectionStatus::Unspecified
                             && device.status != want_status as i32
@@ -377,6 +397,10 @@ impl DeviceRegistry for RegistryApi {
                             break 'scan;
                         }
                     }
+                    if short {
+                        exhausted = true;
+                        break;
+                    }
                 }
                 Ok(Response::new(pb::ListDevicesResponse {
                     devices: out,
@@ -385,9 +409,52 @@ impl DeviceRegistry for RegistryApi {
                     } else {
                         offset.to_string()
                     },
+                    total,
                 }))
             },
         )
         .await
+    }
+
+    async fn get_fleet_stats(
+        &self,
+        req: Request<pb::GetFleetStatsRequest>,
+    ) -> Result<Response<pb::FleetStats>, Status> {
+        let c = caller(&req)?;
+        let total = self
+            .inner
+            .store
+            .count_devices(&c.tenant)
+            .await
+            .map_err(db)?;
+        if !self.inner.fleet.loaded() {
+            return Err(Status::unavailable(
+                "presence is still loading; try again in a moment",
+            ));
+        }
+        let (connected, nodes) = self.inner.fleet.counts(&c.tenant);
+        Ok(Response::new(pb::FleetStats {
+            total,
+            connected,
+            disconnected: total.saturating_sub(connected),
+            nodes: nodes
+                .into_iter()
+                .map(|(node, connected)| pb::NodeCount { node, connected })
+                .collect(),
+        }))
+    }
+
+    async fn list_tags(
+        &self,
+        req: Request<pb::ListTagsRequest>,
+    ) -> Result<Response<pb::ListTagsResponse>, Status> {
+        let c = caller(&req)?;
+        let tags = self
+            .inner
+            .store
+            .device_tags(&c.tenant, MAX_TAGS)
+            .await
+            .map_err(db)?;
+        Ok(Response::new(pb::ListTagsResponse { tags }))
     }
 }

@@ -38,6 +38,9 @@ pub struct ListArgs {
     /// Only devices with exactly this host name.
     #[arg(long)]
     hostname: Option<String>,
+    /// Only devices whose guid, host name or friendly name contains this text (any case).
+    #[arg(long)]
+    search: Option<String>,
     /// Only devices in this connection status.
     #[arg(long, value_enum)]
     status: Option<StatusFilter>,
@@ -168,6 +171,8 @@ async fn list(args: ListArgs, api: &mut Api) -> Result<(), CliError> {
         status: status.into(),
         page_size: args.page_size.unwrap_or(0),
         page_token: args.page_token.unwrap_or_default(),
+        search: args.search.unwrap_or_default(),
+        ..Default::default()
     };
     let mut page = api
         .registry

@@ -1,0 +1,176 @@
+//! Sign-in, the service routes, and the redirection token.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult, FieldError};
+use crate::{json, status_json, AppState, Authed, JsonBody};
+
+/// Lifetime of a redirection token (MPS's `redirection_expiration_time`).
+const REDIRECTION_TTL_SECS: i64 = 300;
+/// The audience of redirection tokens: not the API's, so one cannot be used as an API token.
+const REDIRECTION_AUDIENCE: &str = "homeport-redirection";
+
+fn issuer(s: &AppState) -> &str {
+    s.config.jwt.issuer.as_deref().unwrap_or("homeport")
+}
+
+/// POST /authorize: `{username, password}` → `{token}`.
+pub async fn authorize(State(s): State<AppState>, JsonBody(body): JsonBody) -> ApiResult {
+    let mut errors = Vec::new();
+    for (k, missing) in [
+        ("username", "User name is required"),
+        ("password", "Password is required"),
+    ] {
+        match body.get(k) {
+            Some(Value::String(v)) if !v.is_empty() => {}
+            v => {
+                errors.push(FieldError::new("body", k, "Invalid value", v));
+                errors.push(FieldError::new("body", k, missing, v));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let (Some(hash), Some(secret)) = (&s.admin_password, &s.signing_secret) else {
+        return Ok(status_json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"message": "Authentication disabled on MPS"}),
+        ));
+    };
+    let user = body["username"].as_str().unwrap_or_default();
+    let password = body["password"].as_str().unwrap_or_default().to_owned();
+    let refused = || {
+        s.metrics.sign_in_failures.inc();
+        status_json(
+            StatusCode::UNAUTHORIZED,
+            json!({"message": "Incorrect Username and/or Password!"}),
+        )
+    };
+    // The hash is checked even for a wrong user name, so timing does not tell them apart.
+    let _slot = s
+        .sign_in_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+    let hash = hash.clone();
+    let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
+        .await
+        .unwrap_or(false);
+    if !ok || !user.eq_ignore_ascii_case(&s.config.admin_user) {
+        return Ok(refused());
+    }
+    let token = crate::auth::sign(
+        secret,
+        &crate::auth::Claims {
+            subject: &s.config.admin_user,
+            tenant: &s.config.admin_tenant,
+            device_id: "*",
+            ttl_secs: i64::try_from(s.config.token_ttl().as_secs()).unwrap_or(86_400),
+            audience: s.config.jwt.audience.as_deref().filter(|a| !a.is_empty()),
+            issuer: issuer(&s),
+        },
+    )
+    .map_err(|e| ApiError::Internal(format!("signing the token: {e}")))?;
+    s.metrics.sign_ins.inc();
+    Ok(json(json!({ "token": token })))
+}
+
+/// GET /authorize/redirection/{guid}: MPS's relay token for one device of the caller.
+pub async fn redirection(
+    State(s): State<AppState>,
+    a: Authed,
+    Path(guid): Path<String>,
+) -> ApiResult {
+    if !crate::mps::is_uuid(&guid) {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "params",
+            "guid",
+            "Invalid value",
+            Some(&json!(guid)),
+        )]));
+    }
+    // The device must be the caller's (MPS does not check the tenant here; Homeport does).
+    s.registry
+        .clone()
+        .get_device(a.call(
+            &s,
+            homeport_proto::device::v1::DeviceRef { guid: guid.clone() },
+        ))
+        .await
+        .map_err(|e| match e.code() {
+            tonic::Code::NotFound => ApiError::NotFoundEmpty,
+            _ => crate::error::service_status(e),
+        })?;
+    let Some(secret) = &s.signing_secret else {
+        return Err(ApiError::Other(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this gateway signs no tokens (no HS256 secret)".into(),
+        ));
+    };
+    let token = crate::auth::sign(
+        secret,
+        &crate::auth::Claims {
+            subject: &a.caller.subject,
+            tenant: &a.caller.tenant,
+            device_id: &guid.to_ascii_lowercase(),
+            ttl_secs: REDIRECTION_TTL_SECS,
+            audience: Some(REDIRECTION_AUDIENCE),
+            issuer: issuer(&s),
+        },
+    )
+    .map_err(|e| ApiError::Internal(format!("signing the token: {e}")))?;
+    Ok(json(json!({ "token": token })))
+}
+
+/// GET /version
+pub async fn version() -> ApiResult {
+    Ok(json(
+        json!({"serviceVersion": env!("CARGO_PKG_VERSION"), "protocolVersion": "4.0.0"}),
+    ))
+}
+
+/// GET /health: each upstream's gRPC health; 503 unless all serve.
+pub async fn health(State(s): State<AppState>) -> ApiResult {
+    let check = |url: String| async move {
+        let probe = async {
+            let ch = tonic::transport::Endpoint::from_shared(url)?
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .connect()
+                .await?;
+            let mut h = tonic_health_client(ch);
+            let r = h.check(tonic::Request::new(Default::default())).await?;
+            Ok::<_, anyhow::Error>(r.into_inner().status == 1)
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+            Ok(Ok(true)) => "OK".to_owned(),
+            Ok(Ok(false)) => "NOT_SERVING".to_owned(),
+            Ok(Err(e)) => format!("unreachable: {e}"),
+            Err(_) => "timeout".to_owned(),
+        }
+    };
+    let (d, a, r) = tokio::join!(
+        check(s.config.device_api.clone()),
+        check(s.config.audit_api.clone()),
+        check(s.config.rps_api.clone())
+    );
+    let ok = [&d, &a, &r].iter().all(|x| x.as_str() == "OK");
+    let body = json!({
+        "deviceApi": {"name": "mps-command", "status": d},
+        "auditApi": {"name": "audit", "status": a},
+        "provisioningApi": {"name": "rps", "status": r},
+    });
+    Ok(if ok {
+        json(body)
+    } else {
+        status_json(StatusCode::SERVICE_UNAVAILABLE, body)
+    })
+}
+
+fn tonic_health_client(
+    ch: tonic::transport::Channel,
+) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+    tonic_health::pb::health_client::HealthClient::new(ch)
+}

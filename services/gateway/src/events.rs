@@ -1,0 +1,470 @@
+//! Fleet events over HTTP: the stored trail a page at a time, counts per interval for
+//! charts, and the live feed as Server-Sent Events or WebSocket messages, resumable from the
+//! last sequence seen. Each live client has a bounded buffer: one that falls behind is told
+//! so and disconnected (it resumes where it was), so a slow browser never grows memory.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
+use futures_util::{Stream, StreamExt as _};
+use homeport_proto::audit::v1 as pb;
+use homeport_proto::events::v1 as ev;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::error::{service_status, ApiError, ApiResult, FieldError};
+use crate::{header_str, json, query_pairs, AppState, Authed};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+fn iso_nanos(nanos: i64) -> Value {
+    let t = chrono::DateTime::from_timestamp(
+        nanos.div_euclid(1_000_000_000),
+        u32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or(0),
+    );
+    t.map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+        .unwrap_or(Value::Null)
+}
+
+/// One line a person can read about the event.
+fn summary(e: &ev::Event) -> String {
+    use ev::event::Payload;
+    match &e.payload {
+        Some(Payload::DeviceConnected(c)) => {
+            format!("connected to {} from {}", c.node, c.remote_addr)
+        }
+        Some(Payload::DeviceDisconnected(d)) => format!(
+            "disconnected from {} ({}) after {} s",
+            d.node, d.reason, d.duration_seconds
+        ),
+        Some(Payload::DeviceAuthFailed(f)) => format!(
+            "login refused on {} from {}: {}",
+            f.node, f.remote_addr, f.reason
+        ),
+        Some(Payload::CommandRequested(c)) => format!("{} requested", c.action),
+        Some(Payload::CommandExecuted(c)) => {
+            if c.detail.is_empty() {
+                format!("{}: {} in {} ms", c.action, c.result, c.duration_ms)
+            } else {
+                format!(
+                    "{}: {} ({}) in {} ms",
+                    c.action, c.result, c.detail, c.duration_ms
+                )
+            }
+        }
+        Some(Payload::DeviceRegistryChanged(r)) => {
+            if r.fields.is_empty() {
+                format!("registry: {}", r.change)
+            } else {
+                format!("registry: {} ({})", r.change, r.fields.join(", "))
+            }
+        }
+        Some(Payload::Provisioning(p)) => format!(
+            "{} {} ({}, profile {})",
+            p.flow, p.outcome, p.control_mode, p.profile
+        ),
+        None => String::new(),
+    }
+}
+
+/// The JSON of a stored event (no payload secrets exist to hide: events never carry them).
+pub fn event_json(e: &pb::StoredEvent) -> Value {
+    let ev = e.event.clone().unwrap_or_default();
+    json!({
+        "sequence": e.sequence,
+        "id": ev.id,
+        "time": iso_nanos(ev.time_unix_nanos),
+        "tenant": ev.tenant,
+        "deviceGuid": ev.device_guid,
+        "kind": ev.kind,
+        "source": ev.source,
+        "actor": ev.actor,
+        "subject": e.subject,
+        "traceId": ev.trace_id,
+        "summary": summary(&ev),
+    })
+}
+
+fn filter_of(pairs: &[(String, String)], errors: &mut Vec<FieldError>) -> pb::EventFilter {
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+    };
+    let mut time = |k: &str| -> i64 {
+        match get(k) {
+            None => 0,
+            Some(v) => match chrono::DateTime::parse_from_rfc3339(&v) {
+                Ok(t) => t.timestamp_nanos_opt().unwrap_or(0),
+                Err(_) => {
+                    errors.push(FieldError::new(
+                        "query",
+                        k,
+                        format!("{k} must be an RFC 3339 time"),
+                        Some(&json!(v)),
+                    ));
+                    0
+                }
+            },
+        }
+    };
+    let from = time("from");
+    let to = time("to");
+    pb::EventFilter {
+        device_guid: get("device").unwrap_or_default(),
+        kind: get("kind").unwrap_or_default(),
+        from_unix_nanos: from,
+        to_unix_nanos: to,
+    }
+}
+
+/// GET /events: the stored trail; `order=desc` pages from the newest (`before` = `next`),
+/// otherwise from the oldest (`after` = `next`).
+pub async fn list(State(s): State<AppState>, a: Authed, RawQuery(q): RawQuery) -> ApiResult {
+    let pairs = query_pairs(q.as_deref());
+    let mut errors = Vec::new();
+    let filter = filter_of(&pairs, &mut errors);
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let top = match get("$top").map(str::parse::<u32>) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "query",
+                "$top",
+                "$top must be an integer between 1 and 1000",
+                None,
+            ));
+            100
+        }
+    };
+    let newest_first = match get("order") {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(o) => {
+            errors.push(FieldError::new(
+                "query",
+                "order",
+                "order must be asc or desc",
+                Some(&json!(o)),
+            ));
+            false
+        }
+    };
+    let token = get(if newest_first { "before" } else { "after" }).unwrap_or_default();
+    if !token.is_empty() && token.parse::<u64>().is_err() {
+        errors.push(FieldError::new(
+            "query",
+            if newest_first { "before" } else { "after" },
+            "must be a sequence number",
+            Some(&json!(token)),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let r = s
+        .audit
+        .clone()
+        .query_events(a.call(
+            &s,
+            pb::QueryEventsRequest {
+                filter: Some(filter),
+                page_size: top,
+                page_token: token.to_owned(),
+                newest_first,
+            },
+        ))
+        .await
+        .map_err(service_status)?
+        .into_inner();
+    let data: Vec<Value> = r.events.iter().map(event_json).collect();
+    Ok(json(json!({
+        "data": data,
+        "next": if r.next_page_token.is_empty() { Value::Null } else { json!(r.next_page_token) },
+    })))
+}
+
+/// GET /events/counts?kinds=connected,disconnected&minutes=60: events per minute of the
+/// last `minutes` (at most a day), oldest first.
+pub async fn counts(State(s): State<AppState>, a: Authed, RawQuery(q): RawQuery) -> ApiResult {
+    let pairs = query_pairs(q.as_deref());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let kinds: Vec<String> = get("kinds")
+        .unwrap_or("connected,disconnected")
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let minutes = match get("minutes").map(str::parse::<u32>) {
+        None => 60,
+        Some(Ok(m)) if (1..=1440).contains(&m) => m,
+        Some(_) => {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "query",
+                "minutes",
+                "minutes must be an integer between 1 and 1440",
+                None,
+            )]))
+        }
+    };
+    if kinds.is_empty() || kinds.len() > 16 {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "query",
+            "kinds",
+            "name 1 to 16 event kinds, comma-separated",
+            None,
+        )]));
+    }
+    // Buckets end at the next whole minute, so the newest one is the current minute.
+    let now = chrono::Utc::now().timestamp();
+    let end = (now / 60 + 1) * 60;
+    let from = end - i64::from(minutes) * 60;
+    let r = s
+        .audit
+        .clone()
+        .count_events(a.call(
+            &s,
+            pb::CountEventsRequest {
+                kinds: kinds.clone(),
+                from_unix_nanos: from * 1_000_000_000,
+                bucket_seconds: 60,
+                buckets: minutes,
+            },
+        ))
+        .await
+        .map_err(service_status)?
+        .into_inner();
+    let series: serde_json::Map<String, Value> = r
+        .series
+        .into_iter()
+        .map(|s| (s.kind, json!(s.counts)))
+        .collect();
+    Ok(json(json!({
+        "bucketSeconds": 60,
+        "from": iso_nanos(from * 1_000_000_000),
+        "series": series,
+    })))
+}
+
+/// What a live client receives.
+enum Item {
+    Event(Box<pb::StoredEvent>),
+    /// The feed ended (the audit service went away); the client should resume.
+    End(String),
+}
+
+/// The live feed of one client: a reader task fills a bounded buffer; when the buffer is
+/// full the client is too slow and gets `Overflow` instead of more events.
+struct Feed {
+    rx: mpsc::Receiver<Item>,
+    overflow: Arc<AtomicBool>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    state: AppState,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.state.metrics.streams.dec();
+    }
+}
+
+enum Out {
+    Event(Box<pb::StoredEvent>),
+    Close(String),
+}
+
+impl Stream for Feed {
+    type Item = Out;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Out>> {
+        if self.overflow.swap(false, Ordering::Relaxed) {
+            // Events still buffered are dropped; the client resumes from its last id.
+            self.rx.close();
+            self.state.metrics.streams_dropped.inc();
+            return Poll::Ready(Some(Out::Close(
+                "the client fell behind the live feed; reconnect with Last-Event-ID".into(),
+            )));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Item::Event(e))) => {
+                self.state.metrics.stream_events.inc();
+                Poll::Ready(Some(Out::Event(e)))
+            }
+            Poll::Ready(Some(Item::End(reason))) => {
+                self.rx.close();
+                Poll::Ready(Some(Out::Close(reason)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Opens the caller's feed from the audit service, resuming after `after`.
+async fn open_feed(
+    s: &AppState,
+    a: &Authed,
+    filter: pb::EventFilter,
+    after: u64,
+) -> ApiResult<Feed> {
+    let slot = s.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Unavailable(
+            "too many live-event clients on this gateway; try another replica or later".into(),
+        )
+    })?;
+    // The feed lives as long as the client does: no call deadline.
+    let mut req = tonic::Request::new(pb::SubscribeRequest {
+        filter: Some(filter),
+        after_sequence: after,
+    });
+    req.metadata_mut().insert("authorization", a.bearer.clone());
+    let mut upstream = s
+        .audit
+        .clone()
+        .subscribe(req)
+        .await
+        .map_err(service_status)?
+        .into_inner();
+    let (tx, rx) = mpsc::channel(s.config.stream_buffer);
+    let overflow = Arc::new(AtomicBool::new(false));
+    let flag = overflow.clone();
+    let stop = s.stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = tx.try_send(Item::End("the gateway is shutting down; reconnect".into()));
+                    return;
+                }
+                _ = tx.closed() => return,
+                n = upstream.next() => n,
+            };
+            let item = match next {
+                Some(Ok(e)) => Item::Event(Box::new(e)),
+                Some(Err(e)) => Item::End(format!("the live feed ended: {}", e.message())),
+                None => Item::End("the live feed ended; reconnect".into()),
+            };
+            let end = matches!(item, Item::End(_));
+            match tx.try_send(item) {
+                Ok(()) if !end => {}
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    flag.store(true, Ordering::Relaxed);
+                    // Wake the writer so it sends the close at once (if the socket lets it).
+                    let _ = tx.try_reserve();
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    });
+    s.metrics.streams.inc();
+    Ok(Feed {
+        rx,
+        overflow,
+        _slot: slot,
+        state: s.clone(),
+    })
+}
+
+fn resume_point(headers: &HeaderMap, pairs: &[(String, String)]) -> ApiResult<u64> {
+    let v = header_str(headers, "last-event-id")
+        .map(str::to_owned)
+        .or_else(|| {
+            pairs
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "after")
+                .map(|(_, v)| v.clone())
+        });
+    match v {
+        None => Ok(0),
+        Some(v) if v.is_empty() => Ok(0),
+        Some(v) => v.trim().parse().map_err(|_| {
+            ApiError::Validation(vec![FieldError::new(
+                "headers",
+                "Last-Event-ID",
+                "must be an event sequence number",
+                Some(&json!(v)),
+            )])
+        }),
+    }
+}
+
+/// GET /events/stream: Server-Sent Events, `id:` = sequence, `data:` = the event's JSON;
+/// `event: close` with a reason ends it.
+pub async fn stream(
+    State(s): State<AppState>,
+    a: Authed,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let pairs = query_pairs(q.as_deref());
+    let after = resume_point(&headers, &pairs)?;
+    let mut errors = Vec::new();
+    let filter = filter_of(&pairs, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let feed = open_feed(&s, &a, filter, after).await?;
+    let mut ended = false;
+    let frames = feed
+        .map(|out| match out {
+            Out::Event(e) => format!("id: {}\ndata: {}\n\n", e.sequence, event_json(&e)),
+            Out::Close(reason) => format!("event: close\ndata: {}\n\n", json!({"reason": reason})),
+        })
+        .take_while(move |f| {
+            let go = !ended;
+            ended = f.starts_with("event: close");
+            std::future::ready(go)
+        });
+    // Comments keep proxies and browsers from timing the connection out when it is quiet.
+    let keep_alive = tokio_stream_interval(KEEP_ALIVE).map(|_| ": keep-alive\n\n".to_owned());
+    let body = futures_util::stream::select(
+        frames
+            .map(Some)
+            .chain(futures_util::stream::once(async { None })),
+        keep_alive.map(Some),
+    )
+    .take_while(|f| std::future::ready(f.is_some()))
+    .map(|f| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(f.unwrap_or_default())));
+    let mut r = Response::new(axum::body::Body::from_stream(body));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+/// A tick every `period`, first after one period.
+fn tokio_stream_interval(period: Duration) -> impl Stream<Item = ()> {
+    futures_util::stream::unfold((), move |()| async move {
+        tokio::time::sleep(period).await;
+        Some(((), ()))
+    })
+}

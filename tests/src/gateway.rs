@@ -1,0 +1,131 @@
+//! The gateway in the test process, in front of this test's mps-command, audit and rps, and
+//! an HTTP client that speaks to it over a real socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use homeport_auth::{Authenticator, Key};
+use homeport_gateway::{auth, Gateway, GatewayConfig, GatewayParts};
+use homeport_http1::client::{Conn, Response};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::TEST_JWT_SECRET;
+
+/// The admin password of test gateways.
+pub const ADMIN_PASSWORD: &str = "Gateway-Test-Pw1!";
+
+/// Settings for tests: the given upstreams, sign-in for `tenant`, small limits.
+pub fn gateway_config(
+    device: SocketAddr,
+    audit: SocketAddr,
+    rps: SocketAddr,
+    tenant: &str,
+) -> GatewayConfig {
+    GatewayConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        health_listen: "127.0.0.1:0".parse().expect("addr"),
+        device_api: format!("http://{device}"),
+        audit_api: format!("http://{audit}"),
+        rps_api: format!("http://{rps}"),
+        jwt: homeport_auth::JwtArgs {
+            audience: Some(homeport_auth::DEFAULT_AUDIENCE.into()),
+            tenant_claim: "tenant".into(),
+            ..Default::default()
+        },
+        admin_user: "admin".into(),
+        admin_password_hash_file: None,
+        admin_tenant: tenant.into(),
+        token_ttl_minutes: 60,
+        max_body_bytes: 102_400,
+        call_timeout_secs: 30,
+        stream_buffer: 64,
+        max_streams: 100,
+    }
+}
+
+pub struct GatewayHandle {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl GatewayHandle {
+    pub async fn start(config: GatewayConfig) -> GatewayHandle {
+        let hash = auth::PasswordHash::parse(&auth::hash_password(ADMIN_PASSWORD).expect("hash"))
+            .expect("parse");
+        let gateway = Gateway::new(GatewayParts {
+            config,
+            auth: Authenticator::new(vec![Key::Hs256(TEST_JWT_SECRET.to_vec())], "tenant")
+                .with_audience(Some(homeport_auth::DEFAULT_AUDIENCE.into()), None),
+            signing_secret: Some(TEST_JWT_SECRET.to_vec()),
+            admin_password: Some(hash),
+        })
+        .expect("gateway");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let served = tokio::spawn(async move {
+            let _ = gateway.serve(listener, s.cancelled_owned()).await;
+        });
+        GatewayHandle { addr, stop, served }
+    }
+
+    pub async fn client(&self) -> Http {
+        Http {
+            conn: Conn::connect(self.addr)
+                .await
+                .expect("connect to the gateway"),
+            token: None,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.served).await;
+    }
+}
+
+/// A keep-alive connection to the gateway, with an optional bearer token.
+pub struct Http {
+    pub conn: Conn,
+    pub token: Option<String>,
+}
+
+impl Http {
+    pub fn with_token(mut self, token: &str) -> Http {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    pub async fn call(&mut self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        let bearer = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(b) = &bearer {
+            headers.push(("Authorization", b));
+        }
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        self.conn
+            .request(method, path, &headers, &bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// The call's status and JSON body (`Null` when empty).
+    pub async fn json(&mut self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let r = self.call(method, path, body).await;
+        let v = if r.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&r.body)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", r.text()))
+        };
+        (r.status, v)
+    }
+}

@@ -1,0 +1,786 @@
+#![allow(clippy::unwrap_used)]
+//! The REST gateway through the whole pipeline: HTTP → gateway → gRPC → mps-command → NATS →
+//! ingress → simulated device, plus the audit service and rps behind it.
+
+use std::time::Duration;
+
+use homeport_amt_sim::Fault;
+use homeport_tests::command::command_config;
+use homeport_tests::gateway::{gateway_config, GatewayHandle, ADMIN_PASSWORD};
+use homeport_tests::rps::rps_config;
+use homeport_tests::TestEnv;
+use serde_json::{json, Value};
+
+const DEVICE_404: &str = "Device not found/connected. Please connect again using CIRA.";
+
+fn errors_at(v: &Value) -> Vec<(String, String)> {
+    v["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors array: {v}"))
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "field", "{e}");
+            (
+                e["location"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mps_routes_answer_like_mps_through_the_whole_pipeline() {
+    let env = TestEnv::new("gwmps").await;
+    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
+    let cfg = env
+        .enrolled_fleet(ingress.local_addr(), 3, 41, "acme")
+        .await;
+    let fleet = env.start_connected(cfg, Duration::from_secs(30)).await;
+    let other_cfg = env
+        .enrolled_fleet(ingress.local_addr(), 1, 42, "other")
+        .await;
+    let other = env
+        .start_connected(other_cfg, Duration::from_secs(30))
+        .await;
+    let mut vanishing = env
+        .enrolled_fleet(ingress.local_addr(), 1, 43, "acme")
+        .await;
+    vanishing.faults = vec![(Fault::VanishMidCall, 1.0)];
+    let vanishing = env
+        .start_connected(vanishing, Duration::from_secs(30))
+        .await;
+    let cmd = env
+        .start_command(command_config(Duration::from_secs(5)))
+        .await;
+    let audit = env.start_audit().await;
+    let rps = env.start_rps(rps_config()).await;
+    let gw =
+        GatewayHandle::start(gateway_config(cmd.addr, audit.addr, rps.admin_addr, "acme")).await;
+    let guid = fleet.identities()[0].guid.clone();
+    let other_guid = other.identities()[0].guid.clone();
+    let vguid = vanishing.identities()[0].guid.clone();
+    let g2 = fleet.identities()[1].guid.clone();
+    let token = Box::pin(sign_in(&gw)).await;
+    Box::pin(registry(&gw, &token, &guid, &other_guid)).await;
+    Box::pin(amt(&gw, &token, &guid, &vguid)).await;
+    Box::pin(events_and_service(&gw, &token, &guid, &g2)).await;
+
+    gw.stop().await;
+    rps.stop().await;
+    audit.stop().await;
+    cmd.stop().await;
+    fleet.stop().await;
+    other.stop().await;
+    vanishing.stop().await;
+    env.cleanup().await;
+}
+
+async fn sign_in(gw: &GatewayHandle) -> String {
+    let mut anon = gw.client().await;
+    // Sign-in: the reference's validation, refusal and token shapes.
+    let (st, v) = anon
+        .json("POST", "/api/v1/authorize", Some(&json!({"password": "x"})))
+        .await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        errors_at(&v),
+        vec![
+            ("body".into(), "username".into()),
+            ("body".into(), "username".into())
+        ]
+    );
+    assert_eq!(v["errors"][1]["msg"], "User name is required");
+    let (st, v) = anon
+        .json(
+            "POST",
+            "/api/v1/authorize",
+            Some(&json!({"username": "admin", "password": "wrong"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v),
+        (
+            401,
+            json!({"message": "Incorrect Username and/or Password!"})
+        )
+    );
+    let (st, v) = anon
+        .json(
+            "POST",
+            "/mps/login/api/v1/authorize",
+            Some(&json!({"username": "ADMIN", "password": ADMIN_PASSWORD})),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let payload: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (payload["tenantId"].as_str(), payload["deviceId"].as_str()),
+        (Some("acme"), Some("*"))
+    );
+    assert!(payload["exp"].as_i64().unwrap() > chrono::Utc::now().timestamp() + 3000);
+    token
+}
+
+async fn registry(gw: &GatewayHandle, token: &str, guid: &str, other_guid: &str) {
+    // Without a token, or with a bad or foreign-signed one: 401.
+    for bad in [
+        None,
+        Some("not.a.token"),
+        Some(
+            &*homeport_auth::mint_hs256(b"another-secret-0123456789abcdefghij", "x", "acme", 60)
+                .unwrap(),
+        ),
+    ] {
+        let mut c = gw.client().await;
+        c.token = bad.map(str::to_owned);
+        let (st, v) = c.json("GET", "/api/v1/devices", None).await;
+        assert_eq!(st, 401, "{bad:?}: {v}");
+        assert_eq!(v["error"], "Unauthorized");
+    }
+
+    let mut c = gw.client().await.with_token(token);
+    // The registry.
+    let (st, v) = c.json("GET", "/api/v1/devices?$count=true", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["totalCount"], 4, "{v}");
+    let list = v["data"].as_array().unwrap();
+    assert!(list.iter().all(|d| d["tenantId"] == "acme"), "{v}");
+    assert!(
+        list.iter().any(|d| d["guid"] == guid
+            && d["connectionStatus"] == true
+            && d["mpsInstance"] == "node-a"),
+        "{v}"
+    );
+    let (st, v) = c.json("GET", "/api/v1/devices?$top=2&$skip=1", None).await;
+    assert_eq!((st, v.as_array().map(Vec::len)), (200, Some(2)), "{v}");
+    let (st, v) = c.json("GET", "/api/v1/devices?$top=abc", None).await;
+    assert_eq!(
+        (st, errors_at(&v)),
+        (400, vec![("query".into(), "$top".into())])
+    );
+    let (st, v) = c
+        .json(
+            "GET",
+            &format!(
+                "/api/v1/devices?search={}&$count=true",
+                &guid[..13].to_uppercase()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!((st, v["totalCount"].as_u64()), (200, Some(1)), "{v}");
+    let (st, v) = c
+        .json("GET", "/api/v1/devices?status=1&$count=true", None)
+        .await;
+    assert_eq!(
+        (st, v["data"].as_array().map(Vec::len)),
+        (200, Some(4)),
+        "{v}"
+    );
+    let (st, v) = c.json("GET", "/api/v1/devices/stats", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        (
+            v["totalCount"].as_u64(),
+            v["connectedCount"].as_u64(),
+            v["disconnectedCount"].as_u64()
+        ),
+        (Some(4), Some(4), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["nodes"], json!([{"node": "node-a", "connectedCount": 4}]));
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/devices/{guid}"), None)
+        .await;
+    assert_eq!((st, v["guid"].as_str()), (200, Some(guid)), "{v}");
+    assert!(
+        v["lastSeen"].is_string(),
+        "a connected device was seen now: {v}"
+    );
+    let (st, v2) = c
+        .json("GET", &format!("/mps/api/v1/devices/{guid}"), None)
+        .await;
+    assert_eq!(
+        (st, v2["guid"].clone()),
+        (200, v["guid"].clone()),
+        "Kong's prefix serves the same route"
+    );
+    // Another tenant's device is exactly an unknown one.
+    let unknown = "00000000-0000-4000-8000-00000000abcd";
+    for g in [other_guid, unknown] {
+        let r = c.call("GET", &format!("/api/v1/devices/{g}"), None).await;
+        assert_eq!((r.status, r.body.len()), (404, 0));
+        let (st, v) = c
+            .json("GET", &format!("/api/v1/amt/power/state/{g}"), None)
+            .await;
+        assert_eq!((st, v["error"].as_str()), (404, Some(DEVICE_404)), "{v}");
+        assert_eq!(v["errorDescription"], format!("guid : {g}"));
+    }
+    let (st, v) = c.json("GET", "/api/v1/devices/not-a-guid", None).await;
+    assert_eq!(
+        (st, errors_at(&v)),
+        (400, vec![("params".into(), "guid".into())])
+    );
+
+    // Create (201), upsert (200), update, tags, delete (204), delete again (404).
+    let new = "5f6a0f2e-3b1c-4d2a-9e8f-0123456789ab";
+    let body = json!({"guid": new, "hostname": "pc-1", "mpsusername": "admin1", "tags": ["lab"]});
+    let (st, v) = c.json("POST", "/api/v1/devices", Some(&body)).await;
+    assert_eq!(
+        (st, v["hostname"].as_str(), v["connectionStatus"].as_bool()),
+        (201, Some("pc-1"), Some(false)),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "POST",
+            "/api/v1/devices",
+            Some(&json!({"guid": new, "friendlyName": "Lab PC"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["friendlyName"].as_str(), v["hostname"].as_str()),
+        (200, Some("Lab PC"), Some("pc-1")),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "PATCH",
+            "/api/v1/devices",
+            Some(&json!({"guid": new, "tags": ["lab", "floor-2"]})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["tags"].clone()),
+        (200, json!(["lab", "floor-2"])),
+        "{v}"
+    );
+    let (st, v) = c.json("GET", "/api/v1/devices/tags", None).await;
+    assert_eq!(st, 200);
+    assert!(v.as_array().unwrap().contains(&json!("floor-2")), "{v}");
+    let (st, v) = c
+        .json(
+            "GET",
+            "/api/v1/devices?tags=floor-2,nothing&method=AND&$count=true",
+            None,
+        )
+        .await;
+    assert_eq!((st, v["totalCount"].as_u64()), (200, Some(0)), "{v}");
+    let (st, v) = c
+        .json(
+            "GET",
+            "/api/v1/devices?tags=floor-2,nothing&$count=true",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["totalCount"].as_u64()),
+        (200, Some(1)),
+        "OR is the default: {v}"
+    );
+    let (st, v) = c
+        .json(
+            "POST",
+            "/api/v1/devices",
+            Some(&json!({"guid": "nope", "hostname": 5, "tags": "x"})),
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert_eq!(
+        errors_at(&v),
+        vec![
+            ("body".into(), "guid".into()),
+            ("body".into(), "hostname".into()),
+            ("body".into(), "tags".into())
+        ]
+    );
+    let (st, v) = c
+        .json(
+            "POST",
+            "/api/v1/devices",
+            Some(&json!({"guid": other_guid, "mpsusername": "x"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("Unique key violation")),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "PATCH",
+            "/api/v1/devices",
+            Some(&json!({"guid": unknown, "hostname": "x"})),
+        )
+        .await;
+    assert_eq!((st, v["error"].as_str()), (404, Some("NOT FOUND")), "{v}");
+    let r = c
+        .call(
+            "DELETE",
+            &format!("/api/v1/devices/{new}?isSecretToBeDeleted=true"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let (st, v) = c
+        .json("DELETE", &format!("/api/v1/devices/{new}"), None)
+        .await;
+    assert_eq!(
+        (st, v["message"].as_str()),
+        (404, Some(&*format!("Device ID {new} not found")))
+    );
+    let (st, v) = c
+        .json(
+            "DELETE",
+            &format!("/api/v1/devices/{guid}?isSecretToBeDeleted=t"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, errors_at(&v)),
+        (400, vec![("query".into(), "isSecretToBeDeleted".into())])
+    );
+}
+
+async fn amt(gw: &GatewayHandle, token: &str, guid: &str, vguid: &str) {
+    let mut c = gw.client().await.with_token(token);
+    let unknown = "00000000-0000-4000-8000-00000000abcd";
+    // Bodies: malformed JSON and oversized ones.
+    let r = c
+        .conn
+        .request(
+            "POST",
+            "/api/v1/devices",
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Content-Type", "application/json"),
+            ],
+            b"{\"guid\": ",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["error"], "Incorrect URI or Bad Request");
+    let big = format!(
+        "{{\"guid\":\"{guid}\",\"hostname\":\"{}\"}}",
+        "x".repeat(200_000)
+    );
+    // (The server cannot read past an oversized body, so it closes that connection.)
+    let mut once = gw.client().await;
+    let r = once
+        .conn
+        .request(
+            "POST",
+            "/api/v1/devices",
+            &[("Authorization", &format!("Bearer {token}"))],
+            big.as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+
+    // AMT routes.
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/amt/power/state/{guid}"), None)
+        .await;
+    assert_eq!((st, v["powerstate"].as_u64()), (200, Some(2)), "{v}");
+    let (st, v) = c
+        .json(
+            "GET",
+            &format!("/api/v1/amt/power/capabilities/{guid}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["Power up"].as_u64(), v["Reset"].as_u64()),
+        (200, Some(2), Some(10)),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "POST",
+            &format!("/api/v1/amt/power/action/{guid}"),
+            Some(&json!({"action": 5})),
+        )
+        .await;
+    assert_eq!(
+        (
+            st,
+            v["Body"]["ReturnValue"].as_u64(),
+            v["Body"]["ReturnValueStr"].as_str()
+        ),
+        (200, Some(0), Some("SUCCESS")),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "POST",
+            &format!("/api/v1/amt/power/action/{guid}"),
+            Some(&json!({"action": 1})),
+        )
+        .await;
+    assert_eq!(
+        (st, errors_at(&v)),
+        (400, vec![("body".into(), "action".into())])
+    );
+    // Validation runs before the device is looked up, as in MPS.
+    let (st, _) = c
+        .json(
+            "POST",
+            &format!("/api/v1/amt/power/action/{unknown}"),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (st, v) = c
+        .json(
+            "POST",
+            &format!("/api/v1/amt/power/bootOptions/{guid}"),
+            Some(&json!({"action": 101, "useSOL": false})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["Body"]["ReturnValue"].as_u64()),
+        (200, Some(0)),
+        "{v}"
+    );
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/amt/version/{guid}"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let ids = v["CIM_SoftwareIdentity"]["responses"].as_array().unwrap();
+    assert!(
+        ids.iter()
+            .any(|i| i["InstanceID"] == "AMT" && i["VersionString"].is_string()),
+        "{v}"
+    );
+    assert!(v["AMT_SetupAndConfigurationService"]["response"]["ProvisioningMode"].is_u64());
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/amt/generalSettings/{guid}"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v["Body"]["HostName"].is_string() || v["Body"].as_object().is_some_and(|o| !o.is_empty()),
+        "{v}"
+    );
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/amt/hardwareInfo/{guid}"), None)
+        .await;
+    assert_eq!(
+        (st, v["CIM_Chassis"]["status"].as_u64()),
+        (200, Some(200)),
+        "{v}"
+    );
+    assert!(
+        !v["CIM_Processor"]["responses"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{v}"
+    );
+    let (st, v) = c.json("POST", &format!("/api/v1/amt/features/{guid}"), Some(&json!({"userConsent": "kvm", "enableSOL": "true", "enableIDER": false, "enableKVM": true}))).await;
+    assert_eq!((st, v), (200, json!({"status": "AMT Features updated"})));
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/amt/features/{guid}"), None)
+        .await;
+    assert_eq!(
+        (
+            st,
+            v["userConsent"].as_str(),
+            v["SOL"].as_bool(),
+            v["KVM"].as_bool(),
+            v["IDER"].as_bool()
+        ),
+        (200, Some("kvm"), Some(true), Some(true), Some(false)),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "POST",
+            &format!("/api/v1/amt/features/{guid}"),
+            Some(&json!({"userConsent": "sometimes"})),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/amt/log/event/{guid}"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["Desc"].is_string() && r["EntityStr"].is_string()),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "GET",
+            &format!("/api/v1/amt/log/audit/{guid}?startIndex=1"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["totalCnt"].is_u64(), v["records"].is_array()),
+        (200, true, true),
+        "{v}"
+    );
+    let start = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (st, v) = c
+        .json(
+            "POST",
+            &format!("/api/v1/amt/alarmOccurrences/{guid}"),
+            Some(&json!({"ElementName": "wake", "StartTime": start, "Interval": 1440})),
+        )
+        .await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("SUCCESS")), "{v}");
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/amt/alarmOccurrences/{guid}"), None)
+        .await;
+    assert_eq!(st, 200);
+    let alarm = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["ElementName"] == "wake")
+        .cloned()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        (
+            alarm["InternalInMinutes"].as_u64(),
+            alarm["Interval"]["Interval"].as_str()
+        ),
+        (Some(1440), Some("P1DT0M")),
+        "{alarm}"
+    );
+    let (st, _) = c
+        .json(
+            "POST",
+            &format!("/api/v1/amt/alarmOccurrences/{guid}"),
+            Some(&json!({"ElementName": "x"})),
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (st, v) = c
+        .json(
+            "DELETE",
+            &format!("/api/v1/amt/alarmOccurrences/{guid}"),
+            Some(&json!({"Name": alarm["InstanceID"]})),
+        )
+        .await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("SUCCESS")), "{v}");
+    let (st, v) = c
+        .json(
+            "DELETE",
+            &format!("/api/v1/amt/alarmOccurrences/{guid}"),
+            Some(&json!({"Name": "no-such-alarm"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (404, Some("Alarm instance not found")),
+        "{v}"
+    );
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/amt/userConsentCode/{guid}"), None)
+        .await;
+    assert_eq!(
+        (st, v["Body"]["ReturnValue"].as_u64()),
+        (200, Some(0)),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "POST",
+            &format!("/api/v1/amt/userConsentCode/{guid}"),
+            Some(&json!({"consentCode": 123456})),
+        )
+        .await;
+    assert!(
+        matches!(st, 200 | 400) && v["Body"]["ReturnValue"].is_u64(),
+        "{st} {v}"
+    );
+    let (st, v) = c
+        .json(
+            "GET",
+            &format!("/api/v1/amt/userConsentCode/cancel/{guid}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["Body"]["ReturnValue"].as_u64()),
+        (200, Some(0)),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "GET",
+            &format!("/api/v1/devices/redirectstatus/{guid}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["isKVMConnected"].as_bool()),
+        (200, Some(false)),
+        "{v}"
+    );
+    let (st, v) = c
+        .json("DELETE", &format!("/api/v1/devices/refresh/{guid}"), None)
+        .await;
+    assert_eq!((st, v["success"].as_u64()), (200, Some(200)), "{v}");
+    let (st, _) = c
+        .json(
+            "DELETE",
+            &format!("/api/v1/devices/disconnect/{guid}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 501);
+    let (st, v) = c
+        .json(
+            "GET",
+            &format!("/api/v1/authorize/redirection/{guid}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    // A redirection token is not an API token.
+    let mut relay = gw.client().await.with_token(v["token"].as_str().unwrap());
+    assert_eq!(relay.json("GET", "/api/v1/devices", None).await.0, 401);
+
+    // A device that drops its connection mid-call: a clear error, and the gateway goes on.
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/amt/power/state/{vguid}"), None)
+        .await;
+    assert!(matches!(st, 404 | 500), "{st} {v}");
+    assert!(
+        v["errorDescription"]
+            .as_str()
+            .is_some_and(|d| d.contains(vguid)),
+        "{v}"
+    );
+    let (st, _) = c
+        .json("GET", &format!("/api/v1/amt/power/state/{guid}"), None)
+        .await;
+    assert_eq!(st, 200);
+}
+
+async fn events_and_service(gw: &GatewayHandle, token: &str, guid: &str, g2: &str) {
+    let mut c = gw.client().await.with_token(token);
+    let mut anon = gw.client().await;
+    // The events of the calls above, stored and counted.
+    let mut found = Value::Null;
+    for _ in 0..50 {
+        let (st, v) = c
+            .json(
+                "GET",
+                &format!("/api/v1/events?device={guid}&order=desc&$top=50"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        if let Some(e) = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "PowerAction")
+        {
+            found = e.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        found["deviceGuid"], guid,
+        "a PowerAction event is stored: {found}"
+    );
+    let (st, v) = c
+        .json(
+            "GET",
+            "/api/v1/events/counts?kinds=connected,disconnected&minutes=60",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let connects: u64 = v["series"]["connected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(connects >= 4, "{v}");
+    assert_eq!(v["series"]["connected"].as_array().unwrap().len(), 60);
+
+    // Deactivation removes the device.
+    let (st, v) = c
+        .json("DELETE", &format!("/api/v1/amt/deactivate/{g2}"), None)
+        .await;
+    assert_eq!((st, v), (200, json!({"status": "SUCCESS"})));
+    assert_eq!(
+        c.call("GET", &format!("/api/v1/devices/{g2}"), None)
+            .await
+            .status,
+        404
+    );
+
+    // The service routes and the document.
+    let (st, v) = anon.json("GET", "/api/v1/version", None).await;
+    assert_eq!((st, v["serviceVersion"].is_string()), (200, true));
+    let (st, v) = anon.json("GET", "/api/v1/health", None).await;
+    assert_eq!(
+        (st, v["deviceApi"]["status"].as_str()),
+        (200, Some("OK")),
+        "{v}"
+    );
+    let (st, v) = anon.json("GET", "/api/v1/openapi.json", None).await;
+    assert_eq!((st, v["openapi"].as_str()), (200, Some("3.1.0")));
+    assert!(v["paths"]["/amt/power/state/{guid}"]["get"].is_object());
+    let (st, _) = anon.json("GET", "/api/v1/no/such/route", None).await;
+    assert_eq!(st, 404);
+}
+
+/// Every route in the OpenAPI document is served under each base (nothing answers the
+/// unknown-route 404), so the document and the router cannot drift apart.
+#[tokio::test]
+async fn every_documented_route_is_served_under_every_prefix() {
+    let doc = homeport_gateway::Gateway::openapi();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 35, "{}", paths.len());
+    let unreachable: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let gw = GatewayHandle::start(gateway_config(
+        unreachable,
+        unreachable,
+        unreachable,
+        "acme",
+    ))
+    .await;
+    let mut c = gw.client().await;
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{guid}", "00000000-0000-4000-8000-000000000001")
+                .replace(['{', '}'], "");
+            for base in ["/api/v1", "/mps/api/v1", "/rps/api/v1"] {
+                let r = c
+                    .call(&method.to_uppercase(), &format!("{base}{concrete}"), None)
+                    .await;
+                let unknown = r.status == 404 && r.text().contains("no such route");
+                assert!(
+                    !unknown,
+                    "{method} {base}{concrete} is documented but not routed"
+                );
+            }
+        }
+    }
+    gw.stop().await;
+}
