@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (Debian packages) and starts NATS with JetStream, PostgreSQL and Mosquitto (for the
-# MQTT bridge's tests) when they are missing or stopped. Idempotent: does nothing when all
-# already answer.
+# MQTT bridge's tests) when they are missing or stopped, and installs headless Chromium with
+# its WebDriver (the dashboard's browser test). Idempotent: does nothing when all already
+# answer.
 set -euo pipefail
 
 need_apt=()
@@ -10,6 +11,8 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v pg_isready >/dev/null 2>&1 || need_apt+=(postgresql-client)
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

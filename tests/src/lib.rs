@@ -2,6 +2,7 @@
 //! prefix, secret file and certificates, against the real NATS and PostgreSQL of the machine.
 
 pub mod audit;
+pub mod browser;
 pub mod command;
 pub mod gateway;
 pub mod rps;

@@ -95,7 +95,7 @@ enum Command {
         #[command(flatten)]
         fleet: FleetArgs,
         /// The rps WebSocket, as rpc's -u (the certificate is not checked, as rpc -n).
-        #[arg(long, default_value = "wss://127.0.0.1:8080/activate")]
+        #[arg(long, default_value = "wss://127.0.0.1:8443/activate")]
         rps: String,
         /// Profile to activate with.
         #[arg(long)]

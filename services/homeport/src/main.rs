@@ -45,9 +45,23 @@ struct Cli {
         default_value = "127.0.0.1:50052"
     )]
     audit_grpc_listen: SocketAddr,
-    /// Remote provisioning: the rpc clients' WebSocket (wss) listen address.
-    #[arg(long, env = "HOMEPORT_RPS_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Remote provisioning: the rpc clients' WebSocket (wss) listen address (8443 here: the
+    /// REST API and the dashboard take 8080).
+    #[arg(long, env = "HOMEPORT_RPS_LISTEN", default_value = "0.0.0.0:8443")]
     rps_listen: SocketAddr,
+    /// The Open AMT REST API and the web dashboard (HTTP).
+    #[arg(
+        long,
+        env = "HOMEPORT_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    gateway_listen: SocketAddr,
+    /// User name of the dashboard and of `POST /api/v1/authorize`.
+    #[arg(long, env = "HOMEPORT_GATEWAY_ADMIN_USER", default_value = "admin")]
+    gateway_admin_user: String,
+    /// Tenant the dashboard's sign-in is scoped to (the demo fleet's by default).
+    #[arg(long, env = "HOMEPORT_GATEWAY_ADMIN_TENANT", default_value = "demo")]
+    gateway_admin_tenant: String,
     /// Remote provisioning admin API (gRPC: profiles, CIRA configs, domains, wireless).
     #[arg(
         long,
@@ -129,15 +143,17 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
     let command = start_command(&cli, &secret_file, &command_nats, store, secrets).await?;
     let audit = start_audit(&cli, &secret_file, &audit_nats, store).await?;
     let rps = start_rps(&cli, &secret_file, &rps_nats, store, secrets).await?;
+    let (gateway, first_password) = start_gateway(&cli, &secret_file).await?;
     // The demo asks devices through the tunnel as mps-command does.
     let nats = &command_nats;
     println!(
-        "Homeport is running: CIRA on {}, device API (gRPC) on {}, audit API on {}, provisioning on wss://{}/activate (admin gRPC {}), health and metrics on http://{}/metrics, NATS {}, database {}",
+        "Homeport is running: CIRA on {}, device API (gRPC) on {}, audit API on {}, provisioning on wss://{}/activate (admin gRPC {}), REST API on http://{}/api/v1, health and metrics on http://{}/metrics, NATS {}, database {}",
         ingress.local_addr(),
         cli.grpc_listen,
         cli.audit_grpc_listen,
         cli.rps_listen,
         cli.rps_grpc_listen,
+        cli.gateway_listen,
         cli.ingress.health_listen,
         cli.common.nats_url,
         homeport_runtime::redact_url(&cli.common.database_url().unwrap_or_default()),
@@ -146,6 +162,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         "  token for homeportctl: export HOMEPORT_TOKEN=$(homeportctl token --secret-file {} --tenant demo)",
         secret_file.display()
     );
+    print_sign_in(&cli, first_password.as_deref());
 
     match cli.command {
         None | Some(Command::Serve) => {
@@ -223,6 +240,8 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
     }
     println!("Shutting down: draining CIRA sessions…");
+    gateway.stop.cancel();
+    let _ = gateway.task.await;
     rps.stop.cancel();
     let _ = rps.task.await;
     command.stop.cancel();
@@ -360,6 +379,102 @@ async fn start_rps(
         service.shutdown(Duration::from_secs(10)).await;
     });
     Ok(RunningCommand { stop, task })
+}
+
+/// The admin password's hash file in the data directory; on first start a random password
+/// is generated, only its hash is written, and the password is returned to be shown once.
+fn admin_password(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, Option<String>)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join("gateway-admin.hash");
+    if path.exists() {
+        return Ok((path, None));
+    }
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut raw = [0u8; 18];
+    openssl::rand::rand_bytes(&mut raw)?;
+    let password: String = raw
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    let line = homeport_gateway::auth::hash_password(&password)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    Ok((path, Some(password)))
+}
+
+/// A loopback URL for an in-process gRPC listener.
+fn local_url(addr: SocketAddr) -> String {
+    format!("http://{}", cira_target(addr))
+}
+
+/// Starts the REST API and the dashboard (gateway) in this process, in front of the gRPC
+/// services above; returns the admin password when it was generated now.
+async fn start_gateway(
+    cli: &Cli,
+    secret_file: &std::path::Path,
+) -> anyhow::Result<(RunningCommand, Option<String>)> {
+    let (hash_file, first_password) = admin_password(&cli.data_dir)?;
+    let jwt = homeport_auth::JwtArgs {
+        rs256_public_key_file: cli.jwt_rs256_public_key_file.clone(),
+        ..homeport_auth::JwtArgs::hs256(secret_file.to_path_buf())
+    };
+    let config = homeport_gateway::GatewayConfig {
+        listen: cli.gateway_listen,
+        health_listen: cli.ingress.health_listen,
+        device_api: local_url(cli.grpc_listen),
+        audit_api: local_url(cli.audit_grpc_listen),
+        rps_api: local_url(cli.rps_grpc_listen),
+        jwt: jwt.clone(),
+        admin_user: cli.gateway_admin_user.clone(),
+        admin_password_hash_file: Some(hash_file.clone()),
+        admin_tenant: cli.gateway_admin_tenant.clone(),
+        token_ttl_minutes: 1440,
+        max_body_bytes: 102_400,
+        call_timeout_secs: 130,
+        stream_buffer: 256,
+        max_streams: 1000,
+    };
+    config.validate().map_err(anyhow::Error::msg)?;
+    let gateway = homeport_gateway::Gateway::new(homeport_gateway::GatewayParts {
+        auth: jwt.authenticator()?,
+        signing_secret: Some(homeport_gateway::read_secret(secret_file)?),
+        admin_password: Some(homeport_gateway::auth::PasswordHash::read(&hash_file)?),
+        config,
+    })?;
+    let listener = tokio::net::TcpListener::bind(cli.gateway_listen)
+        .await
+        .with_context(|| format!("binding the REST API port {}", cli.gateway_listen))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = gateway.serve(listener, s.cancelled_owned()).await {
+            tracing::error!(error = %e, "REST API stopped");
+        }
+    });
+    Ok((RunningCommand { stop, task }, first_password))
+}
+
+/// Where the dashboard is and how to sign in.
+fn print_sign_in(cli: &Cli, first_password: Option<&str>) {
+    let url = format!("http://{}/", cira_target(cli.gateway_listen));
+    match first_password {
+        Some(pw) => println!(
+            "  dashboard and REST API: {url} (sign in as {} / {pw}; shown once, only its hash is kept in {})",
+            cli.gateway_admin_user,
+            cli.data_dir.join("gateway-admin.hash").display()
+        ),
+        None => println!(
+            "  dashboard and REST API: {url} (sign in as {}; the password was shown at the first start; delete {} and restart for a new one)",
+            cli.gateway_admin_user,
+            cli.data_dir.join("gateway-admin.hash").display()
+        ),
+    }
 }
 
 /// Starts the audit worker and its API (AuditService) in this process.
