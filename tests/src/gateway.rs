@@ -40,12 +40,14 @@ pub fn gateway_config(
         max_body_bytes: 102_400,
         call_timeout_secs: 30,
         stream_buffer: 64,
+        write_timeout_secs: 3,
         max_streams: 100,
     }
 }
 
 pub struct GatewayHandle {
     pub addr: SocketAddr,
+    observable: std::sync::Arc<dyn homeport_telemetry::Observable>,
     stop: CancellationToken,
     served: tokio::task::JoinHandle<()>,
 }
@@ -62,6 +64,7 @@ impl GatewayHandle {
             admin_password: Some(hash),
         })
         .expect("gateway");
+        let observable = gateway.observable();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -71,7 +74,12 @@ impl GatewayHandle {
         let served = tokio::spawn(async move {
             let _ = gateway.serve(listener, s.cancelled_owned()).await;
         });
-        GatewayHandle { addr, stop, served }
+        GatewayHandle {
+            addr,
+            observable,
+            stop,
+            served,
+        }
     }
 
     pub async fn client(&self) -> Http {
@@ -81,6 +89,15 @@ impl GatewayHandle {
                 .expect("connect to the gateway"),
             token: None,
         }
+    }
+
+    /// A counter or gauge of the gateway's metrics (0 when absent).
+    pub fn metric(&self, name: &str) -> i64 {
+        self.observable
+            .metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     pub async fn stop(self) {

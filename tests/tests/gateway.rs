@@ -784,3 +784,262 @@ async fn every_documented_route_is_served_under_every_prefix() {
     }
     gw.stop().await;
 }
+
+/// SSE frames (`id`, `data`) in raw bytes of a chunked body.
+fn sse_events(raw: &str) -> Vec<(u64, Value)> {
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in raw.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.trim().parse().ok();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            if let (Some(i), Ok(v)) = (id.take(), serde_json::from_str::<Value>(d)) {
+                out.push((i, v));
+            }
+        }
+    }
+    out
+}
+
+async fn read_events(conn: &mut homeport_http1::client::Conn, want: usize) -> Vec<(u64, Value)> {
+    let mut raw = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = sse_events(&raw);
+        if events.len() >= want {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {want} events: {raw}",
+            events.len()
+        );
+        let more = tokio::time::timeout(Duration::from_secs(20), conn.read_some())
+            .await
+            .expect("stream stalled")
+            .expect("read");
+        assert!(!more.is_empty(), "the stream ended: {raw}");
+        raw.push_str(&String::from_utf8_lossy(&more));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_stream_resume_and_a_client_that_stops_reading_is_dropped() {
+    use futures_util::StreamExt as _;
+    let env = TestEnv::new("gwlive").await;
+    let audit = env.start_audit().await;
+    let unreachable: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let gw =
+        GatewayHandle::start(gateway_config(unreachable, audit.addr, unreachable, "acme")).await;
+    let token = homeport_tests::command::CommandHandle::token("acme");
+    let auth = format!("Bearer {token}");
+    let guid = "11111111-2222-4333-8444-555555555555";
+
+    // Server-Sent Events: the caller's tenant only, each with its sequence as the id.
+    let mut sse = homeport_http1::client::Conn::connect(gw.addr)
+        .await
+        .unwrap();
+    let (status, headers) = sse
+        .start_stream("/api/v1/events/stream", &[("Authorization", &auth)])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type")
+                && v.starts_with("text/event-stream"))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.publish_event("other", guid, "connected").await;
+    for kind in ["connected", "PowerAction", "disconnected"] {
+        env.publish_event("acme", guid, kind).await;
+    }
+    let got = read_events(&mut sse, 3).await;
+    let kinds: Vec<_> = got
+        .iter()
+        .map(|(_, v)| v["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, vec!["connected", "PowerAction", "disconnected"]);
+    assert!(got
+        .iter()
+        .all(|(id, v)| v["tenant"] == "acme" && v["sequence"] == *id && v["deviceGuid"] == guid));
+    let last = got[2].0;
+    drop(sse);
+
+    // Missed while away, then resumed with Last-Event-ID: no gap, no repeat.
+    env.publish_event("acme", guid, "connected").await;
+    env.publish_event("acme", guid, "disconnected").await;
+    let mut sse = homeport_http1::client::Conn::connect(gw.addr)
+        .await
+        .unwrap();
+    let (status, _) = sse
+        .start_stream(
+            "/api/v1/events/stream",
+            &[
+                ("Authorization", &auth),
+                ("Last-Event-ID", &last.to_string()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let resumed = read_events(&mut sse, 2).await;
+    assert_eq!(
+        resumed
+            .iter()
+            .map(|(_, v)| v["kind"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["connected", "disconnected"]
+    );
+    assert!(resumed[0].0 > last);
+    drop(sse);
+    let mut bad = gw.client().await;
+    assert_eq!(bad.json("GET", "/api/v1/events/stream", None).await.0, 401);
+
+    // The WebSocket variant, with the token as the subprotocol (as browsers must send it),
+    // which the server echoes.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/api/v1/events/ws?after={last}", gw.addr),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", token.parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some(token.as_str())
+    );
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            kinds.push(v["kind"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(kinds, vec!["connected", "disconnected"]);
+    ws.close(None).await.unwrap();
+    let mut no_token =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/api/v1/events/ws",
+            gw.addr
+        ))
+        .unwrap();
+    no_token
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "not-a-token".parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    assert!(
+        tokio_tungstenite::client_async(no_token, tcp)
+            .await
+            .is_err(),
+        "no token, no feed"
+    );
+
+    // A client that stops reading: its buffer fills, it is dropped (told why when it
+    // reads again, or cut by the write deadline), its place is freed, and memory stays flat.
+    wait_streams(&gw, 0).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(gw.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    slow.write_all(
+        format!("GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = slow.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    wait_streams(&gw, 1).await;
+    let mut published = 0u64;
+    let started = std::time::Instant::now();
+    while gw.metric("homeport_gateway_event_streams") > 0 {
+        assert!(
+            published < 60_000 && started.elapsed() < Duration::from_secs(90),
+            "the slow client was never dropped ({published} events)"
+        );
+        publish_burst(&env, guid, 2000).await;
+        published += 2000;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // What is still readable ends, not more forever: dropped for falling behind, the response
+    // ends with a close event; cut by the write deadline, the connection ends.
+    let dropped = gw.metric("homeport_gateway_event_streams_dropped_total") >= 1;
+    let mut tail: Vec<u8> = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return "connection closed",
+                Ok(n) => {
+                    tail.extend_from_slice(&buf[..n]);
+                    let keep = tail.len().saturating_sub(1024);
+                    tail.drain(..keep);
+                    if tail.ends_with(b"\r\n0\r\n\r\n") {
+                        return "response ended";
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let how = ended.expect("the dropped client's stream ended");
+    if dropped && how == "response ended" {
+        let text = String::from_utf8_lossy(&tail).into_owned();
+        assert!(
+            text.contains("event: close") && text.contains("Last-Event-ID"),
+            "{text}"
+        );
+    }
+
+    gw.stop().await;
+    audit.stop().await;
+    env.cleanup().await;
+}
+
+async fn wait_streams(gw: &GatewayHandle, n: i64) {
+    for _ in 0..100 {
+        if gw.metric("homeport_gateway_event_streams") == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{} live streams, expected {n}",
+        gw.metric("homeport_gateway_event_streams")
+    );
+}
+
+/// `n` events published together (acks awaited at the end), as a busy fleet produces them.
+async fn publish_burst(env: &TestEnv, guid: &str, n: usize) {
+    use prost::Message as _;
+    let mut acks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ev = homeport_contracts::events::envelope("acme", guid, "PowerAction", "test");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", ev.id.as_str());
+        acks.push(
+            env.js
+                .publish_with_headers(
+                    env.names.device_event("acme", guid, "PowerAction"),
+                    headers,
+                    ev.encode_to_vec().into(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}

@@ -73,6 +73,15 @@ pub struct GatewayConfig {
     /// disconnected (it resumes with Last-Event-ID) instead of growing memory.
     #[arg(long, env = "HOMEPORT_GATEWAY_STREAM_BUFFER", default_value_t = 256)]
     pub stream_buffer: usize,
+    /// A connection whose written data the client leaves unread (or unacknowledged) this long
+    /// is closed by the kernel (TCP_USER_TIMEOUT): the write deadline of every answer and of
+    /// a live-event client that stopped reading.
+    #[arg(
+        long,
+        env = "HOMEPORT_GATEWAY_WRITE_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub write_timeout_secs: u64,
     /// Live-event clients at once on this replica; more get 503.
     #[arg(long, env = "HOMEPORT_GATEWAY_MAX_STREAMS", default_value_t = 1000)]
     pub max_streams: usize,

@@ -468,3 +468,94 @@ fn tokio_stream_interval(period: Duration) -> impl Stream<Item = ()> {
         Some(((), ()))
     })
 }
+
+/// How long a closing WebSocket frame may take to go out.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The caller of a WebSocket upgrade: browsers cannot set headers on one, so the token may
+/// come as the offered subprotocol (as the MPS relay takes it), which is then echoed.
+fn ws_caller(s: &AppState, headers: &HeaderMap) -> ApiResult<(Authed, Option<String>)> {
+    let bearer = |token: &str| -> ApiResult<Authed> {
+        let caller = s
+            .auth
+            .verify(token)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ApiError::Unauthorized("malformed token".into()))?;
+        Ok(Authed { caller, bearer })
+    };
+    if let Some(t) = crate::auth::bearer(header_str(headers, "authorization")) {
+        return Ok((bearer(t)?, None));
+    }
+    let offered = header_str(headers, "sec-websocket-protocol").unwrap_or_default();
+    let token = offered
+        .split(',')
+        .map(str::trim)
+        .find(|p| p.matches('.').count() == 2)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "a bearer token is required (Authorization header or WebSocket subprotocol)".into(),
+            )
+        })?;
+    Ok((bearer(token)?, Some(token.to_owned())))
+}
+
+/// GET /events/ws: the live feed as WebSocket text messages (one event's JSON each), resumed
+/// with `?after=<sequence>`; a client that falls behind gets a close frame (4000) and resumes.
+pub async fn websocket(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> ApiResult {
+    use axum::extract::ws::{CloseFrame, Message};
+    let (a, protocol) = ws_caller(&s, &headers)?;
+    let pairs = query_pairs(q.as_deref());
+    let after = resume_point(&HeaderMap::new(), &pairs)?;
+    let mut errors = Vec::new();
+    let filter = filter_of(&pairs, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut feed = open_feed(&s, &a, filter, after).await?;
+    let ws = match protocol {
+        Some(p) => ws.protocols([p]),
+        None => ws,
+    };
+    Ok(ws
+        .max_message_size(4096)
+        .on_upgrade(move |mut socket| async move {
+            loop {
+                let out = tokio::select! {
+                    o = feed.next() => o,
+                    // Anything the client sends is ignored; its close ends the feed.
+                    m = socket.recv() => match m {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                        Some(Ok(_)) => continue,
+                    },
+                };
+                match out {
+                    Some(Out::Event(e)) => {
+                        let text = event_json(&e).to_string();
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Out::Close(reason)) => {
+                        let frame = CloseFrame {
+                            code: 4000,
+                            reason: reason.chars().take(120).collect::<String>().into(),
+                        };
+                        let _ = tokio::time::timeout(
+                            CLOSE_DEADLINE,
+                            socket.send(Message::Close(Some(frame))),
+                        )
+                        .await;
+                        return;
+                    }
+                    None => return,
+                }
+            }
+        }))
+}

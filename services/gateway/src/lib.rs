@@ -148,7 +148,15 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        use axum::serve::ListenerExt as _;
         let inner = self.inner.clone();
+        let deadline = Duration::from_secs(inner.config.write_timeout_secs.max(1));
+        let listener = listener.tap_io(move |tcp| {
+            let _ = tcp.set_nodelay(true);
+            if let Err(e) = write_deadline(tcp, deadline) {
+                tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
+            }
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -395,4 +403,37 @@ pub fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context as _;
     let s = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(s.strip_suffix(b"\n").unwrap_or(&s).to_vec())
+}
+
+/// `TCP_USER_TIMEOUT`: the kernel aborts a connection whose sent data stays unacknowledged,
+/// or whose peer keeps a zero window (stopped reading), for `after`. Neither tokio nor hyper
+/// has a write deadline; this is the one that also covers a body hyper is blocked writing.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn write_deadline(tcp: &tokio::net::TcpStream, after: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let ms = libc::c_uint::try_from(after.as_millis()).unwrap_or(libc::c_uint::MAX);
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_uint>())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: the descriptor is open for the duration of the call (`tcp` is borrowed), and
+    // the option value is a live, properly aligned c_uint whose size is passed as its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            std::ptr::from_ref(&ms).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_deadline(_: &tokio::net::TcpStream, _: Duration) -> std::io::Result<()> {
+    Ok(())
 }

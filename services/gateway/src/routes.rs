@@ -85,6 +85,7 @@ pub fn table() -> Vec<Entry> {
         (doc("get", "/events", E, "Stored events (device, kind, from, to, $top, order, after/before)", None, (200, "EventPage")), get(events::list)),
         (doc("get", "/events/counts", E, "Events per minute of some kinds (kinds, minutes)", None, (200, "EventCounts")), get(events::counts)),
         (doc("get", "/events/stream", E, "Live events as Server-Sent Events, resumable with Last-Event-ID", None, (200, "")), get(events::stream)),
+        (doc("get", "/events/ws", E, "Live events over a WebSocket (token in Authorization or as the subprotocol), resumable with ?after=", None, (101, "")), get(events::websocket)),
         (doc("get", "/admin", P, "RPS admin root", None, (200, "Object")), get(rps::admin_root)),
     ];
     macro_rules! admin {

@@ -438,6 +438,7 @@ async fn start_gateway(
         max_body_bytes: 102_400,
         call_timeout_secs: 130,
         stream_buffer: 256,
+        write_timeout_secs: 30,
         max_streams: 1000,
     };
     config.validate().map_err(anyhow::Error::msg)?;
