@@ -1043,3 +1043,247 @@ async fn publish_burst(env: &TestEnv, guid: &str, n: usize) {
         a.await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rps_admin_routes_answer_like_rps_under_both_prefixes() {
+    use homeport_amt_sim::provision::ProvisioningPki;
+    let env = TestEnv::new("gwrps").await;
+    let rps = env.start_rps(rps_config()).await;
+    let unreachable: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let gw = GatewayHandle::start(gateway_config(
+        unreachable,
+        unreachable,
+        rps.admin_addr,
+        "acme",
+    ))
+    .await;
+    let mut c = gw
+        .client()
+        .await
+        .with_token(&homeport_tests::command::CommandHandle::token("acme"));
+    let mut other = gw
+        .client()
+        .await
+        .with_token(&homeport_tests::command::CommandHandle::token("other"));
+    let mut anon = gw.client().await;
+    let pki = ProvisioningPki::generate("provisioning.sim.homeport.test", "pfx-Pass-1").unwrap();
+    let root = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &pki.root_der);
+    let a = "/rps/api/v1/admin";
+
+    assert_eq!(
+        anon.json("GET", &format!("{a}/profiles"), None).await.0,
+        401
+    );
+    let (st, v) = c.json("GET", "/api/v1/admin", None).await;
+    assert_eq!(
+        (st, v["message"].as_str()),
+        (200, Some("admin path. use admin/profiles"))
+    );
+
+    // CIRA configs.
+    let cira = json!({"configName": "office-cira", "mpsServerAddress": "mps.example.com", "serverAddressFormat": 201,
+        "mpsPort": 4433, "username": "admin12", "authMethod": 2, "mpsRootCertificate": root, "proxyDetails": ""});
+    let (st, v) = c
+        .json("POST", &format!("{a}/ciraconfigs"), Some(&cira))
+        .await;
+    assert_eq!(
+        (st, v["configName"].as_str(), v["tenantId"].as_str()),
+        (201, Some("office-cira"), Some("acme")),
+        "{v}"
+    );
+    assert!(v["version"].is_string(), "{v}");
+    let (st, v) = c
+        .json("POST", &format!("{a}/ciraconfigs"), Some(&cira))
+        .await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("Unique key violation")),
+        "{v}"
+    );
+    let (st, v) = c.json("POST", &format!("{a}/ciraconfigs"), Some(&json!({"configName": "bad", "mpsServerAddress": "mps.example.com", "serverAddressFormat": 201, "mpsPort": 80, "username": "admin12", "authMethod": 2, "mpsRootCertificate": root}))).await;
+    assert_eq!(
+        (st, errors_at(&v)),
+        (400, vec![("body".into(), "mpsPort".into())]),
+        "{v}"
+    );
+
+    // Profiles, with a reference to the CIRA config.
+    let profile = json!({"profileName": "office", "activation": "ccmactivate", "generateRandomPassword": true,
+        "ciraConfigName": "office-cira", "dhcpEnabled": true, "userConsent": "All", "tags": ["hq"]});
+    let (st, v) = c
+        .json("POST", &format!("{a}/profiles"), Some(&profile))
+        .await;
+    assert_eq!(
+        (st, v["profileName"].as_str(), v["activation"].as_str()),
+        (201, Some("office"), Some("ccmactivate")),
+        "{v}"
+    );
+    assert!(
+        v.get("amtPassword").is_none(),
+        "secrets are never returned: {v}"
+    );
+    let version = v["version"].as_str().unwrap().to_owned();
+    let (st, v) = c.json("POST", &format!("{a}/profiles"), Some(&json!({"profileName": "p2", "activation": "ccmactivate", "amtPassword": "short", "dhcpEnabled": true}))).await;
+    assert_eq!(
+        (st, errors_at(&v)),
+        (400, vec![("body".into(), "amtPassword".into())]),
+        "{v}"
+    );
+    let (st, v) = c.json("POST", &format!("{a}/profiles"), Some(&json!({"profileName": "p3", "activation": "ccmactivate", "generateRandomPassword": true, "tlsMode": 1}))).await;
+    assert_eq!(
+        (st, errors_at(&v)),
+        (400, vec![("body".into(), "tlsMode".into())]),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "PATCH",
+            &format!("{a}/profiles"),
+            Some(&json!({"profileName": "office", "version": version, "tags": ["hq", "floor-2"]})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["tags"].clone(), v["ciraConfigName"].as_str()),
+        (200, json!(["hq", "floor-2"]), Some("office-cira")),
+        "PATCH keeps what it does not name: {v}"
+    );
+    let (st, v) = c
+        .json(
+            "PATCH",
+            &format!("{a}/profiles"),
+            Some(&json!({"profileName": "office", "version": version, "tags": []})),
+        )
+        .await;
+    assert_eq!(st, 409, "a stale version: {v}");
+    let (st, v) = c
+        .json("GET", &format!("{a}/profiles?$count=true"), None)
+        .await;
+    assert_eq!((st, v["totalCount"].as_u64()), (200, Some(1)), "{v}");
+    let (st, v) = c
+        .json("GET", &format!("/api/v1/admin/profiles/office"), None)
+        .await;
+    assert_eq!(
+        (st, v["profileName"].as_str()),
+        (200, Some("office")),
+        "{v}"
+    );
+    let (st, v) = c.json("GET", &format!("{a}/profiles/nope"), None).await;
+    assert_eq!(
+        (st, v),
+        (
+            404,
+            json!({"error": "Not Found", "message": "AMT profile nope Not Found"})
+        )
+    );
+    // Another tenant sees none of it.
+    let (st, v) = other
+        .json("GET", &format!("{a}/profiles/office"), None)
+        .await;
+    assert_eq!((st, v["error"].as_str()), (404, Some("Not Found")));
+    let (st, v) = other.json("GET", &format!("{a}/ciraconfigs"), None).await;
+    assert_eq!((st, v), (200, json!([])));
+    // A referenced CIRA config cannot go.
+    let (st, v) = c
+        .json("DELETE", &format!("{a}/ciraconfigs/office-cira"), None)
+        .await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (400, Some("Foreign key violation")),
+        "{v}"
+    );
+
+    // Domains: the PFX is checked and never returned.
+    let domain = json!({"profileName": "sim", "domainSuffix": "sim.homeport.test", "provisioningCert": pki.pfx_b64,
+        "provisioningCertStorageFormat": "string", "provisioningCertPassword": "pfx-Pass-1"});
+    let (st, v) = c.json("POST", &format!("{a}/domains"), Some(&domain)).await;
+    assert_eq!(
+        (st, v["domainSuffix"].as_str()),
+        (201, Some("sim.homeport.test")),
+        "{v}"
+    );
+    assert!(
+        v.get("provisioningCert").is_none()
+            && v.get("provisioningCertPassword").is_none()
+            && v["expirationDate"].is_string(),
+        "{v}"
+    );
+    let mut wrong = domain.clone();
+    wrong["profileName"] = json!("sim2");
+    wrong["provisioningCertPassword"] = json!("wrong");
+    let (st, v) = c.json("POST", &format!("{a}/domains"), Some(&wrong)).await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = c.json("GET", &format!("{a}/domains"), None).await;
+    assert_eq!((st, v.as_array().map(Vec::len)), (200, Some(1)), "{v}");
+
+    // Wireless configs.
+    let wifi = json!({"profileName": "hqwifi", "authenticationMethod": 6, "encryptionMethod": 4, "ssid": "HQ", "pskPassphrase": "passphrase-1", "linkPolicy": [14, 16]});
+    let (st, v) = c
+        .json("POST", &format!("{a}/wirelessconfigs"), Some(&wifi))
+        .await;
+    assert_eq!(
+        (st, v["ssid"].as_str(), v.get("pskPassphrase").is_none()),
+        (201, Some("HQ"), true),
+        "{v}"
+    );
+    let (st, v) = c.json("POST", &format!("{a}/wirelessconfigs"), Some(&json!({"profileName": "w2", "authenticationMethod": 6, "encryptionMethod": 4, "ssid": "HQ", "pskPassphrase": "short"}))).await;
+    assert_eq!(
+        (st, errors_at(&v)),
+        (400, vec![("body".into(), "pskPassphrase".into())]),
+        "{v}"
+    );
+    let (st, v) = c
+        .json(
+            "PATCH",
+            &format!("{a}/wirelessconfigs"),
+            Some(
+                &json!({"profileName": "hqwifi", "ssid": "HQ-5G", "pskPassphrase": "passphrase-2"}),
+            ),
+        )
+        .await;
+    assert_eq!((st, v["ssid"].as_str()), (200, Some("HQ-5G")), "{v}");
+
+    // Bodies that are not JSON, or too large.
+    let r = c
+        .conn
+        .request(
+            "POST",
+            &format!("{a}/profiles"),
+            &[(
+                "Authorization",
+                &format!("Bearer {}", c.token.clone().unwrap()),
+            )],
+            b"{nope",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let mut once = gw.client().await.with_token(c.token.as_deref().unwrap());
+    let big = json!({"profileName": "x".repeat(150_000)});
+    assert_eq!(
+        once.call("POST", &format!("{a}/profiles"), Some(&big))
+            .await
+            .status,
+        413
+    );
+
+    // Deletes: 204, then 404.
+    for (kind, name) in [
+        ("profiles", "office"),
+        ("ciraconfigs", "office-cira"),
+        ("domains", "sim"),
+        ("wirelessconfigs", "hqwifi"),
+    ] {
+        let r = c.call("DELETE", &format!("{a}/{kind}/{name}"), None).await;
+        assert_eq!(r.status, 204, "{kind}: {}", r.text());
+        let (st, v) = c.json("DELETE", &format!("{a}/{kind}/{name}"), None).await;
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (404, Some("Not Found")),
+            "{kind}: {v}"
+        );
+    }
+
+    gw.stop().await;
+    rps.stop().await;
+    env.cleanup().await;
+}
