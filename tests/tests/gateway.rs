@@ -1159,9 +1159,7 @@ async fn the_rps_admin_routes_answer_like_rps_under_both_prefixes() {
         .json("GET", &format!("{a}/profiles?$count=true"), None)
         .await;
     assert_eq!((st, v["totalCount"].as_u64()), (200, Some(1)), "{v}");
-    let (st, v) = c
-        .json("GET", &format!("/api/v1/admin/profiles/office"), None)
-        .await;
+    let (st, v) = c.json("GET", "/api/v1/admin/profiles/office", None).await;
     assert_eq!(
         (st, v["profileName"].as_str()),
         (200, Some("office")),
