@@ -42,6 +42,7 @@ pub fn gateway_config(
         stream_buffer: 64,
         write_timeout_secs: 3,
         max_streams: 100,
+        max_streams_per_tenant: 50,
     }
 }
 

@@ -658,6 +658,31 @@ async fn amt(gw: &GatewayHandle, token: &str, guid: &str, vguid: &str) {
     let mut relay = gw.client().await.with_token(v["token"].as_str().unwrap());
     assert_eq!(relay.json("GET", "/api/v1/devices", None).await.0, 401);
 
+    // Express's routing: case-insensitive, a trailing slash ignored; an AMT route does not
+    // check its guid; a known path with another method is an unknown route.
+    let (st, v) = c
+        .json(
+            "POST",
+            &format!("/api/v1/AMT/power/bootoptions/{guid}"),
+            Some(&json!({"action": 101})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["Body"]["ReturnValue"].as_u64()),
+        (200, Some(0)),
+        "{v}"
+    );
+    let (st, v) = c.json("GET", "/api/v1/devices/?$top=1", None).await;
+    assert_eq!((st, v.as_array().map(Vec::len)), (200, Some(1)), "{v}");
+    let (st, v) = c.json("GET", "/api/v1/amt/power/state/1", None).await;
+    assert_eq!(
+        (st, v["error"].as_str(), v["errorDescription"].as_str()),
+        (404, Some(DEVICE_404), Some("guid : 1")),
+        "{v}"
+    );
+    let (st, _) = c.json("PUT", "/api/v1/devices", Some(&json!({}))).await;
+    assert_eq!(st, 404);
+
     // A device that drops its connection mid-call: a clear error, and the gateway goes on.
     let (st, v) = c
         .json("GET", &format!("/api/v1/amt/power/state/{vguid}"), None)
@@ -1082,7 +1107,7 @@ async fn the_rps_admin_routes_answer_like_rps_under_both_prefixes() {
 
     // CIRA configs.
     let cira = json!({"configName": "office-cira", "mpsServerAddress": "mps.example.com", "serverAddressFormat": 201,
-        "mpsPort": 4433, "username": "admin12", "authMethod": 2, "mpsRootCertificate": root, "proxyDetails": ""});
+        "mpsPort": 4433, "username": "admin12", "password": "Cira-Pass-123", "authMethod": 2, "mpsRootCertificate": root, "proxyDetails": ""});
     let (st, v) = c
         .json("POST", &format!("{a}/ciraconfigs"), Some(&cira))
         .await;
@@ -1229,16 +1254,74 @@ async fn the_rps_admin_routes_answer_like_rps_under_both_prefixes() {
         (400, vec![("body".into(), "pskPassphrase".into())]),
         "{v}"
     );
+    // Profiles and wireless configs are updated only with the version read, as in RPS.
+    let patch = json!({"profileName": "hqwifi", "ssid": "HQ-5G", "pskPassphrase": "passphrase-2"});
+    let (st, v) = c
+        .json("PATCH", &format!("{a}/wirelessconfigs"), Some(&patch))
+        .await;
+    assert_eq!(
+        (st, errors_at(&v)),
+        (400, vec![("body".into(), "version".into())]),
+        "{v}"
+    );
+    let (_, current) = c
+        .json("GET", &format!("{a}/wirelessconfigs/hqwifi"), None)
+        .await;
+    let mut patch = patch;
+    patch["version"] = current["version"].clone();
+    let (st, v) = c
+        .json("PATCH", &format!("{a}/wirelessconfigs"), Some(&patch))
+        .await;
+    assert_eq!((st, v["ssid"].as_str()), (200, Some("HQ-5G")), "{v}");
+    // A stale version sent as If-Match: 412 with the current object and its ETag.
+    let r = c
+        .conn
+        .request(
+            "PATCH",
+            &format!("{a}/wirelessconfigs"),
+            &[
+                (
+                    "Authorization",
+                    &format!("Bearer {}", c.token.clone().unwrap()),
+                ),
+                (
+                    "If-Match",
+                    &format!("\"{}\"", current["version"].as_str().unwrap()),
+                ),
+            ],
+            json!({"profileName": "hqwifi", "ssid": "again", "pskPassphrase": "passphrase-3"})
+                .to_string()
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 412, "{}", r.text());
+    let now: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(now["ssid"], "HQ-5G");
+    assert_eq!(
+        r.header("etag"),
+        Some(&*format!("\"{}\"", now["version"].as_str().unwrap()))
+    );
+    // A CIRA config's static password is write-only: an update that leaves it out keeps it.
     let (st, v) = c
         .json(
             "PATCH",
-            &format!("{a}/wirelessconfigs"),
-            Some(
-                &json!({"profileName": "hqwifi", "ssid": "HQ-5G", "pskPassphrase": "passphrase-2"}),
-            ),
+            &format!("{a}/ciraconfigs"),
+            Some(&json!({"configName": "office-cira", "mpsPort": 4434})),
         )
         .await;
-    assert_eq!((st, v["ssid"].as_str()), (200, Some("HQ-5G")), "{v}");
+    assert_eq!((st, v["mpsPort"].as_u64()), (200, Some(4434)), "{v}");
+    let stored = env
+        .secrets
+        .get(&homeport_rps::specs::secret_path(
+            "acme",
+            homeport_rps::specs::CIRA,
+            "office-cira",
+        ))
+        .await
+        .unwrap()
+        .expect("the static CIRA password is still stored");
+    assert!(stored.contains_key(homeport_rps::specs::MPS_PASSWORD));
 
     // Bodies that are not JSON, or too large.
     let r = c

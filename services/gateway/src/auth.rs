@@ -128,6 +128,15 @@ pub fn sign(secret: &[u8], c: &Claims<'_>) -> anyhow::Result<String> {
     Ok(format!("{header}.{body}.{}", e(&signer.sign_to_vec()?)))
 }
 
+/// A key derived from `secret` for one purpose (HMAC-SHA256 of the purpose's name), so
+/// tokens signed with it are never valid where `secret` itself is checked.
+pub fn derived_key(secret: &[u8], purpose: &str) -> anyhow::Result<Vec<u8>> {
+    let key = PKey::hmac(secret)?;
+    let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
+    signer.update(purpose.as_bytes())?;
+    Ok(signer.sign_to_vec()?)
+}
+
 /// The bearer token of an `Authorization` header value.
 pub fn bearer(header: Option<&str>) -> Option<&str> {
     let h = header?.trim();

@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 use crate::error::{ApiError, ApiResult, FieldError};
 use crate::{json, status_json, AppState, Authed, JsonBody};
 
+/// How long a sign-in waits for a hashing slot before it is told to come back.
+const SIGN_IN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Lifetime of a redirection token (MPS's `redirection_expiration_time`).
 const REDIRECTION_TTL_SECS: i64 = 300;
 /// The audience of redirection tokens: not the API's, so one cannot be used as an API token.
@@ -50,11 +52,16 @@ pub async fn authorize(State(s): State<AppState>, JsonBody(body): JsonBody) -> A
         )
     };
     // The hash is checked even for a wrong user name, so timing does not tell them apart.
-    let _slot = s
-        .sign_in_slots
-        .acquire()
-        .await
-        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+    let _slot = match tokio::time::timeout(SIGN_IN_WAIT, s.sign_in_slots.acquire()).await {
+        Ok(Ok(slot)) => slot,
+        Ok(Err(_)) => return Err(ApiError::Unavailable("shutting down".into())),
+        Err(_) => {
+            return Err(ApiError::Other(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many sign-ins at once; try again in a moment".into(),
+            ))
+        }
+    };
     let hash = hash.clone();
     let ok = tokio::task::spawn_blocking(move || hash.verify(&password))
         .await
@@ -110,8 +117,12 @@ pub async fn redirection(
             "this gateway signs no tokens (no HS256 secret)".into(),
         ));
     };
+    // Signed with a key derived from the secret: no API verifier accepts it, even one
+    // configured without an audience check.
+    let key = crate::auth::derived_key(secret, REDIRECTION_AUDIENCE)
+        .map_err(|e| ApiError::Internal(format!("deriving the relay key: {e}")))?;
     let token = crate::auth::sign(
-        secret,
+        &key,
         &crate::auth::Claims {
             subject: &a.caller.subject,
             tenant: &a.caller.tenant,
@@ -132,31 +143,29 @@ pub async fn version() -> ApiResult {
     ))
 }
 
-/// GET /health: each upstream's gRPC health; 503 unless all serve.
+/// GET /health: each upstream's gRPC health over the gateway's own connections; 503 unless
+/// all serve.
 pub async fn health(State(s): State<AppState>) -> ApiResult {
-    let check = |url: String| async move {
-        let probe = async {
-            let ch = tonic::transport::Endpoint::from_shared(url)?
-                .connect_timeout(std::time::Duration::from_secs(2))
-                .connect()
-                .await?;
-            let mut h = tonic_health_client(ch);
-            let r = h.check(tonic::Request::new(Default::default())).await?;
-            Ok::<_, anyhow::Error>(r.into_inner().status == 1)
-        };
-        match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
-            Ok(Ok(true)) => "OK".to_owned(),
-            Ok(Ok(false)) => "NOT_SERVING".to_owned(),
-            Ok(Err(e)) => format!("unreachable: {e}"),
-            Err(_) => "timeout".to_owned(),
+    let check = |ch: tonic::transport::Channel| async move {
+        let mut h = tonic_health_client(ch);
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            h.check(tonic::Request::new(Default::default())),
+        )
+        .await
+        {
+            Ok(Ok(r)) if r.get_ref().status == 1 => "OK",
+            Ok(Ok(_)) => "NOT_SERVING",
+            Ok(Err(_)) => "UNREACHABLE",
+            Err(_) => "TIMEOUT",
         }
     };
     let (d, a, r) = tokio::join!(
-        check(s.config.device_api.clone()),
-        check(s.config.audit_api.clone()),
-        check(s.config.rps_api.clone())
+        check(s.channels.0.clone()),
+        check(s.channels.1.clone()),
+        check(s.channels.2.clone())
     );
-    let ok = [&d, &a, &r].iter().all(|x| x.as_str() == "OK");
+    let ok = [d, a, r].iter().all(|x| *x == "OK");
     let body = json!({
         "deviceApi": {"name": "mps-command", "status": d},
         "auditApi": {"name": "audit", "status": a},

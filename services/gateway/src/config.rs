@@ -85,6 +85,13 @@ pub struct GatewayConfig {
     /// Live-event clients at once on this replica; more get 503.
     #[arg(long, env = "HOMEPORT_GATEWAY_MAX_STREAMS", default_value_t = 1000)]
     pub max_streams: usize,
+    /// Of those, at most this many for one tenant.
+    #[arg(
+        long,
+        env = "HOMEPORT_GATEWAY_MAX_STREAMS_PER_TENANT",
+        default_value_t = 200
+    )]
+    pub max_streams_per_tenant: usize,
 }
 
 impl GatewayConfig {

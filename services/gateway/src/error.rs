@@ -161,7 +161,11 @@ pub fn device_status(s: tonic::Status, guid: &str) -> ApiError {
         Code::NotFound => ApiError::DeviceNotFound(guid.to_owned()),
         // Not connected is answered at once by mps-command; other unavailability (NATS, a
         // replica going away) is the service's, not the device's.
-        Code::Unavailable if m.contains("not connected") => {
+        Code::Unavailable if m.ends_with(" is not connected") && m.starts_with("device ") => {
+            ApiError::DeviceNotFound(guid.to_owned())
+        }
+        // MPS does not check an AMT route's guid: one that is no UUID is an unknown device.
+        Code::InvalidArgument if !crate::mps::is_uuid(guid) => {
             ApiError::DeviceNotFound(guid.to_owned())
         }
         Code::Unavailable => ApiError::Unavailable(m),

@@ -280,13 +280,27 @@ enum Item {
 struct Feed {
     rx: mpsc::Receiver<Item>,
     overflow: Arc<AtomicBool>,
+    /// Set once the close was handed out: the feed ends there.
+    done: bool,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    tenant: String,
     state: AppState,
 }
 
 impl Drop for Feed {
     fn drop(&mut self) {
         self.state.metrics.streams.dec();
+        let mut per = self
+            .state
+            .tenant_streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per.remove(&self.tenant);
+            }
+        }
     }
 }
 
@@ -299,9 +313,13 @@ impl Stream for Feed {
     type Item = Out;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Out>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
         if self.overflow.swap(false, Ordering::Relaxed) {
             // Events still buffered are dropped; the client resumes from its last id.
             self.rx.close();
+            self.done = true;
             self.state.metrics.streams_dropped.inc();
             return Poll::Ready(Some(Out::Close(
                 "the client fell behind the live feed; reconnect with Last-Event-ID".into(),
@@ -314,6 +332,7 @@ impl Stream for Feed {
             }
             Poll::Ready(Some(Item::End(reason))) => {
                 self.rx.close();
+                self.done = true;
                 Poll::Ready(Some(Out::Close(reason)))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -334,22 +353,46 @@ async fn open_feed(
             "too many live-event clients on this gateway; try another replica or later".into(),
         )
     })?;
-    // The feed lives as long as the client does: no call deadline.
+    let tenant = a.caller.tenant.clone();
+    {
+        let mut per = s.tenant_streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per.entry(tenant.clone()).or_default();
+        if *n >= s.config.max_streams_per_tenant {
+            return Err(ApiError::Other(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too many live-event clients for this tenant on this gateway".into(),
+            ));
+        }
+        *n += 1;
+    }
+    s.metrics.streams.inc();
+    // From here the Feed gives the places back when it goes, whatever happens next.
+    let mut feed = Feed {
+        rx: mpsc::channel(1).1,
+        overflow: Arc::new(AtomicBool::new(false)),
+        done: false,
+        _slot: slot,
+        tenant,
+        state: s.clone(),
+    };
+    // The feed lives as long as the client does: no deadline once it is open, but opening
+    // it has one.
     let mut req = tonic::Request::new(pb::SubscribeRequest {
         filter: Some(filter),
         after_sequence: after,
     });
     req.metadata_mut().insert("authorization", a.bearer.clone());
-    let mut upstream = s
-        .audit
-        .clone()
-        .subscribe(req)
-        .await
-        .map_err(service_status)?
-        .into_inner();
+    let mut upstream =
+        tokio::time::timeout(s.config.call_timeout(), s.audit.clone().subscribe(req))
+            .await
+            .map_err(|_| {
+                ApiError::Timeout("the audit service did not open the feed in time".into())
+            })?
+            .map_err(service_status)?
+            .into_inner();
     let (tx, rx) = mpsc::channel(s.config.stream_buffer);
-    let overflow = Arc::new(AtomicBool::new(false));
-    let flag = overflow.clone();
+    feed.rx = rx;
+    let flag = feed.overflow.clone();
     let stop = s.stop.clone();
     tokio::spawn(async move {
         loop {
@@ -371,22 +414,16 @@ async fn open_feed(
                 Ok(()) if !end => {}
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The writer sees the flag at its next poll (returning drops `tx`, which
+                    // wakes it) and sends the close instead of the backlog.
                     flag.store(true, Ordering::Relaxed);
-                    // Wake the writer so it sends the close at once (if the socket lets it).
-                    let _ = tx.try_reserve();
                     return;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
     });
-    s.metrics.streams.inc();
-    Ok(Feed {
-        rx,
-        overflow,
-        _slot: slot,
-        state: s.clone(),
-    })
+    Ok(feed)
 }
 
 fn resume_point(headers: &HeaderMap, pairs: &[(String, String)]) -> ApiResult<u64> {
@@ -429,17 +466,11 @@ pub async fn stream(
         return Err(ApiError::Validation(errors));
     }
     let feed = open_feed(&s, &a, filter, after).await?;
-    let mut ended = false;
-    let frames = feed
-        .map(|out| match out {
-            Out::Event(e) => format!("id: {}\ndata: {}\n\n", e.sequence, event_json(&e)),
-            Out::Close(reason) => format!("event: close\ndata: {}\n\n", json!({"reason": reason})),
-        })
-        .take_while(move |f| {
-            let go = !ended;
-            ended = f.starts_with("event: close");
-            std::future::ready(go)
-        });
+    // The feed ends right after its close event.
+    let frames = feed.map(|out| match out {
+        Out::Event(e) => format!("id: {}\ndata: {}\n\n", e.sequence, event_json(&e)),
+        Out::Close(reason) => format!("event: close\ndata: {}\n\n", json!({"reason": reason})),
+    });
     // Comments keep proxies and browsers from timing the connection out when it is quiet.
     let keep_alive = tokio_stream_interval(KEEP_ALIVE).map(|_| ": keep-alive\n\n".to_owned());
     let body = futures_util::stream::select(

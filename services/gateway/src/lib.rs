@@ -72,7 +72,11 @@ pub(crate) struct Inner {
     pub registry: DeviceRegistryClient<Channel>,
     pub audit: AuditServiceClient<Channel>,
     pub admin: ProvisioningAdminClient<Channel>,
+    /// The upstream connections (device API, audit, rps), for health checks.
+    pub channels: (Channel, Channel, Channel),
     pub metrics: Metrics,
+    /// Live-event clients per tenant: one tenant cannot take every place.
+    pub tenant_streams: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     pub streams: Arc<tokio::sync::Semaphore>,
     // Sign-ins verify a deliberately slow hash; a few at a time keep a flood of them from
     // taking every core.
@@ -111,9 +115,11 @@ impl Gateway {
         let inner = Inner {
             streams: Arc::new(tokio::sync::Semaphore::new(c.max_streams)),
             devices: DeviceServiceClient::new(devices.clone()),
-            registry: DeviceRegistryClient::new(devices),
-            audit: AuditServiceClient::new(audit),
-            admin: ProvisioningAdminClient::new(admin),
+            registry: DeviceRegistryClient::new(devices.clone()),
+            audit: AuditServiceClient::new(audit.clone()),
+            admin: ProvisioningAdminClient::new(admin.clone()),
+            channels: (devices, audit, admin),
+            tenant_streams: std::sync::Mutex::new(std::collections::HashMap::new()),
             config: parts.config,
             auth: parts.auth,
             signing_secret: parts.signing_secret,
@@ -157,13 +163,20 @@ impl Gateway {
                 tracing::debug!(error = %e, "TCP_USER_TIMEOUT not set");
             }
         });
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                inner.draining.store(true, Ordering::Relaxed);
-                inner.stop.cancel();
-            })
-            .await?;
+        // Paths are normalised before routing (a layer on the Router would run after it).
+        let app = tower::ServiceBuilder::new()
+            .map_request(routes::normalize::<axum::body::Body>)
+            .service(self.router());
+        axum::serve(
+            listener,
+            axum::ServiceExt::<Request>::into_make_service(app),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            inner.draining.store(true, Ordering::Relaxed);
+            inner.stop.cancel();
+        })
+        .await?;
         Ok(())
     }
 

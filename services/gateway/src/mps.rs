@@ -253,21 +253,25 @@ pub async fn list_devices(
         // Matching devices are found by scanning, so the first `$skip` are read and dropped.
         let mut token = String::new();
         let mut seen = 0u64;
-        let mut first = true;
-        while (first || !token.is_empty()) && (devices.len() as u64) < top {
-            first = false;
+        // At least one call (it also counts, for `$count` with `$top=0`).
+        loop {
             let r = s
                 .registry
                 .clone()
-                .list_devices(a.call(
-                    &s,
-                    pb::ListDevicesRequest {
-                        page_size: u32::try_from((skip + top - seen).min(MAX_TOP)).unwrap_or(1),
-                        page_token: token.clone(),
-                        with_total: count && total == 0,
-                        ..base.clone()
-                    },
-                ))
+                .list_devices(
+                    a.call(
+                        &s,
+                        pb::ListDevicesRequest {
+                            page_size: u32::try_from(
+                                (skip + top).saturating_sub(seen).clamp(1, MAX_TOP),
+                            )
+                            .unwrap_or(1),
+                            page_token: token.clone(),
+                            with_total: count && total == 0,
+                            ..base.clone()
+                        },
+                    ),
+                )
                 .await
                 .map_err(service_status)?
                 .into_inner();
@@ -279,6 +283,9 @@ pub async fn list_devices(
                 }
             }
             token = r.next_page_token;
+            if token.is_empty() || devices.len() as u64 >= top {
+                break;
+            }
         }
     }
     let data: Vec<Value> = devices.iter().map(device_json).collect();

@@ -203,6 +203,8 @@ pub fn router(state: AppState) -> Router {
     for (d, handler) in table() {
         api = api.route(d.path, handler);
     }
+    // A known path with another method is answered like an unknown path, as MPS does.
+    let api = api.method_not_allowed_fallback(crate::assets::not_found);
     let mut app: Router<AppState> = Router::new();
     for base in BASES {
         app = app.nest(base, api.clone());
@@ -216,4 +218,66 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(crate::cors))
         .with_state(state)
+}
+
+/// The static words of every route (`amt`, `bootOptions`, ...), by their lower case.
+fn words() -> &'static std::collections::HashMap<String, &'static str> {
+    static WORDS: std::sync::OnceLock<std::collections::HashMap<String, &'static str>> =
+        std::sync::OnceLock::new();
+    WORDS.get_or_init(|| {
+        let mut m = std::collections::HashMap::new();
+        for (d, _) in table() {
+            for seg in d
+                .path
+                .split('/')
+                .filter(|s| !s.is_empty() && !s.starts_with('{'))
+            {
+                m.insert(seg.to_ascii_lowercase(), seg);
+            }
+        }
+        for base in BASES {
+            for seg in base.split('/').filter(|s| !s.is_empty()) {
+                m.insert(seg.to_ascii_lowercase(), seg);
+            }
+        }
+        m
+    })
+}
+
+/// Express matches routes case-insensitively and ignores a trailing slash; so does this:
+/// the route's own words are put back in their case before routing (parameters, such as a
+/// guid or a profile name, are left as they are unless they spell a route word, which the
+/// services compare case-insensitively anyway).
+pub fn normalize<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    let uri = req.uri();
+    let path = uri.path();
+    if !path.starts_with("/api/") && !path.starts_with("/mps/") && !path.starts_with("/rps/") {
+        return req;
+    }
+    let words = words();
+    let trimmed = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let fixed: Vec<&str> = trimmed
+        .split('/')
+        .map(|seg| words.get(&seg.to_ascii_lowercase()).copied().unwrap_or(seg))
+        .collect();
+    let fixed = fixed.join("/");
+    if fixed == path {
+        return req;
+    }
+    let with_query = match uri.query() {
+        Some(q) => format!("{fixed}?{q}"),
+        None => fixed,
+    };
+    if let Ok(pq) = with_query.parse::<axum::http::uri::PathAndQuery>() {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(pq);
+        if let Ok(u) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
+    req
 }

@@ -489,7 +489,7 @@ fn listing(items: Vec<Value>, total: u64, count: bool) -> axum::response::Respon
 /// The five routes of one kind of configuration.
 macro_rules! admin_resource {
     ($list:ident, $get:ident, $create:ident, $update:ident, $delete:ident,
-     what = $what:expr, name_key = $name_key:expr,
+     what = $what:expr, name_key = $name_key:expr, version_required = $version_required:expr,
      from = $from:ident, to = $to:ident, field = $field:ident,
      rpc = ($rlist:ident, $rget:ident, $rcreate:ident, $rupdate:ident, $rdelete:ident),
      items = $items:ident) => {
@@ -499,17 +499,28 @@ macro_rules! admin_resource {
             RawQuery(q): RawQuery,
         ) -> ApiResult {
             let (skip, top, count) = list_params(q.as_deref())?;
-            if top == 0 {
+            if top == 0 && !count {
                 return Ok(listing(Vec::new(), 0, count));
             }
             let r = s
                 .admin
                 .clone()
-                .$rlist(a.call(&s, pb::ListRequest { skip, top }))
+                .$rlist(a.call(
+                    &s,
+                    pb::ListRequest {
+                        skip,
+                        top: top.max(1),
+                    },
+                ))
                 .await
                 .map_err(|e| admin_error(e, $what, "", $field))?
                 .into_inner();
-            Ok(listing(r.$items.iter().map($to).collect(), r.total, count))
+            let items = if top == 0 {
+                Vec::new()
+            } else {
+                r.$items.iter().map($to).collect()
+            };
+            Ok(listing(items, r.total, count))
         }
 
         pub async fn $get(
@@ -574,27 +585,57 @@ macro_rules! admin_resource {
                 .into_inner();
             let mut merged = $to(&current);
             if let (Some(m), Some(b)) = (merged.as_object_mut(), body.as_object()) {
+                // A static secret in the body replaces a stored "generate a random one" and
+                // the other way round; the merge must not end up with both.
+                for (secret, random) in SECRET_PAIRS {
+                    if b.contains_key(*secret) && !b.contains_key(*random) {
+                        m.remove(*random);
+                    }
+                }
                 for (k, v) in b {
                     m.insert(k.clone(), v.clone());
                 }
             }
             let mut errors = Vec::new();
             let mut msg = $from(&merged, &mut errors);
+            let sent = version(&body, &headers);
+            if sent == 0 && $version_required {
+                errors.push(FieldError::new(
+                    "body",
+                    "version",
+                    "version is required (the version read, or an If-Match header)",
+                    None,
+                ));
+            }
             if !errors.is_empty() {
                 return Err(ApiError::Validation(errors));
             }
-            msg.version = match version(&body, &headers) {
-                0 => current.version,
-                v => v,
-            };
-            let r = s
-                .admin
-                .clone()
-                .$rupdate(a.call(&s, msg))
-                .await
-                .map_err(|e| admin_error(e, $what, &name, $field))?
-                .into_inner();
-            Ok(json($to(&r)))
+            msg.version = if sent == 0 { current.version } else { sent };
+            match s.admin.clone().$rupdate(a.call(&s, msg)).await {
+                Ok(r) => Ok(json($to(&r.into_inner()))),
+                // A stale version: RPS answers with the current object and its ETag, 412 when
+                // the version came as If-Match, 409 otherwise.
+                Err(e) if e.code() == tonic::Code::Aborted => {
+                    let now = s
+                        .admin
+                        .clone()
+                        .$rget(a.call(&s, pb::NameRef { name: name.clone() }))
+                        .await
+                        .map_err(|e| admin_error(e, $what, &name, $field))?
+                        .into_inner();
+                    let status = if headers.contains_key("if-match") {
+                        StatusCode::PRECONDITION_FAILED
+                    } else {
+                        StatusCode::CONFLICT
+                    };
+                    let mut r = status_json(status, $to(&now));
+                    if let Ok(etag) = format!("\"{}\"", now.version).parse() {
+                        r.headers_mut().insert(axum::http::header::ETAG, etag);
+                    }
+                    Ok(r)
+                }
+                Err(e) => Err(admin_error(e, $what, &name, $field)),
+            }
         }
 
         pub async fn $delete(
@@ -612,6 +653,12 @@ macro_rules! admin_resource {
     };
 }
 
+/// Write-only secrets and the flag that generates them instead.
+const SECRET_PAIRS: &[(&str, &str)] = &[
+    ("amtPassword", "generateRandomPassword"),
+    ("mebxPassword", "generateRandomMEBxPassword"),
+];
+
 fn s_of(v: &Value, k: &str) -> String {
     s(v, k)
 }
@@ -624,6 +671,7 @@ admin_resource!(
     delete_profile,
     what = "AMT profile",
     name_key = "profileName",
+    version_required = true,
     from = profile_from,
     to = profile_json,
     field = profile_field,
@@ -644,6 +692,7 @@ admin_resource!(
     delete_cira,
     what = "CIRA profile",
     name_key = "configName",
+    version_required = false,
     from = cira_from,
     to = cira_json,
     field = cira_field,
@@ -664,6 +713,7 @@ admin_resource!(
     delete_domain,
     what = "Domain profile",
     name_key = "profileName",
+    version_required = false,
     from = domain_from,
     to = domain_json,
     field = domain_field,
@@ -684,6 +734,7 @@ admin_resource!(
     delete_wireless,
     what = "Wireless profile",
     name_key = "profileName",
+    version_required = true,
     from = wireless_from,
     to = wireless_json,
     field = wireless_field,

@@ -440,6 +440,7 @@ async fn start_gateway(
         stream_buffer: 256,
         write_timeout_secs: 30,
         max_streams: 1000,
+        max_streams_per_tenant: 200,
     };
     config.validate().map_err(anyhow::Error::msg)?;
     let gateway = homeport_gateway::Gateway::new(homeport_gateway::GatewayParts {

@@ -90,7 +90,12 @@ impl AdminApi {
         created.map_err(db)
     }
 
-    async fn update(&self, tenant: &str, kind: &str, c: Checked) -> Result<ConfigRecord, Status> {
+    async fn update(
+        &self,
+        tenant: &str,
+        kind: &str,
+        mut c: Checked,
+    ) -> Result<ConfigRecord, Status> {
         if c.version <= 0 {
             return Err(invalid("version", "send back the version you read"));
         }
@@ -103,6 +108,16 @@ impl AdminApi {
             .ok_or_else(|| Status::not_found(format!("{kind} {} not found", c.name)))?;
         if current.version != c.version {
             return Err(stale(&current));
+        }
+        // A CIRA password is write-only, so a client cannot send it back: an update without
+        // one keeps the stored password (delete and create the config to go back to random
+        // per-device passwords).
+        if kind == specs::CIRA
+            && c.secrets.as_ref().is_some_and(SecretMap::is_empty)
+            && current.spec.get("static_password") == Some(&serde_json::Value::Bool(true))
+        {
+            c.secrets = None;
+            c.spec["static_password"] = serde_json::Value::Bool(true);
         }
         let path = specs::secret_path(tenant, kind, &c.name);
         match &c.secrets {
