@@ -43,7 +43,7 @@ ENV HOMEPORT_DATA_DIR=/var/lib/homeport \
     HOMEPORT_SECRETS_KEY_FILE=/var/lib/homeport/secrets.key \
     HOMEPORT_DATABASE_URL=sqlite:///var/lib/homeport/homeport.db?mode=rwc \
     HOMEPORT_HEALTH_LISTEN=0.0.0.0:9433
-EXPOSE 4433 8080 9433 50051 50052 50053
+EXPOSE 4433 8080 8443 9433 9438 50051 50052 50053
 # /readyz of whichever service runs (HOMEPORT_HEALTH_LISTEN's port).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["/usr/local/bin/homeport-healthcheck"]

@@ -65,7 +65,7 @@ buildah config --user 10001:10001 --workingdir /var/lib/homeport \
   --env HOMEPORT_SECRETS_KEY_FILE=/var/lib/homeport/secrets.key \
   --env 'HOMEPORT_DATABASE_URL=sqlite:///var/lib/homeport/homeport.db?mode=rwc' \
   --env HOMEPORT_HEALTH_LISTEN=0.0.0.0:9433 \
-  --port 4433 --port 8080 --port 9433 --port 50051 --port 50052 --port 50053 \
+  --port 4433 --port 8080 --port 8443 --port 9433 --port 9438 --port 50051 --port 50052 --port 50053 \
   --healthcheck 'CMD ["/usr/local/bin/homeport-healthcheck"]' \
   --healthcheck-interval 10s --healthcheck-timeout 3s --healthcheck-start-period 20s \
   --healthcheck-retries 3 --stop-signal SIGTERM --cmd homeport "$ctr"

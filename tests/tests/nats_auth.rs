@@ -132,13 +132,7 @@ async fn every_service_works_with_only_its_permissions_and_nothing_more() {
     let as_role = |r: Role| env.nats_as(r);
     let supersede = names.cira_node_supersede("node-b", &guid);
     assert!(reaches(&as_role(Role::Ingress), &admin, &supersede).await);
-    for r in [
-        Role::Command,
-        Role::Audit,
-        Role::Bridge,
-        Role::Rps,
-        Role::Gateway,
-    ] {
+    for r in [Role::Command, Role::Audit, Role::Bridge, Role::Rps] {
         assert!(
             !reaches(&as_role(r), &admin, &supersede).await,
             "{r:?} disconnects devices"
@@ -146,13 +140,7 @@ async fn every_service_works_with_only_its_permissions_and_nothing_more() {
     }
     let http = names.cira_node_http("node-b", &guid);
     assert!(reaches(&as_role(Role::Command), &admin, &http).await);
-    for r in [
-        Role::Ingress,
-        Role::Audit,
-        Role::Bridge,
-        Role::Rps,
-        Role::Gateway,
-    ] {
+    for r in [Role::Ingress, Role::Audit, Role::Bridge, Role::Rps] {
         assert!(
             !reaches(&as_role(r), &admin, &http).await,
             "{r:?} talks to devices"
@@ -165,27 +153,21 @@ async fn every_service_works_with_only_its_permissions_and_nothing_more() {
         }
     }
     let event = names.device_event("acme", &guid, "connected");
-    for r in [Role::Audit, Role::Bridge, Role::Gateway, Role::Command] {
+    for r in [Role::Audit, Role::Bridge, Role::Command] {
         assert!(
             !reaches(&as_role(r), &admin, &event).await,
             "{r:?} forges device events"
         );
     }
     let replies = format!("{}.x", Role::Command.inbox_prefix());
-    for r in [
-        Role::Ingress,
-        Role::Audit,
-        Role::Bridge,
-        Role::Rps,
-        Role::Gateway,
-    ] {
+    for r in [Role::Ingress, Role::Audit, Role::Bridge, Role::Rps] {
         assert!(
             !reaches(&admin, &as_role(r), &replies).await,
             "{r:?} reads replies to mps-command"
         );
     }
     // The bridge uses its own durable consumer and no other: the audit worker's events are not
-    // its to take (nor the gateway's, which reads events through the audit service).
+    // its to take.
     let bridge = async_nats::jetstream::new(as_role(Role::Bridge));
     homeport_contracts::events::durable_consumer(
         &bridge,
@@ -213,7 +195,7 @@ async fn every_service_works_with_only_its_permissions_and_nothing_more() {
         audit_consumer(admin_js).await.is_some(),
         "the audit worker's consumer is there"
     );
-    for r in [Role::Bridge, Role::Gateway] {
+    for r in [Role::Bridge] {
         let js = async_nats::jetstream::new(as_role(r));
         let taken = tokio::time::timeout(Duration::from_secs(3), audit_consumer(js)).await;
         assert!(

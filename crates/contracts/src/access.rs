@@ -23,18 +23,17 @@ pub enum Role {
     Bridge,
     /// rps: provisioning events, reads presence.
     Rps,
-    /// The REST gateway: reads the events stream (live feeds).
-    Gateway,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    // The REST gateway has no role: it reaches events through the audit service's gRPC API
+    // and never connects to NATS.
+    pub const ALL: [Role; 5] = [
         Role::Ingress,
         Role::Command,
         Role::Audit,
         Role::Bridge,
         Role::Rps,
-        Role::Gateway,
     ];
 
     /// The role's name: NATS user name, inbox suffix, and the stem of its variables.
@@ -45,7 +44,6 @@ impl Role {
             Role::Audit => "audit",
             Role::Bridge => "bridge",
             Role::Rps => "rps",
-            Role::Gateway => "gateway",
         }
     }
 
@@ -167,10 +165,6 @@ pub fn permissions(role: Role, names: &Names) -> Permissions {
         Role::Bridge => {
             publish.extend(stream_read(&events));
             publish.extend(consumer_use(&events, BRIDGE_CONSUMER));
-        }
-        Role::Gateway => {
-            // Live events come through the audit service's Subscribe, not the stream.
-            publish.extend(stream_read(&events));
         }
         Role::Rps => {
             publish.push(format!("{p}.evt.*.provisioning.>"));
@@ -324,7 +318,7 @@ mod tests {
             assert_eq!(superseder, role == Role::Ingress, "{role:?}");
         }
         // Readers of the stream publish no events.
-        for role in [Role::Audit, Role::Bridge, Role::Gateway] {
+        for role in [Role::Audit, Role::Bridge] {
             let p = permissions(role, &names);
             assert!(
                 !p.publish.iter().any(|s| s.starts_with("hp.evt")),

@@ -36,6 +36,10 @@ pub struct CommandArgs {
     /// WS-Man latency of the simulated firmware, milliseconds.
     #[arg(long, default_value_t = 0)]
     wsman_latency_ms: u64,
+    /// Devices registered besides the simulated ones, never connected (a fleet whose
+    /// registry is larger than what is online; `rest` times the dashboard's queries over it).
+    #[arg(long, default_value_t = 0)]
+    registered: u64,
     #[command(flatten)]
     backends: crate::Backends,
 }
@@ -128,6 +132,13 @@ async fn inner(
     let cfg = SimConfig::new(SocketAddr::from(([127, 0, 0, 1], 4433)), n);
     let ids: Vec<_> = cfg.identities().collect();
     homeport_amt_sim::enroll(&store, &secrets, &ids, "bench").await?;
+    if args.registered > 0 {
+        eprintln!("registering {} more devices (offline)…", args.registered);
+        let mut offline = SimConfig::new(SocketAddr::from(([127, 0, 0, 1], 4433)), args.registered);
+        offline.seed = 2;
+        let more: Vec<_> = offline.identities().collect();
+        homeport_amt_sim::enroll(&store, &secrets, &more, "bench").await?;
+    }
     homeport_cira_ingress::tls::load_or_generate(&secrets, "localhost", &[]).await?;
     let guids: Arc<Vec<String>> = Arc::new(ids.iter().map(|i| i.guid.clone()).collect());
     drop(ids);

@@ -34,6 +34,8 @@ pub struct RestStats {
     pub gateway_cpu: Duration,
     pub path_cpu: Duration,
     pub gateway_rss: u64,
+    /// Dashboard queries over the same fleet, after the load.
+    pub listings: serde_json::Value,
 }
 
 fn cpu_of(children: &[&Child]) -> Duration {
@@ -107,6 +109,7 @@ async fn run_load(addr: SocketAddr, s: &Setup<'_>, seconds: Duration) -> RestSta
         gateway_cpu: Duration::ZERO,
         path_cpu: Duration::ZERO,
         gateway_rss: 0,
+        listings: serde_json::Value::Null,
     };
     while let Some(r) = set.join_next().await {
         if let Ok((ok, errors, lat, first)) = r {
@@ -147,8 +150,70 @@ pub async fn measure(s: Setup<'_>) -> anyhow::Result<RestStats> {
     stats.gateway_cpu = cpu_of(&[&gateway]).saturating_sub(g0);
     stats.path_cpu = cpu_of(s.others).saturating_sub(p0);
     stats.gateway_rss = homeport_telemetry::usage_of(&gateway.pid()).map_or(0, |u| u.0);
+    stats.listings = listings(listen, &s).await;
     gateway.terminate(Duration::from_secs(10)).await;
     Ok(stats)
+}
+
+/// What the dashboard asks while someone browses the fleet: pages, searches, a tag, the
+/// counts; each 20 times, median and slowest in milliseconds.
+async fn listings(addr: SocketAddr, s: &Setup<'_>) -> serde_json::Value {
+    let auth = format!("Bearer {}", s.token);
+    let n = s.guids.len();
+    let probe = s.guids[n / 2].clone();
+    let queries = [
+        (
+            "first_page",
+            "/api/v1/devices?$top=25&$count=true".to_owned(),
+        ),
+        (
+            "middle_page",
+            format!("/api/v1/devices?$top=25&$skip={}&$count=true", n / 2),
+        ),
+        (
+            "search_guid",
+            format!("/api/v1/devices?$top=25&$count=true&search={}", &probe[..8]),
+        ),
+        (
+            "search_no_match",
+            "/api/v1/devices?$top=25&$count=true&search=no-such-device".to_owned(),
+        ),
+        (
+            "search_host",
+            "/api/v1/devices?$top=25&$count=true&search=sim-00001".to_owned(),
+        ),
+        (
+            "tag",
+            "/api/v1/devices?$top=25&$count=true&tags=simulated".to_owned(),
+        ),
+        ("stats", "/api/v1/devices/stats".to_owned()),
+        ("tags", "/api/v1/devices/tags".to_owned()),
+    ];
+    let mut out = serde_json::Map::new();
+    let Ok(mut conn) = Conn::connect(addr).await else {
+        return serde_json::Value::Null;
+    };
+    for (name, path) in queries {
+        let mut ms = Vec::new();
+        let mut status = 0;
+        for _ in 0..20 {
+            let t = Instant::now();
+            match conn
+                .request("GET", &path, &[("Authorization", auth.as_str())], b"")
+                .await
+            {
+                Ok(r) => status = r.status,
+                Err(_) => status = 0,
+            }
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(f64::total_cmp);
+        out.insert(
+            name.to_owned(),
+            serde_json::json!({"status": status, "p50_ms": round(ms[ms.len() / 2]), "max_ms": round(ms[ms.len() - 1])}),
+        );
+    }
+    serde_json::Value::Object(out)
 }
 
 /// The bench's JSON line.
@@ -197,5 +262,6 @@ pub fn report(
         "grpc_path_cpu_ms_per_request": round(grpc_cpu_ms),
         "gateway_rss_mb": round(r.gateway_rss as f64 / 1e6),
         "first_error": r.first_error,
+        "dashboard_queries": r.listings,
     })
 }

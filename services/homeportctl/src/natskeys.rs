@@ -71,7 +71,7 @@ pub fn run(args: &NatsKeysArgs, sink: &mut dyn std::io::Write) -> anyhow::Result
         sink,
         "Wrote {} seeds and nats-users.env to {}.\n\
          NATS server: load nats-users.env into its environment and start it with deploy/nats/nats-server.conf.\n\
-         Each service: HOMEPORT_NATS_NKEY_FILE=<its role>.nk (ingress, command, audit, bridge, rps, gateway); keep the seeds secret.",
+         Each service: HOMEPORT_NATS_NKEY_FILE=<its role>.nk (ingress, command, audit, bridge, rps); keep the seeds secret.",
         Role::ALL.len(),
         args.out.display()
     )?;

@@ -346,62 +346,71 @@ impl DeviceRegistry for RegistryApi {
                 let want_status = pb::ConnectionStatus::try_from(r.status)
                     .unwrap_or(pb::ConnectionStatus::Unspecified);
                 let inner = &self.inner;
-                let total = if r.with_total {
-                    inner
-                        .store
-                        .count_query_devices(&c.tenant, &query)
-                        .await
-                        .map_err(db)?
-                } else {
-                    0
+                // The count runs beside the page's reads (a search scans the table once for
+                // each, so together they take the time of one).
+                let counting = async {
+                    if r.with_total {
+                        inner
+                            .store
+                            .count_query_devices(&c.tenant, &query)
+                            .await
+                            .map_err(db)
+                    } else {
+                        Ok(0)
+                    }
                 };
-                let mut out = Vec::new();
-                let mut exhausted = false;
-                // The registry filters run in the database; the connection status comes from
-                // presence, so with a status filter scan in batches until the page is full.
-                let batch_size = if want_status == pb::ConnectionStatus::Unspecified {
-                    page as u64
-                } else {
-                    SCAN_BATCH
-                };
-                'scan: while out.len() < page {
-                    let batch = inner
-                        .store
-                        .query_devices(&c.tenant, &query, batch_size, offset)
-                        .await
-                        .map_err(db)?;
-                    let short = (batch.len() as u64) < batch_size;
-                    if batch.is_empty() {
-                        exhausted = true;
-                        break;
-                    }
-                    let start = offset;
-                    offset += batch.len() as u64;
-                    // Presence of the batch, read concurrently, kept in order.
-                    let devices: Vec<(u64, pb::Device)> =
-                        futures_util::stream::iter(batch.into_iter().zip(start..))
-                            .map(|(d, at)| async move { (at, inner.to_pb(d).await) })
-                            .buffered(PRESENCE_READS)
-                            .collect()
-                            .await;
-                    for (at, device) in devices {
-                        if want_status != pb::ConnectionStatus::Unspecified
-                            && device.status != want_status as i32
-                        {
-                            continue;
+                let (total, listed) = tokio::join!(counting, async {
+                    let mut out = Vec::new();
+                    let mut exhausted = false;
+                    // The registry filters run in the database; the connection status comes from
+                    // presence, so with a status filter scan in batches until the page is full.
+                    let batch_size = if want_status == pb::ConnectionStatus::Unspecified {
+                        page as u64
+                    } else {
+                        SCAN_BATCH
+                    };
+                    'scan: while out.len() < page {
+                        let batch = inner
+                            .store
+                            .query_devices(&c.tenant, &query, batch_size, offset)
+                            .await
+                            .map_err(db)?;
+                        let short = (batch.len() as u64) < batch_size;
+                        if batch.is_empty() {
+                            exhausted = true;
+                            break;
                         }
-                        out.push(device);
-                        if out.len() == page {
-                            // The next page starts after the last device of this one.
-                            offset = at + 1;
-                            break 'scan;
+                        let start = offset;
+                        offset += batch.len() as u64;
+                        // Presence of the batch, read concurrently, kept in order.
+                        let devices: Vec<(u64, pb::Device)> =
+                            futures_util::stream::iter(batch.into_iter().zip(start..))
+                                .map(|(d, at)| async move { (at, inner.to_pb(d).await) })
+                                .buffered(PRESENCE_READS)
+                                .collect()
+                                .await;
+                        for (at, device) in devices {
+                            if want_status != pb::ConnectionStatus::Unspecified
+                                && device.status != want_status as i32
+                            {
+                                continue;
+                            }
+                            out.push(device);
+                            if out.len() == page {
+                                // The next page starts after the last device of this one.
+                                offset = at + 1;
+                                break 'scan;
+                            }
+                        }
+                        if short {
+                            exhausted = true;
+                            break;
                         }
                     }
-                    if short {
-                        exhausted = true;
-                        break;
-                    }
-                }
+                    Ok::<_, Status>((out, exhausted, offset))
+                });
+                let total = total?;
+                let (out, exhausted, offset) = listed?;
                 Ok(Response::new(pb::ListDevicesResponse {
                     devices: out,
                     next_page_token: if exhausted {
