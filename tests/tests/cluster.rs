@@ -315,6 +315,28 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
     scraped.push(health);
     workers.push(rps);
 
+    // The REST gateway in front of the first device API, for the metrics check at the end.
+    let health = free_port();
+    let mut gateway = cluster.spawn(
+        "gateway",
+        "gateway",
+        &[
+            ("HOMEPORT_HEALTH_LISTEN", format!("127.0.0.1:{health}")),
+            (
+                "HOMEPORT_GATEWAY_LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            (
+                "HOMEPORT_DEVICE_API_URL",
+                format!("http://127.0.0.1:{}", api_ports[0]),
+            ),
+            ("HOMEPORT_JWT_HS256_SECRET_FILE", jwt.clone()),
+        ],
+    );
+    wait_ready("gateway", health, &mut gateway).await;
+    scraped.push(health);
+    workers.push(gateway);
+
     // The fleet dials the balancer; both nodes take a share.
     let lb = balancer(cira).await;
     let cfg = env.enrolled_fleet(lb, DEVICES, 61, "acme").await;
@@ -433,7 +455,14 @@ async fn a_killed_ingress_node_loses_no_device_command_or_audit_event() {
     );
     let observability = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/observability/");
     let mut asked = vec![std::fs::read_to_string(format!("{observability}alerts.yml")).unwrap()];
-    for board in ["fleet", "ingress", "commands", "audit", "provisioning"] {
+    for board in [
+        "fleet",
+        "ingress",
+        "commands",
+        "audit",
+        "provisioning",
+        "gateway",
+    ] {
         let path = format!("{observability}grafana/dashboards/{board}.json");
         let text = std::fs::read_to_string(&path).unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");

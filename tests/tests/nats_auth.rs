@@ -241,7 +241,7 @@ fn the_shipped_nats_configuration_is_current_and_starts_with_generated_keys() {
     let out = dir.to_str().unwrap();
     let (result, printed) = homeportctl::run_captured(&["homeportctl", "nats-keys", "--out", out]);
     result.unwrap();
-    assert!(printed.contains("6 seeds"), "{printed}");
+    assert!(printed.contains("5 seeds"), "{printed}");
     let env_file = std::fs::read_to_string(dir.join("nats-users.env")).unwrap();
     let check = |vars: &[(String, String)]| {
         std::process::Command::new("nats-server")

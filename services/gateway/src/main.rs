@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use homeport_gateway::{auth, Gateway, GatewayConfig, GatewayParts};
 use tokio_util::sync::CancellationToken;
 
+/// How long requests in flight may take after the stop signal.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "gateway",
@@ -103,9 +106,23 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         gateway.observable(),
         stop_health.clone(),
     ));
-    let served = gateway.serve(listener, homeport_runtime::shutdown_signal());
-    // In-flight requests get a bounded time after SIGTERM.
-    served.await?;
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        homeport_runtime::shutdown_signal().await;
+        signal.cancel();
+    });
+    let served = gateway.serve(listener, stop.clone().cancelled_owned());
+    tokio::pin!(served);
+    // After SIGTERM the listener closes and live feeds end at once; requests in flight get
+    // DRAIN to finish.
+    tokio::select! {
+        r = &mut served => r?,
+        () = async {
+            stop.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        } => tracing::warn!("requests still in flight {} s after the stop signal; leaving them", DRAIN.as_secs()),
+    }
     stop_health.cancel();
     tracing::info!("stopped");
     Ok(())
