@@ -147,3 +147,59 @@ impl Http {
         (r.status, v)
     }
 }
+
+/// The whole pipeline behind a gateway: one ingress node ("node-a"), a connected simulated
+/// fleet of one tenant, mps-command (5 s exchange deadline), the audit service, rps, and the
+/// gateway signing in to that tenant.
+pub struct Pipeline {
+    pub env: crate::TestEnv,
+    pub ingress: homeport_cira_ingress::Ingress,
+    pub fleet: homeport_amt_sim::Fleet,
+    pub cmd: crate::command::CommandHandle,
+    pub audit: crate::audit::AuditHandle,
+    pub rps: crate::rps::RpsHandle,
+    pub gw: GatewayHandle,
+}
+
+impl Pipeline {
+    pub async fn start(label: &str, devices: u64, seed: u64, tenant: &str) -> Pipeline {
+        let env = crate::TestEnv::new(label).await;
+        let ingress = env
+            .start_ingress("node-a", crate::TestEnv::ingress_config())
+            .await;
+        let cfg = env
+            .enrolled_fleet(ingress.local_addr(), devices, seed, tenant)
+            .await;
+        let fleet = env.start_connected(cfg, Duration::from_secs(30)).await;
+        let cmd = env
+            .start_command(crate::command::command_config(Duration::from_secs(5)))
+            .await;
+        let audit = env.start_audit().await;
+        let rps = env.start_rps(crate::rps::rps_config()).await;
+        let gw = GatewayHandle::start(gateway_config(cmd.addr, audit.addr, rps.admin_addr, tenant))
+            .await;
+        Pipeline {
+            env,
+            ingress,
+            fleet,
+            cmd,
+            audit,
+            rps,
+            gw,
+        }
+    }
+
+    pub fn guid(&self, i: usize) -> String {
+        self.fleet.identities()[i].guid.clone()
+    }
+
+    pub async fn stop(self) {
+        self.gw.stop().await;
+        self.rps.stop().await;
+        self.audit.stop().await;
+        self.cmd.stop().await;
+        self.fleet.stop().await;
+        drop(self.ingress);
+        self.env.cleanup().await;
+    }
+}

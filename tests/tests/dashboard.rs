@@ -8,10 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use homeport_tests::browser::Browser;
-use homeport_tests::command::command_config;
-use homeport_tests::gateway::{gateway_config, GatewayHandle, ADMIN_PASSWORD};
-use homeport_tests::rps::rps_config;
-use homeport_tests::TestEnv;
+use homeport_tests::gateway::{Pipeline, ADMIN_PASSWORD};
 
 fn screenshot_dir() -> PathBuf {
     std::env::var_os("HOMEPORT_SCREENSHOT_DIR")
@@ -26,21 +23,10 @@ fn screenshot_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_sees_the_fleet_and_power_cycles_a_device_in_chromium() {
-    let env = TestEnv::new("dashboard").await;
-    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
-    let cfg = env
-        .enrolled_fleet(ingress.local_addr(), 12, 77, "acme")
-        .await;
-    let fleet = env.start_connected(cfg, Duration::from_secs(30)).await;
-    let cmd = env
-        .start_command(command_config(Duration::from_secs(5)))
-        .await;
-    let audit = env.start_audit().await;
-    let rps = env.start_rps(rps_config()).await;
-    let gw =
-        GatewayHandle::start(gateway_config(cmd.addr, audit.addr, rps.admin_addr, "acme")).await;
+    let p = Pipeline::start("dashboard", 12, 77, "acme").await;
+    let gw = &p.gw;
     let base = format!("http://{}", gw.addr);
-    let guid = fleet.identities()[3].guid.clone();
+    let guid = p.guid(3);
     let long = Duration::from_secs(20);
 
     let mut b = Browser::start().await;
@@ -104,10 +90,5 @@ async fn a_person_signs_in_sees_the_fleet_and_power_cycles_a_device_in_chromium(
     assert_eq!(reloads, 1, "the page was not reloaded");
     b.quit().await;
 
-    gw.stop().await;
-    rps.stop().await;
-    audit.stop().await;
-    cmd.stop().await;
-    fleet.stop().await;
-    env.cleanup().await;
+    p.stop().await;
 }

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use homeport_amt_sim::Fault;
-use homeport_tests::command::command_config;
-use homeport_tests::gateway::{gateway_config, GatewayHandle, ADMIN_PASSWORD};
+use homeport_tests::gateway::{gateway_config, GatewayHandle, Pipeline, ADMIN_PASSWORD};
 use homeport_tests::rps::rps_config;
 use homeport_tests::TestEnv;
 use serde_json::{json, Value};
@@ -30,49 +29,33 @@ fn errors_at(v: &Value) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mps_routes_answer_like_mps_through_the_whole_pipeline() {
-    let env = TestEnv::new("gwmps").await;
-    let ingress = env.start_ingress("node-a", TestEnv::ingress_config()).await;
-    let cfg = env
-        .enrolled_fleet(ingress.local_addr(), 3, 41, "acme")
-        .await;
-    let fleet = env.start_connected(cfg, Duration::from_secs(30)).await;
+    let p = Pipeline::start("gwmps", 3, 41, "acme").await;
+    let (env, gw) = (&p.env, &p.gw);
     let other_cfg = env
-        .enrolled_fleet(ingress.local_addr(), 1, 42, "other")
+        .enrolled_fleet(p.ingress.local_addr(), 1, 42, "other")
         .await;
     let other = env
         .start_connected(other_cfg, Duration::from_secs(30))
         .await;
     let mut vanishing = env
-        .enrolled_fleet(ingress.local_addr(), 1, 43, "acme")
+        .enrolled_fleet(p.ingress.local_addr(), 1, 43, "acme")
         .await;
     vanishing.faults = vec![(Fault::VanishMidCall, 1.0)];
     let vanishing = env
         .start_connected(vanishing, Duration::from_secs(30))
         .await;
-    let cmd = env
-        .start_command(command_config(Duration::from_secs(5)))
-        .await;
-    let audit = env.start_audit().await;
-    let rps = env.start_rps(rps_config()).await;
-    let gw =
-        GatewayHandle::start(gateway_config(cmd.addr, audit.addr, rps.admin_addr, "acme")).await;
-    let guid = fleet.identities()[0].guid.clone();
+    let guid = p.guid(0);
     let other_guid = other.identities()[0].guid.clone();
     let vguid = vanishing.identities()[0].guid.clone();
-    let g2 = fleet.identities()[1].guid.clone();
-    let token = Box::pin(sign_in(&gw)).await;
-    Box::pin(registry(&gw, &token, &guid, &other_guid)).await;
-    Box::pin(amt(&gw, &token, &guid, &vguid)).await;
-    Box::pin(events_and_service(&gw, &token, &guid, &g2)).await;
+    let g2 = p.guid(1);
+    let token = Box::pin(sign_in(gw)).await;
+    Box::pin(registry(gw, &token, &guid, &other_guid)).await;
+    Box::pin(amt(gw, &token, &guid, &vguid)).await;
+    Box::pin(events_and_service(gw, &token, &guid, &g2)).await;
 
-    gw.stop().await;
-    rps.stop().await;
-    audit.stop().await;
-    cmd.stop().await;
-    fleet.stop().await;
     other.stop().await;
     vanishing.stop().await;
-    env.cleanup().await;
+    p.stop().await;
 }
 
 async fn sign_in(gw: &GatewayHandle) -> String {

@@ -1,4 +1,4 @@
-//! Socket reading that keeps idle connections cheap.
+//! Socket reading that keeps idle connections cheap, and the TCP options tokio lacks.
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -28,3 +28,49 @@ pub async fn read_some<R: AsyncRead + Unpin>(stream: &mut R) -> std::io::Result<
     })
     .await
 }
+
+/// Sets an `IPPROTO_TCP` option with an integer value (`TCP_DEFER_ACCEPT`,
+/// `TCP_USER_TIMEOUT`, ...), which neither tokio nor socket2 exposes. Linux only; elsewhere a
+/// no-op.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn set_tcp_option(
+    socket: &impl std::os::fd::AsRawFd,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(std::io::Error::other)?;
+    // SAFETY: the descriptor is open for the duration of the call (`socket` is borrowed), and
+    // the option value is a live, properly aligned c_int whose size is passed as its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            option,
+            std::ptr::from_ref(&value).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_tcp_option<S>(_: &S, _: i32, _: i32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// `TCP_DEFER_ACCEPT`.
+#[cfg(target_os = "linux")]
+pub const TCP_DEFER_ACCEPT: i32 = libc::TCP_DEFER_ACCEPT;
+#[cfg(not(target_os = "linux"))]
+pub const TCP_DEFER_ACCEPT: i32 = 0;
+/// `TCP_USER_TIMEOUT` (milliseconds).
+#[cfg(target_os = "linux")]
+pub const TCP_USER_TIMEOUT: i32 = libc::TCP_USER_TIMEOUT;
+#[cfg(not(target_os = "linux"))]
+pub const TCP_USER_TIMEOUT: i32 = 0;

@@ -27,6 +27,24 @@ pub struct AuditFilter {
     pub to_nanos: Option<i64>,
 }
 
+/// `tenant`'s events matching `filter`.
+fn filtered(tenant: &str, filter: &AuditFilter) -> sea_orm::Select<Entity> {
+    let mut q = Entity::find().filter(Column::Tenant.eq(tenant));
+    if let Some(d) = &filter.device_guid {
+        q = q.filter(Column::DeviceGuid.eq(d.as_str()));
+    }
+    if let Some(k) = &filter.kind {
+        q = q.filter(Column::Kind.eq(k.as_str()));
+    }
+    if let Some(f) = filter.from_nanos {
+        q = q.filter(Column::TimeNanos.gte(f));
+    }
+    if let Some(t) = filter.to_nanos {
+        q = q.filter(Column::TimeNanos.lt(t));
+    }
+    q
+}
+
 impl Store {
     /// Stores `records` in one transaction; records whose id is already stored are skipped.
     /// Returns how many rows were new.
@@ -92,22 +110,9 @@ impl Store {
         after_seq: i64,
         limit: u64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut q = Entity::find()
-            .filter(Column::Tenant.eq(tenant))
-            .filter(Column::StreamSeq.gt(after_seq));
-        if let Some(d) = &filter.device_guid {
-            q = q.filter(Column::DeviceGuid.eq(d.as_str()));
-        }
-        if let Some(k) = &filter.kind {
-            q = q.filter(Column::Kind.eq(k.as_str()));
-        }
-        if let Some(f) = filter.from_nanos {
-            q = q.filter(Column::TimeNanos.gte(f));
-        }
-        if let Some(t) = filter.to_nanos {
-            q = q.filter(Column::TimeNanos.lt(t));
-        }
-        Ok(q.order_by_asc(Column::StreamSeq)
+        Ok(filtered(tenant, filter)
+            .filter(Column::StreamSeq.gt(after_seq))
+            .order_by_asc(Column::StreamSeq)
             .limit(limit)
             .all(&self.db)
             .await?)
@@ -122,21 +127,9 @@ impl Store {
         before_seq: i64,
         limit: u64,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut q = Entity::find().filter(Column::Tenant.eq(tenant));
+        let mut q = filtered(tenant, filter);
         if before_seq > 0 {
             q = q.filter(Column::StreamSeq.lt(before_seq));
-        }
-        if let Some(d) = &filter.device_guid {
-            q = q.filter(Column::DeviceGuid.eq(d.as_str()));
-        }
-        if let Some(k) = &filter.kind {
-            q = q.filter(Column::Kind.eq(k.as_str()));
-        }
-        if let Some(f) = filter.from_nanos {
-            q = q.filter(Column::TimeNanos.gte(f));
-        }
-        if let Some(t) = filter.to_nanos {
-            q = q.filter(Column::TimeNanos.lt(t));
         }
         Ok(q.order_by_desc(Column::StreamSeq)
             .limit(limit)

@@ -351,16 +351,8 @@ impl Store {
         limit: u64,
         offset: u64,
     ) -> Result<Vec<Device>, StoreError> {
-        Entity::find()
-            .filter(Column::TenantId.eq(tenant))
-            .order_by_asc(Column::Guid)
-            .limit(limit)
-            .offset(offset)
-            .all(&self.db)
-            .await?
-            .into_iter()
-            .map(to_model)
-            .collect()
+        self.query_devices(tenant, &DeviceQuery::default(), limit, offset)
+            .await
     }
 
     /// A page of `tenant`'s devices matching `query`, ordered by guid: every filter runs in the

@@ -105,34 +105,8 @@ const DEFER_ACCEPT_SECS: libc::c_int = 10;
 /// `TCP_DEFER_ACCEPT`: the kernel hands a connection to `accept` only once its first bytes (a
 /// device's ClientHello) have arrived, so a device costs one wake-up less, and connections that
 /// never speak stay in the kernel's SYN queue instead of taking a file descriptor and a task.
-/// Neither tokio nor socket2 exposes the option.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn defer_accept(socket: &TcpSocket, secs: libc::c_int) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
-        .map_err(std::io::Error::other)?;
-    // SAFETY: the descriptor is open for the duration of the call (`socket` is borrowed), and
-    // the option value is a live, properly aligned c_int whose size is passed as its length.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            std::ptr::from_ref(&secs).cast(),
-            len,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn defer_accept(_: &TcpSocket, _: libc::c_int) -> std::io::Result<()> {
-    Ok(())
+    homeport_runtime::io::set_tcp_option(socket, homeport_runtime::io::TCP_DEFER_ACCEPT, secs)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::error::{service_status, ApiError, ApiResult, FieldError};
-use crate::{header_str, json, query_pairs, AppState, Authed};
+use crate::{header_str, json, param, query_pairs, AppState, Authed};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -92,13 +92,7 @@ pub fn event_json(e: &pb::StoredEvent) -> Value {
 }
 
 fn filter_of(pairs: &[(String, String)], errors: &mut Vec<FieldError>) -> pb::EventFilter {
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-    };
+    let get = |k: &str| param(pairs, k).map(str::to_owned);
     let mut time = |k: &str| -> i64 {
         match get(k) {
             None => 0,
@@ -132,13 +126,7 @@ pub async fn list(State(s): State<AppState>, a: Authed, RawQuery(q): RawQuery) -
     let pairs = query_pairs(q.as_deref());
     let mut errors = Vec::new();
     let filter = filter_of(&pairs, &mut errors);
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |k: &str| param(&pairs, k);
     let top = match get("$top").map(str::parse::<u32>) {
         None => 100,
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
@@ -203,13 +191,7 @@ pub async fn list(State(s): State<AppState>, a: Authed, RawQuery(q): RawQuery) -
 /// last `minutes` (at most a day), oldest first.
 pub async fn counts(State(s): State<AppState>, a: Authed, RawQuery(q): RawQuery) -> ApiResult {
     let pairs = query_pairs(q.as_deref());
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |k: &str| param(&pairs, k);
     let kinds: Vec<String> = get("kinds")
         .unwrap_or("connected,disconnected")
         .split(',')
@@ -429,13 +411,7 @@ async fn open_feed(
 fn resume_point(headers: &HeaderMap, pairs: &[(String, String)]) -> ApiResult<u64> {
     let v = header_str(headers, "last-event-id")
         .map(str::to_owned)
-        .or_else(|| {
-            pairs
-                .iter()
-                .rev()
-                .find(|(k, _)| k == "after")
-                .map(|(_, v)| v.clone())
-        });
+        .or_else(|| param(pairs, "after").map(str::to_owned));
     match v {
         None => Ok(0),
         Some(v) if v.is_empty() => Ok(0),
@@ -506,16 +482,7 @@ const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 /// The caller of a WebSocket upgrade: browsers cannot set headers on one, so the token may
 /// come as the offered subprotocol (as the MPS relay takes it), which is then echoed.
 fn ws_caller(s: &AppState, headers: &HeaderMap) -> ApiResult<(Authed, Option<String>)> {
-    let bearer = |token: &str| -> ApiResult<Authed> {
-        let caller = s
-            .auth
-            .verify(token)
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ApiError::Unauthorized("malformed token".into()))?;
-        Ok(Authed { caller, bearer })
-    };
+    let bearer = |token: &str| Authed::from_token(s, token);
     if let Some(t) = crate::auth::bearer(header_str(headers, "authorization")) {
         return Ok((bearer(t)?, None));
     }

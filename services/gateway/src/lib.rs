@@ -273,6 +273,18 @@ pub(crate) struct Authed {
 }
 
 impl Authed {
+    /// The caller `token` names, if it verifies.
+    pub fn from_token(s: &Inner, token: &str) -> Result<Authed, ApiError> {
+        let caller = s
+            .auth
+            .verify(token)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ApiError::Unauthorized("malformed token".into()))?;
+        Ok(Authed { caller, bearer })
+    }
+
     /// A gRPC request carrying the caller's token and the call deadline.
     pub fn call<T>(&self, s: &Inner, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
@@ -293,14 +305,7 @@ impl FromRequestParts<AppState> for Authed {
             .and_then(|v| v.to_str().ok());
         let token = auth::bearer(header)
             .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
-        let caller = s
-            .auth
-            .verify(token)
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-        let bearer = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ApiError::Unauthorized("malformed token".into()))?;
-        Ok(Authed { caller, bearer })
+        Authed::from_token(s, token)
     }
 }
 
@@ -369,6 +374,15 @@ fn decode_component(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The last value of query parameter `name`.
+pub(crate) fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// 200 with a JSON body.
 pub(crate) fn json(v: Value) -> Response {
     axum::Json(v).into_response()
@@ -421,32 +435,7 @@ pub fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 /// `TCP_USER_TIMEOUT`: the kernel aborts a connection whose sent data stays unacknowledged,
 /// or whose peer keeps a zero window (stopped reading), for `after`. Neither tokio nor hyper
 /// has a write deadline; this is the one that also covers a body hyper is blocked writing.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn write_deadline(tcp: &tokio::net::TcpStream, after: Duration) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let ms = libc::c_uint::try_from(after.as_millis()).unwrap_or(libc::c_uint::MAX);
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_uint>())
-        .map_err(std::io::Error::other)?;
-    // SAFETY: the descriptor is open for the duration of the call (`tcp` is borrowed), and
-    // the option value is a live, properly aligned c_uint whose size is passed as its length.
-    let rc = unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            std::ptr::from_ref(&ms).cast(),
-            len,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn write_deadline(_: &tokio::net::TcpStream, _: Duration) -> std::io::Result<()> {
-    Ok(())
+    let ms = i32::try_from(after.as_millis()).unwrap_or(i32::MAX);
+    homeport_runtime::io::set_tcp_option(tcp, homeport_runtime::io::TCP_USER_TIMEOUT, ms)
 }

@@ -8,7 +8,7 @@ use homeport_proto::device::v1 as pb;
 use serde_json::{json, Map, Value};
 
 use crate::error::{device_status, service_status, ApiError, ApiResult, FieldError};
-use crate::{json, query_pairs, status_json, AppState, Authed, JsonBody};
+use crate::{json, param, query_pairs, status_json, AppState, Authed, JsonBody};
 
 /// Largest `$top` of one device listing.
 const MAX_TOP: u64 = 1000;
@@ -95,16 +95,16 @@ fn int_param(
     max: u64,
     errors: &mut Vec<FieldError>,
 ) -> u64 {
-    match pairs.iter().rev().find(|(k, _)| k == name) {
+    match param(pairs, name) {
         None => default,
-        Some((_, v)) => match v.parse::<u64>() {
+        Some(v) => match v.parse::<u64>() {
             Ok(n) if n <= max => n,
             _ => {
                 errors.push(FieldError::new(
                     "query",
                     name,
                     format!("{name} must be an integer between 0 and {max}"),
-                    Some(&Value::String(v.clone())),
+                    Some(&Value::String(v.to_owned())),
                 ));
                 default
             }
@@ -117,8 +117,8 @@ fn bool_param(
     name: &str,
     errors: &mut Vec<FieldError>,
 ) -> Option<bool> {
-    let (_, v) = pairs.iter().rev().find(|(k, _)| k == name)?;
-    match v.as_str() {
+    let v = param(pairs, name)?;
+    match v {
         "true" | "1" => Some(true),
         "false" | "0" => Some(false),
         _ => {
@@ -126,19 +126,11 @@ fn bool_param(
                 "query",
                 name,
                 "Invalid value",
-                Some(&Value::String(v.clone())),
+                Some(&Value::String(v.to_owned())),
             ));
             None
         }
     }
-}
-
-fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// GET /devices
@@ -633,7 +625,7 @@ pub async fn disconnect(
 
 /// A device call's result in MPS's `{"Header":…,"Body":{ReturnValue, ReturnValueStr}}` shape,
 /// with MPS's names of AMT's status codes.
-fn return_body(rv: u32, _text: &str) -> Value {
+fn return_body(rv: u32) -> Value {
     let name = match rv {
         0 => "SUCCESS",
         1 => "INTERNAL_ERROR",
@@ -654,19 +646,13 @@ fn return_body(rv: u32, _text: &str) -> Value {
 
 /// mps-command reports a non-zero ReturnValue as FAILED_PRECONDITION
 /// "<Method> returned <n> (<TEXT>)"; MPS answers such results with their value.
-fn return_value_of(status: &tonic::Status) -> Option<(u32, String)> {
+fn return_value_of(status: &tonic::Status) -> Option<u32> {
     if status.code() != tonic::Code::FailedPrecondition {
         return None;
     }
     let m = status.message();
     let rest = &m[m.find(" returned ")? + " returned ".len()..];
-    let (n, text) = rest.split_once(' ')?;
-    Some((
-        n.parse().ok()?,
-        text.trim_start_matches('(')
-            .trim_end_matches(')')
-            .to_owned(),
-    ))
+    rest.split(' ').next()?.parse().ok()
 }
 
 macro_rules! device_call {
@@ -722,11 +708,17 @@ fn action_field(body: &Value, allowed: &[u32], errors: &mut Vec<FieldError>) -> 
 const POWER_ACTIONS: [u32; 15] = [2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17];
 const BOOT_ACTIONS: [u32; 11] = [100, 101, 104, 200, 201, 202, 203, 300, 301, 400, 401];
 
-async fn command_answer(result: Result<pb::CommandResult, tonic::Status>, guid: &str) -> ApiResult {
+/// A device method's answer: its ReturnValue in MPS's shape; a non-zero one (an error from
+/// mps-command) with the status `failed` (MPS: 200 for power and boot, 400 for user consent).
+fn command_answer(
+    result: Result<tonic::Response<pb::CommandResult>, tonic::Status>,
+    guid: &str,
+    failed: StatusCode,
+) -> ApiResult {
     match result {
-        Ok(r) => Ok(json(return_body(r.return_value, &r.return_value_text))),
+        Ok(r) => Ok(json(return_body(r.get_ref().return_value))),
         Err(e) => match return_value_of(&e) {
-            Some((rv, text)) => Ok(json(return_body(rv, &text))),
+            Some(rv) => Ok(status_json(failed, return_body(rv))),
             None => Err(device_status(e, guid)),
         },
     }
@@ -744,19 +736,12 @@ pub async fn power_action(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let r = s
-        .devices
-        .clone()
-        .power_action(a.call(
-            &s,
-            pb::PowerActionRequest {
-                guid: guid.clone(),
-                action,
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner);
-    command_answer(r, &guid).await
+    let req = pb::PowerActionRequest {
+        guid: guid.clone(),
+        action,
+    };
+    let r = s.devices.clone().power_action(a.call(&s, req)).await;
+    command_answer(r, &guid, StatusCode::OK)
 }
 
 /// POST /amt/power/bootOptions/{guid}
@@ -779,20 +764,13 @@ pub async fn boot_options(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let r = s
-        .devices
-        .clone()
-        .set_boot_options(a.call(
-            &s,
-            pb::BootOptionsRequest {
-                guid: guid.clone(),
-                action,
-                use_sol,
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner);
-    command_answer(r, &guid).await
+    let req = pb::BootOptionsRequest {
+        guid: guid.clone(),
+        action,
+        use_sol,
+    };
+    let r = s.devices.clone().set_boot_options(a.call(&s, req)).await;
+    command_answer(r, &guid, StatusCode::OK)
 }
 
 /// GET /amt/power/capabilities/{guid}
@@ -1258,16 +1236,6 @@ pub async fn delete_alarm(
     }
 }
 
-async fn consent_answer(result: Result<pb::CommandResult, tonic::Status>, guid: &str) -> ApiResult {
-    match result {
-        Ok(r) => Ok(json(return_body(r.return_value, &r.return_value_text))),
-        Err(e) => match return_value_of(&e) {
-            Some((rv, text)) => Ok(status_json(StatusCode::BAD_REQUEST, return_body(rv, &text))),
-            None => Err(device_status(e, guid)),
-        },
-    }
-}
-
 /// GET /amt/userConsentCode/{guid}
 pub async fn start_consent(
     State(s): State<AppState>,
@@ -1278,9 +1246,8 @@ pub async fn start_consent(
         .devices
         .clone()
         .start_user_consent(a.call(&s, guid_ref(&guid)))
-        .await
-        .map(tonic::Response::into_inner);
-    consent_answer(r, &guid).await
+        .await;
+    command_answer(r, &guid, StatusCode::BAD_REQUEST)
 }
 
 /// GET /amt/userConsentCode/cancel/{guid}
@@ -1293,9 +1260,8 @@ pub async fn cancel_consent(
         .devices
         .clone()
         .cancel_user_consent(a.call(&s, guid_ref(&guid)))
-        .await
-        .map(tonic::Response::into_inner);
-    consent_answer(r, &guid).await
+        .await;
+    command_answer(r, &guid, StatusCode::BAD_REQUEST)
 }
 
 /// POST /amt/userConsentCode/{guid}
@@ -1319,19 +1285,16 @@ pub async fn send_consent(
             )]))
         }
     };
+    let req = pb::SendUserConsentCodeRequest {
+        guid: guid.clone(),
+        code,
+    };
     let r = s
         .devices
         .clone()
-        .send_user_consent_code(a.call(
-            &s,
-            pb::SendUserConsentCodeRequest {
-                guid: guid.clone(),
-                code,
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner);
-    consent_answer(r, &guid).await
+        .send_user_consent_code(a.call(&s, req))
+        .await;
+    command_answer(r, &guid, StatusCode::BAD_REQUEST)
 }
 
 /// DELETE /amt/deactivate/{guid}
@@ -1348,7 +1311,7 @@ pub async fn deactivate(
     {
         Ok(_) => Ok(json(json!({"status": "SUCCESS"}))),
         Err(e) => match return_value_of(&e) {
-            Some((rv, _)) => Ok(json(json!({"ReturnValue": rv}))),
+            Some(rv) => Ok(json(json!({"ReturnValue": rv}))),
             None => Err(device_status(e, &guid)),
         },
     }
