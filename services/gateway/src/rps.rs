@@ -234,14 +234,6 @@ fn profile_json(p: &pb::Profile) -> Value {
     })
 }
 
-fn profile_field(proto: &str) -> String {
-    match proto {
-        "name" => "profileName".into(),
-        "generate_random_mebx_password" => "generateRandomMEBxPassword".into(),
-        other => camel(other),
-    }
-}
-
 // ---- CIRA configs ----
 
 fn cira_from(v: &Value, errors: &mut Vec<FieldError>) -> pb::CiraConfig {
@@ -291,13 +283,6 @@ fn cira_json(c: &pb::CiraConfig) -> Value {
     })
 }
 
-fn cira_field(proto: &str) -> String {
-    match proto {
-        "name" => "configName".into(),
-        other => camel(other),
-    }
-}
-
 // ---- domains ----
 
 fn domain_from(v: &Value, errors: &mut Vec<FieldError>) -> pb::Domain {
@@ -334,13 +319,6 @@ fn domain_json(d: &pb::Domain) -> Value {
         "tenantId": d.tenant,
         "version": d.version.to_string(),
     })
-}
-
-fn domain_field(proto: &str) -> String {
-    match proto {
-        "name" => "profileName".into(),
-        other => camel(other),
-    }
 }
 
 // ---- wireless configs ----
@@ -392,9 +370,11 @@ fn wireless_json(w: &pb::WirelessConfig) -> Value {
     })
 }
 
-fn wireless_field(proto: &str) -> String {
+/// The JSON name of a field the admin API names in snake case.
+fn json_field(proto: &str, name_key: &str) -> String {
     match proto {
-        "name" => "profileName".into(),
+        "name" => name_key.to_owned(),
+        "generate_random_mebx_password" => "generateRandomMEBxPassword".into(),
         "ieee8021x_profile_name" => "ieee8021xProfileName".into(),
         other => camel(other),
     }
@@ -417,8 +397,8 @@ fn camel(snake: &str) -> String {
 }
 
 /// How a failed admin call answers, in RPS's shapes. `what` is e.g. "AMT profile", `name`
-/// the object's name, `field` maps the API's field names to the JSON ones.
-fn admin_error(e: tonic::Status, what: &str, name: &str, field: fn(&str) -> String) -> ApiError {
+/// the object's name, `name_key` the JSON name of its name field.
+fn admin_error(e: tonic::Status, what: &str, name: &str, name_key: &str) -> ApiError {
     use tonic::Code;
     let m = e.message().to_owned();
     match e.code() {
@@ -429,7 +409,10 @@ fn admin_error(e: tonic::Status, what: &str, name: &str, field: fn(&str) -> Stri
                         .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.') =>
                 {
                     let f = f.split('.').next().unwrap_or(f);
-                    (field(f), format!("{}: {rule}", field(f)))
+                    (
+                        json_field(f, name_key),
+                        format!("{}: {rule}", json_field(f, name_key)),
+                    )
                 }
                 _ => (String::new(), m.clone()),
             };
@@ -490,7 +473,7 @@ fn listing(items: Vec<Value>, total: u64, count: bool) -> axum::response::Respon
 macro_rules! admin_resource {
     ($list:ident, $get:ident, $create:ident, $update:ident, $delete:ident,
      what = $what:expr, name_key = $name_key:expr, version_required = $version_required:expr,
-     from = $from:ident, to = $to:ident, field = $field:ident,
+     from = $from:ident, to = $to:ident,
      rpc = ($rlist:ident, $rget:ident, $rcreate:ident, $rupdate:ident, $rdelete:ident),
      items = $items:ident) => {
         pub async fn $list(
@@ -513,7 +496,7 @@ macro_rules! admin_resource {
                     },
                 ))
                 .await
-                .map_err(|e| admin_error(e, $what, "", $field))?
+                .map_err(|e| admin_error(e, $what, "", $name_key))?
                 .into_inner();
             let items = if top == 0 {
                 Vec::new()
@@ -533,7 +516,7 @@ macro_rules! admin_resource {
                 .clone()
                 .$rget(a.call(&s, pb::NameRef { name: name.clone() }))
                 .await
-                .map_err(|e| admin_error(e, $what, &name, $field))?
+                .map_err(|e| admin_error(e, $what, &name, $name_key))?
                 .into_inner();
             Ok(json($to(&r)))
         }
@@ -554,7 +537,7 @@ macro_rules! admin_resource {
                 .clone()
                 .$rcreate(a.call(&s, msg))
                 .await
-                .map_err(|e| admin_error(e, $what, &name, $field))?
+                .map_err(|e| admin_error(e, $what, &name, $name_key))?
                 .into_inner();
             Ok(status_json(StatusCode::CREATED, $to(&r)))
         }
@@ -581,7 +564,7 @@ macro_rules! admin_resource {
                 .clone()
                 .$rget(a.call(&s, pb::NameRef { name: name.clone() }))
                 .await
-                .map_err(|e| admin_error(e, $what, &name, $field))?
+                .map_err(|e| admin_error(e, $what, &name, $name_key))?
                 .into_inner();
             let mut merged = $to(&current);
             if let (Some(m), Some(b)) = (merged.as_object_mut(), body.as_object()) {
@@ -621,7 +604,7 @@ macro_rules! admin_resource {
                         .clone()
                         .$rget(a.call(&s, pb::NameRef { name: name.clone() }))
                         .await
-                        .map_err(|e| admin_error(e, $what, &name, $field))?
+                        .map_err(|e| admin_error(e, $what, &name, $name_key))?
                         .into_inner();
                     let status = if headers.contains_key("if-match") {
                         StatusCode::PRECONDITION_FAILED
@@ -634,7 +617,7 @@ macro_rules! admin_resource {
                     }
                     Ok(r)
                 }
-                Err(e) => Err(admin_error(e, $what, &name, $field)),
+                Err(e) => Err(admin_error(e, $what, &name, $name_key)),
             }
         }
 
@@ -647,7 +630,7 @@ macro_rules! admin_resource {
                 .clone()
                 .$rdelete(a.call(&s, pb::NameRef { name: name.clone() }))
                 .await
-                .map_err(|e| admin_error(e, $what, &name, $field))?;
+                .map_err(|e| admin_error(e, $what, &name, $name_key))?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
     };
@@ -674,7 +657,6 @@ admin_resource!(
     version_required = true,
     from = profile_from,
     to = profile_json,
-    field = profile_field,
     rpc = (
         list_profiles,
         get_profile,
@@ -695,7 +677,6 @@ admin_resource!(
     version_required = false,
     from = cira_from,
     to = cira_json,
-    field = cira_field,
     rpc = (
         list_cira_configs,
         get_cira_config,
@@ -716,7 +697,6 @@ admin_resource!(
     version_required = false,
     from = domain_from,
     to = domain_json,
-    field = domain_field,
     rpc = (
         list_domains,
         get_domain,
@@ -737,7 +717,6 @@ admin_resource!(
     version_required = true,
     from = wireless_from,
     to = wireless_json,
-    field = wireless_field,
     rpc = (
         list_wireless_configs,
         get_wireless_config,
