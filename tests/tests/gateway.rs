@@ -741,6 +741,15 @@ async fn events_and_service(gw: &GatewayHandle, token: &str, guid: &str, g2: &st
         404
     );
 
+    // The CIRA root the devices trust, as MPS serves it.
+    let r = c.call("GET", "/api/v1/ciracert", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().starts_with("-----BEGIN CERTIFICATE-----"),
+        "{}",
+        r.text()
+    );
+
     // The service routes and the document.
     let (st, v) = anon.json("GET", "/api/v1/version", None).await;
     assert_eq!((st, v["serviceVersion"].is_string()), (200, true));

@@ -183,3 +183,25 @@ fn tonic_health_client(
 ) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
     tonic_health::pb::health_client::HealthClient::new(ch)
 }
+
+/// GET /ciracert: the CIRA ingress's root certificate (PEM), which devices trust, sent as
+/// MPS sends it (text/html).
+pub async fn cira_cert(State(s): State<AppState>, a: Authed) -> ApiResult {
+    use axum::response::IntoResponse as _;
+    match s
+        .admin
+        .clone()
+        .get_cira_root_certificate(a.call(&s, homeport_proto::provisioning::v1::CiraRootRequest {}))
+        .await
+    {
+        Ok(r) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            r.into_inner().pem,
+        )
+            .into_response()),
+        Err(e) if e.code() == tonic::Code::NotFound => Err(ApiError::Internal(
+            "MPS root certificate does not exist".into(),
+        )),
+        Err(e) => Err(crate::error::service_status(e)),
+    }
+}

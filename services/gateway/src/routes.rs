@@ -54,6 +54,7 @@ pub fn table() -> Vec<Entry> {
         (Doc { auth: false, ..doc("get", "/version", "service", "Service version", None, (200, "Version")) }, get(crate::auth_routes::version)),
         (Doc { auth: false, ..doc("get", "/health", "service", "Health of the gateway and the services behind it", None, (200, "Health")) }, get(crate::auth_routes::health)),
         (Doc { auth: false, ..doc("get", "/openapi.json", "service", "This document", None, (200, "")) }, get(crate::openapi::serve)),
+        (doc("get", "/ciracert", "service", "The CIRA ingress's root certificate (PEM) that devices trust", None, (200, "")), get(crate::auth_routes::cira_cert)),
         (doc("get", "/devices", D, "List devices ($top, $skip, $count, hostname, friendlyName, tags, method, status, search)", None, (200, "DeviceList")), get(mps::list_devices)),
         (doc("post", "/devices", D, "Register a device, or update the caller's device of that guid", Some("DeviceBody"), (201, "Device")), post(mps::create_device)),
         (doc("patch", "/devices", D, "Update a device's host name, friendly name or tags", Some("DeviceBody"), (200, "Device")), patch(mps::update_device)),

@@ -735,6 +735,22 @@ macro_rules! admin_api {
         $create:ident, $get:ident, $update:ident, $delete:ident, $list_fn:ident)),* $(,)?) => {
         #[tonic::async_trait]
         impl ProvisioningAdmin for AdminApi {
+            async fn get_cira_root_certificate(
+                &self,
+                req: Request<pb::CiraRootRequest>,
+            ) -> Result<Response<pb::CiraRootCertificate>, Status> {
+                caller(&req)?;
+                let root = self.inner.ingress_root().await.ok_or_else(|| {
+                    Status::not_found("no ingress has stored its CIRA certificates yet")
+                })?;
+                let pem = root
+                    .to_pem()
+                    .map_err(|e| Status::internal(format!("encoding the root: {e}")))?;
+                Ok(Response::new(pb::CiraRootCertificate {
+                    pem: String::from_utf8_lossy(&pem).into_owned(),
+                }))
+            }
+
             $(
                 async fn $create(&self, req: Request<$msg>) -> Result<Response<$msg>, Status> {
                     let t = caller(&req)?.tenant;

@@ -129,17 +129,19 @@ impl Inner {
 
     /// The ingress's root certificate (base64 DER), when an ingress has stored one.
     pub async fn ingress_root_der(&self) -> Option<String> {
+        let der = self.ingress_root().await?.to_der().ok()?;
+        Some(base64::engine::general_purpose::STANDARD.encode(der))
+    }
+
+    /// The ingress's root certificate as the secret store holds it, if it parses.
+    pub async fn ingress_root(&self) -> Option<openssl::x509::X509> {
         let map = self
             .secrets
             .get(homeport_secrets::CIRA_CERTS_PATH)
             .await
             .ok()??;
         let pem = map.get(homeport_secrets::CIRA_CA_CERT)?;
-        let der = openssl::x509::X509::from_pem(pem.expose().as_bytes())
-            .ok()?
-            .to_der()
-            .ok()?;
-        Some(base64::engine::general_purpose::STANDARD.encode(der))
+        openssl::x509::X509::from_pem(pem.expose().as_bytes()).ok()
     }
 }
 
