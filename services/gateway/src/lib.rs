@@ -439,3 +439,31 @@ fn write_deadline(tcp: &tokio::net::TcpStream, after: Duration) -> std::io::Resu
     let ms = i32::try_from(after.as_millis()).unwrap_or(i32::MAX);
     homeport_runtime::io::set_tcp_option(tcp, homeport_runtime::io::TCP_USER_TIMEOUT, ms)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_like_urlencoded_forms() {
+        assert_eq!(
+            query_pairs(Some("$top=2&search=a%20b+c&tags=x%2Cy&bad=%zz&&empty=")),
+            vec![
+                ("$top".to_owned(), "2".to_owned()),
+                ("search".into(), "a b c".into()),
+                ("tags".into(), "x,y".into()),
+                ("bad".into(), "%zz".into()),
+                ("empty".into(), String::new()),
+            ]
+        );
+        assert_eq!(
+            query_pairs(Some("a=%4")),
+            vec![("a".to_owned(), "%4".to_owned())]
+        );
+        assert!(query_pairs(None).is_empty());
+        let pairs = query_pairs(Some("k=1&k=2"));
+        assert_eq!(param(&pairs, "k"), Some("2"));
+        assert_eq!(param(&pairs, "x"), None);
+    }
+}

@@ -1316,3 +1316,37 @@ pub async fn deactivate(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn guids_alarm_intervals_and_return_values() {
+        assert!(is_uuid("5f6a0f2e-3b1c-4d2a-9e8f-0123456789AB"));
+        assert!(!is_uuid("5f6a0f2e-3b1c-4d2a-9e8f-0123456789A"));
+        assert!(!is_uuid("5f6a0f2e+3b1c-4d2a-9e8f-0123456789ab"));
+        assert!(!is_uuid("1"));
+        assert_eq!(interval(1440), "P1DT0M");
+        assert_eq!(interval(90), "PT1H30M");
+        assert_eq!(interval(5), "PT5M");
+        let failed =
+            tonic::Status::failed_precondition("RequestPowerStateChange returned 2 (not ready)");
+        assert_eq!(return_value_of(&failed), Some(2));
+        assert_eq!(
+            return_value_of(&tonic::Status::failed_precondition("WS-Man fault")),
+            None
+        );
+        assert_eq!(
+            return_value_of(&tonic::Status::not_found("returned 2 (x)")),
+            None
+        );
+        assert_eq!(return_body(2)["Body"]["ReturnValueStr"], "NOT_READY");
+        assert_eq!(return_body(77)["Body"]["ReturnValueStr"], "UNKNOWN_ERROR");
+        assert_eq!(wsman_value("true"), Value::Bool(true));
+        assert_eq!(wsman_value("42"), json!(42));
+        assert_eq!(wsman_value("007"), json!("007"));
+        assert_eq!(wsman_value("host"), json!("host"));
+    }
+}

@@ -252,7 +252,8 @@ fn words() -> &'static std::collections::HashMap<String, &'static str> {
 pub fn normalize<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
     let uri = req.uri();
     let path = uri.path();
-    if !path.starts_with("/api/") && !path.starts_with("/mps/") && !path.starts_with("/rps/") {
+    let head = path.get(..5).unwrap_or(path).to_ascii_lowercase();
+    if !["/api/", "/mps/", "/rps/"].contains(&head.as_str()) {
         return req;
     }
     let words = words();
@@ -281,4 +282,46 @@ pub fn normalize<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
         }
     }
     req
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn norm(uri: &str) -> String {
+        let req = axum::http::Request::builder().uri(uri).body(()).unwrap();
+        normalize(req).uri().to_string()
+    }
+
+    #[test]
+    fn paths_are_matched_like_express() {
+        assert_eq!(
+            norm("/API/V1/amt/POWER/bootoptions/ABCD-1?x=1"),
+            "/api/v1/amt/power/bootOptions/ABCD-1?x=1"
+        );
+        assert_eq!(norm("/mps/api/v1/devices/"), "/mps/api/v1/devices");
+        assert_eq!(
+            norm("/api/v1/admin/Profiles/Office"),
+            "/api/v1/admin/profiles/Office"
+        );
+        // Parameters keep their case; the dashboard's own paths are left alone.
+        assert_eq!(norm("/api/v1/devices/ABCDEF"), "/api/v1/devices/ABCDEF");
+        assert_eq!(norm("/assets/App.js"), "/assets/App.js");
+        assert_eq!(norm("/"), "/");
+    }
+
+    #[test]
+    fn every_route_has_a_unique_method_and_path() {
+        let mut seen = std::collections::HashSet::new();
+        for (d, _) in table() {
+            assert!(d.path.starts_with('/'), "{}", d.path);
+            assert!(
+                seen.insert((d.method, d.path)),
+                "{} {} twice",
+                d.method,
+                d.path
+            );
+        }
+    }
 }
