@@ -621,14 +621,55 @@ async fn amt(gw: &GatewayHandle, token: &str, guid: &str, vguid: &str) {
         .json("DELETE", &format!("/api/v1/devices/refresh/{guid}"), None)
         .await;
     assert_eq!((st, v["success"].as_u64()), (200, Some(200)), "{v}");
-    let (st, _) = c
+    // Disconnect: the session ends (reason "requested"), and the device comes back by itself.
+    let (st, v) = c
         .json(
             "DELETE",
             &format!("/api/v1/devices/disconnect/{guid}"),
             None,
         )
         .await;
-    assert_eq!(st, 501);
+    assert_eq!((st, v["success"].as_u64()), (200, Some(200)), "{v}");
+    assert_eq!(
+        v["description"],
+        format!("Device CIRA connection disconnected : {guid}")
+    );
+    let mut back = false;
+    for _ in 0..100 {
+        let (st, v) = c
+            .json(
+                "GET",
+                &format!("/api/v1/events?device={guid}&kind=disconnected&order=desc&$top=5"),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200);
+        let requested = v["data"].as_array().unwrap().iter().any(|e| {
+            e["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("(requested)"))
+        });
+        let (_, d) = c
+            .json("GET", &format!("/api/v1/devices/{guid}"), None)
+            .await;
+        if requested && d["connectionStatus"] == true {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        back,
+        "a disconnected event with reason \"requested\", then the device reconnected"
+    );
+    let (st, v) = c
+        .json(
+            "DELETE",
+            &format!("/api/v1/devices/disconnect/{unknown}"),
+            None,
+        )
+        .await;
+    assert_eq!((st, v["error"].as_str()), (404, Some(DEVICE_404)), "{v}");
     let (st, v) = c
         .json(
             "GET",

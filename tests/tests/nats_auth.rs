@@ -138,6 +138,15 @@ async fn every_service_works_with_only_its_permissions_and_nothing_more() {
             "{r:?} disconnects devices"
         );
     }
+    // Ending a session on request: the device API only.
+    let disconnect = names.cira_node_disconnect("node-b", &guid);
+    assert!(reaches(&as_role(Role::Command), &admin, &disconnect).await);
+    for r in [Role::Audit, Role::Bridge, Role::Rps] {
+        assert!(
+            !reaches(&as_role(r), &admin, &disconnect).await,
+            "{r:?} ends device sessions"
+        );
+    }
     let http = names.cira_node_http("node-b", &guid);
     assert!(reaches(&as_role(Role::Command), &admin, &http).await);
     for r in [Role::Ingress, Role::Audit, Role::Bridge, Role::Rps] {

@@ -146,6 +146,8 @@ pub fn permissions(role: Role, names: &Names) -> Permissions {
         }
         Role::Command => {
             publish.push(format!("{p}.cira.node.*.http.*"));
+            // Ending a device's session on request (the REST API's disconnect).
+            publish.push(format!("{p}.cira.node.*.disconnect.*"));
             publish.push(format!("{p}.evt.*.command.>"));
             publish.push(format!("{p}.evt.*.device.*.created"));
             publish.push(format!("{p}.evt.*.device.*.updated"));

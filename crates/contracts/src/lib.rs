@@ -21,6 +21,7 @@ pub const NO_TENANT_TOKEN: &str = "_";
 pub enum NodeOp {
     Http,
     Supersede,
+    Disconnect,
 }
 
 /// All NATS names of one deployment, derived from its prefix.
@@ -157,6 +158,17 @@ impl Names {
         )
     }
 
+    /// `<p>.cira.node.<node>.disconnect.<guid>`: the device API asks the node to end the
+    /// device's session (the body names the session; the device reconnects by itself).
+    pub fn cira_node_disconnect(&self, node: &str, guid: &str) -> String {
+        format!(
+            "{}.cira.node.{}.disconnect.{}",
+            self.prefix,
+            token(node),
+            token(guid)
+        )
+    }
+
     /// Splits a subject received on [`Names::cira_node_wildcard`] into operation and guid.
     pub fn parse_node_subject<'a>(
         &self,
@@ -168,6 +180,7 @@ impl Names {
         let op = match op {
             "http" => NodeOp::Http,
             "supersede" => NodeOp::Supersede,
+            "disconnect" => NodeOp::Disconnect,
             _ => return None,
         };
         (!guid.is_empty() && !guid.contains('.')).then_some((op, guid))

@@ -227,6 +227,29 @@ impl TunnelClient {
         }
     }
 
+    /// Asks the node holding the device's current session to end it (the device is told and
+    /// reconnects by itself). `Ok(false)` when the device had no session to end.
+    pub async fn disconnect(
+        &self,
+        guid: &str,
+        timeout: std::time::Duration,
+    ) -> Result<bool, TunnelCallError> {
+        let Some(presence) = self.locate(guid).await? else {
+            return Ok(false);
+        };
+        self.remember_node(guid, None);
+        let subject = self.names.cira_node_disconnect(&presence.node, guid);
+        let asked = self
+            .nats
+            .request(subject, bytes::Bytes::from(presence.session.clone()));
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(reply)) => Ok(reply.payload.as_ref() == b"closing"),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(false),
+            Ok(Err(e)) => Err(TunnelCallError::Nats(e.to_string())),
+            Err(_) => Err(TunnelCallError::Timeout(guid.to_owned())),
+        }
+    }
+
     /// Where the device's current session is, if it has one.
     pub async fn locate(
         &self,

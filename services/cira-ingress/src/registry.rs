@@ -23,6 +23,8 @@ pub(crate) enum SessionCmd {
     Http(Box<async_nats::Message>),
     /// A newer session of the device asks this one to close; reply (if any) once closed.
     Supersede(Box<Supersede>),
+    /// The device API asks this session to end (the device reconnects by itself).
+    Disconnect(Box<Supersede>),
     /// The node was cut off from NATS for long enough to have been declared lost: check that
     /// the device's presence entry is still this session's, and close if it is gone.
     RecheckPresence,
@@ -115,21 +117,26 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut sub: Subscriber) {
                     reply_error(&shared, r, error, detail).await;
                 }
             }
-            (NodeOp::Supersede, Some(tx)) => {
+            (op @ (NodeOp::Supersede | NodeOp::Disconnect), Some(tx)) => {
                 let session = std::str::from_utf8(&msg.payload)
                     .ok()
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned);
-                let cmd = SessionCmd::Supersede(Box::new(Supersede {
+                let request = Box::new(Supersede {
                     reply: msg.reply,
                     session,
-                }));
+                });
+                let cmd = if op == NodeOp::Supersede {
+                    SessionCmd::Supersede(request)
+                } else {
+                    SessionCmd::Disconnect(request)
+                };
                 // Rare; never let it block the dispatcher.
                 tokio::spawn(async move {
                     let _ = tx.send(cmd).await;
                 });
             }
-            (NodeOp::Supersede, None) => {
+            (NodeOp::Supersede | NodeOp::Disconnect, None) => {
                 if let Some(r) = msg.reply {
                     let _ = shared
                         .nats

@@ -605,18 +605,23 @@ pub async fn delete_device(
     }
 }
 
-/// DELETE /devices/disconnect/{guid}: not offered (see the README's compatibility table).
+/// DELETE /devices/disconnect/{guid}: the device's ingress node ends its CIRA session (the
+/// device reconnects by itself, as after any disconnect).
 pub async fn disconnect(
     State(s): State<AppState>,
     a: Authed,
     Path(guid): Path<String>,
 ) -> ApiResult {
     check_guid_param(&guid)?;
-    connected(&s, &a, &guid).await?;
-    Err(ApiError::Other(
-        StatusCode::NOT_IMPLEMENTED,
-        "Homeport does not cut CIRA sessions on request; the device reconnects by itself and a new session replaces the old one".into(),
-    ))
+    s.devices
+        .clone()
+        .disconnect(a.call(&s, guid_ref(&guid)))
+        .await
+        .map_err(|e| device_status(e, &guid))?;
+    Ok(json(json!({
+        "success": 200,
+        "description": format!("Device CIRA connection disconnected : {guid}"),
+    })))
 }
 
 // ------------------------------------------------------------------------------------

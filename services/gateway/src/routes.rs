@@ -64,7 +64,7 @@ pub fn table() -> Vec<Entry> {
         (doc("delete", "/devices/{guid}", D, "Remove a device from the registry and its secrets from the secret store", None, (204, "")), delete(mps::delete_device)),
         (doc("get", "/devices/redirectstatus/{guid}", D, "Redirection sessions of a connected device", None, (200, "RedirectStatus")), get(mps::redirect_status)),
         (doc("delete", "/devices/refresh/{guid}", D, "Refresh a connected device's credentials", None, (200, "Success")), delete(mps::refresh)),
-        (doc("delete", "/devices/disconnect/{guid}", D, "Not offered: answers 501 for a connected device", None, (501, "Error")), delete(mps::disconnect)),
+        (doc("delete", "/devices/disconnect/{guid}", D, "End a connected device's CIRA session (it reconnects by itself)", None, (200, "Success")), delete(mps::disconnect)),
         (doc("get", "/amt/power/state/{guid}", A, "Power state", None, (200, "PowerState")), get(mps::power_state)),
         (doc("post", "/amt/power/action/{guid}", A, "Power action (2 on, 5 cycle, 8 off, 10 reset, ...)", Some("Action"), (200, "ReturnValue")), post(mps::power_action)),
         (doc("post", "/amt/power/bootOptions/{guid}", A, "Boot to BIOS, PXE, IDE-R or diagnostics, then power on or reset", Some("BootAction"), (200, "ReturnValue")), post(mps::boot_options)),

@@ -488,3 +488,19 @@ pub async fn deactivate(call: &mut Call<'_>) -> Result<pb::CommandResult, Comman
     let (_, rv) = call.invoke(&settings::unprovision(), "Unprovision").await?;
     Ok(result(rv))
 }
+
+/// Ends the device's CIRA session through its ingress node (no WS-Man).
+pub async fn disconnect(
+    call: &mut Call<'_>,
+    tunnel: &homeport_contracts::tunnel::TunnelClient,
+    timeout: std::time::Duration,
+) -> Result<pb::CommandResult, CommandError> {
+    match tunnel.disconnect(&call.guid, timeout).await {
+        Ok(true) => Ok(result(0)),
+        Ok(false) => Err(CommandError::NotConnected(call.guid.clone())),
+        Err(homeport_contracts::tunnel::TunnelCallError::Timeout(g)) => {
+            Err(CommandError::Timeout(g))
+        }
+        Err(e) => Err(CommandError::Unavailable(e.to_string())),
+    }
+}

@@ -591,4 +591,17 @@ impl DeviceService for DeviceApi {
         }
         Ok(Response::new(r))
     }
+
+    async fn disconnect(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::CommandResult>, Status> {
+        let c = caller(&req)?;
+        let g = req.into_inner().guid;
+        let timeout = self.inner.config.exchange_timeout();
+        let r = command!(self, c, &g, "Disconnect", HashMap::new(), |call| {
+            features::disconnect(call, self.inner.link.tunnel(), timeout)
+        })?;
+        Ok(Response::new(r))
+    }
 }

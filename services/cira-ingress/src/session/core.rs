@@ -47,6 +47,8 @@ pub(crate) enum End {
     ProtocolError(String),
     AuthFailed,
     Drain,
+    /// The device API asked for the session to end.
+    Requested,
     HttpProbe,
     Io(String),
 }
@@ -62,6 +64,7 @@ impl End {
             End::ProtocolError(_) => "protocol_error",
             End::AuthFailed => "auth_failed",
             End::Drain => "drain",
+            End::Requested => "requested",
             End::HttpProbe => "http_probe",
             End::Io(_) => "io_error",
         }
@@ -549,6 +552,17 @@ impl<R> Core<R> {
         self.draining = true;
         self.apf.disconnect(DisconnectReason::BY_APPLICATION);
         self.set_end(End::Drain);
+    }
+
+    /// The device API asked for the session to end: the device is told, presence and the
+    /// `disconnected` event follow as for any other end, and the device reconnects by itself.
+    pub fn close_on_request(&mut self) {
+        if self.is_over() || self.end.is_some() {
+            return;
+        }
+        tracing::info!(device = ?self.guid, "closing the session on request");
+        self.apf.disconnect(DisconnectReason::BY_APPLICATION);
+        self.set_end(End::Requested);
     }
 
     fn set_end(&mut self, end: End) {
@@ -1943,6 +1957,20 @@ mod tests {
         rig.pump();
         assert_eq!(replies(&rig.take()), [(6, Ok(OK_RESPONSE.to_vec()))]);
         assert!(!rig.core.is_over());
+    }
+
+    #[test]
+    fn a_requested_close_tells_the_device_and_ends_like_any_other() {
+        let mut rig = Rig::new();
+        rig.login(NONE_SEEN);
+        rig.core.close_on_request();
+        rig.pump();
+        assert_eq!(rig.core.end(), Some(&End::Requested));
+        assert!(rig
+            .dev_events
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::PeerDisconnected { .. })));
+        assert_eq!(End::Requested.code(), "requested");
     }
 
     #[test]

@@ -234,6 +234,16 @@ impl Shell {
                     Box::pin(self.run_actions()).await;
                     confirm(&self.shared, request.reply, b"closing").await;
                 }
+                Step::Cmd(Some(SessionCmd::Disconnect(request))) => {
+                    let meant = request.session.as_deref();
+                    if meant.is_some_and(|s| s != self.core.session_hex()) {
+                        confirm(&self.shared, request.reply, b"no session").await;
+                        continue;
+                    }
+                    self.core.close_on_request();
+                    Box::pin(self.run_actions()).await;
+                    confirm(&self.shared, request.reply, b"closing").await;
+                }
                 Step::Cmd(Some(SessionCmd::RecheckPresence)) => self.core.recheck_presence(),
                 Step::Cmd(None) => self.rx = None,
                 Step::Timer => self.core.handle_timeout(now),
@@ -467,8 +477,9 @@ impl Shell {
                             reply_error(&self.shared, reply, error, detail).await;
                         }
                     }
-                    // The newer session need not wait for its timeout: this one is gone.
-                    SessionCmd::Supersede(request) => {
+                    // The newer session (or the device API) need not wait for its timeout:
+                    // this one is gone.
+                    SessionCmd::Supersede(request) | SessionCmd::Disconnect(request) => {
                         confirm(&self.shared, request.reply, b"closing").await
                     }
                     SessionCmd::RecheckPresence => {}
