@@ -1401,3 +1401,58 @@ async fn the_rps_admin_routes_answer_like_rps_under_both_prefixes() {
     rps.stop().await;
     env.cleanup().await;
 }
+
+/// A live-event client that stops reading while its buffer still has room is cut by the
+/// kernel's write deadline (TCP_USER_TIMEOUT on a zero window), not by the buffer: its place
+/// and upstream feed are freed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_by_the_write_deadline() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let env = TestEnv::new("gwdeadline").await;
+    let audit = env.start_audit().await;
+    let unreachable: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut config = gateway_config(unreachable, audit.addr, unreachable, "acme");
+    // Room for every event below: only the write deadline (3 s) can end this client.
+    config.stream_buffer = 100_000;
+    let gw = GatewayHandle::start(config).await;
+    let auth = format!(
+        "Bearer {}",
+        homeport_tests::command::CommandHandle::token("acme")
+    );
+    let guid = "11111111-2222-4333-8444-666666666666";
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(gw.addr).await.unwrap();
+    slow.write_all(
+        format!("GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = slow.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    wait_streams(&gw, 1).await;
+    let started = std::time::Instant::now();
+    let mut published = 0;
+    while gw.metric("homeport_gateway_event_streams") > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the stalled client still holds its place after {published} events"
+        );
+        if published < 30_000 {
+            publish_burst(&env, guid, 2000).await;
+            published += 2000;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        gw.metric("homeport_gateway_event_streams_dropped_total"),
+        0,
+        "cut by the deadline, not dropped for its buffer"
+    );
+    drop(slow);
+    gw.stop().await;
+    audit.stop().await;
+    env.cleanup().await;
+}
