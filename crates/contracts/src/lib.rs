@@ -13,6 +13,14 @@ pub use homeport_proto::events::v1 as proto;
 /// Default subject prefix of a production deployment.
 pub const DEFAULT_PREFIX: &str = "hp";
 
+/// Readiness as far as NATS goes: every service is ready only while its client is connected.
+pub fn nats_ready(client: &async_nats::Client) -> Result<(), String> {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        other => Err(format!("NATS {other:?}")),
+    }
+}
+
 /// Subject token used for devices that have no tenant (subject tokens cannot be empty).
 pub const NO_TENANT_TOKEN: &str = "_";
 

@@ -501,6 +501,16 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A TCP listener on `addr`; the error names what it was for ("binding health port …").
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} {addr}"))
+}
+
 /// The common `main` of every binary: exits 2 when the configuration is invalid (before any
 /// port is bound), starts logging and a multi-threaded runtime, runs `body`, and exits 1 with
 /// one line on error.

@@ -176,10 +176,7 @@ impl Observable for Observed {
         if self.metrics.db_down.get() != 0 {
             return Err("database unavailable".into());
         }
-        match self.nats.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            other => Err(format!("NATS {other:?}")),
-        }
+        homeport_contracts::nats_ready(&self.nats)
     }
 
     fn metrics(&self) -> String {

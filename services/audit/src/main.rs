@@ -1,7 +1,6 @@
 //! `audit`: parses configuration, connects the dependencies, stores events and serves
 //! AuditService until SIGTERM.
 
-use anyhow::Context as _;
 use clap::Parser;
 use homeport_audit::{Audit, AuditConfig, AuditParts};
 use tokio_util::sync::CancellationToken;
@@ -40,12 +39,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::time::Duration::from_secs(30),
         )
         .await?;
-    let listener = tokio::net::TcpListener::bind(cli.audit.grpc_listen)
-        .await
-        .with_context(|| format!("binding gRPC port {}", cli.audit.grpc_listen))?;
-    let health = tokio::net::TcpListener::bind(cli.audit.health_listen)
-        .await
-        .with_context(|| format!("binding health port {}", cli.audit.health_listen))?;
+    let listener = homeport_runtime::bind(cli.audit.grpc_listen, "gRPC port").await?;
+    let health = homeport_runtime::bind(cli.audit.health_listen, "health port").await?;
     let audit = Audit::start(AuditParts {
         config: cli.audit.clone(),
         names: cli.common.names(),

@@ -50,9 +50,7 @@ pub async fn serve(
         .await?;
     let listener = bind_cira(config.listen, config.reuse_port)
         .with_context(|| format!("binding CIRA port {}", config.listen))?;
-    let health = tokio::net::TcpListener::bind(config.health_listen)
-        .await
-        .with_context(|| format!("binding health port {}", config.health_listen))?;
+    let health = homeport_runtime::bind(config.health_listen, "health port").await?;
     let ingress = Ingress::start(
         IngressParts {
             config: config.clone(),

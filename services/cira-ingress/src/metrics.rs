@@ -56,10 +56,7 @@ impl Observable for IngressObservable {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining".into());
         }
-        match self.nats.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            state => Err(format!("NATS {state}")),
-        }
+        homeport_contracts::nats_ready(&self.nats)
     }
 
     fn metrics(&self) -> String {

@@ -3,7 +3,6 @@
 
 use std::io::Read as _;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use homeport_gateway::{auth, Gateway, GatewayConfig, GatewayParts};
 use tokio_util::sync::CancellationToken;
@@ -80,12 +79,8 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         Some(f) => Some(auth::PasswordHash::read(f)?),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the HTTP port {}", config.listen))?;
-    let health = tokio::net::TcpListener::bind(config.health_listen)
-        .await
-        .with_context(|| format!("binding health port {}", config.health_listen))?;
+    let listener = homeport_runtime::bind(config.listen, "the HTTP port").await?;
+    let health = homeport_runtime::bind(config.health_listen, "health port").await?;
     tracing::info!(
         listen = %config.listen,
         device_api = %config.device_api,

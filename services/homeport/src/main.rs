@@ -310,9 +310,7 @@ async fn start_command(
         stream_limits: cli.common.stream_limits(),
     })
     .await?;
-    let listener = tokio::net::TcpListener::bind(cli.grpc_listen)
-        .await
-        .with_context(|| format!("binding gRPC port {}", cli.grpc_listen))?;
+    let listener = homeport_runtime::bind(cli.grpc_listen, "gRPC port").await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let s = stop.clone();
     let task = tokio::spawn(async move {
@@ -352,12 +350,8 @@ async fn start_rps(
         setup_settle_ms: 0,
     };
     let auth = config.jwt.authenticator()?;
-    let clients = tokio::net::TcpListener::bind(cli.rps_listen)
-        .await
-        .with_context(|| format!("binding the rpc listener {}", cli.rps_listen))?;
-    let grpc = tokio::net::TcpListener::bind(cli.rps_grpc_listen)
-        .await
-        .with_context(|| format!("binding rps gRPC port {}", cli.rps_grpc_listen))?;
+    let clients = homeport_runtime::bind(cli.rps_listen, "the rpc listener").await?;
+    let grpc = homeport_runtime::bind(cli.rps_grpc_listen, "rps gRPC port").await?;
     let service = homeport_rps::Rps::start(homeport_rps::RpsParts {
         config,
         instance: "homeport".into(),
@@ -449,9 +443,7 @@ async fn start_gateway(
         admin_password: Some(homeport_gateway::auth::PasswordHash::read(&hash_file)?),
         config,
     })?;
-    let listener = tokio::net::TcpListener::bind(cli.gateway_listen)
-        .await
-        .with_context(|| format!("binding the REST API port {}", cli.gateway_listen))?;
+    let listener = homeport_runtime::bind(cli.gateway_listen, "the REST API port").await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let s = stop.clone();
     let task = tokio::spawn(async move {
@@ -499,9 +491,7 @@ async fn start_audit(
         store: store.clone(),
         auth,
     });
-    let listener = tokio::net::TcpListener::bind(cli.audit_grpc_listen)
-        .await
-        .with_context(|| format!("binding audit gRPC port {}", cli.audit_grpc_listen))?;
+    let listener = homeport_runtime::bind(cli.audit_grpc_listen, "audit gRPC port").await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let s = stop.clone();
     let task = tokio::spawn(async move {

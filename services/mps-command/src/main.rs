@@ -1,6 +1,5 @@
 //! `mps-command`: parses configuration, connects the dependencies, serves gRPC until SIGTERM.
 
-use anyhow::Context as _;
 use clap::Parser;
 use homeport_mps_command::{CommandConfig, CommandParts, MpsCommand};
 use tokio_util::sync::CancellationToken;
@@ -41,12 +40,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::time::Duration::from_secs(30),
         )
         .await?;
-    let listener = tokio::net::TcpListener::bind(cli.command.grpc_listen)
-        .await
-        .with_context(|| format!("binding gRPC port {}", cli.command.grpc_listen))?;
-    let health = tokio::net::TcpListener::bind(cli.command.health_listen)
-        .await
-        .with_context(|| format!("binding health port {}", cli.command.health_listen))?;
+    let listener = homeport_runtime::bind(cli.command.grpc_listen, "gRPC port").await?;
+    let health = homeport_runtime::bind(cli.command.health_listen, "health port").await?;
     let service = MpsCommand::start(CommandParts {
         config: cli.command.clone(),
         instance,

@@ -65,10 +65,7 @@ impl homeport_telemetry::Observable for Observed {
         if self.metrics.connected.get() != 1 {
             return Err("MQTT broker not connected".into());
         }
-        match self.nats.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            other => Err(format!("NATS {other:?}")),
-        }
+        homeport_contracts::nats_ready(&self.nats)
     }
 
     fn metrics(&self) -> String {

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Parser;
 use homeport_mqtt_bridge::{BridgeConfig, BridgeMetrics};
 use tokio_util::sync::CancellationToken;
@@ -38,9 +37,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await?;
     let cancel = CancellationToken::new();
     let metrics = Arc::new(BridgeMetrics::default());
-    let health = tokio::net::TcpListener::bind(cli.bridge.health_listen)
-        .await
-        .with_context(|| format!("binding health port {}", cli.bridge.health_listen))?;
+    let health = homeport_runtime::bind(cli.bridge.health_listen, "health port").await?;
     tokio::spawn(homeport_telemetry::serve_health(
         health,
         Arc::new(homeport_mqtt_bridge::Observed {

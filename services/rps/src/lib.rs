@@ -277,10 +277,7 @@ struct Observed(Arc<Inner>);
 
 impl Observable for Observed {
     fn ready(&self) -> Result<(), String> {
-        match self.0.nats.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            other => Err(format!("NATS {other:?}")),
-        }
+        homeport_contracts::nats_ready(&self.0.nats)
     }
 
     fn metrics(&self) -> String {

@@ -1,7 +1,6 @@
 //! `rps`: parses configuration, connects the dependencies, serves rpc clients and the admin
 //! API until SIGTERM.
 
-use anyhow::Context as _;
 use clap::Parser;
 use homeport_rps::{Rps, RpsConfig, RpsParts};
 use tokio_util::sync::CancellationToken;
@@ -42,15 +41,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             std::time::Duration::from_secs(30),
         )
         .await?;
-    let clients = tokio::net::TcpListener::bind(cli.rps.listen)
-        .await
-        .with_context(|| format!("binding the rpc listener {}", cli.rps.listen))?;
-    let grpc = tokio::net::TcpListener::bind(cli.rps.grpc_listen)
-        .await
-        .with_context(|| format!("binding gRPC port {}", cli.rps.grpc_listen))?;
-    let health = tokio::net::TcpListener::bind(cli.rps.health_listen)
-        .await
-        .with_context(|| format!("binding health port {}", cli.rps.health_listen))?;
+    let clients = homeport_runtime::bind(cli.rps.listen, "the rpc listener").await?;
+    let grpc = homeport_runtime::bind(cli.rps.grpc_listen, "gRPC port").await?;
+    let health = homeport_runtime::bind(cli.rps.health_listen, "health port").await?;
     let grace = cli.rps.flow_timeout();
     let service = Rps::start(RpsParts {
         config: cli.rps.clone(),
