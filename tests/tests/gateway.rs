@@ -1005,20 +1005,8 @@ async fn live_events_stream_resume_and_a_client_that_stops_reading_is_dropped() 
     // A client that stops reading: its buffer fills, it is dropped (told why when it
     // reads again, or cut by the write deadline), its place is freed, and memory stays flat.
     wait_streams(&gw, 0).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut slow = socket.connect(gw.addr).await.unwrap();
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    slow.write_all(
-        format!("GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = [0u8; 512];
-    let n = slow.read(&mut head).await.unwrap();
-    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
-    wait_streams(&gw, 1).await;
+    use tokio::io::AsyncReadExt as _;
+    let mut slow = stalled_stream(&gw, &auth).await;
     let mut published = 0u64;
     let started = std::time::Instant::now();
     while gw.metric("homeport_gateway_event_streams") > 0 {
@@ -1063,6 +1051,26 @@ async fn live_events_stream_resume_and_a_client_that_stops_reading_is_dropped() 
     gw.stop().await;
     audit.stop().await;
     env.cleanup().await;
+}
+
+/// A live-event client with a 4 KB receive buffer that reads the response head and then
+/// nothing more.
+async fn stalled_stream(gw: &GatewayHandle, auth: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(gw.addr).await.unwrap();
+    slow.write_all(
+        format!("GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 512];
+    let n = slow.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    wait_streams(gw, 1).await;
+    slow
 }
 
 async fn wait_streams(gw: &GatewayHandle, n: i64) {
@@ -1407,7 +1415,6 @@ async fn the_rps_admin_routes_answer_like_rps_under_both_prefixes() {
 /// and upstream feed are freed all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_by_the_write_deadline() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let env = TestEnv::new("gwdeadline").await;
     let audit = env.start_audit().await;
     let unreachable: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
@@ -1420,19 +1427,7 @@ async fn a_client_that_stops_reading_is_cut_by_the_write_deadline() {
         homeport_tests::command::CommandHandle::token("acme")
     );
     let guid = "11111111-2222-4333-8444-666666666666";
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut slow = socket.connect(gw.addr).await.unwrap();
-    slow.write_all(
-        format!("GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = [0u8; 512];
-    let n = slow.read(&mut head).await.unwrap();
-    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
-    wait_streams(&gw, 1).await;
+    let _slow = stalled_stream(&gw, &auth).await;
     let started = std::time::Instant::now();
     let mut published = 0;
     while gw.metric("homeport_gateway_event_streams") > 0 {
@@ -1451,7 +1446,6 @@ async fn a_client_that_stops_reading_is_cut_by_the_write_deadline() {
         0,
         "cut by the deadline, not dropped for its buffer"
     );
-    drop(slow);
     gw.stop().await;
     audit.stop().await;
     env.cleanup().await;

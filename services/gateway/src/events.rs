@@ -349,8 +349,9 @@ async fn open_feed(
     }
     s.metrics.streams.inc();
     // From here the Feed gives the places back when it goes, whatever happens next.
-    let mut feed = Feed {
-        rx: mpsc::channel(1).1,
+    let (tx, rx) = mpsc::channel(s.config.stream_buffer);
+    let feed = Feed {
+        rx,
         overflow: Arc::new(AtomicBool::new(false)),
         done: false,
         _slot: slot,
@@ -372,8 +373,6 @@ async fn open_feed(
             })?
             .map_err(service_status)?
             .into_inner();
-    let (tx, rx) = mpsc::channel(s.config.stream_buffer);
-    feed.rx = rx;
     let flag = feed.overflow.clone();
     let stop = s.stop.clone();
     tokio::spawn(async move {

@@ -41,16 +41,18 @@ impl PresenceView {
         self.loaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The replay is over: what it delivered replaces what was held.
+    fn loaded_with(&self, fresh: HashMap<String, (String, String)>) {
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn apply(&self, entry: &kv::Entry) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        match Presence::from_entry(entry) {
-            Some(p) => {
-                entries.insert(entry.key.clone(), (p.tenant, p.node));
-            }
-            None => {
-                entries.remove(&entry.key);
-            }
-        }
+        apply(
+            &mut self.entries.write().unwrap_or_else(|e| e.into_inner()),
+            entry,
+        );
     }
 
     /// Follows the presence bucket until `stop`; a broken watch is opened again (with the
@@ -82,35 +84,34 @@ impl PresenceView {
             match next {
                 None => {
                     replaying = false;
-                    *self.entries.write().unwrap_or_else(|e| e.into_inner()) =
-                        std::mem::take(&mut fresh);
-                    self.loaded
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.loaded_with(std::mem::take(&mut fresh));
                 }
                 Some(None) => anyhow::bail!("the watch closed"),
                 Some(Some(entry)) => {
                     let entry = entry?;
                     if replaying {
-                        match Presence::from_entry(&entry) {
-                            Some(p) => {
-                                fresh.insert(entry.key.clone(), (p.tenant, p.node));
-                            }
-                            None => {
-                                fresh.remove(&entry.key);
-                            }
-                        }
+                        apply(&mut fresh, &entry);
                         if entry.delta == 0 {
                             replaying = false;
-                            *self.entries.write().unwrap_or_else(|e| e.into_inner()) =
-                                std::mem::take(&mut fresh);
-                            self.loaded
-                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            self.loaded_with(std::mem::take(&mut fresh));
                         }
                     } else {
                         self.apply(&entry);
                     }
                 }
             }
+        }
+    }
+}
+
+/// A put records the device's tenant and node; a delete or purge forgets it.
+fn apply(entries: &mut HashMap<String, (String, String)>, entry: &kv::Entry) {
+    match Presence::from_entry(entry) {
+        Some(p) => {
+            entries.insert(entry.key.clone(), (p.tenant, p.node));
+        }
+        None => {
+            entries.remove(&entry.key);
         }
     }
 }

@@ -387,9 +387,9 @@ fn maintenance_changes_the_password_clock_host_name_and_ip_sync() {
     assert_eq!(info.exchanges(), 0, "no WS-Man");
 }
 
-#[test]
-fn a_new_password_is_stored_first_and_a_wrong_current_one_changes_nothing() {
-    let dev = activated(13, 1);
+/// Changes an activated device's password from New-Amt-Pass1! to Changed-Pass2@; returns the
+/// finish, the effects, and the AMT passwords stored, in order.
+fn change_password(dev: &SimDevice) -> (Finish, Vec<&'static str>, Vec<String>) {
     let mut saved = Vec::new();
     let mut flow = Maintenance::new(
         dev.guid(),
@@ -402,12 +402,19 @@ fn a_new_password_is_stored_first_and_a_wrong_current_one_changes_nothing() {
             mebx_password: None,
         },
     );
-    let (f, effects) = drive(&mut flow, &dev, |e| {
+    let (f, effects) = drive(&mut flow, dev, |e| {
         if let super::Effect::SaveSecrets { amt_password, .. } = e {
             saved.push(amt_password.expose().to_string());
         }
         Ok(())
     });
+    (f, effects, saved)
+}
+
+#[test]
+fn a_new_password_is_stored_first_and_a_wrong_current_one_changes_nothing() {
+    let dev = activated(13, 1);
+    let (f, effects, saved) = change_password(&dev);
     assert!(f.ok, "{f:?}");
     assert_eq!(effects, ["save-secrets"]);
     assert_eq!(saved, ["Changed-Pass2@"]);
@@ -570,24 +577,7 @@ fn wifi_profiles_are_added_once_even_when_run_again() {
 fn a_password_change_the_device_refuses_puts_the_old_password_back_in_the_store() {
     let dev = activated(13, 2);
     dev.refuse_password_change();
-    let mut saved = Vec::new();
-    let mut flow = Maintenance::new(
-        dev.guid(),
-        "New-Amt-Pass1!",
-        1,
-        Job::ChangePassword {
-            new: SecretString::new("Changed-Pass2@"),
-            old: SecretString::new("New-Amt-Pass1!"),
-            mps_password: None,
-            mebx_password: None,
-        },
-    );
-    let (f, effects) = drive(&mut flow, &dev, |e| {
-        if let super::Effect::SaveSecrets { amt_password, .. } = e {
-            saved.push(amt_password.expose().to_string());
-        }
-        Ok(())
-    });
+    let (f, effects, saved) = change_password(&dev);
     assert!(!f.ok);
     assert!(
         f.status
