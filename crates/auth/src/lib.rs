@@ -81,8 +81,7 @@ impl JwtArgs {
     pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
         let mut keys = Vec::new();
         if let Some(f) = &self.hs256_secret_file {
-            let s = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-            let s = s.strip_suffix(b"\n").unwrap_or(&s).to_vec();
+            let s = read_hs256_secret(f)?;
             anyhow::ensure!(
                 s.len() >= 32,
                 "{}: an HS256 secret needs at least 32 bytes",
@@ -345,21 +344,39 @@ pub fn mint_hs256(
     tenant: &str,
     ttl_secs: i64,
 ) -> Result<String, openssl::error::ErrorStack> {
-    let now = SystemTime::now()
+    let now = unix_now();
+    sign_hs256(
+        secret,
+        &serde_json::json!({"sub": subject, "tenant": tenant, "aud": DEFAULT_AUDIENCE, "iat": now, "exp": now + ttl_secs}),
+    )
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// An HS256 token carrying `claims`.
+pub fn sign_hs256(
+    secret: &[u8],
+    claims: &serde_json::Value,
+) -> Result<String, openssl::error::ErrorStack> {
     let e = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
     let header = e(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = e(
-        serde_json::json!({"sub": subject, "tenant": tenant, "aud": DEFAULT_AUDIENCE, "iat": now, "exp": now + ttl_secs})
-            .to_string()
-            .as_bytes(),
-    );
+    let claims = e(claims.to_string().as_bytes());
     let key = PKey::hmac(secret)?;
     let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
     signer.update(format!("{header}.{claims}").as_bytes())?;
     Ok(format!("{header}.{claims}.{}", e(&signer.sign_to_vec()?)))
+}
+
+/// The HS256 secret in `path`, as every reader takes it: one trailing newline dropped.
+pub fn read_hs256_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let s = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(s.strip_suffix(b"\n").unwrap_or(&s).to_vec())
 }
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
 //! Signing in: the admin password kept only as a salted PBKDF2 hash, tokens with the MPS
 //! payload shape, and the bearer check every API route passes (the same verifier as gRPC).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use anyhow::Context as _;
 use base64::Engine as _;
 use openssl::hash::MessageDigest;
@@ -85,13 +83,6 @@ impl PasswordHash {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
-        .unwrap_or(0)
-}
-
 /// What a signed token says.
 pub struct Claims<'a> {
     pub subject: &'a str,
@@ -106,8 +97,7 @@ pub struct Claims<'a> {
 /// An HS256 token carrying MPS's payload (`tenantId`, `iss`, `deviceId`, `exp`) and
 /// Homeport's (`sub`, `tenant`, `aud`, `iat`), so both kinds of client read it.
 pub fn sign(secret: &[u8], c: &Claims<'_>) -> anyhow::Result<String> {
-    let e = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
-    let now = now();
+    let now = homeport_auth::unix_now();
     let mut claims = serde_json::json!({
         "tenantId": c.tenant,
         "tenant": c.tenant,
@@ -120,12 +110,7 @@ pub fn sign(secret: &[u8], c: &Claims<'_>) -> anyhow::Result<String> {
     if let Some(aud) = c.audience {
         claims["aud"] = aud.into();
     }
-    let header = e(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let body = e(claims.to_string().as_bytes());
-    let key = PKey::hmac(secret)?;
-    let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
-    signer.update(format!("{header}.{body}").as_bytes())?;
-    Ok(format!("{header}.{body}.{}", e(&signer.sign_to_vec()?)))
+    Ok(homeport_auth::sign_hs256(secret, &claims)?)
 }
 
 /// A key derived from `secret` for one purpose (HMAC-SHA256 of the purpose's name), so

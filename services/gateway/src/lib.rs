@@ -425,13 +425,6 @@ pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The HS256 secret in `path`, read as the verifier reads it (one trailing newline dropped).
-pub fn read_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    use anyhow::Context as _;
-    let s = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(s.strip_suffix(b"\n").unwrap_or(&s).to_vec())
-}
-
 /// `TCP_USER_TIMEOUT`: the kernel aborts a connection whose sent data stays unacknowledged,
 /// or whose peer keeps a zero window (stopped reading), for `after`. Neither tokio nor hyper
 /// has a write deadline; this is the one that also covers a body hyper is blocked writing.

@@ -72,7 +72,7 @@ fn main() {
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let auth = config.jwt.authenticator()?;
     let signing_secret = match &config.jwt.hs256_secret_file {
-        Some(f) => Some(homeport_gateway::read_secret(f)?),
+        Some(f) => Some(homeport_auth::read_hs256_secret(f)?),
         None => None,
     };
     let admin_password = match &config.admin_password_hash_file {

@@ -21,9 +21,8 @@ pub(crate) async fn activate(
     ingress: SocketAddr,
     n: u64,
 ) -> anyhow::Result<Fleet> {
-    let secret = std::fs::read(secret_file)?;
-    let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
-    let token = homeport_mps_command::auth::mint_hs256(secret, "homeport-demo", "demo", 300)?;
+    let secret = homeport_auth::read_hs256_secret(secret_file)?;
+    let token = homeport_mps_command::auth::mint_hs256(&secret, "homeport-demo", "demo", 300)?;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{}", cli.rps_grpc_listen))?

@@ -439,7 +439,7 @@ async fn start_gateway(
     config.validate().map_err(anyhow::Error::msg)?;
     let gateway = homeport_gateway::Gateway::new(homeport_gateway::GatewayParts {
         auth: jwt.authenticator()?,
-        signing_secret: Some(homeport_gateway::read_secret(secret_file)?),
+        signing_secret: Some(homeport_auth::read_hs256_secret(secret_file)?),
         admin_password: Some(homeport_gateway::auth::PasswordHash::read(&hash_file)?),
         config,
     })?;
@@ -510,9 +510,8 @@ async fn probe_api(addr: SocketAddr, secret_file: &std::path::Path, fleet: &Flee
         return;
     };
     let result = async {
-        let secret = std::fs::read(secret_file)?;
-        let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
-        let token = homeport_mps_command::auth::mint_hs256(secret, "homeport-demo", "demo", 300)?;
+        let secret = homeport_auth::read_hs256_secret(secret_file)?;
+        let token = homeport_mps_command::auth::mint_hs256(&secret, "homeport-demo", "demo", 300)?;
         let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
             .connect()
             .await?;
