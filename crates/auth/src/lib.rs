@@ -215,15 +215,9 @@ impl Authenticator {
         let signature = b64(s)?;
         let signed = &token.as_bytes()[..h.len() + 1 + c.len()];
         let ok = self.keys.iter().any(|k| match (k, alg) {
-            (Key::Hs256(secret), "HS256") => PKey::hmac(secret)
-                .and_then(|key| {
-                    let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
-                    signer.update(signed)?;
-                    signer.sign_to_vec()
-                })
-                .is_ok_and(|mac| {
-                    mac.len() == signature.len() && openssl::memcmp::eq(&mac, &signature)
-                }),
+            (Key::Hs256(secret), "HS256") => hmac_sha256(secret, signed).is_ok_and(|mac| {
+                mac.len() == signature.len() && openssl::memcmp::eq(&mac, &signature)
+            }),
             (Key::Rs256(key), "RS256") => Verifier::new(MessageDigest::sha256(), key)
                 .and_then(|mut v| {
                     v.update(signed)?;
@@ -367,10 +361,16 @@ pub fn sign_hs256(
     let e = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
     let header = e(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = e(claims.to_string().as_bytes());
-    let key = PKey::hmac(secret)?;
+    let mac = hmac_sha256(secret, format!("{header}.{claims}").as_bytes())?;
+    Ok(format!("{header}.{claims}.{}", e(&mac)))
+}
+
+/// HMAC-SHA256 of `data` under `key`.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    let key = PKey::hmac(key)?;
     let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
-    signer.update(format!("{header}.{claims}").as_bytes())?;
-    Ok(format!("{header}.{claims}.{}", e(&signer.sign_to_vec()?)))
+    signer.update(data)?;
+    signer.sign_to_vec()
 }
 
 /// The HS256 secret in `path`, as every reader takes it: one trailing newline dropped.

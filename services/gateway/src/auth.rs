@@ -4,8 +4,6 @@
 use anyhow::Context as _;
 use base64::Engine as _;
 use openssl::hash::MessageDigest;
-use openssl::pkey::PKey;
-use openssl::sign::Signer;
 
 /// PBKDF2-HMAC-SHA256 rounds of new hashes: tens of milliseconds per sign-in on one core.
 const ROUNDS: usize = 210_000;
@@ -116,10 +114,7 @@ pub fn sign(secret: &[u8], c: &Claims<'_>) -> anyhow::Result<String> {
 /// A key derived from `secret` for one purpose (HMAC-SHA256 of the purpose's name), so
 /// tokens signed with it are never valid where `secret` itself is checked.
 pub fn derived_key(secret: &[u8], purpose: &str) -> anyhow::Result<Vec<u8>> {
-    let key = PKey::hmac(secret)?;
-    let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
-    signer.update(purpose.as_bytes())?;
-    Ok(signer.sign_to_vec()?)
+    Ok(homeport_auth::hmac_sha256(secret, purpose.as_bytes())?)
 }
 
 /// The bearer token of an `Authorization` header value.
