@@ -100,17 +100,9 @@ pub async fn redirection(
         )]));
     }
     // The device must be the caller's (MPS does not check the tenant here; Homeport does).
-    s.registry
-        .clone()
-        .get_device(a.call(
-            &s,
-            homeport_proto::device::v1::DeviceRef { guid: guid.clone() },
-        ))
-        .await
-        .map_err(|e| match e.code() {
-            tonic::Code::NotFound => ApiError::NotFoundEmpty,
-            _ => crate::error::service_status(e),
-        })?;
+    crate::mps::get(&s, &a, &guid)
+        .await?
+        .ok_or(ApiError::NotFoundEmpty)?;
     let Some(secret) = &s.signing_secret else {
         return Err(ApiError::Other(
             StatusCode::METHOD_NOT_ALLOWED,

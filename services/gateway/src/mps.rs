@@ -317,7 +317,12 @@ pub async fn tags(State(s): State<AppState>, a: Authed) -> ApiResult {
     Ok(json(json!(r.tags)))
 }
 
-async fn get(s: &AppState, a: &Authed, guid: &str) -> Result<Option<pb::Device>, ApiError> {
+/// The caller's device of that guid, if it has one.
+pub(crate) async fn get(
+    s: &AppState,
+    a: &Authed,
+    guid: &str,
+) -> Result<Option<pb::Device>, ApiError> {
     match s
         .registry
         .clone()
